@@ -1,0 +1,82 @@
+"""The report's claims, in the report's order, each with a stable id and the tests that decide it.
+
+Statements quote ``seed-report.md``; the last claims come from what the export must also do for
+a downstream builder (it must compute what PyTorch computes, on a known exporter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the report: what it says, where it says it, and which suite module decides it."""
+
+    number: int
+    id: str
+    section: str
+    statement: str
+    decided_by: str
+
+
+_SECTIONS = {
+    "ref": "Reference vs Modified",
+    "diff": "Only code difference",
+    "math": "Shared math / behavior",
+    "sizes": "Image sizes accepted by the vision model",
+    "bottom": "Bottom line",
+    "export": "Export, as a downstream builder runs it",
+}
+
+_CLAIMS: tuple[tuple[str, str, str, str], ...] = (
+    ("ref", "golden-version", "Golden is HF transformers v4.57.6's modeling_qwen3_vl.py.", "test_source"),
+    ("ref", "one-diff", "Modified = same file + one conditional.", "test_source"),
+    ("ref", "golden-deepstack-always",
+     "Golden: DeepStack always runs at layers in deepstack_visual_indexes.", "test_deepstack"),
+    ("ref", "modified-deepstack-gated", "Modified: DeepStack runs only when not exporting.", "test_deepstack"),
+    ("ref", "golden-onnx-outputs", "Golden traced as-is has 3 ONNX outputs (pooled + 2 deepstack).", "test_export"),
+    ("ref", "modified-onnx-outputs",
+     "Modified has 1 ONNX output (pooled_embeds) when the export flag is set.", "test_export"),
+    ("diff", "deepstack-condition",
+     "Run DeepStack merger at layer l iff l in deepstack_visual_indexes and "
+     "not (_skip_deepstack_export or torch.jit.is_tracing()).", "test_source"),
+    ("diff", "deepstack-body", "The DeepStack branch body is the same as golden's.", "test_source"),
+    ("diff", "deepstack-not-traced",
+     "Builder sets _skip_deepstack_export = True: DeepStack not traced, one output path.", "test_export"),
+    ("math", "vision-rope",
+     "Vision RoPE: theta = 1e4; inv_freq_i = theta^(-2i/d); freqs = seq (outer) inv_freq; "
+     "cos/sin applied to (q, k).", "test_math"),
+    ("math", "vision-rope-dynamic", "Vision RoPE: no precomputed table; dynamic seqlen.", "test_math"),
+    ("math", "vision-data-flow",
+     "pixel_values -> patch_embed -> pos_embed + rotary -> blocks -> merger -> pooled_embeds; "
+     "DeepStack taps intermediate layers.", "test_math"),
+    ("math", "text-mrope",
+     "Text MRoPE: position_ids (3, B, S); interleaved MRoPE; cos, sin from inv_freq and position_ids.",
+     "test_mrope"),
+    ("math", "output-contract",
+     "Vision forward returns (hidden_states, deepstack_feature_lists); the export wrapper uses outputs[0].",
+     "test_contracts"),
+    ("sizes", "input-contract", "pixel_values in R^(N x 1536), image_grid_thw in Z^(M x 3).", "test_contracts"),
+    ("sizes", "patch-dim", "1536 = 3 x p_t x p^2 with p = 16, p_t = 2.", "test_contracts"),
+    ("sizes", "grid-from-size", "grid_h = ceil(H_img / 16), grid_w = ceil(W_img / 16), N = T * grid_h * grid_w.",
+     "test_preprocessing"),
+    ("sizes", "pipeline-384", "384x384 images give grid (1, 24, 24), N = 576 patches.", "test_preprocessing"),
+    ("sizes", "dynamic-n",
+     "ONNX uses dynamic N; other (T, H, W) work if the export used a matching grid.", "test_export"),
+    ("bottom", "export-pooled-embeds",
+     "One ONNX output: pooled_embeds in R^(num_merged_patches x 2560).", "test_export"),
+    ("bottom", "runtime-equivalence",
+     "When not exporting, behavior and weights match golden.", "test_runtime"),
+    ("export", "onnx-parity", "ONNX Runtime's pooled_embeds match PyTorch's.", "test_export"),
+    ("export", "export-graph-vs-golden",
+     "What the change buys: golden and modified exported through the same pooled wrapper.", "test_export"),
+    ("export", "dynamo-export", "The export works with torch.onnx's default (dynamo) exporter.", "test_export"),
+    ("export", "trace-hazards", "The change adds no trace hazard (TracerWarning).", "test_export"),
+)
+
+CATALOGUE: tuple[Claim, ...] = tuple(
+    Claim(number, claim_id, _SECTIONS[section], statement, decided_by)
+    for number, (section, claim_id, statement, decided_by) in enumerate(_CLAIMS, start=1)
+)
+BY_ID: dict[str, Claim] = {claim.id: claim for claim in CATALOGUE}

@@ -1,0 +1,208 @@
+"""What tests measured about each claim, carried from xdist workers to the controller, and the table.
+
+A test tied to a claim records measurements into ``item.user_properties``; pytest copies those
+into every report and xdist ships reports to the controller, so the board is complete under
+``-n auto`` without a side channel.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from pytest_qwen3vl.catalogue import BY_ID, CATALOGUE, Claim
+
+IDS_PROPERTY = "qwen3vl_claims"
+MEASURED_PROPERTY = "qwen3vl_measured"
+
+HOLDS, ERRATUM, FAILS, XFAIL, NOT_RUN = "holds", "erratum", "fails", "xfail", "not run"
+
+
+class UnknownClaim(ValueError):
+    """A ``qwen3vl_claim`` marker naming no claim of the catalogue."""
+
+
+def claim_ids(item: pytest.Item) -> list[str]:
+    """The claim ids of an item's ``qwen3vl_claim`` markers, checked against the catalogue."""
+    ids = [str(arg) for marker in item.iter_markers("qwen3vl_claim") for arg in marker.args]
+    for claim_id in ids:
+        if claim_id not in BY_ID:
+            raise UnknownClaim(f"{item.nodeid}: qwen3vl_claim({claim_id!r}) is not in the claim catalogue")
+    return ids
+
+
+class ClaimRecorder:
+    """The ``qwen3vl_record`` fixture: a test states what it measured for its claim(s)."""
+
+    def __init__(self, item: pytest.Item) -> None:
+        self._item = item
+        self.ids = claim_ids(item)
+
+    def _claim(self, claim: str | None) -> str:
+        if claim is None:
+            if len(self.ids) != 1:
+                raise UnknownClaim(f"{self._item.nodeid}: name the claim; this test decides {self.ids}")
+            return self.ids[0]
+        if claim not in self.ids:
+            raise UnknownClaim(f"{self._item.nodeid}: not marked qwen3vl_claim({claim!r})")
+        return claim
+
+    def holds(self, measured: object, *, claim: str | None = None) -> None:
+        """Record what was measured where it agrees with the report."""
+        self._add(self._claim(claim), HOLDS, measured, None)
+
+    def erratum(self, *, reported: object, measured: object, claim: str | None = None) -> None:
+        """Record a value the report gets wrong; fail if the report has become right.
+
+        A passing erratum is kept honest this way: once the deviation disappears, the test fails
+        and the catalogue must be updated rather than silently listing a stale erratum.
+        """
+        claim_id = self._claim(claim)
+        if str(reported) == str(measured):
+            raise AssertionError(
+                f"claim {claim_id}: measured {measured}, which is what the report says: the erratum is stale"
+            )
+        self._add(claim_id, ERRATUM, measured, reported)
+
+    def _add(self, claim_id: str, kind: str, measured: object, reported: object | None) -> None:
+        entry = {"claim": claim_id, "kind": kind, "measured": str(measured)}
+        if reported is not None:
+            entry["reported"] = str(reported)
+        self._item.user_properties.append((MEASURED_PROPERTY, entry))
+
+
+@dataclass
+class ClaimRow:
+    """One line of the claims table."""
+
+    claim: Claim
+    status: str = NOT_RUN
+    measured: list[str] = field(default_factory=list)
+    reported: list[str] = field(default_factory=list)
+    tests: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ClaimBoard:
+    """Every claim's outcome across all tests of the run, built on the controller from reports."""
+
+    outcomes: dict[str, list[tuple[str, str, str, str | None]]] = field(default_factory=dict)
+
+    def add_report(self, report: pytest.TestReport) -> None:
+        """Take the outcome of one test (its call, or the setup that stopped it)."""
+        props = dict(report.user_properties)
+        ids = props.get(IDS_PROPERTY)
+        if not ids:
+            return
+        if report.when != "call" and report.passed:
+            return
+        if hasattr(report, "wasxfail"):
+            outcome = XFAIL
+        elif report.failed:
+            outcome = FAILS
+        elif report.skipped:
+            outcome = NOT_RUN
+        else:
+            outcome = HOLDS
+        measurements = [value for name, value in report.user_properties if name == MEASURED_PROPERTY]
+        for claim_id in ids:
+            mine = [m for m in measurements if m["claim"] == claim_id]
+            erratum = outcome == HOLDS and any(m["kind"] == ERRATUM for m in mine)
+            status = ERRATUM if erratum else outcome
+            texts = [m["measured"] for m in mine]
+            if outcome in (FAILS, XFAIL):
+                texts.append(_failure_line(report))
+            reported = next((m["reported"] for m in mine if "reported" in m), None)
+            for text in texts or [""]:
+                self.outcomes.setdefault(claim_id, []).append((report.nodeid, status, text, reported))
+
+    def rows(self) -> list[ClaimRow]:
+        """One row per catalogue claim, in the report's order."""
+        rows = []
+        for claim in CATALOGUE:
+            row = ClaimRow(claim)
+            entries = self.outcomes.get(claim.id, [])
+            statuses = {status for _, status, _, _ in entries}
+            for status in (FAILS, ERRATUM, HOLDS, XFAIL):
+                if status in statuses:
+                    row.status = status
+                    break
+            for nodeid, _, text, reported in entries:
+                label = _param_id(nodeid)
+                value = f"{label}: {text}" if label and text else text
+                if value and value not in row.measured:
+                    row.measured.append(value)
+                if reported and reported not in row.reported:
+                    row.reported.append(reported)
+                if nodeid not in row.tests:
+                    row.tests.append(nodeid)
+            rows.append(row)
+        return rows
+
+    def ran_any(self) -> bool:
+        return bool(self.outcomes)
+
+
+def _param_id(nodeid: str) -> str:
+    match = re.search(r"\[(.+)\]$", nodeid)
+    return match.group(1) if match else ""
+
+
+def _failure_line(report: pytest.TestReport) -> str:
+    """The first line of a failure, for the table: no stack trace."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(report.longrepr or "")
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            return line.removeprefix("AssertionError: ").removeprefix("Failed: ")
+    return "failed"
+
+
+def render_table(rows: Iterable[ClaimRow], width: int = 160) -> list[str]:
+    """The claims table as text lines: number, id, statement, status, measured value."""
+    rows = list(rows)
+    id_width = max(len(row.claim.id) for row in rows)
+    fixed = 4 + id_width + 2 + 9 + 2
+    statement_width = 40
+    measured_width = max(80, width - fixed - statement_width - 2)
+    lines = [
+        f"{'#':>3} {'claim':<{id_width}}  {'status':<9}  {'statement':<{statement_width}}  measured",
+    ]
+    for row in rows:
+        measured = "; ".join(row.measured) or "-"
+        if row.status == ERRATUM and row.reported:
+            measured = f"{measured} (report: {'; '.join(row.reported)})"
+        lines.append(
+            f"{row.claim.number:>3} {row.claim.id:<{id_width}}  {row.status:<9}  "
+            f"{_clip(row.claim.statement, statement_width):<{statement_width}}  {_clip(measured, measured_width)}"
+        )
+    return lines
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def summary_counts(rows: Iterable[ClaimRow]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    return counts
+
+
+def as_dicts(rows: Iterable[ClaimRow]) -> list[dict[str, Any]]:
+    """Rows as plain data, for JSON and the Markdown report."""
+    return [
+        {
+            "number": row.claim.number, "id": row.claim.id, "section": row.claim.section,
+            "statement": row.claim.statement, "status": row.status, "measured": row.measured,
+            "reported": row.reported, "tests": row.tests,
+        }
+        for row in rows
+    ]

@@ -1,0 +1,43 @@
+"""Seeded vision inputs for a grid: ``pixel_values`` (N, 1536) and ``image_grid_thw`` (M, 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pytest_qwen3vl.settings import Grid
+
+if TYPE_CHECKING:
+    import torch
+
+    from pytest_qwen3vl.models import ModelSpec
+
+
+@dataclass(frozen=True)
+class VisionInputs:
+    """What a downstream builder feeds the vision encoder for one call."""
+
+    grid: Grid
+    pixel_values: torch.Tensor
+    grid_thw: torch.Tensor
+
+    @property
+    def args(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positional arguments of ``Qwen3VLVisionModel.forward``."""
+        return self.pixel_values, self.grid_thw
+
+
+def patch_dim(spec: ModelSpec) -> int:
+    """Width of one row of ``pixel_values``: channels x temporal patch x patch^2."""
+    v = spec.vision
+    return int(v.get("in_channels", 3)) * int(v.get("temporal_patch_size", 2)) * int(v.get("patch_size", 16)) ** 2
+
+
+def make_inputs(grid: Grid, spec: ModelSpec, seed: int) -> VisionInputs:
+    """Standard-normal patches drawn from ``seed``; the same seed and grid give the same tensors."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(grid.num_patches, patch_dim(spec), generator=generator, dtype=torch.float32)
+    grid_thw = torch.tensor(grid.images, dtype=torch.int64)
+    return VisionInputs(grid, pixel_values, grid_thw)

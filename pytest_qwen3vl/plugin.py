@@ -1,0 +1,117 @@
+"""pytest hooks of pytest-qwen3vl: options, markers, settings, grid parametrization, claims table.
+
+Thin on purpose: every hook hands its work to a module below. Nothing heavy is imported here,
+so a repo that has the plugin installed but does not use it pays nothing at start-up.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_qwen3vl import sources
+from pytest_qwen3vl.claims import (
+    IDS_PROPERTY,
+    ClaimBoard,
+    UnknownClaim,
+    claim_ids,
+    render_table,
+    summary_counts,
+)
+from pytest_qwen3vl.fixtures import (  # noqa: F401  (fixtures are found as attributes of the plugin)
+    SETTINGS_KEY,
+    qwen3vl_config,
+    qwen3vl_golden_module,
+    qwen3vl_golden_path,
+    qwen3vl_golden_vision,
+    qwen3vl_grid,
+    qwen3vl_inputs,
+    qwen3vl_modified_module,
+    qwen3vl_modified_path,
+    qwen3vl_modified_vision,
+    qwen3vl_record,
+    qwen3vl_settings,
+    qwen3vl_vision_pair,
+    settings_of,
+)
+from pytest_qwen3vl.settings import GRID, OPTIONS, SettingsError, flag, ini_key, settings_from_pytest
+
+REPORTER_NAME = "qwen3vl-claims"
+
+MARKERS = (
+    "qwen3vl_claim(id): ties a test to a claim of the report; see docs/claims.md for the ids",
+    "qwen3vl_export: the test needs an ONNX export",
+    "qwen3vl_slow: the test builds a real-size model",
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("qwen3vl", "Qwen3-VL export conformance")
+    for name, help_text in OPTIONS.items():
+        group.addoption(
+            flag(name), dest=ini_key(name), action="append" if name == GRID else "store", default=None,
+            metavar="T,H,W" if name == GRID else "VALUE", help=help_text,
+        )
+        parser.addini(ini_key(name), help_text, type="args" if name == GRID else "string", default=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
+    try:
+        settings = settings_from_pytest(config)
+        if settings.explicit:
+            if settings.golden is None:
+                raise SettingsError("transformers is not installed: pip install 'transformers==4.57.6'")
+            sources.check_golden(settings.golden)
+    except (SettingsError, sources.SourceError) as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[SETTINGS_KEY] = settings
+    config.pluginmanager.register(ClaimReporter(), REPORTER_NAME)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    settings = settings_of(config)
+    if not settings.explicit:
+        return None
+    return [
+        f"qwen3vl golden: transformers {sources.transformers_version()} {settings.golden}",
+        f"qwen3vl modified: {settings.modified_label}",
+        f"qwen3vl config: {settings.model.name}; grids: {', '.join(g.id for g in settings.grids)}; "
+        f"seed: {settings.seed}",
+    ]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "qwen3vl_grid" in metafunc.fixturenames:
+        grids = settings_of(metafunc.config).grids
+        metafunc.parametrize("qwen3vl_grid", grids, ids=[g.id for g in grids], scope="session")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            ids = claim_ids(item)
+        except UnknownClaim as exc:
+            raise pytest.UsageError(str(exc)) from None
+        if ids:
+            item.user_properties.append((IDS_PROPERTY, ids))
+
+
+class ClaimReporter:
+    """Collects claim outcomes from every report (xdist ships workers' reports here) and prints the table."""
+
+    def __init__(self) -> None:
+        self.board = ClaimBoard()
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.board.add_report(report)
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if not self.board.ran_any():
+            return
+        rows = self.board.rows()
+        terminalreporter.section("qwen3vl claims")
+        for line in render_table(rows, width=max(terminalreporter._tw.fullwidth, 120)):
+            terminalreporter.write_line(line)
+        counts = ", ".join(f"{n} {status}" for status, n in summary_counts(rows).items())
+        terminalreporter.write_line(f"qwen3vl claims: {counts}")

@@ -1,0 +1,213 @@
+"""Options and ini keys turned into one frozen ``Settings``, with one-line errors for bad input.
+
+Nothing here imports torch or transformers: settings are parsed at pytest start-up, and a repo
+that has the plugin installed but does not use it must not pay for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pytest
+
+    from pytest_qwen3vl.models import ModelSpec
+
+PREFIX = "qwen3vl"
+
+# Option names as constants, one place for the CLI flag, the ini key and the help text.
+GRID = "grid"
+MODIFIED = "modified"
+GOLDEN = "golden"
+CONFIG = "config"
+SEED = "seed"
+CACHE_DIR = "cache_dir"
+
+DEFAULT_GRID = "1,24,24"
+DEFAULT_CONFIG = "tiny"
+DEFAULT_SEED = 0
+
+OPTIONS: dict[str, str] = {
+    GRID: "image grid T,H,W (several images: 1,24,24+1,20,20); repeat the option for several grids "
+    f"(default {DEFAULT_GRID})",
+    MODIFIED: "the modified modeling_qwen3_vl.py to check (default: golden with the report's one change)",
+    GOLDEN: "the golden modeling_qwen3_vl.py (default: the installed transformers' file; must be 4.57.6's)",
+    CONFIG: f"model config: tiny, 2b, 4b, 8b or a config.json (default {DEFAULT_CONFIG})",
+    SEED: f"seed of the random weights and inputs (default {DEFAULT_SEED})",
+    CACHE_DIR: "where exports and the reference modified file are kept (default .pytest_cache/d/qwen3vl)",
+}
+
+
+
+class SettingsError(ValueError):
+    """A bad option value; the plugin turns it into a pytest usage error (exit code 4)."""
+
+
+def flag(name: str) -> str:
+    """The command-line flag for an option name: ``grid`` -> ``--qwen3vl-grid``."""
+    return f"--{PREFIX}-{name.replace('_', '-')}"
+
+
+def ini_key(name: str) -> str:
+    """The ini key for an option name: ``grid`` -> ``qwen3vl_grid``."""
+    return f"{PREFIX}_{name}"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The (T, H, W) patch grids of the images passed in one call of the vision encoder."""
+
+    images: tuple[tuple[int, int, int], ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Grid:
+        """Parse ``T,H,W`` or several images joined with ``+`` (``1,24,24+1,20,20``)."""
+        text = text.strip()
+        if not text:
+            raise SettingsError(f"{flag(GRID)}: empty grid; expected T,H,W such as {DEFAULT_GRID}")
+        images = []
+        for part in text.split("+"):
+            fields = [f.strip() for f in part.split(",")]
+            if len(fields) != 3 or not all(f.isdigit() for f in fields):
+                raise SettingsError(
+                    f"{flag(GRID)}={text!r}: {part.strip()!r} is not three positive integers T,H,W"
+                )
+            t, h, w = (int(f) for f in fields)
+            if min(t, h, w) <= 0:
+                raise SettingsError(f"{flag(GRID)}={text!r}: T, H and W must be positive, got {part.strip()}")
+            images.append((t, h, w))
+        return cls(tuple(images))
+
+    def check_merge(self, merge_size: int) -> None:
+        """H and W must be multiples of the spatial merge size, or the merger cannot pool them."""
+        for t, h, w in self.images:
+            if h % merge_size or w % merge_size:
+                raise SettingsError(
+                    f"{flag(GRID)}={self.text}: H and W must be divisible by the merge size "
+                    f"{merge_size}, got {t},{h},{w}"
+                )
+
+    @property
+    def id(self) -> str:
+        """Test id: ``1x24x24``, several images joined with ``+``."""
+        return "+".join("x".join(str(v) for v in image) for image in self.images)
+
+    @property
+    def text(self) -> str:
+        """The option syntax, as a user would type it."""
+        return "+".join(",".join(str(v) for v in image) for image in self.images)
+
+    @property
+    def num_patches(self) -> int:
+        """N, the number of rows of ``pixel_values``: the sum of T*H*W over images."""
+        return sum(t * h * w for t, h, w in self.images)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run was asked to do; fixtures read this and nothing else."""
+
+    grids: tuple[Grid, ...]
+    golden: Path | None
+    modified: Path | None
+    model: ModelSpec
+    seed: int
+    cache_dir: Path
+    explicit: bool
+
+    @property
+    def modified_label(self) -> str:
+        """How the report header names the modified file."""
+        return str(self.modified) if self.modified else "reference change (golden + the report's condition)"
+
+
+def parse_grids(values: list[str]) -> tuple[Grid, ...]:
+    """Parse every ``--qwen3vl-grid``; duplicates collapse so test ids stay unique."""
+    grids: list[Grid] = []
+    for value in values:
+        grid = Grid.parse(value)
+        if grid not in grids:
+            grids.append(grid)
+    return tuple(grids)
+
+
+def parse_seed(value: str) -> int:
+    """The seed must be a non-negative integer: torch generators take nothing else."""
+    try:
+        seed = int(str(value).strip())
+    except ValueError:
+        raise SettingsError(f"{flag(SEED)}={value!r}: not an integer") from None
+    if seed < 0:
+        raise SettingsError(f"{flag(SEED)}={value!r}: must be >= 0")
+    return seed
+
+
+def existing_file(name: str, value: str | None, base: Path) -> Path | None:
+    """Resolve a path option against the rootdir and insist that the file exists."""
+    if value is None or not str(value).strip():
+        return None
+    path = Path(str(value).strip()).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    if not path.is_file():
+        raise SettingsError(f"{flag(name)}: no such file: {path}")
+    return path.resolve()
+
+
+def _value(config: pytest.Config, name: str) -> tuple[object, Path]:
+    """An option's value and the folder a relative path in it is relative to: CLI wins over ini."""
+    value = config.getoption(ini_key(name))
+    if value is not None:
+        return value, config.invocation_params.dir
+    base = config.inipath.parent if config.inipath else config.rootpath
+    return config.getini(ini_key(name)), base
+
+
+def explicitly_set(config: pytest.Config) -> bool:
+    """Whether the run names any qwen3vl option: only then is the golden file insisted upon."""
+    for name in OPTIONS:
+        if config.getoption(ini_key(name)) is not None:
+            return True
+        if config.inipath and ini_key(name) in config.inicfg:
+            return True
+    return False
+
+
+def settings_from_pytest(config: pytest.Config) -> Settings:
+    """Read every option and ini key once; raise ``SettingsError`` with a one-line message."""
+    from pytest_qwen3vl.models import ConfigError, resolve_config
+    from pytest_qwen3vl.sources import SourceError, installed_golden_path
+
+    raw_grids, _ = _value(config, GRID)
+    grids = parse_grids(list(raw_grids) or [DEFAULT_GRID])
+    raw_config, config_base = _value(config, CONFIG)
+    try:
+        model = resolve_config(str(raw_config or DEFAULT_CONFIG), config_base)
+    except ConfigError as exc:
+        raise SettingsError(str(exc)) from None
+    for grid in grids:
+        grid.check_merge(model.merge_size)
+    raw_seed, _ = _value(config, SEED)
+    seed = parse_seed(raw_seed if raw_seed not in (None, "") else DEFAULT_SEED)
+    golden = existing_file(GOLDEN, *_value(config, GOLDEN))
+    if golden is None:
+        try:
+            golden = installed_golden_path()
+        except SourceError:
+            golden = None
+    raw_cache, cache_base = _value(config, CACHE_DIR)
+    if raw_cache:
+        cache_dir = (cache_base / str(raw_cache)).resolve()
+    else:
+        cache_dir = config.rootpath / ".pytest_cache" / "d" / PREFIX
+    return Settings(
+        grids=grids,
+        golden=golden,
+        modified=existing_file(MODIFIED, *_value(config, MODIFIED)),
+        model=model,
+        seed=seed,
+        cache_dir=cache_dir,
+        explicit=explicitly_set(config),
+    )
