@@ -1,0 +1,42 @@
+"""Shared fixtures of the plugin's own tests: an in-process pytest run of the conformance suite."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+REPO = Path(__file__).resolve().parents[1]
+CONFORMANCE = REPO / "conformance"
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One qwen3vl cache for every inner run of this session, so exports are made once."""
+    return tmp_path_factory.mktemp("qwen3vl-cache")
+
+
+RunSuite = Callable[..., pytest.RunResult]
+
+
+@pytest.fixture
+def run_suite(pytester: pytest.Pytester, shared_cache: Path) -> RunSuite:
+    """Run conformance modules in-process against a modified file, isolated from the repo's ini.
+
+    ``run_suite("test_runtime.py", "-k", "bit_identical", modified=path)``: names are taken
+    relative to ``conformance/``; extra arguments go to pytest as they are.
+    """
+    ini = pytester.makeini("[pytest]\n")
+
+    def run(*args: str, modified: Path | None = None, subprocess: bool = False) -> pytest.RunResult:
+        argv = [str(CONFORMANCE / a) if (CONFORMANCE / a.split("::")[0]).exists() else a for a in args]
+        argv += ["-c", str(ini), "--rootdir", str(pytester.path), "-p", "no:cacheprovider",
+                 f"--qwen3vl-cache-dir={shared_cache}"]
+        if modified is not None:
+            argv.append(f"--qwen3vl-modified={modified}")
+        return pytester.runpytest_subprocess(*argv) if subprocess else pytester.runpytest(*argv)
+
+    return run
