@@ -1,0 +1,538 @@
+"""Compare two Qwen3-VL modeling files by syntax tree and judge the report's one-diff claim.
+
+Trees, not text: a fork may reformat, re-wrap, comment or re-quote the file freely, while every
+change to what the code does is reported. Docstrings are part of the tree and count as changes,
+because they are visible at run time (``__doc__``, ``help()``) and the claim is "one difference".
+
+Statements are aligned body by body (module, class, function, ``if``/``for``/``with``/``try``
+bodies), so a changed ``if`` test is one change at that ``if``, not a changed function.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import importlib.util
+import itertools
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+from pathlib import Path
+from typing import Any
+
+from pytest_qwen3vl.sources import GOLDEN_CONDITION, MODIFIED_CONDITION, PACKAGE, SourceError
+
+DEEPSTACK_CLASS = "Qwen3VLVisionModel"
+DEEPSTACK_PLACE = f"{DEEPSTACK_CLASS}.forward"
+FLAG = "_skip_deepstack_export"
+# The inputs of the DeepStack condition, in the order of a truth-table key.
+INPUTS = ("layer_in_indexes", "flag_set", "tracing")
+
+Combination = tuple[bool, bool, bool]
+TruthTable = dict[Combination, bool]
+
+_BODY_FIELDS = ("body", "orelse", "handlers", "finalbody", "cases")
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_HEADER_NOTES = {
+    "FunctionDef": "signature or decorators changed",
+    "AsyncFunctionDef": "signature or decorators changed",
+    "ClassDef": "bases or decorators changed",
+    "For": "loop target or iterable changed",
+    "AsyncFor": "loop target or iterable changed",
+    "With": "context managers changed",
+    "AsyncWith": "context managers changed",
+    "ExceptHandler": "caught exception changed",
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    """One parsed modeling file; ``label`` names it in every message (a path, or ``<golden>``)."""
+
+    label: str
+    text: str
+    tree: ast.Module = field(repr=False, compare=False)
+
+    def lines(self, span: tuple[int, int] | None) -> str:
+        """The whole lines of ``span`` (1-based, inclusive), without the final newline."""
+        if span is None:
+            return ""
+        return "\n".join(self.text.splitlines()[span[0] - 1 : span[1]])
+
+
+def parse_source(text: str, label: str) -> Source:
+    """Parse ``text``; a syntax error becomes a one-line ``SourceError`` naming ``label:line``."""
+    try:
+        tree = ast.parse(text, filename=label)
+    except SyntaxError as exc:
+        raise SourceError(f"{label}:{exc.lineno}: SyntaxError: {exc.msg}") from None
+    except ValueError as exc:  # null bytes in the source
+        raise SourceError(f"{label}: {exc}") from None
+    return Source(label, text, tree)
+
+
+def read_source(path: str | os.PathLike[str]) -> Source:
+    """Read and parse a file, honouring a PEP 263 encoding declaration."""
+    try:
+        text = importlib.util.decode_source(Path(path).read_bytes())
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, SyntaxError) as exc:
+        raise SourceError(f"{path}: cannot decode: {exc}") from None
+    return parse_source(text, str(path))
+
+
+def as_source(origin: Source | str | os.PathLike[str], label: str) -> Source:
+    """A ``Source`` from a path or from text; a ``str`` with a newline is text, otherwise a path."""
+    if isinstance(origin, Source):
+        return origin
+    if isinstance(origin, str) and "\n" in origin:
+        return parse_source(origin, label)
+    return read_source(origin)
+
+
+@dataclass
+class Change:
+    """One difference: where it is, what kind, and both sides' lines (``None`` where absent)."""
+
+    place: str
+    kind: str  # added | removed | changed | condition | import
+    golden_lines: tuple[int, int] | None
+    modified_lines: tuple[int, int] | None
+    golden_source: str
+    modified_source: str
+    note: str = ""
+    golden_nodes: tuple[ast.AST, ...] = field(default=(), repr=False, compare=False)
+    modified_nodes: tuple[ast.AST, ...] = field(default=(), repr=False, compare=False)
+    within: tuple[ast.AST, ...] = field(default=(), repr=False, compare=False)  # golden ancestors
+    header: bool = field(default=False, repr=False, compare=False)  # only the nodes' headers differ
+
+    @property
+    def golden_line(self) -> int | None:
+        return self.golden_lines[0] if self.golden_lines else None
+
+    @property
+    def modified_line(self) -> int | None:
+        return self.modified_lines[0] if self.modified_lines else None
+
+    def where(self) -> str:
+        """``Place (golden line 745, modified line 747)``, for messages; an absent side says so."""
+        golden = f"golden line {self.golden_line}" if self.golden_line else "not in golden"
+        modified = f"modified line {self.modified_line}" if self.modified_line else "not in modified"
+        return f"{self.place} ({golden}, {modified})"
+
+    def to_dict(self) -> dict[str, Any]:
+        def side(lines: tuple[int, int] | None, source: str) -> dict[str, Any] | None:
+            return None if lines is None else {"line": lines[0], "end_line": lines[1], "source": source}
+
+        return {
+            "place": self.place,
+            "kind": self.kind,
+            "note": self.note,
+            "golden": side(self.golden_lines, self.golden_source),
+            "modified": side(self.modified_lines, self.modified_source),
+        }
+
+
+def _dump(node: ast.AST) -> str:
+    return ast.dump(node)  # positions are left out, so layout and comments never count
+
+
+def _dump_list(node: ast.AST, name: str) -> list[str]:
+    return [_dump(n) for n in getattr(node, name, [])]
+
+
+def _has_body(node: ast.AST) -> bool:
+    return any(isinstance(getattr(node, name, None), list) for name in _BODY_FIELDS)
+
+
+def _qualname(place: str, name: str) -> str:
+    return name if place == "<module>" else f"{place}.{name}"
+
+
+def _key(node: ast.AST) -> str:
+    """The loosest identity that pairs two differing statements: the type, and a def's name."""
+    return f"{type(node).__name__} {node.name if isinstance(node, _DEFS) else ''}"
+
+
+def _same_header_key(node: ast.AST) -> str:
+    return f"{_key(node)} {_header(node)}" if _has_body(node) else _key(node)
+
+
+def _same_bodies_key(node: ast.AST) -> str:
+    return f"{_key(node)} {[_dump_list(node, name) for name in _BODY_FIELDS]}"
+
+
+def _header(node: ast.AST) -> str:
+    """The node without its bodies: a def's signature, an ``if``'s test, a loop's target and iterable."""
+    bare = copy.copy(node)
+    for name in _BODY_FIELDS:
+        if hasattr(bare, name):
+            setattr(bare, name, [])
+    return _dump(bare)
+
+
+# Keys that pair differing statements, strictest first: same header (a body changed), same
+# bodies (a header changed), then only the same type and name.
+_KEYS: tuple[Callable[[ast.AST], str], ...] = (_same_header_key, _same_bodies_key, _key)
+
+
+def _start(node: Any) -> int:
+    """First line, decorators included; a ``case`` has no position of its own, its pattern has."""
+    if isinstance(node, ast.match_case):
+        return node.pattern.lineno
+    return min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+
+
+def _end(node: Any) -> int:
+    return node.body[-1].end_lineno if isinstance(node, ast.match_case) else node.end_lineno
+
+
+def _span(nodes: Sequence[ast.AST]) -> tuple[int, int] | None:
+    return (_start(nodes[0]), max(_end(n) for n in nodes)) if nodes else None
+
+
+def _header_span(node: ast.AST, source: Source) -> tuple[int, int]:
+    """Lines from the header's start to its colon, without comments that precede the body."""
+    start = _start(node)
+    first = next(getattr(node, name)[0] for name in _BODY_FIELDS if getattr(node, name, None))
+    end = max(start, _start(first) - 1)
+    lines = source.text.splitlines()
+    while end > start and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")):
+        end -= 1
+    return start, end
+
+
+def _resolve(module: str | None, level: int) -> str:
+    """The absolute module of an import, relative ones taken inside ``transformers.models.qwen3_vl``."""
+    if level == 0:
+        return module or ""
+    parts = PACKAGE.split(".")
+    if level > len(parts):
+        return "." * level + (module or "")
+    return ".".join([*parts[: len(parts) - level + 1], *([module] if module else [])])
+
+
+def _bindings(nodes: Sequence[ast.AST]) -> dict[str, str]:
+    """Name -> dotted object that a run of import statements binds."""
+    bound: dict[str, str] = {}
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                bound[alias.asname or alias.name.split(".")[0]] = alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve(node.module, node.level)
+            for alias in node.names:
+                bound[alias.asname or alias.name] = f"{base}.{alias.name}"
+    return bound
+
+
+def _is_docstring(node: ast.AST) -> bool:
+    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+
+
+class _Differ:
+    """Walks both trees body by body and collects ``Change`` objects in golden order."""
+
+    def __init__(self, golden: Source, modified: Source) -> None:
+        self.golden = golden
+        self.modified = modified
+        self.changes: list[Change] = []
+
+    def body(self, gs: list[Any], ms: list[Any], place: str, within: tuple[ast.AST, ...]) -> None:
+        matcher = SequenceMatcher(None, [_dump(n) for n in gs], [_dump(n) for n in ms], autojunk=False)
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+            if tag != "equal":
+                self._block(gs[i1:i2], ms[j1:j2], place, within)
+
+    def _block(self, gs: list[Any], ms: list[Any], place: str, within: tuple[ast.AST, ...], level: int = 0) -> None:
+        """A run that differs: pair statements by ever looser keys; what stays unpaired is one block."""
+        if not (gs and ms) or level == len(_KEYS) or not any(_has_body(n) for n in [*gs, *ms]):
+            self._add_block(gs, ms, place, within)
+            return
+        key = _KEYS[level]
+        matcher = SequenceMatcher(None, [key(n) for n in gs], [key(n) for n in ms], autojunk=False)
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+            if tag != "equal":
+                self._block(gs[i1:i2], ms[j1:j2], place, within, level + 1)
+                continue
+            for g, m in zip(gs[i1:i2], ms[j1:j2], strict=True):
+                if _dump(g) == _dump(m):
+                    continue
+                if _has_body(g):
+                    self._pair(g, m, place, within)
+                else:
+                    self._add_block([g], [m], place, within)
+
+    def _pair(self, g: Any, m: Any, place: str, within: tuple[ast.AST, ...]) -> None:
+        """Two compound statements of the same kind: compare the header, then each body."""
+        inner = _qualname(place, g.name) if isinstance(g, _DEFS) else place
+        if _header(g) != _header(m):
+            if isinstance(g, ast.If | ast.While):
+                kind = "condition"
+                same = all(_dump_list(g, f) == _dump_list(m, f) for f in ("body", "orelse"))
+                note = "only the test changed" if same else "the test changed; body changes are listed apart"
+            else:
+                kind, note = "changed", _HEADER_NOTES.get(type(g).__name__, "header changed")
+            g_span, m_span = _header_span(g, self.golden), _header_span(m, self.modified)
+            self.changes.append(self._change(inner, kind, note, (g,), (m,), g_span, m_span, within, header=True))
+        for body_field in _BODY_FIELDS:
+            if hasattr(g, body_field):
+                self.body(getattr(g, body_field), getattr(m, body_field), inner, (*within, g))
+
+    def _add_block(self, gs: list[Any], ms: list[Any], place: str, within: tuple[ast.AST, ...]) -> None:
+        kind = "added" if not gs else "removed" if not ms else "changed"
+        note = ""
+        if gs and ms and all(isinstance(n, ast.Import | ast.ImportFrom) for n in [*gs, *ms]):
+            kind, note = _import_kind(gs, ms)
+        elif all(_is_docstring(n) for n in [*gs, *ms]):
+            note = "docstring"
+        elif len(gs) + len(ms) == 1 and isinstance(node := (gs or ms)[0], _DEFS):
+            note = f"{'adds' if ms else 'removes'} {type(node).__name__} {node.name}"
+        change = self._change(place, kind, note, tuple(gs), tuple(ms), _span(gs), _span(ms), within)
+        self.changes.append(change)
+
+    def _change(
+        self,
+        place: str,
+        kind: str,
+        note: str,
+        gs: tuple[ast.AST, ...],
+        ms: tuple[ast.AST, ...],
+        g_span: tuple[int, int] | None,
+        m_span: tuple[int, int] | None,
+        within: tuple[ast.AST, ...],
+        header: bool = False,
+    ) -> Change:
+        g_text, m_text = self.golden.lines(g_span), self.modified.lines(m_span)
+        return Change(place, kind, g_span, m_span, g_text, m_text, note, gs, ms, within, header)
+
+
+def _import_kind(gs: Sequence[ast.AST], ms: Sequence[ast.AST]) -> tuple[str, str]:
+    """``import`` when both runs bind the same names to the same objects, else ``changed``."""
+    g, m = _bindings(gs), _bindings(ms)
+    if g == m:
+        return "import", "rewritten, binds the same objects: " + ", ".join(f"{k}={v}" for k, v in g.items())
+    differ = sorted(k for k in g.keys() | m.keys() if g.get(k) != m.get(k))
+    return "changed", "imports bind other objects: " + ", ".join(
+        f"{k}: {g.get(k, '(unbound)')} -> {m.get(k, '(unbound)')}" for k in differ
+    )
+
+
+def diff_sources(golden: Source, modified: Source) -> list[Change]:
+    """Every change from ``golden`` to ``modified``, in golden order."""
+    differ = _Differ(golden, modified)
+    differ.body(golden.tree.body, modified.tree.body, "<module>", ())
+    return differ.changes
+
+
+# The DeepStack condition: a truth table over the three inputs the reference condition reads.
+
+
+class UndecidableCondition(ValueError):
+    """The condition reads something other than the three inputs, so no truth table exists."""
+
+
+def _template(source: str) -> str:
+    return _dump(ast.parse(source, mode="eval").body)
+
+
+_LAYER = _template(GOLDEN_CONDITION)
+_NOT_LAYER = _template("layer_num not in self.deepstack_visual_indexes")
+_TRACING = _template("torch.jit.is_tracing()")
+_ATOMS_TEXT = f'{GOLDEN_CONDITION}, getattr(self, "{FLAG}", False), torch.jit.is_tracing()'
+
+
+def _compile(node: ast.expr) -> Callable[[Combination], bool]:
+    """A function of (layer in indexes, flag set, tracing) that evaluates ``node`` as an ``if`` does."""
+    match node:
+        case ast.BoolOp(op=ast.And(), values=values):
+            parts = [_compile(v) for v in values]
+            return lambda c: all(p(c) for p in parts)
+        case ast.BoolOp(op=ast.Or(), values=values):
+            parts = [_compile(v) for v in values]
+            return lambda c: any(p(c) for p in parts)
+        case ast.UnaryOp(op=ast.Not(), operand=operand):
+            inner = _compile(operand)
+            return lambda c: not inner(c)
+        case ast.Call(func=ast.Name(id="bool"), args=[arg], keywords=[]):
+            return _compile(arg)
+        case ast.Constant(value=value) if isinstance(value, bool):
+            return lambda c: value
+        case _ if _dump(node) == _NOT_LAYER:
+            return lambda c: not c[0]
+        case _ if _dump(node) == _LAYER:
+            return lambda c: c[0]
+        case _ if _dump(node) == _TRACING:
+            return lambda c: c[2]
+        case ast.Call(func=ast.Name(id="getattr"), args=[ast.Name(id="self"), name, default], keywords=[]):
+            return _flag(name, default)
+        case ast.Attribute(value=ast.Name(id="self"), attr=attr) if attr == FLAG:
+            raise UndecidableCondition(
+                f"`self.{FLAG}` raises AttributeError while the flag was never set; "
+                f'expected getattr(self, "{FLAG}", False)'
+            )
+    raise UndecidableCondition(
+        f"`{ast.unparse(node)}` is none of the three inputs ({_ATOMS_TEXT}), so equivalence is not decidable"
+    )
+
+
+def _flag(name: ast.expr, default: ast.expr) -> Callable[[Combination], bool]:
+    """``getattr(self, FLAG, default)``: True when set, the default's truth value when unset."""
+    if not (isinstance(name, ast.Constant) and name.value == FLAG):
+        raise UndecidableCondition(
+            f'reads another flag, `{ast.unparse(name)}`; expected getattr(self, "{FLAG}", False)'
+        )
+    if not isinstance(default, ast.Constant):
+        raise UndecidableCondition(f"the flag's default `{ast.unparse(default)}` is not a constant")
+    unset = bool(default.value)
+    return lambda c: True if c[1] else unset
+
+
+def deepstack_truth_table(condition: str | ast.expr) -> TruthTable:
+    """Whether an ``if`` with ``condition`` runs DeepStack, for each (layer in indexes, flag set, tracing).
+
+    Raises ``UndecidableCondition`` naming the first sub-expression that is not one of the inputs.
+    """
+    node = ast.parse(condition.strip(), mode="eval").body if isinstance(condition, str) else condition
+    decide = _compile(node)
+    return {combo: decide(combo) for combo in itertools.product((False, True), repeat=3)}
+
+
+EXPECTED_TABLE = deepstack_truth_table(MODIFIED_CONDITION)
+
+
+def describe_combination(combo: Combination) -> str:
+    """Words for a combination, e.g. "at a layer in ..., while tracing with the flag unset"."""
+    layer, flag, tracing = combo
+    where = "in" if layer else "outside"
+    mode = "while tracing" if tracing else "in eager mode"
+    return f"at a layer {where} deepstack_visual_indexes, {mode} with the flag {'set' if flag else 'unset'}"
+
+
+def describe_disagreements(
+    actual: TruthTable, expected: TruthTable = EXPECTED_TABLE, who: str = "the modified file"
+) -> list[str]:
+    """One sentence per combination where ``actual`` and ``expected`` disagree."""
+
+    def does(run: bool) -> str:
+        return "runs" if run else "skips"
+
+    def should(run: bool) -> str:
+        return "run" if run else "skip"
+
+    return [
+        f"{describe_combination(c)}, {who} {does(actual[c])} DeepStack (expected: {should(expected[c])})"
+        for c in sorted(expected)
+        if actual[c] != expected[c]
+    ]
+
+
+# The claim: exactly one change, the DeepStack condition, equivalent to the reference.
+
+
+@dataclass
+class DiffReport:
+    """All changes between two files and whether they are exactly the report's one change."""
+
+    golden: str
+    modified: str
+    changes: list[Change]
+    problems: list[str]
+    condition: str | None = None  # the modified DeepStack test, when it changed
+    truth_table: TruthTable | None = None
+
+    @property
+    def conforms(self) -> bool:
+        return not self.problems
+
+    @property
+    def verdict(self) -> str:
+        if self.conforms:
+            change = self.changes[0]
+            return f"OK: one change, the DeepStack condition at {change.where()}, equivalent to the reference"
+        count = f"{len(self.changes)} change{'s' * (len(self.changes) != 1)}"
+        more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        return f"FAIL ({count}): {self.problems[0]}{more}"
+
+    def to_dict(self) -> dict[str, Any]:
+        table = None
+        if self.truth_table is not None:
+            table = [
+                dict(zip(INPUTS, combo, strict=True)) | {"runs_deepstack": run, "expected": EXPECTED_TABLE[combo]}
+                for combo, run in sorted(self.truth_table.items())
+            ]
+        return {
+            "golden": self.golden,
+            "modified": self.modified,
+            "conforms": self.conforms,
+            "verdict": self.verdict,
+            "problems": self.problems,
+            "changes": [c.to_dict() for c in self.changes],
+            "condition": {"expected": MODIFIED_CONDITION, "found": self.condition, "truth_table": table},
+        }
+
+
+def find_deepstack_if(tree: ast.Module) -> ast.If | None:
+    """The ``if layer_num in self.deepstack_visual_indexes:`` inside ``Qwen3VLVisionModel.forward``."""
+    for cls in tree.body:
+        if isinstance(cls, ast.ClassDef) and cls.name == DEEPSTACK_CLASS:
+            for method in cls.body:
+                if isinstance(method, ast.FunctionDef) and method.name == "forward":
+                    for node in ast.walk(method):
+                        if isinstance(node, ast.If) and _dump(node.test) == _LAYER:
+                            return node
+    return None
+
+
+def check_one_diff(golden: Source | str | os.PathLike[str], modified: Source | str | os.PathLike[str]) -> DiffReport:
+    """Compare two files (paths, or texts containing a newline) and judge the one-diff claim."""
+    g, m = as_source(golden, "<golden>"), as_source(modified, "<modified>")
+    changes = diff_sources(g, m)
+    report = DiffReport(g.label, m.label, changes, [])
+    target = find_deepstack_if(g.tree)
+    if target is None:
+        report.problems.append(f"{g.label} has no `if {GOLDEN_CONDITION}:` in {DEEPSTACK_PLACE}")
+        return report
+    if not changes:
+        report.problems.append(
+            f"no change: expected the DeepStack condition at {DEEPSTACK_PLACE} (golden line {target.lineno})"
+        )
+        return report
+    condition = next((c for c in changes if c.kind == "condition" and c.golden_nodes == (target,)), None)
+    replaced = None
+    if condition is None:
+        replaced = next((c for c in changes if not c.header and _covers(c.golden_nodes, target)), None)
+        report.problems.append(
+            f"the DeepStack `if` at {replaced.where()} was replaced, not only its test"
+            if replaced
+            else f"the DeepStack condition at {DEEPSTACK_PLACE} (golden line {target.lineno}) is unchanged"
+        )
+    else:
+        report.problems.extend(_judge_condition(condition, report))
+    for change in changes:
+        if change is condition or change is replaced:
+            continue
+        if target in change.within:
+            report.problems.append(f"the body of the DeepStack `if` changed at {change.where()}")
+        else:
+            note = f": {change.note}" if change.note else ""
+            report.problems.append(f"unexpected change ({change.kind}) at {change.where()}{note}")
+    return report
+
+
+def _covers(nodes: Sequence[ast.AST], target: ast.AST) -> bool:
+    return any(node is target for root in nodes for node in ast.walk(root))
+
+
+def _judge_condition(change: Change, report: DiffReport) -> list[str]:
+    """Problems with the new DeepStack test; records its text and truth table on ``report``."""
+    test = change.modified_nodes[0].test
+    report.condition = ast.unparse(test)
+    prefix = f"the DeepStack condition at {change.where()}"
+    try:
+        report.truth_table = deepstack_truth_table(test)
+    except UndecidableCondition as exc:
+        return [f"{prefix} is not the reference condition: {exc}"]
+    return [f"{prefix} differs from the reference: {d}" for d in describe_disagreements(report.truth_table)]
