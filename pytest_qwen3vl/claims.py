@@ -163,24 +163,24 @@ def _failure_line(report: pytest.TestReport) -> str:
     return "failed"
 
 
-def render_table(rows: Iterable[ClaimRow], width: int = 160) -> list[str]:
-    """The claims table as text lines: number, id, statement, status, measured value."""
+def render_table(rows: Iterable[ClaimRow], statement_width: int = 40) -> list[str]:
+    """The claims table as text lines: number, id, status, statement, then each measured value.
+
+    Measured values are never clipped: a second value goes on a line of its own, aligned.
+    """
     rows = list(rows)
     id_width = max(len(row.claim.id) for row in rows)
-    fixed = 4 + id_width + 2 + 9 + 2
-    statement_width = 40
-    measured_width = max(80, width - fixed - statement_width - 2)
-    lines = [
-        f"{'#':>3} {'claim':<{id_width}}  {'status':<9}  {'statement':<{statement_width}}  measured",
-    ]
+    head = f"{'#':>3} {'claim':<{id_width}}  {'status':<9}  {'statement':<{statement_width}}  "
+    lines = [head + "measured"]
     for row in rows:
-        measured = "; ".join(row.measured) or "-"
+        values = list(row.measured) or ["-"]
         if row.status == ERRATUM and row.reported:
-            measured = f"{measured} (report: {'; '.join(row.reported)})"
+            values.append(f"report says: {'; '.join(row.reported)}")
         lines.append(
             f"{row.claim.number:>3} {row.claim.id:<{id_width}}  {row.status:<9}  "
-            f"{_clip(row.claim.statement, statement_width):<{statement_width}}  {_clip(measured, measured_width)}"
+            f"{_clip(row.claim.statement, statement_width):<{statement_width}}  {values[0]}"
         )
+        lines.extend(" " * len(head) + value for value in values[1:])
     return lines
 
 

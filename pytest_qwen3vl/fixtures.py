@@ -57,8 +57,10 @@ def qwen3vl_golden_path(qwen3vl_settings: Settings) -> Path:
     try:
         sources.check_golden(qwen3vl_settings.golden)
     except sources.SourceError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    return qwen3vl_settings.golden
+        problem = str(exc)
+    else:
+        return qwen3vl_settings.golden
+    pytest.fail(problem, pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -70,10 +72,12 @@ def qwen3vl_modified_path(qwen3vl_settings: Settings, qwen3vl_golden_path: Path)
 
 
 def _import(path: Path, role: str) -> ModuleType:
+    """Import, or fail the test with the file and line: no stack trace through the plugin."""
     try:
         return sources.import_modeling_file(path, role)
     except sources.SourceError as exc:
-        pytest.fail(f"{role} modeling file does not import: {exc}", pytrace=False)
+        problem = str(exc)
+    pytest.fail(f"{role} modeling file does not import: {problem}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -101,8 +105,8 @@ def qwen3vl_vision_pair(
     try:
         return build_pair(qwen3vl_golden_module, qwen3vl_modified_module, qwen3vl_config, qwen3vl_settings.seed)
     except Exception as exc:
-        pytest.fail(f"cannot build the vision models of {qwen3vl_config.name}: {type(exc).__name__}: {exc}",
-                    pytrace=False)
+        problem = f"{type(exc).__name__}: {exc}"
+    pytest.fail(f"cannot build the vision models of {qwen3vl_config.name}: {problem}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

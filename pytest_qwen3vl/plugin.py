@@ -111,7 +111,7 @@ class ClaimReporter:
             return
         rows = self.board.rows()
         terminalreporter.section("qwen3vl claims")
-        for line in render_table(rows, width=max(terminalreporter._tw.fullwidth, 120)):
+        for line in render_table(rows):
             terminalreporter.write_line(line)
         counts = ", ".join(f"{n} {status}" for status, n in summary_counts(rows).items())
         terminalreporter.write_line(f"qwen3vl claims: {counts}")

@@ -181,7 +181,7 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
     from pytest_qwen3vl.sources import SourceError, installed_golden_path
 
     raw_grids, _ = _value(config, GRID)
-    grids = parse_grids(list(raw_grids) or [DEFAULT_GRID])
+    grids = parse_grids(list(raw_grids or []) or [DEFAULT_GRID])
     raw_config, config_base = _value(config, CONFIG)
     try:
         model = resolve_config(str(raw_config or DEFAULT_CONFIG), config_base)

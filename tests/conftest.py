@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+# Imported here, before any in-process run: pytester restores sys.modules after each inner run,
+# and torch cannot be imported a second time into one process.
+import torch  # noqa: F401
+import transformers.models.qwen3_vl.modeling_qwen3_vl  # noqa: F401
+
 pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parents[1]

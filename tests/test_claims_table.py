@@ -1,0 +1,81 @@
+"""The claims table end to end: complete with and without xdist, and failing on a wrong file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RunSuite
+from tests.test_plugin import modified_copy
+
+MERGER_LINE = "        x = self.linear_fc2(self.act_fn(self.linear_fc1(x)))\n"
+
+
+def claim_line(result: pytest.RunResult, claim: str) -> str:
+    """The claim's row of the table, with its continuation lines joined."""
+    lines = result.outlines
+    start = next(i for i, line in enumerate(lines) if f" {claim} " in line and "qwen3vl claims" not in line)
+    end = start + 1
+    while end < len(lines) and lines[end].startswith("   ") and not lines[end][:4].strip():
+        end += 1
+    return " | ".join(lines[start:end])
+
+
+@pytest.mark.parametrize("workers", [None, "2"], ids=["serial", "xdist"])
+def test_table_is_complete(run_suite: RunSuite, workers: str | None) -> None:
+    extra = ["-n", workers] if workers else []
+    result = run_suite("test_runtime.py", "--qwen3vl-grid=1,24,24", "--qwen3vl-grid=1,8,8+1,4,4", *extra,
+                       subprocess=bool(workers))
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*= qwen3vl claims =*", "*# claim*status*statement*measured*"])
+    line = claim_line(result, "runtime-equivalence")
+    assert " holds " in line
+    assert "1x24x24: pooled (144, 2560)" in line and "1x8x8+1x4x4: pooled (20, 2560)" in line
+    assert " not run " in claim_line(result, "golden-onnx-outputs")
+
+
+def test_wrong_merger_arithmetic_fails_runtime_equivalence(run_suite: RunSuite, tmp_path: Path) -> None:
+    wrong = modified_copy(tmp_path, MERGER_LINE,
+                          "        x = self.linear_fc2(self.act_fn(self.linear_fc1(x)) * 1.0001)\n")
+    result = run_suite("test_runtime.py", modified=wrong)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["E * pooled embeddings differ from golden: max abs *"])
+    line = claim_line(result, "runtime-equivalence")
+    assert " fails " in line and "pooled embeddings differ from golden" in line
+
+
+def test_extra_weight_fails_state_dict_match(run_suite: RunSuite, tmp_path: Path) -> None:
+    wrong = modified_copy(tmp_path, "        self.deepstack_visual_indexes = config.deepstack_visual_indexes\n",
+                          "        self.deepstack_visual_indexes = config.deepstack_visual_indexes\n"
+                          "        self.export_scale = nn.Parameter(torch.ones(1))\n")
+    result = run_suite("test_runtime.py", modified=wrong)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["E * state dict keys differ*only in modified ?'export_scale'?"])
+
+
+def test_changed_buffer_is_caught_though_weights_are_shared(run_suite: RunSuite, tmp_path: Path) -> None:
+    wrong = modified_copy(tmp_path, "def __init__(self, dim: int, theta: float = 10000.0)",
+                          "def __init__(self, dim: int, theta: float = 20000.0)")
+    result = run_suite("test_runtime.py", modified=wrong)
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*buffers differ*rotary_pos_emb.inv_freq*"])
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("import torch\n", "import torch\ndef broken(:\n", "*modeling_qwen3_vl.py:*: SyntaxError: *"),
+        ("class Qwen3VLVisionModel(", "class RenamedVisionModel(", "*modeling_qwen3_vl.py: defines no class*"),
+        ("import torch\n", "import torch\nraise RuntimeError('broken fork')\n",
+         "*modeling_qwen3_vl.py:*: RuntimeError: broken fork*"),
+    ],
+    ids=["syntax-error", "missing-class", "raises-on-import"],
+)
+def test_modified_file_that_does_not_import(run_suite: RunSuite, tmp_path: Path, old: str, new: str,
+                                            message: str) -> None:
+    result = run_suite("test_runtime.py", modified=modified_copy(tmp_path, old, new))
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines([f"*modified modeling file does not import: {message}"])
+    assert "pytest_qwen3vl/fixtures.py" not in result.stdout.str()
+    assert " fails " in claim_line(result, "runtime-equivalence")

@@ -1,0 +1,76 @@
+"""Golden and modified models share their weights; inputs are seeded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pytest_qwen3vl.inputs import make_inputs
+from pytest_qwen3vl.models import VisionPair, build_pair, deepstack_export_flag, resolve_config
+from pytest_qwen3vl.settings import Grid
+from pytest_qwen3vl.sources import import_modeling_file, installed_golden_path, write_reference_modified
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> VisionPair:
+    golden = installed_golden_path()
+    modified = write_reference_modified(golden, tmp_path_factory.mktemp("cache"))
+    spec = resolve_config("tiny", golden.parent)
+    return build_pair(import_modeling_file(golden, "golden"), import_modeling_file(modified, "modified"), spec, 0)
+
+
+def test_every_parameter_and_persistent_buffer_is_the_same_tensor(pair: VisionPair) -> None:
+    golden = pair.golden.state_dict(keep_vars=True)
+    modified = pair.modified.state_dict(keep_vars=True)
+    assert pair.unshared == []
+    assert golden.keys() == modified.keys()
+    assert all(modified[key] is golden[key] for key in golden)
+
+
+def test_non_persistent_buffers_are_computed_by_each_file_and_equal(pair: VisionPair) -> None:
+    golden = dict(pair.golden.named_buffers())
+    modified = dict(pair.modified.named_buffers())
+    assert list(golden) == ["rotary_pos_emb.inv_freq"]
+    assert modified["rotary_pos_emb.inv_freq"] is not golden["rotary_pos_emb.inv_freq"]
+    assert torch.equal(modified["rotary_pos_emb.inv_freq"], golden["rotary_pos_emb.inv_freq"])
+
+
+def test_models_are_eval_float32_cpu(pair: VisionPair) -> None:
+    for model in (pair.golden, pair.modified):
+        assert not model.training
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+        assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+def test_weights_follow_the_seed(pair: VisionPair) -> None:
+    golden_module = type(pair.golden).__module__
+    import sys
+
+    module = sys.modules[golden_module]
+    spec = resolve_config("tiny", installed_golden_path().parent)
+    again = build_pair(module, module, spec, 0).golden
+    other = build_pair(module, module, spec, 1).golden
+    weight = "blocks.0.attn.qkv.weight"
+    assert torch.equal(again.state_dict()[weight], pair.golden.state_dict()[weight])
+    assert not torch.equal(other.state_dict()[weight], pair.golden.state_dict()[weight])
+
+
+def test_inputs_follow_seed_and_grid() -> None:
+    spec = resolve_config("tiny", installed_golden_path().parent)
+    grid = Grid.parse("1,8,8+2,4,4")
+    first, again = make_inputs(grid, spec, 0), make_inputs(grid, spec, 0)
+    assert first.pixel_values.shape == (64 + 32, 1536) and first.pixel_values.dtype == torch.float32
+    assert first.grid_thw.tolist() == [[1, 8, 8], [2, 4, 4]] and first.grid_thw.dtype == torch.int64
+    assert torch.equal(first.pixel_values, again.pixel_values)
+    assert not torch.equal(first.pixel_values, make_inputs(grid, spec, 1).pixel_values)
+
+
+def test_export_flag_is_restored(pair: VisionPair) -> None:
+    model = pair.modified
+    assert "_skip_deepstack_export" not in model.__dict__
+    with deepstack_export_flag(model, True):
+        assert model._skip_deepstack_export is True
+        with deepstack_export_flag(model, None):
+            assert not hasattr(model, "_skip_deepstack_export")
+        assert model._skip_deepstack_export is True
+    assert "_skip_deepstack_export" not in model.__dict__
