@@ -34,6 +34,7 @@ from pytest_qwen3vl.fixtures import (  # noqa: F401  (fixtures are found as attr
     settings_of,
 )
 from pytest_qwen3vl.settings import GRID, OPTIONS, SettingsError, flag, ini_key, settings_from_pytest
+from pytest_qwen3vl.suite import add_suite
 
 REPORTER_NAME = "qwen3vl-claims"
 
@@ -66,6 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except (SettingsError, sources.SourceError) as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SETTINGS_KEY] = settings
+    add_suite(config, settings.suite, modified_named=settings.modified is not None)
     config.pluginmanager.register(ClaimReporter(), REPORTER_NAME)
 
 

@@ -24,6 +24,7 @@ GOLDEN = "golden"
 CONFIG = "config"
 SEED = "seed"
 CACHE_DIR = "cache_dir"
+SUITE = "suite"
 
 DEFAULT_GRID = "1,24,24"
 DEFAULT_CONFIG = "tiny"
@@ -37,6 +38,8 @@ OPTIONS: dict[str, str] = {
     CONFIG: f"model config: tiny, 2b, 4b, 8b or a config.json (default {DEFAULT_CONFIG})",
     SEED: f"seed of the random weights and inputs (default {DEFAULT_SEED})",
     CACHE_DIR: "where exports and the reference modified file are kept (default .pytest_cache/d/qwen3vl)",
+    SUITE: "collect the installed conformance suite: auto (when a modified file is named and no test paths "
+    "are given), only, off (default auto)",
 }
 
 
@@ -115,6 +118,7 @@ class Settings:
     model: ModelSpec
     seed: int
     cache_dir: Path
+    suite: str
     explicit: bool
 
     @property
@@ -179,6 +183,7 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
     """Read every option and ini key once; raise ``SettingsError`` with a one-line message."""
     from pytest_qwen3vl.models import ConfigError, resolve_config
     from pytest_qwen3vl.sources import SourceError, installed_golden_path
+    from pytest_qwen3vl.suite import AUTO, MODES
 
     raw_grids, _ = _value(config, GRID)
     grids = parse_grids(list(raw_grids or []) or [DEFAULT_GRID])
@@ -202,6 +207,10 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
         cache_dir = (cache_base / str(raw_cache)).resolve()
     else:
         cache_dir = config.rootpath / ".pytest_cache" / "d" / PREFIX
+    raw_suite, _ = _value(config, SUITE)
+    suite = str(raw_suite or AUTO).strip().lower()
+    if suite not in MODES:
+        raise SettingsError(f"{flag(SUITE)}={raw_suite!r}: expected one of {', '.join(MODES)}")
     return Settings(
         grids=grids,
         golden=golden,
@@ -209,5 +218,6 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
         model=model,
         seed=seed,
         cache_dir=cache_dir,
+        suite=suite,
         explicit=explicitly_set(config),
     )

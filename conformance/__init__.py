@@ -1,0 +1,1 @@
+"""The conformance suite: one module per part of the report, each test tied to a claim."""

@@ -1,0 +1,1 @@
+"""In the wheel, the conformance suite and its snapshots live below this package."""
