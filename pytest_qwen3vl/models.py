@@ -88,14 +88,16 @@ class ModelSpec:
     vision: dict[str, Any]
     text: dict[str, Any] | None = None
     source: Path | None = field(default=None, compare=False)
+    checkpoint: Path | None = None
 
     @property
     def merge_size(self) -> int:
         return int(self.vision.get("spatial_merge_size", 2))
 
     def key(self) -> str:
-        """A canonical text of the config, for content-addressed caching."""
-        return json.dumps({"vision": self.vision, "text": self.text}, sort_keys=True)
+        """A canonical text of the config and weights' origin, for content-addressed caching."""
+        weights = checkpoint_fingerprint(self.checkpoint) if self.checkpoint else "random"
+        return json.dumps({"vision": self.vision, "text": self.text, "weights": weights}, sort_keys=True)
 
 
 def resolve_config(value: str, base: Path) -> ModelSpec:
@@ -107,8 +109,9 @@ def resolve_config(value: str, base: Path) -> ModelSpec:
     path = Path(name).expanduser()
     if not path.is_absolute():
         path = base / path
-    if path.is_dir():
-        path = path / "config.json"
+    folder = path if path.is_dir() else None
+    if folder is not None:
+        path = folder / "config.json"
     if not path.is_file():
         raise ConfigError(
             f"--qwen3vl-config={value!r}: neither a preset ({', '.join(VISION_PRESETS)}) nor an existing config.json"
@@ -125,7 +128,9 @@ def resolve_config(value: str, base: Path) -> ModelSpec:
             f"--qwen3vl-config: {path} is no Qwen3-VL config: vision config lacks {', '.join(missing or ['keys'])}"
         )
     text = data.get("text_config")
-    return ModelSpec(str(path), dict(vision), dict(text) if isinstance(text, dict) else None, path)
+    checkpoint = folder if folder is not None and _weight_files(folder) else None
+    return ModelSpec(str(folder or path), dict(vision), dict(text) if isinstance(text, dict) else None, path,
+                     checkpoint)
 
 
 @dataclass
@@ -145,9 +150,16 @@ def vision_config(spec: ModelSpec) -> Any:
 
 
 def build_golden(module: ModuleType, spec: ModelSpec, seed: int) -> torch.nn.Module:
-    """Golden vision model with random weights drawn from ``seed``, eval mode, float32, CPU."""
+    """Golden vision model, eval mode, float32, CPU: a checkpoint's weights, or random ones from ``seed``."""
     import torch
 
+    if spec.checkpoint is not None:
+        from transformers.modeling_utils import no_init_weights
+
+        with no_init_weights():
+            model = module.Qwen3VLVisionModel(vision_config(spec))
+        load_vision_weights(model, spec.checkpoint)
+        return model.float().eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = module.Qwen3VLVisionModel._from_config(vision_config(spec), torch_dtype=torch.float32)
@@ -205,3 +217,66 @@ def deepstack_export_flag(model: torch.nn.Module, value: bool | None) -> Iterato
             model.__dict__.pop("_skip_deepstack_export", None)
         else:
             model._skip_deepstack_export = old
+
+
+# Where released checkpoints keep the vision tower, newest layout first.
+VISION_PREFIXES = ("model.visual.", "visual.")
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors"))
+
+
+def checkpoint_fingerprint(folder: Path) -> str:
+    """Names, sizes and mtimes of the weight files: enough to notice a changed checkpoint."""
+    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in _weight_files(folder))
+
+
+def vision_shards(folder: Path) -> dict[Path, list[str]]:
+    """The safetensors files that hold vision-tower tensors, with those tensors' names.
+
+    With a ``model.safetensors.index.json`` only the shards it names for vision tensors are
+    opened at all, so the language model's shards are never read.
+    """
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        shards: dict[Path, list[str]] = {}
+        for name, shard in weight_map.items():
+            if name.startswith(VISION_PREFIXES):
+                shards.setdefault(folder / shard, []).append(name)
+        return shards
+    shards = {}
+    for path in _weight_files(folder):
+        with safe_open(str(path), framework="pt") as handle:
+            names = [name for name in handle.keys() if name.startswith(VISION_PREFIXES)]  # noqa: SIM118
+        if names:
+            shards[path] = names
+    return shards
+
+
+def load_vision_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Load the vision tower's tensors of a local checkpoint into ``model``, strictly, as float32."""
+    import torch
+    from safetensors import safe_open
+
+    state: dict[str, torch.Tensor] = {}
+    for path, names in vision_shards(folder).items():
+        with safe_open(str(path), framework="pt") as handle:
+            for name in names:
+                prefix = next(p for p in VISION_PREFIXES if name.startswith(p))
+                state[name.removeprefix(prefix)] = handle.get_tensor(name).to(torch.float32)
+    if not state:
+        raise ConfigError(f"{folder}: no vision tensors (names starting with {' or '.join(VISION_PREFIXES)})")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        problem = str(exc).strip().splitlines()[-1].strip()
+        raise ConfigError(f"{folder}: vision tensors do not fit the config: {problem}") from None
+    if missing or unexpected:
+        raise ConfigError(
+            f"{folder}: vision tensors do not fit the config: missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}"
+        )
