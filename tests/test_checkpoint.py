@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pytest_qwen3vl.models import TEXT_PRESETS, VISION_PRESETS, build_golden, resolve_config, vision_shards
+from pytest_qwen3vl.models import TEXT_PRESETS, VISION_PRESETS, ConfigError, build_golden, resolve_config, vision_shards
 from pytest_qwen3vl.sources import import_modeling_file, installed_golden_path
 from tests.conftest import RunSuite
 
