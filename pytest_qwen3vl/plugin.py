@@ -33,7 +33,17 @@ from pytest_qwen3vl.fixtures import (  # noqa: F401  (fixtures are found as attr
     qwen3vl_vision_pair,
     settings_of,
 )
-from pytest_qwen3vl.settings import GRID, OPTIONS, SettingsError, flag, ini_key, settings_from_pytest
+from pytest_qwen3vl.settings import (
+    FLAGS,
+    GRID,
+    OPTIONS,
+    RUN_SLOW,
+    Settings,
+    SettingsError,
+    flag,
+    ini_key,
+    settings_from_pytest,
+)
 from pytest_qwen3vl.suite import add_suite
 
 REPORTER_NAME = "qwen3vl-claims"
@@ -48,6 +58,10 @@ MARKERS = (
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("qwen3vl", "Qwen3-VL export conformance")
     for name, help_text in OPTIONS.items():
+        if name in FLAGS:
+            group.addoption(flag(name), dest=ini_key(name), action="store_true", default=None, help=help_text)
+            parser.addini(ini_key(name), help_text, type="bool", default=None)
+            continue
         group.addoption(
             flag(name), dest=ini_key(name), action="append" if name == GRID else "store", default=None,
             metavar="T,H,W" if name == GRID else "VALUE", help=help_text,
@@ -68,7 +82,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SETTINGS_KEY] = settings
     add_suite(config, settings.suite, modified_named=settings.modified is not None)
-    config.pluginmanager.register(ClaimReporter(), REPORTER_NAME)
+    config.pluginmanager.register(ClaimReporter(settings), REPORTER_NAME)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
@@ -89,8 +103,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("qwen3vl_grid", grids, ids=[g.id for g in grids], scope="session")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    run_slow = settings_of(config).run_slow
     for item in items:
+        if not run_slow and item.get_closest_marker("qwen3vl_slow"):
+            item.add_marker(pytest.mark.skip(reason=f"real-size model: run with {flag(RUN_SLOW)}"))
         try:
             ids = claim_ids(item)
         except UnknownClaim as exc:
@@ -100,10 +117,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 class ClaimReporter:
-    """Collects claim outcomes from every report (xdist ships workers' reports here) and prints the table."""
+    """Collects claim outcomes from every report (xdist ships workers' reports here), prints the
+    table and writes the Markdown report."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.board = ClaimBoard()
+        self.settings = settings
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.board.add_report(report)
@@ -117,3 +136,8 @@ class ClaimReporter:
             terminalreporter.write_line(line)
         counts = ", ".join(f"{n} {status}" for status, n in summary_counts(rows).items())
         terminalreporter.write_line(f"qwen3vl claims: {counts}")
+        if self.settings.report is not None and not hasattr(terminalreporter.config, "workerinput"):
+            from pytest_qwen3vl.report import write_report
+
+            path = write_report(self.settings.report, rows, self.settings)
+            terminalreporter.write_line(f"qwen3vl report written to {path}")

@@ -25,6 +25,9 @@ CONFIG = "config"
 SEED = "seed"
 CACHE_DIR = "cache_dir"
 SUITE = "suite"
+REPORT = "report"
+RUN_SLOW = "run_slow"
+FLAGS = (RUN_SLOW,)
 
 DEFAULT_GRID = "1,24,24"
 DEFAULT_CONFIG = "tiny"
@@ -38,6 +41,8 @@ OPTIONS: dict[str, str] = {
     CONFIG: f"model config: tiny, 2b, 4b, 8b or a config.json (default {DEFAULT_CONFIG})",
     SEED: f"seed of the random weights and inputs (default {DEFAULT_SEED})",
     CACHE_DIR: "where exports and the reference modified file are kept (default .pytest_cache/d/qwen3vl)",
+    REPORT: "write the report again as Markdown to this path, from what the run measured",
+    RUN_SLOW: "run the tests marked qwen3vl_slow (real-size models; minutes and ~10 GB each)",
     SUITE: "collect the installed conformance suite: auto (when a modified file is named and no test paths "
     "are given), only, off (default auto)",
 }
@@ -119,6 +124,8 @@ class Settings:
     seed: int
     cache_dir: Path
     suite: str
+    report: Path | None
+    run_slow: bool
     explicit: bool
 
     @property
@@ -179,6 +186,11 @@ def explicitly_set(config: pytest.Config) -> bool:
     return False
 
 
+def _truthy(value: object) -> bool:
+    """An ini bool arrives as text when an option's ini type is string; accept both."""
+    return str(value).strip().lower() in ("1", "true", "yes", "on") if value is not None else False
+
+
 def settings_from_pytest(config: pytest.Config) -> Settings:
     """Read every option and ini key once; raise ``SettingsError`` with a one-line message."""
     from pytest_qwen3vl.models import ConfigError, resolve_config
@@ -211,6 +223,7 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
     suite = str(raw_suite or AUTO).strip().lower()
     if suite not in MODES:
         raise SettingsError(f"{flag(SUITE)}={raw_suite!r}: expected one of {', '.join(MODES)}")
+    raw_report, report_base = _value(config, REPORT)
     return Settings(
         grids=grids,
         golden=golden,
@@ -219,5 +232,7 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
         seed=seed,
         cache_dir=cache_dir,
         suite=suite,
+        report=(report_base / str(raw_report)).resolve() if raw_report else None,
+        run_slow=_truthy(_value(config, RUN_SLOW)[0]),
         explicit=explicitly_set(config),
     )
