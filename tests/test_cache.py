@@ -1,0 +1,130 @@
+"""The artifact cache: one build per key across processes, nothing published by a killed builder."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pytest_qwen3vl.cache import ArtifactCache, cache_key, library_versions
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Barrier, Event
+
+PARTS = {"source": "abc123", "config": '{"depth": 5}', "grid": "1x4x4", "exporter": "torchscript"}
+# Spawned children start clean (no copy of this process's torch threads) and import this module.
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def _slow_build(path: Path) -> None:
+    time.sleep(0.5)  # long enough that the second process asks while the first builds
+    path.write_text(f"built by {os.getpid()}\n")
+
+
+def _build_after_barrier(root: str, barrier: Barrier, results: Queue[str]) -> None:
+    barrier.wait()
+    results.put(str(ArtifactCache(root).get_or_create(PARTS, "model.onnx", _slow_build)))
+
+
+def _build_until_killed(root: str, started: Event) -> None:
+    def build(path: Path) -> None:
+        path.write_text("half an export")
+        started.set()
+        time.sleep(60)
+
+    ArtifactCache(root).get_or_create(PARTS, "model.onnx", build)
+
+
+def test_key_changes_with_every_part_and_the_file_name() -> None:
+    base = cache_key(PARTS, "model.onnx")
+    variants = [cache_key({**PARTS, name: value + "x"}, "model.onnx") for name, value in PARTS.items()]
+    variants.append(cache_key({**PARTS, "extra": ""}, "model.onnx"))
+    variants.append(cache_key(PARTS, "other.onnx"))
+    assert len({base, *variants}) == len(variants) + 1
+
+
+def test_key_ignores_the_order_of_parts() -> None:
+    assert cache_key(dict(reversed(PARTS.items())), "model.onnx") == cache_key(PARTS, "model.onnx")
+
+
+def test_library_versions_name_every_export_library() -> None:
+    versions = library_versions()
+    assert set(versions) == {"torch", "transformers", "onnx", "onnxruntime"}
+    assert all(versions.values())
+
+
+def test_second_request_reuses_the_file_and_logs_one_build(tmp_path: Path) -> None:
+    cache = ArtifactCache(tmp_path)
+    calls = []
+
+    def build(path: Path) -> None:
+        calls.append(path)
+        path.write_text("onnx")
+
+    first = cache.get_or_create(PARTS, "model.onnx", build)
+    second = cache.get_or_create(PARTS, "model.onnx", build)
+    assert first == second == cache.path_for(PARTS, "model.onnx")
+    assert first.read_text() == "onnx"
+    assert len(calls) == 1
+    assert calls[0] != first  # built elsewhere, then published by rename
+    assert [(b["status"], b["filename"]) for b in cache.builds()] == [("built", "model.onnx")]
+    assert (first.parent / "key.json").is_file()
+
+
+def test_a_failed_build_publishes_nothing_is_logged_and_is_retried(tmp_path: Path) -> None:
+    cache = ArtifactCache(tmp_path)
+
+    def broken(path: Path) -> None:
+        path.write_text("partial")
+        raise RuntimeError("exporter exploded")
+
+    with pytest.raises(RuntimeError, match="exporter exploded"):
+        cache.get_or_create(PARTS, "model.onnx", broken)
+    assert not cache.path_for(PARTS, "model.onnx").exists()
+    assert list(cache.staging.iterdir()) == []
+    cache.get_or_create(PARTS, "model.onnx", lambda path: path.write_text("ok"))
+    assert [b["status"] for b in cache.builds()] == ["failed", "built"]
+
+
+def test_a_build_that_writes_no_file_fails(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="wrote no file"):
+        ArtifactCache(tmp_path).get_or_create(PARTS, "model.onnx", lambda path: None)
+
+
+def test_two_processes_asking_at_once_build_once(tmp_path: Path) -> None:
+    barrier = SPAWN.Barrier(2)
+    results = SPAWN.Queue()
+    workers = [SPAWN.Process(target=_build_after_barrier, args=(str(tmp_path), barrier, results)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    paths = [results.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    cache = ArtifactCache(tmp_path)
+    assert paths[0] == paths[1] == str(cache.path_for(PARTS, "model.onnx"))
+    builds = cache.builds()
+    assert [b["status"] for b in builds] == ["built"]
+    assert Path(paths[0]).read_text() == f"built by {builds[0]['pid']}\n"
+
+
+def test_a_killed_builder_leaves_no_published_file(tmp_path: Path) -> None:
+    started = SPAWN.Event()
+    builder = SPAWN.Process(target=_build_until_killed, args=(str(tmp_path), started))
+    builder.start()
+    assert started.wait(timeout=60), "the builder never started"
+    builder.kill()
+    builder.join(timeout=60)
+    cache = ArtifactCache(tmp_path)
+    assert not cache.path_for(PARTS, "model.onnx").exists()
+    assert len(list(cache.staging.iterdir())) == 1  # its half-written folder
+
+    path = cache.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("whole"))
+    assert path.read_text() == "whole"
+    assert list(cache.staging.iterdir()) == []  # the leftover went with the next build
+    assert [b["status"] for b in cache.builds()] == ["built"]
