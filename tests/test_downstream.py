@@ -1,0 +1,87 @@
+"""End to end as a downstream repo meets the plugin: build the wheel, install it in a fresh virtual
+environment, and run ``pytest --qwen3vl-grid=1,24,24 -n 2`` in a repo that names its modified file.
+
+Slow by nature (a venv, a torch install, whole-suite runs): one module-scoped environment serves
+every test here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_qwen3vl.sources import installed_golden_path, reference_modified_text
+from tests.conftest import REPO
+from tests.test_claims_table import MERGER_LINE
+
+OWN_TEST = "def test_own():\n    assert 1 + 1 == 2\n"
+
+
+def run(*args: str | Path, cwd: Path | None = None, timeout: int = 1200) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHONPATH"))}
+    return subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def checked(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"{result.args}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtual environment with the built wheel installed (its dependencies from the index)."""
+    root = tmp_path_factory.mktemp("downstream-env")
+    checked(run(sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", root / "dist", REPO))
+    wheel = next((root / "dist").glob("pytest_qwen3vl-*.whl"))
+    checked(run(sys.executable, "-m", "venv", root / "venv"))
+    pip = root / "venv" / "bin" / "pip"
+    checked(run(pip, "install", "-q", "torch==2.13.0"))
+    checked(run(pip, "install", "-q", wheel))
+    return root / "venv"
+
+
+def make_repo(root: Path, modified_text: str | None) -> Path:
+    """A downstream repo: its own test, and (if given) its fork named in pyproject.toml."""
+    (root / "tests").mkdir(parents=True)
+    (root / "tests" / "test_own.py").write_text(OWN_TEST)
+    ini = "[tool.pytest.ini_options]\ntestpaths = [\"tests\"]\n"
+    if modified_text is not None:
+        (root / "pytorch_backup").mkdir()
+        (root / "pytorch_backup" / "modeling_qwen3_vl.py").write_text(modified_text)
+        ini += 'qwen3vl_modified = "pytorch_backup/modeling_qwen3_vl.py"\n'
+    (root / "pyproject.toml").write_text(ini)
+    return root
+
+
+def reference_text() -> str:
+    return reference_modified_text(installed_golden_path().read_text(encoding="utf-8"))
+
+
+def test_installed_suite_passes_beside_the_repos_own_tests(venv: Path, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", reference_text())
+    result = run(venv / "bin" / "pytest", "--qwen3vl-grid=1,24,24", "-n", "2", "-p", "no:cacheprovider",
+                 "-rA", cwd=repo)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "PASSED tests/test_own.py::test_own" in result.stdout
+    assert "qwen3vl claims:" in result.stdout and " fails " not in result.stdout
+    assert "PASSED test_runtime.py::test_outputs_bit_identical[1x24x24]" in result.stdout
+
+
+def test_wrong_fork_fails_and_the_table_names_the_claim(venv: Path, tmp_path: Path) -> None:
+    wrong = reference_text().replace(MERGER_LINE, MERGER_LINE.replace("self.linear_fc1(x)", "self.linear_fc1(x) * 2"))
+    repo = make_repo(tmp_path / "repo", wrong)
+    result = run(venv / "bin" / "pytest", "--qwen3vl-grid=1,24,24", "-n", "2", "-p", "no:cacheprovider", cwd=repo)
+    assert result.returncode == 1, result.stdout[-4000:]
+    line = next(line for line in result.stdout.splitlines() if " runtime-equivalence " in line)
+    assert " fails " in line
+
+
+def test_repo_naming_no_modified_file_collects_nothing_extra(venv: Path, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", None)
+    result = checked(run(venv / "bin" / "pytest", "-p", "no:cacheprovider", "-q", cwd=repo))
+    assert "1 passed" in result.stdout and "qwen3vl" not in result.stdout
