@@ -162,7 +162,7 @@ def build_golden(module: ModuleType, spec: ModelSpec, seed: int) -> torch.nn.Mod
         return model.float().eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = module.Qwen3VLVisionModel._from_config(vision_config(spec), torch_dtype=torch.float32)
+        model = module.Qwen3VLVisionModel._from_config(vision_config(spec), dtype=torch.float32)
     return model.eval()
 
 
