@@ -1,0 +1,145 @@
+"""Claims output-contract, input-contract, patch-dim: what the vision tower takes and returns, golden and modified.
+
+Expected shapes are computed here from the grid and the config; the patch layout is checked against
+a float64 linear map of the patch embedding's weights.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pytest_qwen3vl.inputs import make_inputs, patch_dim
+from pytest_qwen3vl.models import deepstack_export_flag, vision_config
+from pytest_qwen3vl.probes import patch_embed_reference
+from pytest_qwen3vl.settings import Grid
+
+# The report's patch geometry: 1536 = 3 x p_t x p^2 with p = 16, p_t = 2.
+REPORTED_CHANNELS, REPORTED_TEMPORAL, REPORTED_PATCH, REPORTED_WIDTH = 3, 2, 16, 1536
+# One image with an int64 grid, then several in one call (one with two frames) with an int32 grid.
+CONTRACT_CASES = (("1,8,8", "int64"), ("1,8,12+2,4,6+1,4,4", "int32"))
+
+which_model = pytest.mark.parametrize("which", ["golden", "modified"])
+
+
+def _model(request: pytest.FixtureRequest, which: str) -> torch.nn.Module:
+    return request.getfixturevalue(f"qwen3vl_{which}_vision")
+
+
+def _describe(value: object) -> str:
+    """A short type-and-shape description of a forward's result, for messages."""
+    if isinstance(value, torch.Tensor):
+        return f"Tensor{tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return f"{type(value).__name__}[{', '.join(_describe(v) for v in value)}]"
+    return type(value).__name__
+
+
+@which_model
+@pytest.mark.qwen3vl_claim("output-contract")
+def test_forward_returns_pooled_and_deepstack_list(request, which, qwen3vl_config, qwen3vl_inputs, qwen3vl_record):
+    model = _model(request, which)
+    vision = vision_config(qwen3vl_config)
+    rows = qwen3vl_inputs.grid.num_patches // vision.spatial_merge_size**2
+    shape = (rows, vision.out_hidden_size)
+    count = len(vision.deepstack_visual_indexes)
+    with torch.inference_mode(), deepstack_export_flag(model, None):
+        outputs = model(*qwen3vl_inputs.args)
+    assert type(outputs) is tuple and len(outputs) == 2, (
+        f"{which}: forward returns {_describe(outputs)}, expected (hidden_states, deepstack_feature_lists)"
+    )
+    pooled, features = outputs
+    assert isinstance(pooled, torch.Tensor) and tuple(pooled.shape) == shape, (
+        f"{which}: hidden_states is {_describe(pooled)}, expected Tensor{shape}"
+    )
+    assert type(features) is list and len(features) == count, (
+        f"{which}: deepstack_feature_lists is {_describe(features)}, expected a list of {count}"
+    )
+    bad = [i for i, f in enumerate(features) if not isinstance(f, torch.Tensor) or tuple(f.shape) != shape]
+    assert not bad, f"{which}: DeepStack features {bad} are not Tensor{shape}: {_describe(features)}"
+    with torch.inference_mode(), deepstack_export_flag(model, True):
+        flagged = model(*qwen3vl_inputs.args)
+    assert torch.equal(flagged[0], pooled), f"{which}: with the export flag set, outputs[0] is not the pooled output"
+    qwen3vl_record.holds(
+        f"(pooled {shape}, list of {count} x {shape}); with the export flag outputs[0] is the same pooled "
+        f"(list of {len(flagged[1])})"
+    )
+
+
+def _rejects(model: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> bool:
+    """Whether the model refuses inputs that break the contract (rather than computing something)."""
+    try:
+        with torch.inference_mode():
+            model(pixel_values, grid_thw)
+    except Exception:
+        return True
+    return False
+
+
+@which_model
+@pytest.mark.qwen3vl_claim("input-contract")
+def test_inputs_are_n_by_1536_and_m_by_3(request, which, qwen3vl_config, qwen3vl_settings, qwen3vl_record):
+    model = _model(request, which)
+    merge = qwen3vl_config.merge_size
+    width = patch_dim(qwen3vl_config)
+    measured = []
+    for text, dtype in CONTRACT_CASES:
+        grid = Grid.parse(text)
+        inputs = make_inputs(grid, qwen3vl_config, qwen3vl_settings.seed)
+        n = sum(t * h * w for t, h, w in grid.images)
+        pixel_values, grid_thw = inputs.args
+        assert tuple(pixel_values.shape) == (n, width) and pixel_values.dtype == torch.float32, (
+            f"{grid.id}: the suite's pixel_values are {pixel_values.dtype} {tuple(pixel_values.shape)}"
+        )
+        assert tuple(grid_thw.shape) == (len(grid.images), 3) and not grid_thw.is_floating_point(), (
+            f"{grid.id}: the suite's image_grid_thw is {grid_thw.dtype} {tuple(grid_thw.shape)}"
+        )
+        try:
+            with torch.inference_mode():
+                pooled, _ = model(pixel_values, grid_thw.to(getattr(torch, dtype)))
+        except Exception as exc:
+            pytest.fail(f"{which} {grid.id}: refuses valid inputs: {type(exc).__name__}: {exc}", pytrace=False)
+        assert pooled.shape[0] == n // merge**2, (
+            f"{which} {grid.id}: ({n}, {width}) with an {dtype} grid gave {pooled.shape[0]} pooled rows, "
+            f"expected N / merge^2 = {n // merge**2}"
+        )
+        wrong = {
+            f"N - {merge**2} rows": pixel_values[: -merge**2],
+            f"N + {merge**2} rows": torch.cat((pixel_values, pixel_values[: merge**2])),
+            f"{width - 1} columns": pixel_values[:, :-1],
+        }
+        accepted = [name for name, value in wrong.items() if not _rejects(model, value, grid_thw)]
+        assert not accepted, f"{which} {grid.id}: the model accepts pixel_values with {accepted}"
+        measured.append(f"{grid.id}: ({n}, {width}) float32 + ({len(grid.images)}, 3) {dtype}")
+    qwen3vl_record.holds(f"{'; '.join(measured)} accepted; N +- {merge**2} rows and {width - 1} columns refused")
+
+
+@which_model
+@pytest.mark.qwen3vl_claim("patch-dim")
+def test_patch_dim_from_config(request, which, qwen3vl_config, qwen3vl_settings, qwen3vl_record):
+    model = _model(request, which)
+    vision = vision_config(qwen3vl_config)
+    channels, temporal, patch = vision.in_channels, vision.temporal_patch_size, vision.patch_size
+    width = channels * temporal * patch**2
+    assert (channels, temporal, patch, width) == (
+        REPORTED_CHANNELS, REPORTED_TEMPORAL, REPORTED_PATCH, REPORTED_WIDTH
+    ), f"config {qwen3vl_config.name}: {channels} x {temporal} x {patch}^2 = {width}"
+    proj = model.patch_embed.proj
+    assert proj.in_channels == channels and tuple(proj.kernel_size) == (temporal, patch, patch), (
+        f"{which}: patch_embed is Conv3d({proj.in_channels}, kernel {tuple(proj.kernel_size)}), "
+        f"config says in_channels {channels}, kernel {(temporal, patch, patch)}"
+    )
+    assert tuple(proj.stride) == tuple(proj.kernel_size), f"{which}: patch_embed stride {proj.stride} != kernel"
+    rows = make_inputs(Grid.parse("1,2,2"), qwen3vl_config, qwen3vl_settings.seed).pixel_values
+    with torch.inference_mode():
+        embedded = model.patch_embed(rows)
+    want = patch_embed_reference(proj, rows)
+    err = (embedded.double() - want).abs().max().item() / want.abs().max().item()
+    assert err < 1e-4, (
+        f"{which}: patch_embed does not read each row as one ({channels}, {temporal}, {patch}, {patch}) patch: "
+        f"relative error {err:.3g}"
+    )
+    qwen3vl_record.holds(
+        f"{channels} x {temporal} x {patch}^2 = {width} (config); patch_embed reads each row as one "
+        f"(C, T, P, P) patch within {err:.1e}"
+    )
