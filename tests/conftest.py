@@ -38,7 +38,8 @@ def run_suite(pytester: pytest.Pytester, shared_cache: Path) -> RunSuite:
 
     def run(*args: str, modified: Path | None = None, subprocess: bool = False) -> pytest.RunResult:
         argv = [str(CONFORMANCE / a) if (CONFORMANCE / a.split("::")[0]).exists() else a for a in args]
-        argv += ["-c", str(ini), "--rootdir", str(pytester.path), "-p", "no:cacheprovider",
+        # hypothesis' plugin (where installed) re-imports itself in every inner run: seconds each.
+        argv += ["-c", str(ini), "--rootdir", str(pytester.path), "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
                  f"--qwen3vl-cache-dir={shared_cache}"]
         if modified is not None:
             argv.append(f"--qwen3vl-modified={modified}")
