@@ -196,3 +196,15 @@ _add(
     )
 )
 _add(Variant("unchanged", lambda g: g, harmless=False, expect="no change"))
+
+
+def _unguarded(golden: str) -> str:
+    """The DeepStack ``if`` dropped and its body dedented: every layer looks up a merger, so layer 0 raises."""
+    start = golden.index(GOLDEN_IF_LINE)
+    last = f"{INDENT}    deepstack_feature_lists.append(deepstack_feature)\n"
+    end = golden.index(last, start) + len(last)
+    body = golden[start + len(GOLDEN_IF_LINE) : end].splitlines(keepends=True)
+    return golden[:start] + "".join(line[4:] for line in body) + golden[end:]
+
+
+_add(Variant("unguarded", _unguarded, harmless=False, expect="was replaced, not only its test"))
