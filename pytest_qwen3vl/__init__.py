@@ -24,6 +24,21 @@ _API = {
     "installed_golden_path": "pytest_qwen3vl.sources",
     "reference_modified_text": "pytest_qwen3vl.sources",
     "CATALOGUE": "pytest_qwen3vl.catalogue",
+    "check_one_diff": "pytest_qwen3vl.sourcediff",
+    "deepstack_truth_table": "pytest_qwen3vl.sourcediff",
+    "describe_disagreements": "pytest_qwen3vl.sourcediff",
+    "EXPECTED_TABLE": "pytest_qwen3vl.sourcediff",
+    "count_deepstack_calls": "pytest_qwen3vl.tracing",
+    "trace_hazards": "pytest_qwen3vl.tracing",
+    "export_vision": "pytest_qwen3vl.export",
+    "ExportFailed": "pytest_qwen3vl.export",
+    "graph_signature": "pytest_qwen3vl.graph",
+    "graph_digest": "pytest_qwen3vl.graph",
+    "ort_session": "pytest_qwen3vl.graph",
+    "run_pooled": "pytest_qwen3vl.graph",
+    "parity": "pytest_qwen3vl.graph",
+    "ArtifactCache": "pytest_qwen3vl.cache",
+    "write_report": "pytest_qwen3vl.report",
 }
 
 __all__ = sorted(_API)
