@@ -50,9 +50,9 @@ def test_defaults(pytester: pytest.Pytester) -> None:
 
 def test_every_option_on_the_command_line(pytester: pytest.Pytester, tmp_path: Path) -> None:
     modified = modified_copy(tmp_path, "import torch\n", "import torch  # fork\n")
-    pytester.makepyfile(SHOW_SETTINGS)
+    test_file = pytester.makepyfile(SHOW_SETTINGS)
     result = pytester.runpytest(
-        "-s", "--qwen3vl-grid=1,20,20", "--qwen3vl-grid", "1,24,24+2,8,8", f"--qwen3vl-modified={modified}",
+        test_file, "-s", "--qwen3vl-grid=1,20,20", "--qwen3vl-grid", "1,24,24+2,8,8", f"--qwen3vl-modified={modified}",
         f"--qwen3vl-golden={installed_golden_path()}", "--qwen3vl-config=2b", "--qwen3vl-seed=5",
         "--qwen3vl-cache-dir=cachehere",
     )
@@ -77,14 +77,14 @@ def test_every_ini_key_and_the_command_line_wins(pytester: pytest.Pytester, tmp_
         qwen3vl_cache_dir = inicache
         """
     )
-    pytester.makepyfile(SHOW_SETTINGS)
-    from_ini = shown_settings(pytester.runpytest("-s"))
+    test_file = pytester.makepyfile(SHOW_SETTINGS)
+    from_ini = shown_settings(pytester.runpytest(test_file, "-s"))
     assert from_ini == {
         "grids": ["1x20x20", "1x24x24+1x8x8"], "golden": str(installed_golden_path()),
         "modified": str(fork / "modeling_qwen3_vl.py"), "config": "8b", "seed": 3,
         "cache_dir": str(pytester.path / "inicache"),
     }
-    overridden = shown_settings(pytester.runpytest("-s", "--qwen3vl-grid=1,4,4", "--qwen3vl-seed=9",
+    overridden = shown_settings(pytester.runpytest(test_file, "-s", "--qwen3vl-grid=1,4,4", "--qwen3vl-seed=9",
                                                     "--qwen3vl-config=tiny"))
     assert (overridden["grids"], overridden["seed"], overridden["config"]) == (["1x4x4"], 9, "tiny")
 
@@ -98,14 +98,14 @@ def test_each_grid_parametrizes_tests(pytester: pytest.Pytester) -> None:
 
 def test_header_names_files_config_and_grids(pytester: pytest.Pytester, tmp_path: Path) -> None:
     modified = modified_copy(tmp_path, "import torch\n", "import torch  # fork\n")
-    pytester.makepyfile("def test_nothing():\n    pass\n")
-    result = pytester.runpytest("--qwen3vl-grid=1,20,20", "--qwen3vl-config=4b")
+    test_file = pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest(test_file, "--qwen3vl-grid=1,20,20", "--qwen3vl-config=4b")
     result.stdout.fnmatch_lines([
         f"qwen3vl golden: transformers 4.57.6 {installed_golden_path()}",
         "qwen3vl modified: reference change*",
         "qwen3vl config: 4b; grids: 1x20x20; seed: 0",
     ])
-    result = pytester.runpytest(f"--qwen3vl-modified={modified}")
+    result = pytester.runpytest(test_file, f"--qwen3vl-modified={modified}")
     result.stdout.fnmatch_lines([f"qwen3vl modified: {modified}"])
 
 
@@ -189,3 +189,41 @@ def test_unused_plugin_imports_nothing_heavy(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(passed=1)
+
+
+def collected(result: pytest.RunResult) -> list[str]:
+    return [line for line in result.outlines if "::" in line]
+
+
+def test_suite_joins_a_run_that_names_a_modified_file(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    modified = modified_copy(tmp_path, "import torch\n", "import torch  # fork\n")
+    pytester.makepyfile(test_own="def test_own():\n    pass\n")
+    named = collected(pytester.runpytest("--collect-only", "-q", f"--qwen3vl-modified={modified}"))
+    assert "test_own.py::test_own" in named
+    assert any("test_runtime.py::test_outputs_bit_identical[1x24x24]" in line for line in named)
+
+
+@pytest.mark.parametrize(
+    ("args", "own", "suite"),
+    [
+        ([], True, False),  # no modified file named: nothing extra
+        (["test_own.py", "MOD"], True, False),  # explicit paths: only those
+        (["MOD", "--qwen3vl-suite=off"], True, False),
+        (["MOD", "--qwen3vl-suite=only"], False, True),
+        (["--qwen3vl-suite=only"], False, True),
+    ],
+    ids=["unnamed", "explicit-paths", "off", "only", "only-without-modified"],
+)
+def test_suite_modes(pytester: pytest.Pytester, tmp_path: Path, args: list[str], own: bool, suite: bool) -> None:
+    modified = modified_copy(tmp_path, "import torch\n", "import torch  # fork\n")
+    pytester.makepyfile(test_own="def test_own():\n    pass\n")
+    argv = [f"--qwen3vl-modified={modified}" if a == "MOD" else a for a in args]
+    names = collected(pytester.runpytest("--collect-only", "-q", *argv))
+    assert ("test_own.py::test_own" in names) is own
+    assert any("test_runtime.py::" in line for line in names) is suite
+
+
+def test_bad_suite_mode_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--qwen3vl-suite=sometimes")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --qwen3vl-suite='sometimes': expected one of auto, only, off"])
