@@ -12,6 +12,9 @@ import pytest
 import torch  # noqa: F401
 import transformers.models.qwen3_vl.modeling_qwen3_vl  # noqa: F401
 
+from pytest_qwen3vl.models import VisionPair, build_pair, resolve_config
+from pytest_qwen3vl.sources import import_modeling_file, installed_golden_path, write_reference_modified
+
 pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,6 +25,15 @@ CONFORMANCE = REPO / "conformance"
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One qwen3vl cache for every inner run of this session, so exports are made once."""
     return tmp_path_factory.mktemp("qwen3vl-cache")
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> VisionPair:
+    """Tiny golden and reference-modified models, seed 0, fresh for each test module."""
+    golden = installed_golden_path()
+    modified = write_reference_modified(golden, tmp_path_factory.mktemp("sources"))
+    spec = resolve_config("tiny", golden.parent)
+    return build_pair(import_modeling_file(golden, "golden"), import_modeling_file(modified, "modified"), spec, 0)
 
 
 RunSuite = Callable[..., pytest.RunResult]

@@ -24,20 +24,11 @@ from pytest_qwen3vl.export import (
 )
 from pytest_qwen3vl.graph import graph_digest, graph_signature, ort_session, parity, run_pooled
 from pytest_qwen3vl.inputs import VisionInputs, make_inputs
-from pytest_qwen3vl.models import VisionPair, build_pair, resolve_config
+from pytest_qwen3vl.models import VisionPair, resolve_config
 from pytest_qwen3vl.settings import Grid
-from pytest_qwen3vl.sources import import_modeling_file, installed_golden_path, write_reference_modified
 from pytest_qwen3vl.tracing import count_deepstack_calls, enclosing_function, trace_hazards
 
 GRID = Grid.parse("1,4,4")
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> VisionPair:
-    golden = installed_golden_path()
-    modified = write_reference_modified(golden, tmp_path_factory.mktemp("sources"))
-    spec = resolve_config("tiny", golden.parent)
-    return build_pair(import_modeling_file(golden, "golden"), import_modeling_file(modified, "modified"), spec, 0)
 
 
 @pytest.fixture(scope="module")

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from pytest_qwen3vl.inputs import make_inputs
 from pytest_qwen3vl.models import VisionPair, build_pair, deepstack_export_flag, resolve_config
 from pytest_qwen3vl.settings import Grid
-from pytest_qwen3vl.sources import import_modeling_file, installed_golden_path, write_reference_modified
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> VisionPair:
-    golden = installed_golden_path()
-    modified = write_reference_modified(golden, tmp_path_factory.mktemp("cache"))
-    spec = resolve_config("tiny", golden.parent)
-    return build_pair(import_modeling_file(golden, "golden"), import_modeling_file(modified, "modified"), spec, 0)
+from pytest_qwen3vl.sources import installed_golden_path
 
 
 def test_every_parameter_and_persistent_buffer_is_the_same_tensor(pair: VisionPair) -> None:
