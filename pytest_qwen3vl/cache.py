@@ -12,7 +12,7 @@ asking for the key builds again. The one expected failure (the dynamo exporter o
 fails within seconds, so a cached failure would save little and could outlive its cause.
 
 Every build, whether it succeeded or failed, appends one JSON line to ``<root>/builds.log``
-(key, file name, status, seconds, pid, xdist worker, time), so a run can count the exports it did.
+(key, key parts, file name, status, seconds, pid, xdist worker, time), so a run can count the exports it did.
 """
 
 from __future__ import annotations
@@ -90,10 +90,10 @@ class ArtifactCache:
                 shutil.rmtree(self.objects / key, ignore_errors=True)  # a folder without the file
                 os.replace(workdir, self.objects / key)
             except BaseException:
-                self._log(key, filename, "failed", time.perf_counter() - started)
+                self._log(key, key_parts, filename, "failed", time.perf_counter() - started)
                 shutil.rmtree(workdir, ignore_errors=True)
                 raise
-            self._log(key, filename, "built", time.perf_counter() - started)
+            self._log(key, key_parts, filename, "built", time.perf_counter() - started)
         return published
 
     def builds(self) -> list[dict[str, Any]]:
@@ -107,9 +107,10 @@ class ArtifactCache:
         for leftover in self.staging.glob(f"{key}.*"):
             shutil.rmtree(leftover, ignore_errors=True)
 
-    def _log(self, key: str, filename: str, status: str, seconds: float) -> None:
+    def _log(self, key: str, key_parts: Mapping[str, str], filename: str, status: str, seconds: float) -> None:
         record = {
             "key": key,
+            "parts": dict(sorted(key_parts.items())),
             "filename": filename,
             "status": status,
             "seconds": round(seconds, 3),
