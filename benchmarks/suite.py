@@ -1,0 +1,149 @@
+"""The conformance suite's wall time over the work it cannot avoid, per worker count.
+
+For each ``--workers`` value the suite runs once with a fresh export cache, while the peak RSS of
+every process in the run is sampled. The necessary work is then timed in one fresh process:
+importing the libraries once, building both models, one eager forward each, every export the
+suite made (read from the cache's build log) and one ONNX Runtime run. Prints the ratios.
+
+    python benchmarks/suite.py                                   # tiny, 1x24x24, -n 1 and -n 2
+    python benchmarks/suite.py --config 4b --workers 2           # real 4B dimensions
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+NECESSARY = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import torch, transformers.models.qwen3_vl.modeling_qwen3_vl, onnx, onnxruntime
+from pytest_qwen3vl.export import export_vision
+from pytest_qwen3vl.graph import ort_session, run_pooled
+from pytest_qwen3vl.inputs import make_inputs
+from pytest_qwen3vl.models import build_pair, resolve_config
+from pytest_qwen3vl.settings import Grid
+from pytest_qwen3vl.sources import import_modeling_file, installed_golden_path, write_reference_modified
+config, grid_text, cache, builds = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+t1 = time.perf_counter()
+golden = installed_golden_path()
+spec = resolve_config(config, golden.parent)
+pair = build_pair(import_modeling_file(golden, "golden"),
+                  import_modeling_file(write_reference_modified(golden, __import__("pathlib").Path(cache)), "modified"),
+                  spec, 0)
+t2 = time.perf_counter()
+inputs = make_inputs(Grid.parse(grid_text), spec, 0)
+with torch.inference_mode():
+    pair.golden(*inputs.args); pair.modified(*inputs.args)
+t3 = time.perf_counter()
+first = None
+for i, parts in enumerate(builds):
+    model = pair.golden if parts["model"] == "golden" else pair.modified
+    grid_inputs = make_inputs(Grid.parse(parts["grid"]), spec, 0)
+    path = f"{cache}/necessary-{i}.onnx"
+    try:
+        export_vision(model, *grid_inputs.args, path, wrapper=parts["wrapper"], exporter=parts["exporter"])
+        first = first or path
+    except Exception:  # a failing export (dynamo) is part of the work: its attempt was timed
+        continue
+t4 = time.perf_counter()
+run_pooled(ort_session(first), *inputs.args)
+t5 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "build": t2 - t1, "forward": t3 - t2, "exports": t4 - t3, "ort": t5 - t4,
+                  "total": t5 - t0}))
+"""
+
+
+def descendants(root: int) -> list[int]:
+    """The process and all its children, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def peak_rss_gb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_suite(workers: str, config: str, grid: str, cache: Path) -> tuple[float, float, str]:
+    """Wall seconds, the largest process's peak RSS (GB) and pytest's last line."""
+    args = [sys.executable, "-m", "pytest", "conformance", "-q", "-p", "no:cacheprovider", "-n", workers,
+            f"--qwen3vl-config={config}", f"--qwen3vl-grid={grid}", f"--qwen3vl-cache-dir={cache}"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = {"gb": 0.0}
+
+    def sample() -> None:
+        while proc.poll() is None:
+            for pid in descendants(proc.pid):
+                peak["gb"] = max(peak["gb"], peak_rss_gb(pid))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output = proc.communicate()[0]
+    sampler.join()
+    last = [line for line in output.splitlines() if line.strip()][-1]
+    return time.perf_counter() - start, peak["gb"], last
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="tiny")
+    parser.add_argument("--grid", default="1,24,24")
+    parser.add_argument("--workers", nargs="+", default=["1", "2"])
+    options = parser.parse_args()
+    print(f"machine: {os.cpu_count()} cores; config {options.config}; grid {options.grid}")
+    builds: list[dict[str, str]] = []
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for workers in options.workers:
+            cache = Path(folder) / f"cache-{workers}"
+            seconds, peak, last = run_suite(workers, options.config, options.grid, cache)
+            log = cache / "exports" / "builds.log"
+            records = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+            built = [r for r in records if r["status"] == "built"]
+            print(f"-n {workers}: {seconds:.1f} s; exports built {len(built)}, failed "
+                  f"{len(records) - len(built)} ({sum(r['seconds'] for r in records):.1f} s in exports); "
+                  f"largest process peak RSS {peak:.2f} GB; pytest: {last}")
+            builds = builds or [r["parts"] for r in records]
+            results[workers] = seconds
+        necessary = json.loads(subprocess.run(
+            [sys.executable, "-c", NECESSARY, options.config, options.grid, folder, json.dumps(builds)],
+            cwd=REPO, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    print("necessary work: " + ", ".join(f"{k} {v:.1f} s" for k, v in necessary.items()))
+    for workers, seconds in results.items():
+        print(f"ratio suite (-n {workers}) / necessary work: {seconds / necessary['total']:.2f} (aim: <= 2.0)")
+    if len(results) > 1:
+        ordered = [results[w] for w in options.workers]
+        print(f"ratio -n {options.workers[0]} / -n {options.workers[-1]}: {ordered[0] / ordered[-1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
