@@ -19,9 +19,11 @@ from pytest_qwen3vl.settings import Grid, Settings
 
 if TYPE_CHECKING:
     import torch
+    from syrupy.assertion import SnapshotAssertion
 
     from pytest_qwen3vl.inputs import VisionInputs
     from pytest_qwen3vl.models import ModelSpec, VisionPair
+    from pytest_qwen3vl.session_exports import SessionExports
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 
@@ -133,3 +135,55 @@ def qwen3vl_inputs(qwen3vl_grid: Grid, qwen3vl_config: ModelSpec, qwen3vl_settin
 def qwen3vl_record(request: pytest.FixtureRequest) -> ClaimRecorder:
     """Record what the test measured for the claim(s) of its ``qwen3vl_claim`` marker."""
     return ClaimRecorder(request.node)
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_export(
+    qwen3vl_vision_pair: VisionPair,
+    qwen3vl_golden_path: Path,
+    qwen3vl_modified_path: Path,
+    qwen3vl_config: ModelSpec,
+    qwen3vl_settings: Settings,
+) -> SessionExports:
+    """Exported ONNX files, each made once per run however many xdist workers ask for it.
+
+    ``qwen3vl_export(which, grid, wrapper="pooled", exporter="torchscript") -> Path``: ``which`` is
+    "golden" or "modified", ``wrapper`` "pooled" (the builder's ``outputs[0]``, flag set), "all" or
+    "tuple", ``exporter`` "torchscript" or "dynamo". Files live in the content-addressed cache under
+    ``<cache dir>/exports`` (keyed by the source files, config, seed, grid, wrapper, exporter, opset
+    and library versions) and must not be modified. A failed export raises ``ExportFailed`` with a
+    one-line ``summary``; asking again in the same process raises it again without retrying.
+    ``qwen3vl_export.session(path)`` is an ONNX Runtime session per file, ``.builds`` the exports
+    this process ran (``<cache dir>/exports/builds.log`` has every worker's).
+    """
+    from pytest_qwen3vl.session_exports import SessionExports
+
+    return SessionExports(
+        qwen3vl_vision_pair,
+        {"golden": qwen3vl_golden_path, "modified": qwen3vl_modified_path},
+        qwen3vl_config,
+        qwen3vl_settings.seed,
+        qwen3vl_settings.cache_dir / "exports",
+    )
+
+
+@pytest.fixture
+def qwen3vl_snapshot(snapshot: SnapshotAssertion) -> SnapshotAssertion:
+    """Syrupy's ``snapshot`` storing the version-free contract of a graph signature as JSON.
+
+    Compare ``pytest_qwen3vl.snapshots.contract_document(graph_signature(path))``. The file is
+    ``<snapshot dir>/<module>/<test>[<params>-<config>-<grid>].json``; the test is skipped when it
+    is missing and ``--snapshot-update`` was not given. One assertion per test.
+    """
+    from pytest_qwen3vl.snapshots import SignatureSnapshot, snapshot_for
+
+    return snapshot_for(snapshot, SignatureSnapshot)
+
+
+@pytest.fixture
+def qwen3vl_lowering_snapshot(snapshot: SnapshotAssertion) -> SnapshotAssertion:
+    """Like ``qwen3vl_snapshot``, for ``lowering_document`` (operators, initializers): these depend on
+    torch and onnx, so they are stored per version and skipped on versions with no snapshot."""
+    from pytest_qwen3vl.snapshots import LoweringSnapshot, snapshot_for
+
+    return snapshot_for(snapshot, LoweringSnapshot)

@@ -27,6 +27,7 @@ CACHE_DIR = "cache_dir"
 SUITE = "suite"
 REPORT = "report"
 RUN_SLOW = "run_slow"
+SNAPSHOT_DIR = "snapshot_dir"
 FLAGS = (RUN_SLOW,)
 
 DEFAULT_GRID = "1,24,24"
@@ -43,6 +44,7 @@ OPTIONS: dict[str, str] = {
     CACHE_DIR: "where exports and the reference modified file are kept (default .pytest_cache/d/qwen3vl)",
     REPORT: "write the report again as Markdown to this path, from what the run measured",
     RUN_SLOW: "run the tests marked qwen3vl_slow (real-size models; minutes and ~10 GB each)",
+    SNAPSHOT_DIR: "where graph-signature snapshots are read and written (default: the suite's snapshots/ folder)",
     SUITE: "collect the installed conformance suite: auto (when a modified file is named and no test paths "
     "are given), only, off (default auto)",
 }
