@@ -1,0 +1,30 @@
+"""The docs stay in step with the code: every option in the README, every claim in docs/claims.md."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_qwen3vl.catalogue import CATALOGUE
+from pytest_qwen3vl.settings import OPTIONS, flag
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_readme_documents_every_option(name: str) -> None:
+    readme = (REPO / "README.md").read_text()
+    assert f"`{flag(name)}" in readme, f"README.md does not document {flag(name)}"
+
+
+@pytest.mark.parametrize("claim", CATALOGUE, ids=[c.id for c in CATALOGUE])
+def test_claims_page_lists_every_claim(claim) -> None:
+    page = (REPO / "docs" / "claims.md").read_text()
+    assert f"| {claim.number} | `{claim.id}` |" in page, f"docs/claims.md lacks claim {claim.id}"
+    assert claim.statement in page, f"docs/claims.md states {claim.id} differently from the catalogue"
+
+
+def test_readme_starts_with_the_two_commands_ci_runs() -> None:
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    blocks = [b.split("```", 1)[0].strip() for b in readme.split("```bash\n")[1:3]]
+    assert "pytest conformance" in blocks[0] and "--qwen3vl-grid=1,24,24" in blocks[0]
+    assert blocks[1] in ci, ".ci/run must run the README's second command verbatim"
