@@ -163,7 +163,7 @@ def qwen3vl_export(
         {"golden": qwen3vl_golden_path, "modified": qwen3vl_modified_path},
         qwen3vl_config,
         qwen3vl_settings.seed,
-        qwen3vl_settings.cache_dir / "exports",
+        qwen3vl_settings.export_cache,
     )
 
 

@@ -6,9 +6,12 @@ so a repo that has the plugin installed but does not use it pays nothing at star
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from pytest_qwen3vl import sources
+from pytest_qwen3vl.cache import ArtifactCache
 from pytest_qwen3vl.claims import (
     IDS_PROPERTY,
     ClaimBoard,
@@ -126,6 +129,7 @@ class ClaimReporter:
     def __init__(self, settings: Settings) -> None:
         self.board = ClaimBoard()
         self.settings = settings
+        self.started = time.time()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.board.add_report(report)
@@ -139,6 +143,13 @@ class ClaimReporter:
             terminalreporter.write_line(line)
         counts = ", ".join(f"{n} {status}" for status, n in summary_counts(rows).items())
         terminalreporter.write_line(f"qwen3vl claims: {counts}")
+        builds = [b for b in ArtifactCache(self.settings.export_cache).builds() if b["time"] >= self.started]
+        if builds:
+            failed = sum(b["status"] == "failed" for b in builds)
+            terminalreporter.write_line(
+                f"qwen3vl exports this run: {len(builds) - failed} built, {failed} failed, "
+                f"{sum(b['seconds'] for b in builds):.1f} s (log: {self.settings.export_cache / 'builds.log'})"
+            )
         if self.settings.report is not None and not hasattr(terminalreporter.config, "workerinput"):
             from pytest_qwen3vl.report import write_report
 

@@ -127,8 +127,14 @@ class Settings:
     cache_dir: Path
     suite: str
     report: Path | None
+    snapshot_dir: Path
     run_slow: bool
     explicit: bool
+
+    @property
+    def export_cache(self) -> Path:
+        """The content-addressed cache of ONNX files, shared by workers and runs."""
+        return self.cache_dir / "exports"
 
     @property
     def modified_label(self) -> str:
@@ -197,7 +203,7 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
     """Read every option and ini key once; raise ``SettingsError`` with a one-line message."""
     from pytest_qwen3vl.models import ConfigError, resolve_config
     from pytest_qwen3vl.sources import SourceError, installed_golden_path
-    from pytest_qwen3vl.suite import AUTO, MODES
+    from pytest_qwen3vl.suite import AUTO, MODES, snapshots_dir
 
     raw_grids, _ = _value(config, GRID)
     grids = parse_grids(list(raw_grids or []) or [DEFAULT_GRID])
@@ -226,6 +232,7 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
     if suite not in MODES:
         raise SettingsError(f"{flag(SUITE)}={raw_suite!r}: expected one of {', '.join(MODES)}")
     raw_report, report_base = _value(config, REPORT)
+    raw_snapshots, snapshots_base = _value(config, SNAPSHOT_DIR)
     return Settings(
         grids=grids,
         golden=golden,
@@ -235,6 +242,7 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
         cache_dir=cache_dir,
         suite=suite,
         report=(report_base / str(raw_report)).resolve() if raw_report else None,
+        snapshot_dir=(snapshots_base / str(raw_snapshots)).resolve() if raw_snapshots else snapshots_dir(),
         run_slow=_truthy(_value(config, RUN_SLOW)[0]),
         explicit=explicitly_set(config),
     )

@@ -31,7 +31,7 @@ from syrupy.extensions.json import JSONSnapshotExtension
 
 from pytest_qwen3vl.fixtures import settings_of
 from pytest_qwen3vl.graph import CONSTANTS_BUCKET
-from pytest_qwen3vl.settings import SNAPSHOT_DIR, _value, flag
+from pytest_qwen3vl.settings import SNAPSHOT_DIR, flag
 
 if TYPE_CHECKING:
     import pytest
@@ -46,10 +46,7 @@ VERSIONED_LIBRARIES = ("torch", "onnx")
 
 def snapshot_root(config: pytest.Config) -> Path:
     """``--qwen3vl-snapshot-dir`` (command line over ini), else the suite's ``snapshots/``."""
-    from pytest_qwen3vl.suite import snapshots_dir
-
-    value, base = _value(config, SNAPSHOT_DIR)
-    return (base / str(value)).resolve() if value else snapshots_dir()
+    return settings_of(config).snapshot_dir
 
 
 def config_label(spec: ModelSpec) -> str:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 # Imported here, before any in-process run: pytester restores sys.modules after each inner run,
-# and torch cannot be imported a second time into one process.
+# and torch, onnxruntime and onnxscript's native parts abort the process when imported twice.
+import onnx  # noqa: F401
+import onnxruntime  # noqa: F401
+import onnxscript  # noqa: F401
+import pytest
 import torch  # noqa: F401
 import transformers.models.qwen3_vl.modeling_qwen3_vl  # noqa: F401
 

@@ -13,12 +13,6 @@ import shutil
 import time
 from pathlib import Path
 
-# Imported before any in-process run, as tests/conftest.py does for torch: pytester drops the modules
-# an inner run imported, and the native parts of onnxruntime and of onnxscript's dependencies
-# abort the process when imported a second time.
-import onnx  # noqa: F401
-import onnxruntime  # noqa: F401
-import onnxscript  # noqa: F401
 import pytest
 
 from pytest_qwen3vl.cache import ArtifactCache
