@@ -153,7 +153,8 @@ def test_snapshot_update_with_two_workers_loses_nothing(run_suite: RunSuite, sna
     result = run_suite("test_export_snapshots.py", "--snapshot-update", "-n", "2",
                        f"--qwen3vl-snapshot-dir={snapshot_copy}", subprocess=True)
     result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["*1 snapshot generated*"])
+    # The deleted file is back byte for byte and nothing else moved (syrupy's own summary line is
+    # not reliable under xdist, the files are).
     assert same_tree(before, snapshot_copy) == []
 
     again = run_suite("test_export_snapshots.py", f"--qwen3vl-snapshot-dir={snapshot_copy}")
