@@ -189,7 +189,7 @@ def explicitly_set(config: pytest.Config) -> bool:
     for name in OPTIONS:
         if config.getoption(ini_key(name)) is not None:
             return True
-        if config.inipath and ini_key(name) in config.inicfg:
+        if config.getini(ini_key(name)) not in (None, "", []):
             return True
     return False
 
