@@ -102,8 +102,13 @@ def qwen3vl_vision_pair(
     qwen3vl_settings: Settings,
 ) -> VisionPair:
     """Golden and modified vision models sharing parameters and persistent buffers."""
+    import torch
+
+    from pytest_qwen3vl.graph import default_threads
     from pytest_qwen3vl.models import build_pair
 
+    # xdist workers share the cores: without this each takes all of them and they thrash.
+    torch.set_num_threads(default_threads())
     try:
         return build_pair(qwen3vl_golden_module, qwen3vl_modified_module, qwen3vl_config, qwen3vl_settings.seed)
     except Exception as exc:
