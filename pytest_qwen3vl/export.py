@@ -221,7 +221,7 @@ def _run_exporter(
                 torch.onnx.export(module, args, str(path), dynamo=False, do_constant_folding=True, **common)
             else:
                 weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
-                with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), _quiet_logging():
+                with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), quiet_logging():
                     torch.onnx.export(
                         module, args, str(path), dynamo=True, verbose=False,
                         external_data=weight_bytes > _INLINE_WEIGHT_LIMIT, **common,
@@ -232,7 +232,7 @@ def _run_exporter(
 
 
 @contextlib.contextmanager
-def _quiet_logging() -> Iterator[None]:
+def quiet_logging() -> Iterator[None]:
     """Mute log records up to WARNING: torch's exporter logs its progress on handlers bound to stderr."""
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)

@@ -16,6 +16,7 @@ import pytest
 import torch
 import transformers.models.qwen3_vl.modeling_qwen3_vl  # noqa: F401
 
+from pytest_qwen3vl.export import quiet_logging
 from pytest_qwen3vl.models import VisionPair, build_pair, resolve_config
 from pytest_qwen3vl.sources import import_modeling_file, installed_golden_path, write_reference_modified
 
@@ -23,7 +24,7 @@ from pytest_qwen3vl.sources import import_modeling_file, installed_golden_path, 
 def _load_the_dynamo_exporter() -> None:
     """One tiny dynamo export, so torch.export and its registries are loaded before any inner run:
     an inner run that loaded them first would drop them, and the next attempt fails to re-register."""
-    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings(), quiet_logging():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             torch.nn.Linear(2, 2), (torch.zeros(1, 2),), f"{folder}/warm.onnx", dynamo=True, verbose=False
