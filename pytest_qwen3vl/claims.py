@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 
@@ -194,15 +193,3 @@ def summary_counts(rows: Iterable[ClaimRow]) -> dict[str, int]:
     for row in rows:
         counts[row.status] = counts.get(row.status, 0) + 1
     return counts
-
-
-def as_dicts(rows: Iterable[ClaimRow]) -> list[dict[str, Any]]:
-    """Rows as plain data, for JSON and the Markdown report."""
-    return [
-        {
-            "number": row.claim.number, "id": row.claim.id, "section": row.claim.section,
-            "statement": row.claim.statement, "status": row.status, "measured": row.measured,
-            "reported": row.reported, "tests": row.tests,
-        }
-        for row in rows
-    ]
