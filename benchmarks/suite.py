@@ -27,12 +27,13 @@ NECESSARY = r"""
 import json, sys, time
 t0 = time.perf_counter()
 import torch, transformers.models.qwen3_vl.modeling_qwen3_vl, onnx, onnxruntime
-from pytest_qwen3vl.export import export_vision
-from pytest_qwen3vl.graph import ort_session, run_pooled
-from pytest_qwen3vl.inputs import make_inputs
-from pytest_qwen3vl.models import build_pair, resolve_config
-from pytest_qwen3vl.settings import Grid
-from pytest_qwen3vl.sources import import_modeling_file, installed_golden_path, write_reference_modified
+from pytest_qwen3vl.export.builder import export_vision
+from pytest_qwen3vl.export.runtime import ort_session, run_pooled
+from pytest_qwen3vl.model.inputs import make_inputs
+from pytest_qwen3vl.model.build import build_pair
+from pytest_qwen3vl.model.configs import resolve_config
+from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path, write_reference_modified
 config, grid_text, cache, builds = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 t1 = time.perf_counter()
 golden = installed_golden_path()

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pytest_qwen3vl.inputs import make_inputs, patch_dim
-from pytest_qwen3vl.models import deepstack_export_flag, vision_config
-from pytest_qwen3vl.probes import patch_embed_reference
-from pytest_qwen3vl.settings import Grid
+from pytest_qwen3vl.model.build import deepstack_export_flag, vision_config
+from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.model.inputs import make_inputs, patch_dim
+from pytest_qwen3vl.model.references import patch_embed_reference
 
 # The report's patch geometry: 1536 = 3 x p_t x p^2 with p = 16, p_t = 2.
 REPORTED_CHANNELS, REPORTED_TEMPORAL, REPORTED_PATCH, REPORTED_WIDTH = 3, 2, 16, 1536

@@ -11,17 +11,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pytest_qwen3vl.claims import ClaimRecorder
-from pytest_qwen3vl.inputs import VisionInputs
-from pytest_qwen3vl.sourcediff import (
+from pytest_qwen3vl.export.tracing import count_deepstack_calls
+from pytest_qwen3vl.model.inputs import VisionInputs
+from pytest_qwen3vl.plugin.claims import ClaimRecorder
+from pytest_qwen3vl.source.diff import (
     DEEPSTACK_PLACE,
     EXPECTED_TABLE,
     TruthTable,
     deepstack_truth_table,
     describe_disagreements,
 )
-from pytest_qwen3vl.sources import GOLDEN_CONDITION
-from pytest_qwen3vl.tracing import count_deepstack_calls
+from pytest_qwen3vl.source.files import GOLDEN_CONDITION
 
 Case = tuple[bool, bool | None]  # (tracing, value of _skip_deepstack_export; None: the attribute is absent)
 

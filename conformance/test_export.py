@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_qwen3vl.export import POOLED_OUTPUT, ExportFailed
-from pytest_qwen3vl.graph import CONSTANTS_BUCKET, graph_digest, graph_signature, parity, run_pooled
-from pytest_qwen3vl.inputs import make_inputs
-from pytest_qwen3vl.settings import Grid
-from pytest_qwen3vl.snapshots import contract_document, document_changes, lowering_document
-from pytest_qwen3vl.tracing import count_deepstack_calls, trace_hazards
+from pytest_qwen3vl.errors import ExportFailed
+from pytest_qwen3vl.export.builder import POOLED_OUTPUT
+from pytest_qwen3vl.export.graph import CONSTANTS_BUCKET, graph_digest, graph_signature
+from pytest_qwen3vl.export.runtime import parity, run_pooled
+from pytest_qwen3vl.export.tracing import count_deepstack_calls, trace_hazards
+from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.model.inputs import make_inputs
+from pytest_qwen3vl.plugin.snapshots import contract_document, document_changes, lowering_document
 
 pytestmark = pytest.mark.qwen3vl_export
 
@@ -97,10 +99,8 @@ def test_golden_traced_as_is_has_pooled_plus_one_output_per_deepstack_layer(
         f"{len(names)} outputs ({', '.join(names)}); {initializer_count(everything) - initializer_count(pooled)} "
         f"more initializers than the pooled export, {len(extra)} named, all under deepstack_merger_list"
     )
-    if len(names) == REPORTED_GOLDEN_OUTPUTS:
-        qwen3vl_record.holds(measured)
-    else:
-        qwen3vl_record.erratum(reported=f"{REPORTED_GOLDEN_OUTPUTS} outputs (pooled + 2 deepstack)", measured=measured)
+    qwen3vl_record.claim(reported=REPORTED_GOLDEN_OUTPUTS, measured=len(names), detail=measured,
+                         said=f"{REPORTED_GOLDEN_OUTPUTS} outputs (pooled + 2 deepstack)")
 
 
 @pytest.mark.qwen3vl_claim("modified-onnx-outputs")
@@ -162,10 +162,8 @@ def test_pooled_export_is_one_float32_matrix_of_out_hidden_size(
         f"ONNX Runtime returns {POOLED_OUTPUT} of shape {shape}, expected {(merged, hidden)}"
     )
     measured = f"{POOLED_OUTPUT} float32 [{dims[0]}, {hidden}], {shape} at N = {qwen3vl_grid.num_patches}"
-    if hidden == REPORTED_OUT_HIDDEN:
-        qwen3vl_record.holds(measured)
-    else:
-        qwen3vl_record.erratum(reported=f"num_merged_patches x {REPORTED_OUT_HIDDEN}", measured=measured)
+    qwen3vl_record.claim(reported=REPORTED_OUT_HIDDEN, measured=hidden, detail=measured,
+                         said=f"num_merged_patches x {REPORTED_OUT_HIDDEN}")
 
 
 @pytest.mark.qwen3vl_claim("export-graph-vs-golden")
@@ -223,10 +221,8 @@ def test_first_axes_are_symbolic_but_an_export_holds_for_its_own_grid(
         f"first axes symbolic ({', '.join(sorted(set(first_axes.values())))}); the {qwen3vl_grid.id} export on "
         f"{other.id}: {outcome}; a {other.id} export on {other.id} matches PyTorch"
     )
-    if generalises:
-        qwen3vl_record.holds(measured)
-    else:
-        qwen3vl_record.erratum(reported="ONNX uses dynamic N", measured=measured)
+    qwen3vl_record.claim(reported=True, measured=generalises, detail=measured,
+                         said="ONNX uses dynamic N: one export serves other grids")
 
 
 @pytest.mark.qwen3vl_claim("onnx-parity")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_qwen3vl.graph import graph_signature
-from pytest_qwen3vl.snapshots import contract_document, describe_mismatch, lowering_document
+from pytest_qwen3vl.export.graph import graph_signature
+from pytest_qwen3vl.plugin.snapshots import contract_document, describe_mismatch, lowering_document
 
 pytestmark = pytest.mark.qwen3vl_export
 

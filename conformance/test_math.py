@@ -1,7 +1,7 @@
 """Claims vision-rope, vision-rope-dynamic, vision-data-flow: the vision tower's math, which the report calls shared.
 
 So each test runs on golden and on modified. What the report states is re-derived in float64 from the
-config (``pytest_qwen3vl.probes``) and compared with what the model computed in a real forward,
+config (``pytest_qwen3vl.model.references``) and compared with what the model computed in a real forward,
 caught with forward hooks.
 """
 
@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import torch
 
-from pytest_qwen3vl.inputs import make_inputs
-from pytest_qwen3vl.models import deepstack_export_flag, vision_config
-from pytest_qwen3vl.probes import (
+from pytest_qwen3vl.model.build import deepstack_export_flag, vision_config
+from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.model.inputs import make_inputs
+from pytest_qwen3vl.model.references import (
     Call,
     frame_lengths,
     interpolated_pos_embed,
@@ -25,7 +26,6 @@ from pytest_qwen3vl.probes import (
     vision_attention_reference,
     vision_cos_sin,
 )
-from pytest_qwen3vl.settings import Grid
 
 THETA = 1e4  # the report's vision RoPE base
 # Grids with other largest sides than the default: wider than high; several images, the largest side

@@ -3,7 +3,7 @@
 ``get_rope_index`` runs on a real ``Qwen3VLModel`` of the file under test, built on the meta device:
 the method reads only the config, so no text weights need to exist. The prompts mix text and image
 tokens, two in a batch, the shorter one left-padded. Positions and cos/sin are re-derived
-independently (``pytest_qwen3vl.probes``) and compared.
+independently (``pytest_qwen3vl.model.references``) and compared.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from pytest_qwen3vl.probes import chunked_axes, mrope_axes, mrope_cos_sin, text_positions
+from pytest_qwen3vl.model.references import chunked_axes, mrope_axes, mrope_cos_sin, text_positions
 
 # Per prompt: (text tokens before, between and after the images, image grids).
 PROMPTS = (

@@ -1,7 +1,7 @@
 """Claims grid-from-size and pipeline-384: what the released image processor makes of images drawn here.
 
 The processor is transformers' ``Qwen2VLImageProcessor`` configured as the released checkpoints are
-(``pytest_qwen3vl.probes.released_image_processor``), built directly, with no network. These claims
+(``pytest_qwen3vl.model.references.released_image_processor``), built directly, with no network. These claims
 are about preprocessing, so they do not depend on the modified file.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_qwen3vl.probes import (
+from pytest_qwen3vl.model.references import (
     RELEASED_IMAGE_MEAN,
     RELEASED_IMAGE_STD,
     RELEASED_MERGE_SIZE,
@@ -89,11 +89,11 @@ def test_grid_from_image_size(processor, qwen3vl_record):
         measured[label] = (t, h, w)
         reported[label] = (1, math.ceil(height / REPORTED_PATCH), math.ceil(width / REPORTED_PATCH))
     differ = [label for label in measured if measured[label] != reported[label]]
-    qwen3vl_record.holds(
-        f"N = T * h * w for all {len(SIZES)} sizes (HxW); grids are multiples of {RELEASED_MERGE_SIZE} "
-        f"with h * w * 16^2 inside [{RELEASED_SIZE['shortest_edge']}, {RELEASED_SIZE['longest_edge']}] pixels"
-    )
-    qwen3vl_record.erratum(
-        reported="; ".join(f"{label} -> {reported[label]}" for label in differ),
-        measured="; ".join(f"{label} -> {measured[label]}" for label in differ),
+    qwen3vl_record.claim(
+        reported=reported,
+        measured=measured,
+        detail=f"N = T * h * w for all {len(SIZES)} sizes (HxW); grids are multiples of {RELEASED_MERGE_SIZE} "
+        f"with h * w * 16^2 inside [{RELEASED_SIZE['shortest_edge']}, {RELEASED_SIZE['longest_edge']}] pixels; "
+        + "; ".join(f"{label} -> {measured[label]}" for label in differ),
+        said="; ".join(f"{label} -> {reported[label]}" for label in differ),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pytest_qwen3vl.models import deepstack_export_flag
+from pytest_qwen3vl.model.build import deepstack_export_flag
 
 pytestmark = pytest.mark.qwen3vl_claim("runtime-equivalence")
 

@@ -15,25 +15,24 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qwen3vl.claims import ClaimRecorder
-from pytest_qwen3vl.sourcediff import (
+from pytest_qwen3vl.errors import SourceError, UndecidableCondition
+from pytest_qwen3vl.plugin.claims import ClaimRecorder
+from pytest_qwen3vl.source.diff import (
     DEEPSTACK_PLACE,
     EXPECTED_TABLE,
     Change,
     DiffReport,
-    UndecidableCondition,
     check_one_diff,
     deepstack_truth_table,
     describe_disagreements,
     find_deepstack_if,
     read_source,
 )
-from pytest_qwen3vl.sources import (
+from pytest_qwen3vl.source.files import (
     GOLDEN_CONDITION,
     GOLDEN_SHA256,
     GOLDEN_VERSION,
     MODIFIED_CONDITION,
-    SourceError,
     sha256_file,
     transformers_version,
 )

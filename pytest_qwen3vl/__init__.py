@@ -1,47 +1,99 @@
 """pytest-qwen3vl: check a patched Qwen3-VL modeling file against the export report it comes with.
 
-The public API is imported lazily, so ``import pytest_qwen3vl`` costs no torch.
+The public API is imported lazily, so ``import pytest_qwen3vl`` costs no torch. The package reads
+in the direction the data flows: ``source`` (the golden and modified files, their diff), ``model``
+(configs, checkpoints, the shared-weight pair, inputs, float64 references), ``export`` (the
+builder-style export, the artefact cache, graph signatures, ONNX Runtime, tracing) and ``plugin``
+(pytest hooks, fixtures, settings, claims, report, snapshots). Each imports only those before it.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _API = {
-    "Grid": "pytest_qwen3vl.settings",
-    "Settings": "pytest_qwen3vl.settings",
-    "ModelSpec": "pytest_qwen3vl.models",
-    "VisionPair": "pytest_qwen3vl.models",
-    "build_pair": "pytest_qwen3vl.models",
-    "resolve_config": "pytest_qwen3vl.models",
-    "deepstack_export_flag": "pytest_qwen3vl.models",
-    "VisionInputs": "pytest_qwen3vl.inputs",
-    "make_inputs": "pytest_qwen3vl.inputs",
-    "import_modeling_file": "pytest_qwen3vl.sources",
-    "installed_golden_path": "pytest_qwen3vl.sources",
-    "reference_modified_text": "pytest_qwen3vl.sources",
-    "CATALOGUE": "pytest_qwen3vl.catalogue",
-    "check_one_diff": "pytest_qwen3vl.sourcediff",
-    "deepstack_truth_table": "pytest_qwen3vl.sourcediff",
-    "describe_disagreements": "pytest_qwen3vl.sourcediff",
-    "EXPECTED_TABLE": "pytest_qwen3vl.sourcediff",
-    "count_deepstack_calls": "pytest_qwen3vl.tracing",
-    "trace_hazards": "pytest_qwen3vl.tracing",
-    "export_vision": "pytest_qwen3vl.export",
-    "ExportFailed": "pytest_qwen3vl.export",
-    "graph_signature": "pytest_qwen3vl.graph",
-    "graph_digest": "pytest_qwen3vl.graph",
-    "ort_session": "pytest_qwen3vl.graph",
-    "run_pooled": "pytest_qwen3vl.graph",
-    "parity": "pytest_qwen3vl.graph",
-    "ArtifactCache": "pytest_qwen3vl.cache",
-    "write_report": "pytest_qwen3vl.report",
+    "Grid": "pytest_qwen3vl.model.grids",
+    "Settings": "pytest_qwen3vl.plugin.settings",
+    "ModelSpec": "pytest_qwen3vl.model.configs",
+    "resolve_config": "pytest_qwen3vl.model.configs",
+    "VisionPair": "pytest_qwen3vl.model.build",
+    "build_pair": "pytest_qwen3vl.model.build",
+    "deepstack_export_flag": "pytest_qwen3vl.model.build",
+    "VisionInputs": "pytest_qwen3vl.model.inputs",
+    "make_inputs": "pytest_qwen3vl.model.inputs",
+    "import_modeling_file": "pytest_qwen3vl.source.files",
+    "installed_golden_path": "pytest_qwen3vl.source.files",
+    "reference_modified_text": "pytest_qwen3vl.source.files",
+    "CATALOGUE": "pytest_qwen3vl.plugin.catalogue",
+    "check_one_diff": "pytest_qwen3vl.source.diff",
+    "deepstack_truth_table": "pytest_qwen3vl.source.diff",
+    "describe_disagreements": "pytest_qwen3vl.source.diff",
+    "EXPECTED_TABLE": "pytest_qwen3vl.source.diff",
+    "count_deepstack_calls": "pytest_qwen3vl.export.tracing",
+    "trace_hazards": "pytest_qwen3vl.export.tracing",
+    "export_vision": "pytest_qwen3vl.export.builder",
+    "ExportFailed": "pytest_qwen3vl.errors",
+    "Qwen3VLError": "pytest_qwen3vl.errors",
+    "graph_signature": "pytest_qwen3vl.export.graph",
+    "graph_digest": "pytest_qwen3vl.export.graph",
+    "ort_session": "pytest_qwen3vl.export.runtime",
+    "run_pooled": "pytest_qwen3vl.export.runtime",
+    "parity": "pytest_qwen3vl.export.runtime",
+    "ArtifactCache": "pytest_qwen3vl.export.cache",
+    "write_report": "pytest_qwen3vl.plugin.report",
 }
 
-__all__ = sorted(_API)
+__all__ = [
+    "CATALOGUE",
+    "EXPECTED_TABLE",
+    "ArtifactCache",
+    "ExportFailed",
+    "Grid",
+    "ModelSpec",
+    "Qwen3VLError",
+    "Settings",
+    "VisionInputs",
+    "VisionPair",
+    "build_pair",
+    "check_one_diff",
+    "count_deepstack_calls",
+    "deepstack_export_flag",
+    "deepstack_truth_table",
+    "describe_disagreements",
+    "export_vision",
+    "graph_digest",
+    "graph_signature",
+    "import_modeling_file",
+    "installed_golden_path",
+    "make_inputs",
+    "ort_session",
+    "parity",
+    "reference_modified_text",
+    "resolve_config",
+    "run_pooled",
+    "trace_hazards",
+    "write_report",
+]
+
+if TYPE_CHECKING:  # editors and type checkers see the names the lazy loader gives
+    from pytest_qwen3vl.errors import ExportFailed, Qwen3VLError
+    from pytest_qwen3vl.export.builder import export_vision
+    from pytest_qwen3vl.export.cache import ArtifactCache
+    from pytest_qwen3vl.export.graph import graph_digest, graph_signature
+    from pytest_qwen3vl.export.runtime import ort_session, parity, run_pooled
+    from pytest_qwen3vl.export.tracing import count_deepstack_calls, trace_hazards
+    from pytest_qwen3vl.model.build import VisionPair, build_pair, deepstack_export_flag
+    from pytest_qwen3vl.model.configs import ModelSpec, resolve_config
+    from pytest_qwen3vl.model.grids import Grid
+    from pytest_qwen3vl.model.inputs import VisionInputs, make_inputs
+    from pytest_qwen3vl.plugin.catalogue import CATALOGUE
+    from pytest_qwen3vl.plugin.report import write_report
+    from pytest_qwen3vl.plugin.settings import Settings
+    from pytest_qwen3vl.source.diff import EXPECTED_TABLE, check_one_diff, deepstack_truth_table, describe_disagreements
+    from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path, reference_modified_text
 
 
 def __getattr__(name: str) -> Any:

@@ -14,14 +14,9 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from pytest_qwen3vl.sourcediff import Change, DiffReport, check_one_diff
-from pytest_qwen3vl.sources import (
-    GOLDEN_SHA256,
-    GOLDEN_VERSION,
-    SourceError,
-    installed_golden_path,
-    sha256_file,
-)
+from pytest_qwen3vl.errors import SourceError
+from pytest_qwen3vl.source.diff import Change, DiffReport, check_one_diff
+from pytest_qwen3vl.source.files import GOLDEN_SHA256, GOLDEN_VERSION, installed_golden_path, sha256_file
 
 _HUNK = re.compile(r"^@@ -(\d+)(,\d+)? \+(\d+)(,\d+)? @@$")
 

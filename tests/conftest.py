@@ -16,9 +16,10 @@ import pytest
 import torch
 import transformers.models.qwen3_vl.modeling_qwen3_vl  # noqa: F401
 
-from pytest_qwen3vl.export import quiet_logging
-from pytest_qwen3vl.models import VisionPair, build_pair, resolve_config
-from pytest_qwen3vl.sources import import_modeling_file, installed_golden_path, write_reference_modified
+from pytest_qwen3vl.export.builder import quiet_logging
+from pytest_qwen3vl.model.build import VisionPair, build_pair
+from pytest_qwen3vl.model.configs import resolve_config
+from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path, write_reference_modified
 
 
 def _load_the_dynamo_exporter() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-from pytest_qwen3vl.sources import installed_golden_path, reference_modified_text
+from pytest_qwen3vl.source.files import installed_golden_path, reference_modified_text
 
 
 @dataclass(frozen=True)

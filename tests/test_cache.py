@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_qwen3vl.cache import ArtifactCache, cache_key, library_versions
+from pytest_qwen3vl.errors import ExporterUnavailable, ExportFailed
+from pytest_qwen3vl.export.cache import ArtifactCache, cache_key
+from pytest_qwen3vl.versions import ABSENT, library_versions
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -55,7 +59,8 @@ def test_key_ignores_the_order_of_parts() -> None:
 def test_library_versions_name_every_export_library() -> None:
     versions = library_versions()
     assert set(versions) == {"torch", "transformers", "onnx", "onnxruntime"}
-    assert all(versions.values())
+    assert ABSENT not in versions.values(), versions  # all four are dependencies of the plugin
+    assert library_versions(("no-such-distribution",)) == {"no-such-distribution": ABSENT}
 
 
 def test_second_request_reuses_the_file_and_logs_one_build(tmp_path: Path) -> None:
@@ -74,6 +79,8 @@ def test_second_request_reuses_the_file_and_logs_one_build(tmp_path: Path) -> No
     assert calls[0] != first  # built elsewhere, then published by rename
     assert [(b["status"], b["filename"]) for b in cache.builds()] == [("built", "model.onnx")]
     assert (first.parent / "key.json").is_file()
+    assert set(json.loads((first.parent / "manifest.json").read_text())["files"]) == {"key.json", "model.onnx"}
+    assert cache.events == {"built": 1, "reused": 1}
 
 
 def test_a_failed_build_publishes_nothing_is_logged_and_is_retried(tmp_path: Path) -> None:
@@ -127,4 +134,97 @@ def test_a_killed_builder_leaves_no_published_file(tmp_path: Path) -> None:
     path = cache.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("whole"))
     assert path.read_text() == "whole"
     assert list(cache.staging.iterdir()) == []  # the leftover went with the next build
+    assert [b["status"] for b in cache.builds()] == ["built"]
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-3])
+
+
+def _flip_a_middle_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _delete_keep_folder(path: Path) -> None:
+    path.unlink()
+
+
+def _lose_the_manifest(path: Path) -> None:
+    (path.parent / "manifest.json").unlink()
+
+
+@pytest.mark.parametrize("harm", [_truncate, _flip_a_middle_byte, _delete_keep_folder, _lose_the_manifest],
+                         ids=["truncated", "byte-flipped", "file-deleted", "manifest-lost"])
+def test_a_damaged_entry_is_rebuilt_never_returned(tmp_path: Path, harm: Callable[[Path], None]) -> None:
+    cache = ArtifactCache(tmp_path)
+    path = cache.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("a whole export, byte for byte"))
+    harm(path)
+
+    later = ArtifactCache(tmp_path)  # a later run: nothing verified in memory yet
+    again = later.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("a whole export, byte for byte"))
+    assert again == path and again.read_text() == "a whole export, byte for byte"
+    assert [b["status"] for b in later.builds()] == ["built", "damaged", "built"]
+    assert later.builds()[1]["reason"]
+    assert later.events == {"damaged": 1, "built": 1}
+
+
+def test_damage_after_verification_in_the_same_process_is_noticed(tmp_path: Path) -> None:
+    """Verification is remembered by size and mtime: a file changed afterwards is checked again."""
+    cache = ArtifactCache(tmp_path)
+    path = cache.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("whole"))
+    _truncate(path)
+    assert cache.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("whole")).read_text() == "whole"
+    assert cache.events["damaged"] == 1
+
+
+def _dynamo_fails(path: Path) -> None:
+    raise ExportFailed("dynamo", "GuardOnDataDependentSymNode: at fast_pos_embed_interpolate", "the long story")
+
+
+def test_a_failed_export_is_remembered_and_not_tried_again(tmp_path: Path) -> None:
+    with pytest.raises(ExportFailed):
+        ArtifactCache(tmp_path).get_or_create(PARTS, "model.onnx", _dynamo_fails)
+    later = ArtifactCache(tmp_path)
+    with pytest.raises(ExportFailed) as remembered:
+        later.get_or_create(PARTS, "model.onnx", lambda p: pytest.fail("a remembered failure was tried again"))
+    assert remembered.value.summary == "GuardOnDataDependentSymNode: at fast_pos_embed_interpolate"
+    assert remembered.value.details == "the long story" and remembered.value.exporter == "dynamo"
+    assert later.events == {"remembered": 1}
+    assert [b["status"] for b in later.builds()] == ["failed"]
+
+
+def test_a_remembered_failure_does_not_outlive_a_change_of_its_inputs(tmp_path: Path) -> None:
+    with pytest.raises(ExportFailed):
+        ArtifactCache(tmp_path).get_or_create(PARTS, "model.onnx", _dynamo_fails)
+    newer_torch = {**PARTS, "libraries": '{"torch": "9.9.9"}'}
+    path = ArtifactCache(tmp_path).get_or_create(newer_torch, "model.onnx", lambda p: p.write_text("now it exports"))
+    assert path.read_text() == "now it exports"
+
+
+@pytest.mark.parametrize("record", ["", "{not json", '{"summary": "no exporter"}'])
+def test_an_unreadable_failure_record_counts_as_none(tmp_path: Path, record: str) -> None:
+    cache = ArtifactCache(tmp_path)
+    cache.failures.mkdir(parents=True)
+    (cache.failures / f"{cache_key(PARTS, 'model.onnx')}.json").write_text(record)
+    assert cache.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("built")).read_text() == "built"
+
+
+def test_a_missing_exporter_is_not_remembered(tmp_path: Path) -> None:
+    """Installing onnxscript changes no key part, so its absence must be asked again every time."""
+
+    def unavailable(path: Path) -> None:
+        raise ExporterUnavailable("dynamo", "ModuleNotFoundError: the dynamo exporter needs onnxscript")
+
+    with pytest.raises(ExporterUnavailable):
+        ArtifactCache(tmp_path).get_or_create(PARTS, "model.onnx", unavailable)
+    assert ArtifactCache(tmp_path).get_or_create(PARTS, "model.onnx", lambda p: p.write_text("ok")).is_file()
+
+
+def test_a_torn_log_line_from_a_killed_process_is_skipped(tmp_path: Path) -> None:
+    cache = ArtifactCache(tmp_path)
+    cache.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("ok"))
+    with cache.log_path.open("a") as log:
+        log.write('{"key": "half a li')
     assert [b["status"] for b in cache.builds()] == ["built"]

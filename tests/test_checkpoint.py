@@ -9,8 +9,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pytest_qwen3vl.models import TEXT_PRESETS, VISION_PRESETS, ConfigError, build_golden, resolve_config, vision_shards
-from pytest_qwen3vl.sources import import_modeling_file, installed_golden_path
+from pytest_qwen3vl.errors import ConfigError
+from pytest_qwen3vl.model.build import build_golden
+from pytest_qwen3vl.model.checkpoint import vision_shards
+from pytest_qwen3vl.model.configs import TEXT_PRESETS, VISION_PRESETS, resolve_config
+from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path
 from tests.conftest import RunSuite
 
 

@@ -77,5 +77,5 @@ def test_modified_file_that_does_not_import(run_suite: RunSuite, tmp_path: Path,
     result = run_suite("test_runtime.py", modified=modified_copy(tmp_path, old, new))
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines([f"*modified modeling file does not import: {message}"])
-    assert "pytest_qwen3vl/fixtures.py" not in result.stdout.str()
+    assert "pytest_qwen3vl/plugin/fixtures.py" not in result.stdout.str()
     assert " fails " in claim_line(result, "runtime-equivalence")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pytest_qwen3vl.cli import diff_main
-from pytest_qwen3vl.sources import installed_golden_path
+from pytest_qwen3vl.source.files import installed_golden_path
 from tests.variants import PLACE, VARIANTS, Variant, golden_text
 
 WRONG = [v for v in VARIANTS.values() if not v.harmless and v.check == "source"]

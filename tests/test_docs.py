@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_qwen3vl.catalogue import CATALOGUE
-from pytest_qwen3vl.settings import OPTIONS, flag
+from pytest_qwen3vl.plugin.catalogue import CATALOGUE
+from pytest_qwen3vl.plugin.settings import OPTIONS, flag
 from tests.conftest import REPO
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qwen3vl.sources import installed_golden_path, reference_modified_text
+from pytest_qwen3vl.source.files import installed_golden_path, reference_modified_text
 from tests.conftest import REPO
 from tests.test_claims_table import MERGER_LINE
 

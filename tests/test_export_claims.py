@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qwen3vl.cache import ArtifactCache
-from pytest_qwen3vl.snapshots import versions_label
-from pytest_qwen3vl.suite import snapshots_dir
+from pytest_qwen3vl.export.cache import ArtifactCache
+from pytest_qwen3vl.plugin.bundled import snapshots_dir
+from pytest_qwen3vl.plugin.snapshots import versions_label
 from tests.conftest import RunSuite
 from tests.test_claims_table import MERGER_LINE, claim_line
 from tests.test_plugin import modified_copy
@@ -104,7 +104,7 @@ def test_every_export_is_made_once_with_two_workers(run_suite: RunSuite, shared_
 def test_a_users_test_gets_cached_files_and_remembered_failures(run_suite: RunSuite, pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_mine="""
         import pytest
-        from pytest_qwen3vl.export import ExportFailed
+        from pytest_qwen3vl.errors import ExportFailed
 
         def test_mine(qwen3vl_export, qwen3vl_grid):
             first = qwen3vl_export("modified", qwen3vl_grid)

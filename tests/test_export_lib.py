@@ -11,9 +11,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from pytest_qwen3vl.export import (
-    ExporterUnavailable,
-    ExportFailed,
+from pytest_qwen3vl.errors import ExporterUnavailable, ExportFailed
+from pytest_qwen3vl.export.builder import (
     ExportResult,
     _publish,
     export_mode,
@@ -22,11 +21,13 @@ from pytest_qwen3vl.export import (
     make_wrapper,
     output_names,
 )
-from pytest_qwen3vl.graph import graph_digest, graph_signature, ort_session, parity, run_pooled
-from pytest_qwen3vl.inputs import VisionInputs, make_inputs
-from pytest_qwen3vl.models import VisionPair, resolve_config
-from pytest_qwen3vl.settings import Grid
-from pytest_qwen3vl.tracing import count_deepstack_calls, enclosing_function, trace_hazards
+from pytest_qwen3vl.export.graph import graph_digest, graph_signature
+from pytest_qwen3vl.export.runtime import ort_session, parity, run_pooled
+from pytest_qwen3vl.export.tracing import count_deepstack_calls, enclosing_function, trace_hazards
+from pytest_qwen3vl.model.build import VisionPair
+from pytest_qwen3vl.model.configs import resolve_config
+from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.model.inputs import VisionInputs, make_inputs
 
 GRID = Grid.parse("1,4,4")
 

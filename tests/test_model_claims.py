@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qwen3vl.sources import import_modeling_file, installed_golden_path
+from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path
 from tests.conftest import RunSuite
 from tests.model_variants import VARIANTS, ModelVariant
 

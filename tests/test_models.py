@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from pytest_qwen3vl.inputs import make_inputs
-from pytest_qwen3vl.models import VisionPair, build_pair, deepstack_export_flag, resolve_config
-from pytest_qwen3vl.settings import Grid
-from pytest_qwen3vl.sources import installed_golden_path
+from pytest_qwen3vl.model.build import VisionPair, build_pair, deepstack_export_flag
+from pytest_qwen3vl.model.configs import resolve_config
+from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.model.inputs import make_inputs
+from pytest_qwen3vl.source.files import installed_golden_path
 
 
 def test_every_parameter_and_persistent_buffer_is_the_same_tensor(pair: VisionPair) -> None:

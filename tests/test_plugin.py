@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qwen3vl.sources import installed_golden_path
+from pytest_qwen3vl.source.files import installed_golden_path
 
 SHOW_SETTINGS = """
 import json
@@ -28,7 +28,7 @@ def shown_settings(result: pytest.RunResult) -> dict:
 
 def modified_copy(tmp: Path, old: str, new: str, name: str = "modeling_qwen3_vl.py") -> Path:
     """The reference modified text with one more edit, written to ``tmp/name``."""
-    from pytest_qwen3vl.sources import reference_modified_text
+    from pytest_qwen3vl.source.files import reference_modified_text
 
     text = reference_modified_text(installed_golden_path().read_text(encoding="utf-8"))
     assert text.count(old) == 1, f"{old!r} must occur once in the golden text"
@@ -182,7 +182,7 @@ def test_unused_plugin_imports_nothing_heavy(pytester: pytest.Pytester) -> None:
         import sys
 
         def test_modules():
-            assert "pytest_qwen3vl.plugin" in sys.modules
+            assert "pytest_qwen3vl.plugin.hooks" in sys.modules
             heavy = [m for m in ("torch", "transformers", "onnx", "onnxruntime") if m in sys.modules]
             assert heavy == []
         """

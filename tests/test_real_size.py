@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_qwen3vl.models import resolve_config
+from pytest_qwen3vl.model.configs import resolve_config
 from tests.conftest import REPO, RunSuite
 from tests.test_claims_table import claim_line
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qwen3vl.models import VISION_PRESETS, ConfigError, resolve_config
-from pytest_qwen3vl.settings import Grid, SettingsError, parse_grids, parse_seed
+from pytest_qwen3vl.errors import ConfigError, SettingsError
+from pytest_qwen3vl.model.configs import VISION_PRESETS, resolve_config
+from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.plugin.settings import parse_grids, parse_seed
 
 
 def test_grid_parses_one_image() -> None:

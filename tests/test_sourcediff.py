@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qwen3vl.sourcediff import (
+from pytest_qwen3vl.errors import SourceError, UndecidableCondition
+from pytest_qwen3vl.source.diff import (
     EXPECTED_TABLE,
-    SourceError,
-    UndecidableCondition,
     as_source,
     check_one_diff,
     deepstack_truth_table,
@@ -19,7 +18,7 @@ from pytest_qwen3vl.sourcediff import (
     diff_sources,
     parse_source,
 )
-from pytest_qwen3vl.sources import GOLDEN_CONDITION, MODIFIED_CONDITION
+from pytest_qwen3vl.source.files import GOLDEN_CONDITION, MODIFIED_CONDITION
 from tests.variants import PLACE, VARIANTS, Variant, golden_text
 
 SOURCE_VARIANTS = [v for v in VARIANTS.values() if v.check == "source"]

@@ -3,7 +3,7 @@
 Generating them (instead of storing copies) keeps the repository free of transformers' source and
 keeps every variant in step with the golden file. A variant is harmless when it must pass every
 check, wrong when some check must fail; ``expect`` is a fragment of that check's message and
-``check`` names the check (``"source"`` is ``pytest_qwen3vl.sourcediff.check_one_diff``). To add a
+``check`` names the check (``"source"`` is ``pytest_qwen3vl.source.diff.check_one_diff``). To add a
 kind of variant, write a ``golden_text -> str`` function and register it with ``_add``.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
-from pytest_qwen3vl.sources import GOLDEN_IF_LINE, installed_golden_path, reference_modified_text
+from pytest_qwen3vl.source.files import GOLDEN_IF_LINE, installed_golden_path, reference_modified_text
 
 PLACE = "Qwen3VLVisionModel.forward"
 INDENT = " " * 12

@@ -6,51 +6,29 @@ so a repo that has the plugin installed but does not use it pays nothing at star
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from pytest_qwen3vl import sources
-from pytest_qwen3vl.cache import ArtifactCache
-from pytest_qwen3vl.claims import (
-    IDS_PROPERTY,
-    ClaimBoard,
-    UnknownClaim,
-    claim_ids,
-    render_table,
-    summary_counts,
-)
-from pytest_qwen3vl.fixtures import (  # noqa: F401  (fixtures are found as attributes of the plugin)
-    SETTINGS_KEY,
-    qwen3vl_config,
-    qwen3vl_export,
-    qwen3vl_golden_module,
-    qwen3vl_golden_path,
-    qwen3vl_golden_vision,
-    qwen3vl_grid,
-    qwen3vl_inputs,
-    qwen3vl_lowering_snapshot,
-    qwen3vl_modified_module,
-    qwen3vl_modified_path,
-    qwen3vl_modified_vision,
-    qwen3vl_record,
-    qwen3vl_settings,
-    qwen3vl_snapshot,
-    qwen3vl_vision_pair,
-    settings_of,
-)
-from pytest_qwen3vl.settings import (
+from pytest_qwen3vl.errors import SettingsError, SourceError, UnknownClaim
+from pytest_qwen3vl.plugin.bundled import add_suite
+from pytest_qwen3vl.plugin.claims import IDS_PROPERTY, ClaimBoard, claim_ids, render_table, summary_counts
+from pytest_qwen3vl.plugin.exports import TALLY_KEY, WORKER_OUTPUT, CacheTally
+from pytest_qwen3vl.plugin.settings import (
     FLAGS,
     GRID,
     OPTIONS,
     RUN_SLOW,
+    SETTINGS_KEY,
     Settings,
-    SettingsError,
     flag,
     ini_key,
     settings_from_pytest,
+    settings_of,
 )
-from pytest_qwen3vl.suite import add_suite
+from pytest_qwen3vl.source import files as sources
+from pytest_qwen3vl.versions import transformers_version
+
+# The fixtures live in their own module; pytest registers it with this plugin.
+pytest_plugins = ["pytest_qwen3vl.plugin.fixtures"]
 
 REPORTER_NAME = "qwen3vl-claims"
 
@@ -72,7 +50,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             flag(name), dest=ini_key(name), action="append" if name == GRID else "store", default=None,
             metavar="T,H,W" if name == GRID else "VALUE", help=help_text,
         )
-        parser.addini(ini_key(name), help_text, type="args" if name == GRID else "string", default=None)
+        if name == GRID:
+            parser.addini(ini_key(name), help_text, type="args", default=None)
+        else:
+            parser.addini(ini_key(name), help_text, type="string", default=None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -82,13 +63,21 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = settings_from_pytest(config)
         if settings.explicit:
             if settings.golden is None:
-                raise SettingsError("transformers is not installed: pip install 'transformers==4.57.6'")
+                raise SettingsError(sources.TRANSFORMERS_MISSING)
             sources.check_golden(settings.golden)
-    except (SettingsError, sources.SourceError) as exc:
+    except (SettingsError, SourceError) as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SETTINGS_KEY] = settings
+    config.stash[TALLY_KEY] = CacheTally()
     add_suite(config, settings.suite, modified_named=settings.modified is not None)
-    config.pluginmanager.register(ClaimReporter(settings), REPORTER_NAME)
+    config.pluginmanager.register(ClaimReporter(config, settings), REPORTER_NAME)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """xdist worker: hand this process's cache events to the controller."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None and TALLY_KEY in session.config.stash:
+        output[WORKER_OUTPUT] = dict(session.config.stash[TALLY_KEY].events)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
@@ -96,7 +85,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     if not settings.explicit:
         return None
     return [
-        f"qwen3vl golden: transformers {sources.transformers_version()} {settings.golden}",
+        f"qwen3vl golden: transformers {transformers_version()} {settings.golden}",
         f"qwen3vl modified: {settings.modified_label}",
         f"qwen3vl config: {settings.model.name}; grids: {', '.join(g.id for g in settings.grids)}; "
         f"seed: {settings.seed}",
@@ -126,13 +115,19 @@ class ClaimReporter:
     """Collects claim outcomes from every report (xdist ships workers' reports here), prints the
     table and writes the Markdown report."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
         self.board = ClaimBoard()
+        self.config = config
         self.settings = settings
-        self.started = time.time()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.board.add_report(report)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: object, error: object) -> None:
+        """xdist: add a finished worker's cache events to the controller's tally."""
+        output = getattr(node, "workeroutput", {})
+        self.config.stash[TALLY_KEY].merge(output.get(WORKER_OUTPUT, {}))
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if not self.board.ran_any():
@@ -143,15 +138,11 @@ class ClaimReporter:
             terminalreporter.write_line(line)
         counts = ", ".join(f"{n} {status}" for status, n in summary_counts(rows).items())
         terminalreporter.write_line(f"qwen3vl claims: {counts}")
-        builds = [b for b in ArtifactCache(self.settings.export_cache).builds() if b["time"] >= self.started]
-        if builds:
-            failed = sum(b["status"] == "failed" for b in builds)
-            terminalreporter.write_line(
-                f"qwen3vl exports this run: {len(builds) - failed} built, {failed} failed, "
-                f"{sum(b['seconds'] for b in builds):.1f} s (log: {self.settings.export_cache / 'builds.log'})"
-            )
+        cache_line = terminalreporter.config.stash[TALLY_KEY].line()
+        if cache_line:
+            terminalreporter.write_line(f"{cache_line} (log: {self.settings.export_cache / 'builds.log'})")
         if self.settings.report is not None and not hasattr(terminalreporter.config, "workerinput"):
-            from pytest_qwen3vl.report import write_report
+            from pytest_qwen3vl.plugin.report import write_report
 
             path = write_report(self.settings.report, rows, self.settings)
             terminalreporter.write_line(f"qwen3vl report written to {path}")

@@ -3,32 +3,54 @@
 Every export goes through the content-addressed ``ArtifactCache``: the first xdist worker that asks
 for a (file, grid, wrapper, exporter) exports it under a file lock, the others wait and then read the
 published file, and later runs with the same sources, config, seed and library versions export
-nothing. An export that fails (the dynamo exporter on this model) is not cached on disk; it is
-remembered in the process, so every test that asks again gets the same one-line ``ExportFailed``
-without paying for the attempt again.
+nothing. An export that fails (the dynamo exporter on this model) is remembered by the cache under
+the same key, so every later request gets the same one-line ``ExportFailed`` without paying for the
+attempt again, in this run and the next, until an input changes.
 
 torch, onnx and onnxruntime are imported only when an export, a session or a run needs them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.cache import ArtifactCache, cache_key, library_versions
-from pytest_qwen3vl.export import DEFAULT_OPSET, EXPORTER_NAMES, WRAPPER_NAMES, ExportFailed, export_vision
-from pytest_qwen3vl.settings import Grid
-from pytest_qwen3vl.sources import sha256_file
+import pytest
+
+from pytest_qwen3vl.export.builder import DEFAULT_OPSET, EXPORTER_NAMES, WRAPPER_NAMES, export_vision
+from pytest_qwen3vl.export.cache import BUILT, DAMAGED, FAILED, REMEMBERED, REUSED, ArtifactCache
+from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.source.files import sha256_file
+from pytest_qwen3vl.versions import library_versions
 
 if TYPE_CHECKING:
     import onnxruntime
 
-    from pytest_qwen3vl.models import ModelSpec, VisionPair
+    from pytest_qwen3vl.model.build import VisionPair
+    from pytest_qwen3vl.model.configs import ModelSpec
 
 ROLES = ("golden", "modified")
+
+
+@cache
+def recipe_digest() -> str:
+    """The plugin's version and a hash of the export code: a changed recipe must not reuse old files
+    (nor old remembered failures)."""
+    from pytest_qwen3vl import __version__, export
+
+    folder = Path(export.__file__).parent
+    digest = hashlib.sha256(__version__.encode())
+    for name in ("builder.py", "wrappers.py"):
+        digest.update((folder / name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 class SessionExports:
@@ -47,14 +69,14 @@ class SessionExports:
         cache_dir: Path,
         *,
         opset: int = DEFAULT_OPSET,
+        on_event: Callable[[str], None] | None = None,
     ) -> None:
-        self.cache = ArtifactCache(cache_dir)
+        self.cache = ArtifactCache(cache_dir, on_event)
         self.opset = opset
         self._pair = pair
         self._spec = spec
         self._seed = seed
         self._digests = {role: sha256_file(path) for role, path in sources.items()}
-        self._failures: dict[str, ExportFailed] = {}
         self._sessions: dict[Path, onnxruntime.InferenceSession] = {}
         self._created = time.time()
 
@@ -74,37 +96,31 @@ class SessionExports:
             "exporter": exporter,
             "opset": str(self.opset),
             "libraries": json.dumps(library_versions(), sort_keys=True),
+            "recipe": recipe_digest(),
         }
 
     def __call__(self, which: str, grid: Grid, wrapper: str = "pooled", exporter: str = "torchscript") -> Path:
-        """The published ONNX file; raises ``ExportFailed`` (once per process, then from memory)."""
+        """The published ONNX file; raises ``ExportFailed`` (tried once, then remembered by the cache)."""
         for name, value, allowed in (("which", which, ROLES), ("wrapper", wrapper, WRAPPER_NAMES),
                                      ("exporter", exporter, EXPORTER_NAMES)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
         parts = self.key_parts(which, grid, wrapper, exporter)
         filename = f"{which}-{wrapper}-{exporter}-{grid.id}.onnx"
-        key = cache_key(parts, filename)
-        if key in self._failures:
-            raise self._failures[key].with_traceback(None)
         model = getattr(self._pair, which)
 
         def build(path: Path) -> None:
-            from pytest_qwen3vl.inputs import make_inputs
+            from pytest_qwen3vl.model.inputs import make_inputs
 
             inputs = make_inputs(grid, self._spec, self._seed)
             export_vision(model, *inputs.args, path, wrapper=wrapper, exporter=exporter, opset=self.opset)
 
-        try:
-            return self.cache.get_or_create(parts, filename, build)
-        except ExportFailed as exc:
-            self._failures[key] = exc
-            raise
+        return self.cache.get_or_create(parts, filename, build)
 
     def session(self, path: Path) -> onnxruntime.InferenceSession:
         """An ONNX Runtime session for an exported file, made once per file in this process."""
         if path not in self._sessions:
-            from pytest_qwen3vl.graph import ort_session
+            from pytest_qwen3vl.export.runtime import ort_session
 
             self._sessions[path] = ort_session(path)
         return self._sessions[path]
@@ -117,3 +133,36 @@ class SessionExports:
         total is the log's lines written during the run.
         """
         return [b for b in self.cache.builds() if b["pid"] == os.getpid() and b["time"] >= self._created]
+
+
+@dataclass
+class CacheTally:
+    """What the export cache did in this run: events counted in each process, summed on the controller.
+
+    Under xdist each worker sends its tally through ``config.workeroutput``; the controller adds them
+    up in ``pytest_testnodedown``, so the summary needs no clock and no log parsing.
+    """
+
+    events: Counter[str] = field(default_factory=Counter)
+
+    def add(self, event: str) -> None:
+        self.events[event] += 1
+
+    def merge(self, other: Mapping[str, int]) -> None:
+        self.events.update(other)
+
+    def line(self) -> str | None:
+        """``qwen3vl exports this run: 4 built, 2 failed, 1 damaged entry rebuilt, ...`` or None."""
+        words = (
+            (BUILT, "built", "built"),
+            (FAILED, "failed", "failed"),
+            (DAMAGED, "damaged entry rebuilt", "damaged entries rebuilt"),
+            (REMEMBERED, "failure remembered", "failures remembered"),
+            (REUSED, "reused", "reused"),
+        )
+        parts = [f"{self.events[e]} {one if self.events[e] == 1 else many}" for e, one, many in words if self.events[e]]
+        return f"qwen3vl exports this run: {', '.join(parts)}" if parts else None
+
+
+TALLY_KEY = pytest.StashKey[CacheTally]()
+WORKER_OUTPUT = "qwen3vl_cache_events"

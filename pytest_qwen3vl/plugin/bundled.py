@@ -1,7 +1,7 @@
 """Where the conformance suite and its snapshots are, and when a run collects the suite by itself.
 
 In a source checkout they are the top-level ``conformance/`` and ``snapshots/``; the wheel
-carries the same folders inside the package as ``_suite/``, so a downstream repo runs the
+carries the same folders inside the package as ``_bundled/``, so a downstream repo runs the
 installed suite without copying a test file.
 """
 
@@ -13,14 +13,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pytest
 
-AUTO, ONLY, OFF = "auto", "only", "off"
+AUTO = "auto"
+ONLY = "only"
+OFF = "off"
 MODES = (AUTO, ONLY, OFF)
 
 
 def suite_root() -> Path:
     """The folder that holds ``conformance/`` and ``snapshots/``."""
-    package = Path(__file__).resolve().parent
-    packaged = package / "_suite"
+    package = Path(__file__).resolve().parents[1]
+    packaged = package / "_bundled"
     return packaged if (packaged / "conformance").is_dir() else package.parent
 
 

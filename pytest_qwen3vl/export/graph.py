@@ -1,11 +1,11 @@
-"""What an exported ONNX file promises (its graph signature) and what it computes (ONNX Runtime).
+"""What an exported ONNX file promises: its graph signature, and a digest of what it computes.
 
 A signature is a plain dict meant for snapshots. Its ``contract`` part (opset, input and output
 names, element types, dims) is what a downstream runtime relies on and should hold with any
 torch or onnx version; ``initializers`` and ``operators`` depend on how the exporter lowers the
 model and change with torch versions, so they are kept apart.
 
-onnx, onnxruntime and numpy are imported inside the functions.
+onnx is imported inside the functions.
 """
 
 from __future__ import annotations
@@ -15,15 +15,10 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.export import POOLED_OUTPUT
-
 if TYPE_CHECKING:
-    import numpy as np
     import onnx
-    import onnxruntime
 
 CONSTANTS_BUCKET = "<constants>"
 # A module path such as ``model.blocks.0.attn.qkv.weight``; exporter-made constants look like
@@ -87,78 +82,6 @@ def graph_digest(onnx_path: str | os.PathLike[str]) -> str:
     return hashlib.sha256(graph.SerializeToString()).hexdigest()
 
 
-def default_threads() -> int:
-    """The usable cores shared out among xdist workers, so parallel sessions don't oversubscribe."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
-    return max(1, cores // max(1, workers))
-
-
-def ort_session(onnx_path: str | os.PathLike[str], *, threads: int | None = None) -> onnxruntime.InferenceSession:
-    """A CPU session with default graph optimisations, as a downstream runtime would load it."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads or default_threads()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 4  # fatal only: a failing run raises, its log line would repeat it
-    return onnxruntime.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
-def run_outputs(session: onnxruntime.InferenceSession, pixel_values: Any, grid_thw: Any) -> dict[str, np.ndarray]:
-    """Every output by name; the inputs (torch tensors or arrays) feed the session's inputs in order."""
-    specs = session.get_inputs()
-    values = (pixel_values, grid_thw)[: len(specs)]
-    feeds = {spec.name: _numpy(value) for spec, value in zip(specs, values, strict=True)}
-    names = [spec.name for spec in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds), strict=True))
-
-
-def run_pooled(session: onnxruntime.InferenceSession, pixel_values: Any, grid_thw: Any) -> np.ndarray:
-    """The ``pooled_embeds`` output (the first output if none has that name)."""
-    outputs = run_outputs(session, pixel_values, grid_thw)
-    return outputs.get(POOLED_OUTPUT, next(iter(outputs.values())))
-
-
-@dataclass(frozen=True)
-class Parity:
-    """How far a runtime's output is from the reference.
-
-    ``max_rel`` is the largest absolute error over the largest reference magnitude, which stays
-    meaningful where single reference values are near zero; ``rel_l2`` is ``|a - e| / |e|`` in L2.
-    """
-
-    max_abs: float
-    max_rel: float
-    rel_l2: float
-
-
-def parity(actual: Any, expected: Any) -> Parity:
-    """Errors of ``actual`` against ``expected`` (arrays or tensors of the same shape), in float64."""
-    import numpy as np
-
-    a = np.asarray(_numpy(actual), dtype=np.float64)
-    e = np.asarray(_numpy(expected), dtype=np.float64)
-    if a.shape != e.shape:
-        raise ValueError(f"shapes differ: actual {a.shape}, expected {e.shape}")
-    diff = np.abs(a - e)
-    max_abs = float(diff.max(initial=0.0))
-    scale = float(np.abs(e).max(initial=0.0))
-    norm = float(np.linalg.norm(e))
-    return Parity(
-        max_abs=max_abs,
-        max_rel=max_abs / scale if scale else max_abs,
-        rel_l2=float(np.linalg.norm(a - e)) / norm if norm else float(np.linalg.norm(a - e)),
-    )
-
-
-def _numpy(value: Any) -> Any:
-    """A torch tensor as a numpy array (without importing torch); anything else as it is."""
-    if hasattr(value, "detach"):
-        return value.detach().cpu().numpy()
-    return value
-
-
 def _default_opset(model: onnx.ModelProto) -> int | None:
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):
@@ -184,7 +107,7 @@ def _elem_type(code: int) -> str:
     try:
         return str(onnx.helper.tensor_dtype_to_np_dtype(code).name)
     except (KeyError, TypeError, ValueError):
-        return onnx.TensorProto.DataType.Name(code).lower()
+        return str(onnx.TensorProto.DataType.Name(code)).lower()
 
 
 def _op_type(node: onnx.NodeProto) -> str:

@@ -10,11 +10,11 @@ import datetime as _dt
 from collections.abc import Iterable
 from pathlib import Path
 
-from pytest_qwen3vl.cache import library_versions
-from pytest_qwen3vl.claims import ERRATUM, FAILS, ClaimRow, summary_counts
-from pytest_qwen3vl.export import DEFAULT_OPSET
-from pytest_qwen3vl.settings import Settings
-from pytest_qwen3vl.sources import GOLDEN_VERSION, sha256_file
+from pytest_qwen3vl.export.builder import DEFAULT_OPSET
+from pytest_qwen3vl.plugin.claims import ERRATUM, FAILS, ClaimRow, summary_counts
+from pytest_qwen3vl.plugin.settings import Settings
+from pytest_qwen3vl.source.files import GOLDEN_VERSION, sha256_file
+from pytest_qwen3vl.versions import library_versions
 
 _STATUS_MARK = {"holds": "holds", "erratum": "**erratum**", "fails": "**FAILS**", "xfail": "xfail",
                 "not run": "not run"}

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_qwen3vl.export import export_mode, make_wrapper, skip_flag_for
-from pytest_qwen3vl.models import deepstack_export_flag
+from pytest_qwen3vl.export.builder import export_mode, make_wrapper, skip_flag_for
+from pytest_qwen3vl.model.build import deepstack_export_flag
 
 if TYPE_CHECKING:
     import torch

@@ -21,7 +21,6 @@ or without ``-n``) writes the cases it ran and deletes nothing. Remove a stale f
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,17 +28,17 @@ from typing import TYPE_CHECKING, Any
 from syrupy.data import SnapshotCollections
 from syrupy.extensions.json import JSONSnapshotExtension
 
-from pytest_qwen3vl.fixtures import settings_of
-from pytest_qwen3vl.graph import CONSTANTS_BUCKET
-from pytest_qwen3vl.settings import SNAPSHOT_DIR, flag
+from pytest_qwen3vl.export.graph import CONSTANTS_BUCKET
+from pytest_qwen3vl.plugin.settings import SNAPSHOT_DIR, flag, settings_of
+from pytest_qwen3vl.versions import ABSENT, library_versions
 
 if TYPE_CHECKING:
     import pytest
     from syrupy.assertion import SnapshotAssertion
     from syrupy.location import PyTestLocation
 
-    from pytest_qwen3vl.models import ModelSpec
-    from pytest_qwen3vl.settings import Grid
+    from pytest_qwen3vl.model.configs import ModelSpec
+    from pytest_qwen3vl.model.grids import Grid
 
 VERSIONED_LIBRARIES = ("torch", "onnx")
 
@@ -51,7 +50,7 @@ def snapshot_root(config: pytest.Config) -> Path:
 
 def config_label(spec: ModelSpec) -> str:
     """A preset's name, or ``config-<hash>`` for a config file or checkpoint (its path is no name)."""
-    from pytest_qwen3vl.models import VISION_PRESETS
+    from pytest_qwen3vl.model.configs import VISION_PRESETS
 
     if spec.name in VISION_PRESETS:
         return spec.name
@@ -63,12 +62,8 @@ def versions_label() -> str:
     from packaging.version import Version
 
     parts = []
-    for name in VERSIONED_LIBRARIES:
-        try:
-            version = Version(importlib.metadata.version(name)).public
-        except importlib.metadata.PackageNotFoundError:
-            version = "absent"
-        parts.append(f"{name}-{version}")
+    for name, version in library_versions(VERSIONED_LIBRARIES).items():
+        parts.append(f"{name}-{Version(version).public if version != ABSENT else version}")
     return "_".join(parts)
 
 
@@ -177,7 +172,7 @@ def describe_mismatch(assertion: SnapshotAssertion) -> str:
     name = Path(result.snapshot_location).name
     if result.recalled_data is None:
         return f"no snapshot {name}"
-    changes = document_changes(json.loads(result.recalled_data), json.loads(result.asserted_data))
+    changes = document_changes(json.loads(result.recalled_data), json.loads(str(result.asserted_data)))
     return f"{name} differs: {'; '.join(changes)}"
 
 

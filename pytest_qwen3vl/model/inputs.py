@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pytest_qwen3vl.settings import Grid
+from pytest_qwen3vl.model.grids import Grid
 
 if TYPE_CHECKING:
     import torch
 
-    from pytest_qwen3vl.models import ModelSpec
+    from pytest_qwen3vl.model.configs import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from pytest_qwen3vl.sources import GOLDEN_CONDITION, MODIFIED_CONDITION, PACKAGE, SourceError
+from pytest_qwen3vl.errors import SourceError, UndecidableCondition
+from pytest_qwen3vl.source.files import GOLDEN_CONDITION, MODIFIED_CONDITION, PACKAGE
 
 DEEPSTACK_CLASS = "Qwen3VLVisionModel"
 DEEPSTACK_PLACE = f"{DEEPSTACK_CLASS}.forward"
@@ -181,12 +182,13 @@ _KEYS: tuple[Callable[[ast.AST], str], ...] = (_same_header_key, _same_bodies_ke
 def _start(node: Any) -> int:
     """First line, decorators included; a ``case`` has no position of its own, its pattern has."""
     if isinstance(node, ast.match_case):
-        return node.pattern.lineno
-    return min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+        return int(node.pattern.lineno)
+    return int(min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))]))
 
 
 def _end(node: Any) -> int:
-    return node.body[-1].end_lineno if isinstance(node, ast.match_case) else node.end_lineno
+    end = node.body[-1].end_lineno if isinstance(node, ast.match_case) else node.end_lineno
+    return int(end or 0)
 
 
 def _span(nodes: Sequence[ast.AST]) -> tuple[int, int] | None:
@@ -330,10 +332,6 @@ def diff_sources(golden: Source, modified: Source) -> list[Change]:
 # The DeepStack condition: a truth table over the three inputs the reference condition reads.
 
 
-class UndecidableCondition(ValueError):
-    """The condition reads something other than the three inputs, so no truth table exists."""
-
-
 def _template(source: str) -> str:
     return _dump(ast.parse(source, mode="eval").body)
 
@@ -397,7 +395,8 @@ def deepstack_truth_table(condition: str | ast.expr) -> TruthTable:
     """
     node = ast.parse(condition.strip(), mode="eval").body if isinstance(condition, str) else condition
     decide = _compile(node)
-    return {combo: decide(combo) for combo in itertools.product((False, True), repeat=3)}
+    combos = cast("list[Combination]", list(itertools.product((False, True), repeat=3)))
+    return {combo: decide(combo) for combo in combos}
 
 
 EXPECTED_TABLE = deepstack_truth_table(MODIFIED_CONDITION)
@@ -528,7 +527,7 @@ def _covers(nodes: Sequence[ast.AST], target: ast.AST) -> bool:
 
 def _judge_condition(change: Change, report: DiffReport) -> list[str]:
     """Problems with the new DeepStack test; records its text and truth table on ``report``."""
-    test = change.modified_nodes[0].test
+    test = cast(ast.If, change.modified_nodes[0]).test
     report.condition = ast.unparse(test)
     prefix = f"the DeepStack condition at {change.where()}"
     try:

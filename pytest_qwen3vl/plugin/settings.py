@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_qwen3vl.errors import GridError, SettingsError
+from pytest_qwen3vl.model.grids import Grid
 
 if TYPE_CHECKING:
-    import pytest
-
-    from pytest_qwen3vl.models import ModelSpec
+    from pytest_qwen3vl.model.configs import ModelSpec
 
 PREFIX = "qwen3vl"
 
@@ -51,10 +54,6 @@ OPTIONS: dict[str, str] = {
 
 
 
-class SettingsError(ValueError):
-    """A bad option value; the plugin turns it into a pytest usage error (exit code 4)."""
-
-
 def flag(name: str) -> str:
     """The command-line flag for an option name: ``grid`` -> ``--qwen3vl-grid``."""
     return f"--{PREFIX}-{name.replace('_', '-')}"
@@ -63,56 +62,6 @@ def flag(name: str) -> str:
 def ini_key(name: str) -> str:
     """The ini key for an option name: ``grid`` -> ``qwen3vl_grid``."""
     return f"{PREFIX}_{name}"
-
-
-@dataclass(frozen=True)
-class Grid:
-    """The (T, H, W) patch grids of the images passed in one call of the vision encoder."""
-
-    images: tuple[tuple[int, int, int], ...]
-
-    @classmethod
-    def parse(cls, text: str) -> Grid:
-        """Parse ``T,H,W`` or several images joined with ``+`` (``1,24,24+1,20,20``)."""
-        text = text.strip()
-        if not text:
-            raise SettingsError(f"{flag(GRID)}: empty grid; expected T,H,W such as {DEFAULT_GRID}")
-        images = []
-        for part in text.split("+"):
-            fields = [f.strip() for f in part.split(",")]
-            if len(fields) != 3 or not all(f.isdigit() for f in fields):
-                raise SettingsError(
-                    f"{flag(GRID)}={text!r}: {part.strip()!r} is not three positive integers T,H,W"
-                )
-            t, h, w = (int(f) for f in fields)
-            if min(t, h, w) <= 0:
-                raise SettingsError(f"{flag(GRID)}={text!r}: T, H and W must be positive, got {part.strip()}")
-            images.append((t, h, w))
-        return cls(tuple(images))
-
-    def check_merge(self, merge_size: int) -> None:
-        """H and W must be multiples of the spatial merge size, or the merger cannot pool them."""
-        for t, h, w in self.images:
-            if h % merge_size or w % merge_size:
-                raise SettingsError(
-                    f"{flag(GRID)}={self.text}: H and W must be divisible by the merge size "
-                    f"{merge_size}, got {t},{h},{w}"
-                )
-
-    @property
-    def id(self) -> str:
-        """Test id: ``1x24x24``, several images joined with ``+``."""
-        return "+".join("x".join(str(v) for v in image) for image in self.images)
-
-    @property
-    def text(self) -> str:
-        """The option syntax, as a user would type it."""
-        return "+".join(",".join(str(v) for v in image) for image in self.images)
-
-    @property
-    def num_patches(self) -> int:
-        """N, the number of rows of ``pixel_values``: the sum of T*H*W over images."""
-        return sum(t * h * w for t, h, w in self.images)
 
 
 @dataclass(frozen=True)
@@ -142,17 +91,28 @@ class Settings:
         return str(self.modified) if self.modified else "reference change (golden + the report's condition)"
 
 
+SETTINGS_KEY = pytest.StashKey["Settings"]()
+
+
+def settings_of(config: pytest.Config) -> Settings:
+    """The run's settings, made once in ``pytest_configure``."""
+    return config.stash[SETTINGS_KEY]
+
+
 def parse_grids(values: list[str]) -> tuple[Grid, ...]:
     """Parse every ``--qwen3vl-grid``; duplicates collapse so test ids stay unique."""
     grids: list[Grid] = []
     for value in values:
-        grid = Grid.parse(value)
+        try:
+            grid = Grid.parse(value)
+        except GridError as exc:
+            raise SettingsError(f"{flag(GRID)}: {exc}") from None
         if grid not in grids:
             grids.append(grid)
     return tuple(grids)
 
 
-def parse_seed(value: str) -> int:
+def parse_seed(value: str | int) -> int:
     """The seed must be a non-negative integer: torch generators take nothing else."""
     try:
         seed = int(str(value).strip())
@@ -175,7 +135,7 @@ def existing_file(name: str, value: str | None, base: Path) -> Path | None:
     return path.resolve()
 
 
-def _value(config: pytest.Config, name: str) -> tuple[object, Path]:
+def _value(config: pytest.Config, name: str) -> tuple[Any, Path]:
     """An option's value and the folder a relative path in it is relative to: CLI wins over ini."""
     value = config.getoption(ini_key(name))
     if value is not None:
@@ -201,9 +161,10 @@ def _truthy(value: object) -> bool:
 
 def settings_from_pytest(config: pytest.Config) -> Settings:
     """Read every option and ini key once; raise ``SettingsError`` with a one-line message."""
-    from pytest_qwen3vl.models import ConfigError, resolve_config
-    from pytest_qwen3vl.sources import SourceError, installed_golden_path
-    from pytest_qwen3vl.suite import AUTO, MODES, snapshots_dir
+    from pytest_qwen3vl.errors import ConfigError, SourceError
+    from pytest_qwen3vl.model.configs import resolve_config
+    from pytest_qwen3vl.plugin.bundled import AUTO, MODES, snapshots_dir
+    from pytest_qwen3vl.source.files import installed_golden_path
 
     raw_grids, _ = _value(config, GRID)
     grids = parse_grids(list(raw_grids or []) or [DEFAULT_GRID])
@@ -213,7 +174,10 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
     except ConfigError as exc:
         raise SettingsError(str(exc)) from None
     for grid in grids:
-        grid.check_merge(model.merge_size)
+        try:
+            grid.check_merge(model.merge_size)
+        except GridError as exc:
+            raise SettingsError(f"{flag(GRID)}={exc}") from None
     raw_seed, _ = _value(config, SEED)
     seed = parse_seed(raw_seed if raw_seed not in (None, "") else DEFAULT_SEED)
     golden = existing_file(GOLDEN, *_value(config, GOLDEN))

@@ -10,19 +10,21 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import pytest
 
-from pytest_qwen3vl.catalogue import BY_ID, CATALOGUE, Claim
+from pytest_qwen3vl.errors import UnknownClaim
+from pytest_qwen3vl.plugin.catalogue import BY_ID, CATALOGUE, Claim
 
 IDS_PROPERTY = "qwen3vl_claims"
 MEASURED_PROPERTY = "qwen3vl_measured"
 
-HOLDS, ERRATUM, FAILS, XFAIL, NOT_RUN = "holds", "erratum", "fails", "xfail", "not run"
-
-
-class UnknownClaim(ValueError):
-    """A ``qwen3vl_claim`` marker naming no claim of the catalogue."""
+HOLDS = "holds"
+ERRATUM = "erratum"
+FAILS = "fails"
+XFAIL = "xfail"
+NOT_RUN = "not run"
 
 
 def claim_ids(item: pytest.Item) -> list[str]:
@@ -54,18 +56,21 @@ class ClaimRecorder:
         """Record what was measured where it agrees with the report."""
         self._add(self._claim(claim), HOLDS, measured, None)
 
-    def erratum(self, *, reported: object, measured: object, claim: str | None = None) -> None:
-        """Record a value the report gets wrong; fail if the report has become right.
+    def claim(
+        self, *, reported: object, measured: object, detail: str = "", said: str = "", claim: str | None = None
+    ) -> None:
+        """Compare the report's value with the measured one and record holds or erratum accordingly.
 
-        A passing erratum is kept honest this way: once the deviation disappears, the test fails
-        and the catalogue must be updated rather than silently listing a stale erratum.
+        The values are compared as values (``==``), never as text, so an erratum turns into holds by
+        itself the day the report (or the model) changes. ``detail`` is shown as what was measured
+        (default: the measured value), ``said`` as what the report says (default: the reported value).
         """
         claim_id = self._claim(claim)
-        if str(reported) == str(measured):
-            raise AssertionError(
-                f"claim {claim_id}: measured {measured}, which is what the report says: the erratum is stale"
-            )
-        self._add(claim_id, ERRATUM, measured, reported)
+        shown = detail or str(measured)
+        if reported == measured:
+            self._add(claim_id, HOLDS, shown, None)
+        else:
+            self._add(claim_id, ERRATUM, shown, said or str(reported))
 
     def _add(self, claim_id: str, kind: str, measured: object, reported: object | None) -> None:
         entry = {"claim": claim_id, "kind": kind, "measured": str(measured)}
@@ -94,7 +99,7 @@ class ClaimBoard:
     def add_report(self, report: pytest.TestReport) -> None:
         """Take the outcome of one test (its call, or the setup that stopped it)."""
         props = dict(report.user_properties)
-        ids = props.get(IDS_PROPERTY)
+        ids = cast("list[str] | None", props.get(IDS_PROPERTY))
         if not ids:
             return
         if report.when != "call" and report.passed:
@@ -107,7 +112,9 @@ class ClaimBoard:
             outcome = NOT_RUN
         else:
             outcome = HOLDS
-        measurements = [value for name, value in report.user_properties if name == MEASURED_PROPERTY]
+        measurements: list[dict[str, str]] = [
+            cast("dict[str, str]", value) for name, value in report.user_properties if name == MEASURED_PROPERTY
+        ]
         for claim_id in ids:
             mine = [m for m in measurements if m["claim"] == claim_id]
             erratum = outcome == HOLDS and any(m["kind"] == ERRATUM for m in mine)

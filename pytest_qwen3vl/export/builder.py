@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.models import deepstack_export_flag
+from pytest_qwen3vl.errors import ExporterUnavailable, ExportFailed
+from pytest_qwen3vl.model.build import deepstack_export_flag
 
 if TYPE_CHECKING:
     import torch
@@ -49,22 +50,6 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _CALL_SITE = re.compile(r'File "([^"]+)", line (\d+), in (\w+)')
 
 
-class ExportFailed(RuntimeError):
-    """An export that raised. ``summary`` is one line: the root exception's class, its first line
-    and, where it can be found, the model function that raised it; ``details`` keeps the full text.
-    """
-
-    def __init__(self, exporter: str, summary: str, details: str = "") -> None:
-        super().__init__(f"{exporter} export failed: {summary}")
-        self.exporter = exporter
-        self.summary = summary
-        self.details = details
-
-
-class ExporterUnavailable(ExportFailed):
-    """The exporter cannot run on this machine (a missing package): nothing is learnt about the model."""
-
-
 @dataclass(frozen=True)
 class ExportResult:
     """What one export produced and how long it took."""
@@ -82,7 +67,7 @@ class ExportResult:
 def __getattr__(name: str) -> Any:
     """The wrapper classes, imported on first use because defining them needs torch."""
     if name in ("PooledWrapper", "AllOutputsWrapper", "TupleWrapper"):
-        from pytest_qwen3vl import wrappers
+        from pytest_qwen3vl.export import wrappers
 
         return getattr(wrappers, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -90,7 +75,7 @@ def __getattr__(name: str) -> Any:
 
 def make_wrapper(model: torch.nn.Module, wrapper: str) -> torch.nn.Module:
     """The module handed to the exporter for ``wrapper`` ("pooled", "all" or "tuple")."""
-    from pytest_qwen3vl.wrappers import WRAPPERS
+    from pytest_qwen3vl.export.wrappers import WRAPPERS
 
     if wrapper not in WRAPPERS:
         raise ValueError(f"wrapper must be one of {', '.join(WRAPPER_NAMES)}, not {wrapper!r}")

@@ -7,7 +7,6 @@ modified file is that text with the report's one change applied, written to the 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -15,6 +14,9 @@ import tempfile
 import traceback
 from pathlib import Path
 from types import ModuleType
+
+from pytest_qwen3vl.errors import SourceError
+from pytest_qwen3vl.versions import transformers_version
 
 GOLDEN_VERSION = "4.57.6"
 GOLDEN_SHA256 = "dd63ed3b124232735b3dca1bfa28f9d6b0d3f7182afcb75dde8f3e724b2b22da"
@@ -28,10 +30,7 @@ MODIFIED_CONDITION = (
 )
 GOLDEN_IF_LINE = f"            if {GOLDEN_CONDITION}:\n"
 MODIFIED_IF_LINE = f"            if {MODIFIED_CONDITION}:\n"
-
-
-class SourceError(Exception):
-    """A modeling file that cannot be used: the message is one line naming the file."""
+TRANSFORMERS_MISSING = f"transformers is not installed: pip install 'transformers=={GOLDEN_VERSION}'"
 
 
 def sha256_file(path: Path) -> str:
@@ -39,19 +38,11 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def transformers_version() -> str | None:
-    """The installed transformers version, read from its metadata (no import)."""
-    try:
-        return importlib.metadata.version("transformers")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def installed_golden_path() -> Path:
     """The installed transformers' ``modeling_qwen3_vl.py``, found without importing transformers."""
     spec = importlib.util.find_spec("transformers")
     if spec is None or not spec.submodule_search_locations:
-        raise SourceError("transformers is not installed: pip install 'transformers==4.57.6'")
+        raise SourceError(TRANSFORMERS_MISSING)
     path = Path(next(iter(spec.submodule_search_locations))) / RELATIVE_PATH
     if not path.is_file():
         raise SourceError(

@@ -13,25 +13,20 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_qwen3vl import sources
-from pytest_qwen3vl.claims import ClaimRecorder
-from pytest_qwen3vl.settings import Grid, Settings
+from pytest_qwen3vl.errors import SourceError
+from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.plugin.claims import ClaimRecorder
+from pytest_qwen3vl.plugin.settings import Settings, settings_of
+from pytest_qwen3vl.source import files as sources
 
 if TYPE_CHECKING:
     import torch
     from syrupy.assertion import SnapshotAssertion
 
-    from pytest_qwen3vl.inputs import VisionInputs
-    from pytest_qwen3vl.models import ModelSpec, VisionPair
-    from pytest_qwen3vl.session_exports import SessionExports
-
-SETTINGS_KEY = pytest.StashKey[Settings]()
-
-
-def settings_of(config: pytest.Config) -> Settings:
-    """The run's settings, made once in ``pytest_configure``."""
-    return config.stash[SETTINGS_KEY]
-
+    from pytest_qwen3vl.model.build import VisionPair
+    from pytest_qwen3vl.model.configs import ModelSpec
+    from pytest_qwen3vl.model.inputs import VisionInputs
+    from pytest_qwen3vl.plugin.exports import SessionExports
 
 @pytest.fixture(scope="session")
 def qwen3vl_settings(pytestconfig: pytest.Config) -> Settings:
@@ -55,10 +50,10 @@ def qwen3vl_config(qwen3vl_settings: Settings) -> ModelSpec:
 def qwen3vl_golden_path(qwen3vl_settings: Settings) -> Path:
     """The golden modeling file (checked against transformers 4.57.6's hash)."""
     if qwen3vl_settings.golden is None:
-        pytest.fail("transformers is not installed: pip install 'transformers==4.57.6'", pytrace=False)
+        pytest.fail(sources.TRANSFORMERS_MISSING, pytrace=False)
     try:
         sources.check_golden(qwen3vl_settings.golden)
-    except sources.SourceError as exc:
+    except SourceError as exc:
         problem = str(exc)
     else:
         return qwen3vl_settings.golden
@@ -77,7 +72,7 @@ def _import(path: Path, role: str) -> ModuleType:
     """Import, or fail the test with the file and line: no stack trace through the plugin."""
     try:
         return sources.import_modeling_file(path, role)
-    except sources.SourceError as exc:
+    except SourceError as exc:
         problem = str(exc)
     pytest.fail(f"{role} modeling file does not import: {problem}", pytrace=False)
 
@@ -104,8 +99,8 @@ def qwen3vl_vision_pair(
     """Golden and modified vision models sharing parameters and persistent buffers."""
     import torch
 
-    from pytest_qwen3vl.graph import default_threads
-    from pytest_qwen3vl.models import build_pair
+    from pytest_qwen3vl.export.runtime import default_threads
+    from pytest_qwen3vl.model.build import build_pair
 
     # xdist workers share the cores: without this each takes all of them and they thrash.
     torch.set_num_threads(default_threads())
@@ -131,7 +126,7 @@ def qwen3vl_modified_vision(qwen3vl_vision_pair: VisionPair) -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def qwen3vl_inputs(qwen3vl_grid: Grid, qwen3vl_config: ModelSpec, qwen3vl_settings: Settings) -> VisionInputs:
     """``pixel_values`` (N, 1536) and ``grid_thw`` (M, 3) for the current grid, drawn from the seed."""
-    from pytest_qwen3vl.inputs import make_inputs
+    from pytest_qwen3vl.model.inputs import make_inputs
 
     return make_inputs(qwen3vl_grid, qwen3vl_config, qwen3vl_settings.seed)
 
@@ -144,6 +139,7 @@ def qwen3vl_record(request: pytest.FixtureRequest) -> ClaimRecorder:
 
 @pytest.fixture(scope="session")
 def qwen3vl_export(
+    pytestconfig: pytest.Config,
     qwen3vl_vision_pair: VisionPair,
     qwen3vl_golden_path: Path,
     qwen3vl_modified_path: Path,
@@ -161,7 +157,7 @@ def qwen3vl_export(
     ``qwen3vl_export.session(path)`` is an ONNX Runtime session per file, ``.builds`` the exports
     this process ran (``<cache dir>/exports/builds.log`` has every worker's).
     """
-    from pytest_qwen3vl.session_exports import SessionExports
+    from pytest_qwen3vl.plugin.exports import TALLY_KEY, SessionExports
 
     return SessionExports(
         qwen3vl_vision_pair,
@@ -169,6 +165,7 @@ def qwen3vl_export(
         qwen3vl_config,
         qwen3vl_settings.seed,
         qwen3vl_settings.export_cache,
+        on_event=pytestconfig.stash[TALLY_KEY].add,
     )
 
 
@@ -180,7 +177,7 @@ def qwen3vl_snapshot(snapshot: SnapshotAssertion) -> SnapshotAssertion:
     ``<snapshot dir>/<module>/<test>[<params>-<config>-<grid>].json``; the test is skipped when it
     is missing and ``--snapshot-update`` was not given. One assertion per test.
     """
-    from pytest_qwen3vl.snapshots import SignatureSnapshot, snapshot_for
+    from pytest_qwen3vl.plugin.snapshots import SignatureSnapshot, snapshot_for
 
     return snapshot_for(snapshot, SignatureSnapshot)
 
@@ -189,6 +186,6 @@ def qwen3vl_snapshot(snapshot: SnapshotAssertion) -> SnapshotAssertion:
 def qwen3vl_lowering_snapshot(snapshot: SnapshotAssertion) -> SnapshotAssertion:
     """Like ``qwen3vl_snapshot``, for ``lowering_document`` (operators, initializers): these depend on
     torch and onnx, so they are stored per version and skipped on versions with no snapshot."""
-    from pytest_qwen3vl.snapshots import LoweringSnapshot, snapshot_for
+    from pytest_qwen3vl.plugin.snapshots import LoweringSnapshot, snapshot_for
 
     return snapshot_for(snapshot, LoweringSnapshot)

@@ -1,0 +1,56 @@
+"""Every exception the plugin raises on purpose, under one base class.
+
+Each carries a one-line message meant for a user: the plugin turns settings and source errors into
+pytest usage errors (exit 4) and the console scripts into exit code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class Qwen3VLError(Exception):
+    """Base of every pytest-qwen3vl error: catch this to catch them all."""
+
+
+class SettingsError(Qwen3VLError, ValueError):
+    """A bad option value; the plugin turns it into a pytest usage error (exit code 4)."""
+
+
+class GridError(SettingsError):
+    """A grid that is not T,H,W triples of positive integers, or not divisible by the merge size."""
+
+
+class ConfigError(SettingsError):
+    """A config name, file or checkpoint folder that cannot be used."""
+
+
+class SourceError(Qwen3VLError):
+    """A modeling file that cannot be used: the message is one line naming the file."""
+
+
+class UndecidableCondition(Qwen3VLError, ValueError):
+    """The DeepStack condition reads something other than the three inputs, so no truth table exists."""
+
+
+class UnknownClaim(Qwen3VLError, ValueError):
+    """A ``qwen3vl_claim`` marker naming no claim of the catalogue."""
+
+
+class ExportFailed(Qwen3VLError, RuntimeError):
+    """An export that raised. ``summary`` is one line: the root exception's class, its first line
+    and, where it can be found, the model function that raised it; ``details`` keeps the full text.
+    """
+
+    # The failure is a fact about the export's inputs, so the artefact cache may remember it.
+    remember = True
+
+    def __init__(self, exporter: str, summary: str, details: str = "") -> None:
+        super().__init__(f"{exporter} export failed: {summary}")
+        self.exporter = exporter
+        self.summary = summary
+        self.details = details
+
+
+class ExporterUnavailable(ExportFailed):
+    """The exporter cannot run on this machine (a missing package): nothing is learnt about the model."""
+
+    remember = False  # installing the package changes no key part, so this must not be remembered

@@ -1,0 +1,247 @@
+"""A content-addressed artifact cache that xdist workers (and later runs) share, and never trust blindly.
+
+An artifact is named by the sha256 of everything it was made from (the caller's key parts and
+the file name). The first worker that asks for it builds it under a per-key file lock; the others
+wait on the lock and then find it published. A build happens in a private folder under
+``<root>/tmp`` and is published by renaming that folder to ``<root>/objects/<key>``, so a
+worker killed mid-build never leaves anything another worker trusts; its leftover folder is
+removed by the next build of the same key, and its lock (an advisory ``flock``) dies with it.
+
+Every published folder carries ``manifest.json``: the size and sha256 of each file in it, written
+last. Before a folder is reused its files are checked against the manifest; a truncated, changed or
+missing file (a full disk, an interrupted copy, a partly restored CI cache) is discarded, logged as
+``damaged`` and built again. A damaged cache is never a verdict on anybody's file.
+
+A build that fails with an ``ExportFailed`` whose ``remember`` is true (the dynamo exporter on
+this model) is remembered under the same key, which holds every input including library versions:
+a later request raises the same failure without paying for the attempt, and any change of an
+input is another key, so a remembered failure cannot outlive its cause.
+
+Every build, whether it succeeded, failed or replaced a damaged entry, appends one JSON line to
+``<root>/builds.log`` (key, key parts, file name, status, seconds, pid, xdist worker, time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pytest_qwen3vl.errors import ExportFailed
+
+MANIFEST = "manifest.json"
+KEY_FILE = "key.json"
+_CHUNK = 1 << 20
+
+# What ``events`` counts: each a word of the summary line.
+BUILT, FAILED, DAMAGED, REMEMBERED, REUSED = "built", "failed", "damaged", "remembered", "reused"
+
+
+def cache_key(key_parts: Mapping[str, str], filename: str) -> str:
+    """sha256 (hex) of the key parts, sorted by name, and the file name."""
+    document = json.dumps({"parts": dict(sorted(key_parts.items())), "filename": filename}, sort_keys=True)
+    return hashlib.sha256(document.encode("utf-8")).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 (hex) of a file, read in chunks so a 1.3 GB export does not sit in memory twice."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """Record the size and sha256 of every file in ``folder`` (the manifest itself excepted)."""
+    entries = {
+        path.name: {"size": path.stat().st_size, "sha256": file_digest(path)}
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.name != MANIFEST
+    }
+    (folder / MANIFEST).write_text(json.dumps({"files": entries}, indent=1, sort_keys=True) + "\n")
+    return entries
+
+
+def damage(folder: Path, filename: str) -> str | None:
+    """Why a published folder cannot be trusted, or None when every file matches its manifest."""
+    try:
+        entries = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no readable manifest"
+    if filename not in entries:
+        return f"the manifest does not list {filename}"
+    for name, entry in sorted(entries.items()):
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != entry.get("size"):
+            return f"{name} has {size} bytes, the manifest says {entry.get('size')}"
+        if file_digest(path) != entry.get("sha256"):
+            return f"{name} differs from its recorded sha256"
+    return None
+
+
+class ArtifactCache:
+    """Files built once per key, shared by every process that uses the same ``root``.
+
+    ``events`` counts what this object did (built, failed, damaged, remembered, reused), so a run
+    can say what its cache did; ``on_event`` (optional) is called with each event as it happens.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], on_event: Callable[[str], None] | None = None) -> None:
+        self.root = Path(root)
+        self.objects = self.root / "objects"
+        self.failures = self.root / "failures"
+        self.staging = self.root / "tmp"
+        self.locks = self.root / "locks"
+        self.log_path = self.root / "builds.log"
+        self.events: Counter[str] = Counter()
+        self._on_event = on_event
+        self._verified: dict[Path, tuple[int, int]] = {}
+
+    def path_for(self, key_parts: Mapping[str, str], filename: str) -> Path:
+        """Where the artifact is (or will be) published."""
+        return self.objects / cache_key(key_parts, filename) / filename
+
+    def get_or_create(self, key_parts: Mapping[str, str], filename: str, build: Callable[[Path], None]) -> Path:
+        """The published, verified file for the key, built first by ``build(path)`` if needed.
+
+        ``build`` must write ``path`` (a fresh folder's file); anything else it writes into that
+        folder is published along with it. Its exceptions propagate and nothing is published; an
+        ``ExportFailed`` with ``remember`` set is also recorded and raised again on later requests.
+        """
+        from filelock import FileLock  # imported here: ~30 ms that a cache hit does not need
+
+        key = cache_key(key_parts, filename)
+        published = self.objects / key / filename
+        if self._trusted(published, filename):
+            self._count(REUSED)
+            return published
+        self._raise_remembered(key)
+        for folder in (self.objects, self.staging, self.locks):
+            folder.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.locks / f"{key}.lock"):
+            if self._trusted(published, filename):
+                self._count(REUSED)
+                return published
+            self._raise_remembered(key)
+            self._discard_leftovers(key)
+            problem = damage(published.parent, filename) if published.parent.exists() else None
+            if problem is not None:
+                self._discard(published.parent)
+                self._log(key, key_parts, filename, DAMAGED, 0.0, problem)
+            self._build(key, key_parts, filename, build)
+        return published
+
+    def builds(self) -> list[dict[str, Any]]:
+        """Every build logged so far, oldest first (a torn last line, from a killed process, is skipped)."""
+        if not self.log_path.is_file():
+            return []
+        records = []
+        for line in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        return records
+
+    def _build(self, key: str, key_parts: Mapping[str, str], filename: str, build: Callable[[Path], None]) -> None:
+        workdir = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=self.staging))
+        started = time.perf_counter()
+        try:
+            build(workdir / filename)
+            if not (workdir / filename).is_file():
+                raise FileNotFoundError(f"the build for {filename} wrote no file")
+            (workdir / KEY_FILE).write_text(json.dumps(dict(sorted(key_parts.items())), indent=1) + "\n")
+            write_manifest(workdir)
+            self._discard(self.objects / key)
+            os.replace(workdir, self.objects / key)
+        except BaseException as exc:
+            self._log(key, key_parts, filename, FAILED, time.perf_counter() - started)
+            shutil.rmtree(workdir, ignore_errors=True)
+            if isinstance(exc, ExportFailed) and exc.remember:
+                self._remember(key, exc)
+            raise
+        self._log(key, key_parts, filename, BUILT, time.perf_counter() - started)
+
+    def _trusted(self, published: Path, filename: str) -> bool:
+        """Whether the published file matches its manifest; checked once per process while unchanged."""
+        try:
+            stat = published.stat()
+        except OSError:
+            return False
+        stamp = (stat.st_size, stat.st_mtime_ns)
+        if self._verified.get(published) == stamp:
+            return True
+        if damage(published.parent, filename) is not None:
+            return False
+        self._verified[published] = stamp
+        return True
+
+    def _remember(self, key: str, exc: ExportFailed) -> None:
+        self.failures.mkdir(parents=True, exist_ok=True)
+        record = json.dumps({"exporter": exc.exporter, "summary": exc.summary, "details": exc.details})
+        fd, tmp = tempfile.mkstemp(dir=self.failures, prefix=f".{key}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(record)
+        os.replace(tmp, self.failures / f"{key}.json")
+
+    def _raise_remembered(self, key: str) -> None:
+        """Raise the failure recorded for ``key``; an unreadable record counts as none."""
+        path = self.failures / f"{key}.json"
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            failure = ExportFailed(str(record["exporter"]), str(record["summary"]), str(record.get("details", "")))
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        self._count(REMEMBERED)
+        raise failure
+
+    def _discard(self, folder: Path) -> None:
+        """Move a folder out of the way, then delete it: readers never see it half deleted."""
+        if not folder.exists():
+            return
+        self.staging.mkdir(parents=True, exist_ok=True)
+        graveyard = Path(tempfile.mkdtemp(prefix="discarded.", dir=self.staging))
+        os.replace(folder, graveyard / folder.name)
+        shutil.rmtree(graveyard, ignore_errors=True)
+
+    def _discard_leftovers(self, key: str) -> None:
+        """Remove build folders of this key left by killed builders (we hold the key's lock)."""
+        for leftover in self.staging.glob(f"{key}.*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def _count(self, event: str) -> None:
+        self.events[event] += 1
+        if self._on_event is not None:
+            self._on_event(event)
+
+    def _log(
+        self, key: str, key_parts: Mapping[str, str], filename: str, status: str, seconds: float, reason: str = ""
+    ) -> None:
+        self._count(status)
+        record: dict[str, Any] = {
+            "key": key,
+            "parts": dict(sorted(key_parts.items())),
+            "filename": filename,
+            "status": status,
+            "seconds": round(seconds, 3),
+            "pid": os.getpid(),
+            "worker": os.environ.get("PYTEST_XDIST_WORKER", ""),
+            "time": round(time.time(), 3),
+        }
+        if reason:
+            record["reason"] = reason
+        # One short write to a file opened for appending: lines from several processes don't interleave.
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("a", encoding="utf-8") as log:
+            log.write(json.dumps(record) + "\n")

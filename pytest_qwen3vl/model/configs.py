@@ -1,0 +1,121 @@
+"""Model configs: the presets (tiny, 2b, 4b, 8b) and ``--qwen3vl-config`` resolved to a ``ModelSpec``.
+
+Presets are plain dicts, so settings can be checked at start-up without importing transformers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_qwen3vl.errors import ConfigError
+from pytest_qwen3vl.model.checkpoint import checkpoint_fingerprint, weight_files
+
+# Interface dimensions shared by every released Qwen3-VL vision tower.
+_INTERFACE = {
+    "in_channels": 3,
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "spatial_merge_size": 2,
+    "num_position_embeddings": 2304,
+    "hidden_act": "gelu_pytorch_tanh",
+}
+_ROPE = {"rope_type": "default", "mrope_section": [24, 20, 20], "mrope_interleaved": True}
+
+VISION_PRESETS: dict[str, dict[str, Any]] = {
+    # The 4B's interface (out_hidden_size, DeepStack count, patch geometry) with a small inside.
+    "tiny": {
+        **_INTERFACE, "depth": 5, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4,
+        "out_hidden_size": 2560, "deepstack_visual_indexes": [1, 2, 3],
+    },
+    "2b": {
+        **_INTERFACE, "depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16,
+        "out_hidden_size": 2048, "deepstack_visual_indexes": [5, 11, 17],
+    },
+    "4b": {
+        **_INTERFACE, "depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16,
+        "out_hidden_size": 2560, "deepstack_visual_indexes": [5, 11, 17],
+    },
+    "8b": {
+        **_INTERFACE, "depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16,
+        "out_hidden_size": 4096, "deepstack_visual_indexes": [8, 16, 24],
+    },
+}
+
+TEXT_PRESETS: dict[str, dict[str, Any]] = {
+    # Released head_dim and MRoPE layout, tiny everywhere else.
+    "tiny": {
+        "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+        "head_dim": 128, "intermediate_size": 512, "vocab_size": 1024, "rope_theta": 5000000.0,
+        "rope_scaling": _ROPE,
+    },
+    "2b": {
+        "hidden_size": 2048, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+        "head_dim": 128, "rope_theta": 5000000.0, "rope_scaling": _ROPE,
+    },
+    "4b": {
+        "hidden_size": 2560, "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "head_dim": 128, "rope_theta": 5000000.0, "rope_scaling": _ROPE,
+    },
+    "8b": {
+        "hidden_size": 4096, "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "head_dim": 128, "rope_theta": 5000000.0, "rope_scaling": _ROPE,
+    },
+}
+
+_REQUIRED_VISION_KEYS = ("depth", "hidden_size", "num_heads", "out_hidden_size", "deepstack_visual_indexes")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One resolved ``--qwen3vl-config``: the vision config (and text config, if any) as dicts."""
+
+    name: str
+    vision: dict[str, Any]
+    text: dict[str, Any] | None = None
+    source: Path | None = field(default=None, compare=False)
+    checkpoint: Path | None = None
+
+    @property
+    def merge_size(self) -> int:
+        return int(self.vision.get("spatial_merge_size", 2))
+
+    def key(self) -> str:
+        """A canonical text of the config and weights' origin, for content-addressed caching."""
+        weights = checkpoint_fingerprint(self.checkpoint) if self.checkpoint else "random"
+        return json.dumps({"vision": self.vision, "text": self.text, "weights": weights}, sort_keys=True)
+
+
+def resolve_config(value: str, base: Path) -> ModelSpec:
+    """A preset name, or a path to a ``config.json`` (the whole model's or the vision tower's)."""
+    name = value.strip()
+    if name.lower() in VISION_PRESETS:
+        key = name.lower()
+        return ModelSpec(key, dict(VISION_PRESETS[key]), dict(TEXT_PRESETS[key]))
+    path = Path(name).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    folder = path if path.is_dir() else None
+    if folder is not None:
+        path = folder / "config.json"
+    if not path.is_file():
+        raise ConfigError(
+            f"--qwen3vl-config={value!r}: neither a preset ({', '.join(VISION_PRESETS)}) nor an existing config.json"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--qwen3vl-config: {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--qwen3vl-config: {path} holds no JSON object")
+    vision = data.get("vision_config", data)
+    if not isinstance(vision, dict) or (missing := [k for k in _REQUIRED_VISION_KEYS if k not in vision]):
+        raise ConfigError(
+            f"--qwen3vl-config: {path} is no Qwen3-VL config: vision config lacks {', '.join(missing or ['keys'])}"
+        )
+    text = data.get("text_config")
+    checkpoint = folder if folder is not None and weight_files(folder) else None
+    return ModelSpec(str(folder or path), dict(vision), dict(text) if isinstance(text, dict) else None, path,
+                     checkpoint)
