@@ -9,7 +9,7 @@ import pytest
 
 from pytest_qwen3vl.errors import ConfigError, SettingsError
 from pytest_qwen3vl.model.configs import VISION_PRESETS, resolve_config
-from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.model.grids import SWEEP, Grid
 from pytest_qwen3vl.plugin.settings import parse_grids, parse_seed
 
 
@@ -109,3 +109,13 @@ def test_bad_config_files(tmp_path: Path, content: str, message: str) -> None:
 def test_unknown_config_name(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="neither a preset"):
         resolve_config("16b", tmp_path)
+
+
+def test_sweep_names_the_processor_grids_once_each() -> None:
+    grids = parse_grids(["1,24,24", "sweep", "SWEEP"])
+    assert grids[0].id == "1x24x24" and len(grids) == len(SWEEP) == len(set(grids))
+    for grid in grids:
+        grid.check_merge(2)
+        assert all(h * w >= 256 for _, h, w in grid.images), f"{grid.id}: below the processor's pixel budget"
+    ids = {grid.id for grid in grids}
+    assert {"1x16x40", "1x40x16", "2x16x16", "1x16x16+1x16x16", "1x24x24+1x16x32", "1x18x22"} <= ids

@@ -53,3 +53,16 @@ class Grid:
     def num_patches(self) -> int:
         """N, the number of rows of ``pixel_values``: the sum of T*H*W over images."""
         return sum(t * h * w for t, h, w in self.images)
+
+
+SWEEP_NAME = "sweep"
+# Grids the released image processor can emit (h * w >= 256 patches, H and W multiples of 2), chosen
+# to break what a square grid cannot: a small and a large square, wide and tall, odd merged sizes
+# (9 x 11), a video (T = 2), and two images in one call with the same and with different grids.
+SWEEP: tuple[Grid, ...] = tuple(
+    Grid.parse(text)
+    for text in (
+        "1,16,16", "1,24,24", "1,48,48", "1,16,40", "1,40,16", "1,18,22", "2,16,16",
+        "1,16,16+1,16,16", "1,24,24+1,16,32",
+    )
+)

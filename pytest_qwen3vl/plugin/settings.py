@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_qwen3vl.errors import GridError, SettingsError
-from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.model.grids import SWEEP, SWEEP_NAME, Grid
 
 if TYPE_CHECKING:
     from pytest_qwen3vl.model.configs import ModelSpec
@@ -38,7 +38,8 @@ DEFAULT_CONFIG = "tiny"
 DEFAULT_SEED = 0
 
 OPTIONS: dict[str, str] = {
-    GRID: "image grid T,H,W (several images: 1,24,24+1,20,20); repeat the option for several grids "
+    GRID: "image grid T,H,W (several images: 1,24,24+1,20,20), or 'sweep' for the named set of grids; "
+    "repeat the option for several grids "
     f"(default {DEFAULT_GRID})",
     MODIFIED: "the modified modeling_qwen3_vl.py to check (default: golden with the report's one change)",
     GOLDEN: "the golden modeling_qwen3_vl.py (default: the installed transformers' file; must be 4.57.6's)",
@@ -103,6 +104,9 @@ def parse_grids(values: list[str]) -> tuple[Grid, ...]:
     """Parse every ``--qwen3vl-grid``; duplicates collapse so test ids stay unique."""
     grids: list[Grid] = []
     for value in values:
+        if value.strip().lower() == SWEEP_NAME:
+            grids.extend(grid for grid in SWEEP if grid not in grids)
+            continue
         try:
             grid = Grid.parse(value)
         except GridError as exc:
