@@ -441,6 +441,20 @@ class DiffReport:
     problems: list[str]
     condition: str | None = None  # the modified DeepStack test, when it changed
     truth_table: TruthTable | None = None
+    target: ast.If | None = field(default=None, repr=False)  # golden's DeepStack ``if``
+    condition_change: Change | None = None  # the change of that ``if``'s test, if its test changed
+    replaced: Change | None = None  # a change that swallowed the whole ``if`` (removed, or rewritten around it)
+    condition_problems: list[str] = field(default_factory=list)  # the modified test against the reference
+
+    @property
+    def extra_changes(self) -> list[Change]:
+        """Every change but the DeepStack condition."""
+        return [c for c in self.changes if c is not self.condition_change]
+
+    @property
+    def body_changes(self) -> list[Change]:
+        """Changes inside the body of the DeepStack ``if``."""
+        return [c for c in self.changes if self.target is not None and self.target in c.within]
 
     @property
     def conforms(self) -> bool:
@@ -494,24 +508,28 @@ def check_one_diff(golden: Source | str | os.PathLike[str], modified: Source | s
     if target is None:
         report.problems.append(f"{g.label} has no `if {GOLDEN_CONDITION}:` in {DEEPSTACK_PLACE}")
         return report
+    report.target = target
+    condition = next((c for c in changes if c.kind == "condition" and c.golden_nodes == (target,)), None)
+    report.condition_change = condition
+    if condition is None:
+        report.replaced = next((c for c in changes if not c.header and _covers(c.golden_nodes, target)), None)
+    if report.replaced is None:
+        report.condition_problems = _judge_condition(target, condition, report)
     if not changes:
         report.problems.append(
             f"no change: expected the DeepStack condition at {DEEPSTACK_PLACE} (golden line {target.lineno})"
         )
         return report
-    condition = next((c for c in changes if c.kind == "condition" and c.golden_nodes == (target,)), None)
-    replaced = None
     if condition is None:
-        replaced = next((c for c in changes if not c.header and _covers(c.golden_nodes, target)), None)
         report.problems.append(
-            f"the DeepStack `if` at {replaced.where()} was replaced, not only its test"
-            if replaced
+            f"the DeepStack `if` at {report.replaced.where()} was replaced, not only its test"
+            if report.replaced
             else f"the DeepStack condition at {DEEPSTACK_PLACE} (golden line {target.lineno}) is unchanged"
         )
     else:
-        report.problems.extend(_judge_condition(condition, report))
+        report.problems.extend(report.condition_problems)
     for change in changes:
-        if change is condition or change is replaced:
+        if change is condition or change is report.replaced:
             continue
         if target in change.within:
             report.problems.append(f"the body of the DeepStack `if` changed at {change.where()}")
@@ -525,13 +543,20 @@ def _covers(nodes: Sequence[ast.AST], target: ast.AST) -> bool:
     return any(node is target for root in nodes for node in ast.walk(root))
 
 
-def _judge_condition(change: Change, report: DiffReport) -> list[str]:
-    """Problems with the new DeepStack test; records its text and truth table on ``report``."""
-    test = cast(ast.If, change.modified_nodes[0]).test
-    report.condition = ast.unparse(test)
-    prefix = f"the DeepStack condition at {change.where()}"
+def _judge_condition(target: ast.If, change: Change | None, report: DiffReport) -> list[str]:
+    """Problems with the DeepStack test the modified file has (golden's, when unchanged); a changed test's
+    text and truth table are recorded on ``report``."""
+    if change is None:
+        test = target.test
+        prefix = f"the DeepStack condition at {DEEPSTACK_PLACE} (golden line {target.lineno}), unchanged from golden,"
+    else:
+        test = cast(ast.If, change.modified_nodes[0]).test
+        report.condition = ast.unparse(test)
+        prefix = f"the DeepStack condition at {change.where()}"
     try:
-        report.truth_table = deepstack_truth_table(test)
+        table = deepstack_truth_table(test)
     except UndecidableCondition as exc:
         return [f"{prefix} is not the reference condition: {exc}"]
-    return [f"{prefix} differs from the reference: {d}" for d in describe_disagreements(report.truth_table)]
+    if change is not None:
+        report.truth_table = table
+    return [f"{prefix} differs from the reference: {d}" for d in describe_disagreements(table)]
