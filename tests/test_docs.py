@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+
 import pytest
 
 from pytest_qwen3vl.plugin.catalogue import CATALOGUE
@@ -28,3 +30,19 @@ def test_readme_starts_with_the_two_commands_ci_runs() -> None:
     blocks = [b.split("```", 1)[0].strip() for b in readme.split("```bash\n")[1:3]]
     assert "pytest conformance" in blocks[0] and "--qwen3vl-grid=1,24,24" in blocks[0]
     assert blocks[1] in ci, ".ci/run must run the README's second command verbatim"
+
+
+def fixture_names() -> list[str]:
+    """Every fixture the plugin defines, read from its fixtures module."""
+    tree = ast.parse((REPO / "pytest_qwen3vl" / "plugin" / "fixtures.py").read_text())
+    return [
+        node.name for node in tree.body
+        if isinstance(node, ast.FunctionDef) and any("fixture" in ast.unparse(d) for d in node.decorator_list)
+    ]
+
+
+@pytest.mark.parametrize("name", fixture_names())
+def test_readme_fixture_table_lists_every_fixture(name: str) -> None:
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("## Fixtures", 1)[1].split("\n## ", 1)[0]
+    assert f"`{name}`" in table, f"README.md's fixture table does not list {name}"

@@ -2,7 +2,8 @@
 environment, and run ``pytest --qwen3vl-grid=1,24,24 -n 2`` in a repo that names its modified file.
 
 Slow by nature (a venv, a torch install, whole-suite runs): one module-scoped environment serves
-every test here.
+every test here. It needs the package registry, so it is marked ``network``: ``-m "not network"``
+deselects it where the registry cannot be reached.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import pytest
 from pytest_qwen3vl.source.files import installed_golden_path, reference_modified_text
 from tests.conftest import REPO
 from tests.test_claims_table import MERGER_LINE
+
+pytestmark = pytest.mark.network
 
 OWN_TEST = "def test_own():\n    assert 1 + 1 == 2\n"
 
