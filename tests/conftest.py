@@ -63,15 +63,18 @@ def run_suite(pytester: pytest.Pytester, shared_cache: Path) -> RunSuite:
     """Run conformance modules in-process against a modified file, isolated from the repo's ini.
 
     ``run_suite("test_runtime.py", "-k", "bit_identical", modified=path)``: names are taken
-    relative to ``conformance/``; extra arguments go to pytest as they are.
+    relative to ``conformance/``; extra arguments go to pytest as they are; ``cache`` replaces the
+    session's shared cache folder.
     """
     ini = pytester.makeini("[pytest]\n")
 
-    def run(*args: str, modified: Path | None = None, subprocess: bool = False) -> pytest.RunResult:
+    def run(
+        *args: str, modified: Path | None = None, subprocess: bool = False, cache: Path | None = None
+    ) -> pytest.RunResult:
         argv = [str(CONFORMANCE / a) if (CONFORMANCE / a.split("::")[0]).exists() else a for a in args]
         # hypothesis' plugin (where installed) re-imports itself in every inner run: seconds each.
         argv += ["-c", str(ini), "--rootdir", str(pytester.path), "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
-                 f"--qwen3vl-cache-dir={shared_cache}"]
+                 f"--qwen3vl-cache-dir={cache or shared_cache}"]
         if modified is not None:
             argv.append(f"--qwen3vl-modified={modified}")
         return pytester.runpytest_subprocess(*argv) if subprocess else pytester.runpytest(*argv)
