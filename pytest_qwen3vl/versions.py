@@ -6,7 +6,7 @@ import importlib.metadata
 
 ABSENT = "absent"
 # The libraries an export depends on: a change of any of them keys a new export.
-EXPORT_LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime")
+EXPORT_LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript")
 
 
 def installed_version(name: str) -> str | None:
