@@ -84,7 +84,7 @@ def runtime_failure(exc: BaseException) -> str:
 def case(qwen3vl_genai, qwen3vl_export, tmp_path_factory) -> Case:
     from transformers import AutoTokenizer
 
-    from pytest_qwen3vl.export.genai_run import generate, genai_model
+    from pytest_qwen3vl.export.genai_run import genai_model, generate
     from pytest_qwen3vl.model.generation import IMAGE_PAD, IMAGE_PROMPT
     from pytest_qwen3vl.plugin.genai import write_image
 
@@ -199,7 +199,7 @@ def other_grid(grid: Grid) -> Grid:
 
 @pytest.mark.qwen3vl_claim("genai-other-grid")
 def test_other_image_size_fails_loudly(qwen3vl_genai, qwen3vl_export, qwen3vl_golden_vision, tmp_path, qwen3vl_record):
-    from pytest_qwen3vl.export.genai_run import generate, genai_model
+    from pytest_qwen3vl.export.genai_run import genai_model, generate
     from pytest_qwen3vl.model.generation import IMAGE_PROMPT
     from pytest_qwen3vl.plugin.genai import write_image
 

@@ -135,13 +135,8 @@ def embedding_model(table: Any, image_token_id: int, *, reverse_images: bool = F
     feature_rows = "image_features"
     nodes = []
     if reverse_images:
-        nodes += [
-            helper.make_node("Shape", ["image_features"], ["n_shape"]),
-            helper.make_node("Gather", ["n_shape", "axis0"], ["n"], axis=0),
-            helper.make_node("Sub", ["n", "one"], ["last"]),
-            helper.make_node("Range", ["last", "minus_one_scalar", "minus_one_scalar"], ["reversed_rows"]),
-            helper.make_node("Gather", ["image_features", "reversed_rows"], ["reversed_features"], axis=0),
-        ]
+        nodes.append(helper.make_node("Slice", ["image_features", "minus_one", "before_first", "axis0_list",
+                                                "minus_one"], ["reversed_features"]))
         feature_rows = "reversed_features"
     nodes += [
         helper.make_node("Gather", ["embed_table", "input_ids"], ["token_embeds"], axis=0),
@@ -161,8 +156,8 @@ def embedding_model(table: Any, image_token_id: int, *, reverse_images: bool = F
         numpy_helper.from_array(np.asarray(table, dtype=np.float32), "embed_table"),
         numpy_helper.from_array(np.array(image_token_id, dtype=np.int64), "image_token_id"),
         numpy_helper.from_array(np.array([-1], dtype=np.int64), "minus_one"),
-        numpy_helper.from_array(np.array(-1, dtype=np.int64), "minus_one_scalar"),
-        numpy_helper.from_array(np.array(1, dtype=np.int64), "one"),
+        numpy_helper.from_array(np.array([np.iinfo(np.int64).min], dtype=np.int64), "before_first"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0_list"),
         numpy_helper.from_array(np.array(0, dtype=np.int64), "axis0"),
         numpy_helper.from_array(np.array([-1], dtype=np.int64), "last_axis"),
         numpy_helper.from_array(np.zeros((1, hidden), dtype=np.float32), "zero_row"),

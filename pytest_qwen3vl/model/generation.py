@@ -68,7 +68,8 @@ def teacher_forced_logits(model: torch.nn.Module, prompt: list[int], continuatio
                           pixels: torch.Tensor, grid: torch.Tensor) -> np.ndarray:
     """Next-token logits (steps, vocab) for each step of ``continuation`` after ``prompt``, in one forward."""
     logits = _forward(model, prompt + continuation, pixels, grid)
-    return logits[len(prompt) - 1: len(prompt) + len(continuation) - 1].numpy()
+    result: np.ndarray = logits[len(prompt) - 1: len(prompt) + len(continuation) - 1].numpy()
+    return result
 
 
 def greedy_tokens(model: torch.nn.Module, prompt: list[int], pixels: torch.Tensor, grid: torch.Tensor,

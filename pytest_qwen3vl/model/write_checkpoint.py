@@ -111,7 +111,8 @@ def golden_vision_state(spec: ModelSpec, seed: int) -> dict[str, torch.Tensor]:
 
     from pytest_qwen3vl.model.build import build_golden
 
-    return build_golden(modeling_qwen3_vl, spec, seed).state_dict()
+    state: dict[str, torch.Tensor] = build_golden(modeling_qwen3_vl, spec, seed).state_dict()
+    return state
 
 
 def full_config(spec: ModelSpec, ids: dict[str, int]) -> Any:
@@ -174,7 +175,7 @@ def write_tokenizer(out: Path) -> dict[str, int]:
         chat_template=CHAT_TEMPLATE,
     )
     fast.save_pretrained(out)
-    ids = {token: int(fast.convert_tokens_to_ids(token)) for token in SPECIAL_TOKENS}
+    ids = {token: int(str(fast.convert_tokens_to_ids(token))) for token in SPECIAL_TOKENS}
     if len(fast) != TOKENIZER_SIZE:
         raise ConfigError(f"the tokenizer has {len(fast)} tokens, not {TOKENIZER_SIZE}: the corpus is too small")
     return ids

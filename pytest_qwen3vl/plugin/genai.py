@@ -54,7 +54,7 @@ def _recipe_digest(*names: str) -> str:
     digest = hashlib.sha256(__version__.encode())
     for name in names:
         package, _, module = name.partition("/")
-        folder = Path((export if package == "export" else model).__file__).parent
+        folder = Path(str((export if package == "export" else model).__file__)).parent
         digest.update((folder / module).read_bytes())
     return digest.hexdigest()[:16]
 
