@@ -1,7 +1,10 @@
-"""Console scripts. ``qwen3vl-diff`` checks a fork's modeling file on every commit, without torch.
+"""Console scripts. ``qwen3vl-diff`` checks a fork's modeling file on every commit, without torch;
+``qwen3vl-checkpoint`` writes an offline checkpoint folder; ``qwen3vl-genai`` turns a checkpoint into
+an onnxruntime-genai model folder.
 
-Exit codes: 0 the file is golden plus exactly the report's DeepStack condition, 1 anything else,
-2 the files could not be compared (missing file, syntax error).
+``qwen3vl-diff`` exit codes: 0 the file is golden plus exactly the report's DeepStack condition,
+1 anything else, 2 the files could not be compared (missing file, syntax error). The other two exit
+0 on success and 2, with one line on stderr, on bad input.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from pytest_qwen3vl.errors import SourceError
+from pytest_qwen3vl.errors import Qwen3VLError, SourceError
 from pytest_qwen3vl.source.diff import Change, DiffReport, check_one_diff
 from pytest_qwen3vl.source.files import GOLDEN_SHA256, GOLDEN_VERSION, installed_golden_path, sha256_file
 
@@ -89,6 +92,65 @@ def diff_main(argv: Sequence[str] | None = None) -> int:
     else:
         print(render(report))
     return 0 if report.conforms else 1
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def checkpoint_main(argv: Sequence[str] | None = None) -> int:
+    """``qwen3vl-checkpoint --config tiny|2b|4b|8b --seed N [--vision-only] OUT_DIR``; returns the exit code."""
+    from pytest_qwen3vl.model.configs import VISION_PRESETS
+
+    parser = argparse.ArgumentParser(
+        prog="qwen3vl-checkpoint",
+        description="Write a Qwen3-VL checkpoint folder laid out as a released one (config.json, "
+        "model.safetensors, tokenizer, preprocessor_config.json) from a preset and a seed, offline. "
+        "Its vision weights are the ones the plugin draws for the same --qwen3vl-config and --qwen3vl-seed.",
+    )
+    parser.add_argument("out", metavar="OUT_DIR", type=Path, help="folder to write (absent or empty)")
+    parser.add_argument("--config", default="tiny", choices=list(VISION_PRESETS), help="preset (default tiny)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights (default 0)")
+    parser.add_argument("--vision-only", action="store_true", help="write only the vision tower's tensors")
+    args = parser.parse_args(argv)
+    if args.seed < 0:
+        print(f"qwen3vl-checkpoint: --seed={args.seed}: must be >= 0", file=sys.stderr)
+        return 2
+    from pytest_qwen3vl.model.write_checkpoint import write_checkpoint
+
+    try:
+        write_checkpoint(args.out, args.config, args.seed, vision_only=args.vision_only, progress=_progress)
+    except Qwen3VLError as exc:
+        print(f"qwen3vl-checkpoint: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def genai_main(argv: Sequence[str] | None = None) -> int:
+    """``qwen3vl-genai CHECKPOINT -o FOLDER [--vision FILE.onnx | --grid T,H,W]``; returns the exit code."""
+    from pytest_qwen3vl.model.grids import Grid
+
+    parser = argparse.ArgumentParser(
+        prog="qwen3vl-genai",
+        description="Make an onnxruntime-genai model folder from a checkpoint folder: the text decoder by "
+        "genai's own builder (fp32, CPU, embeddings excluded), the vision file, an embedding model, "
+        "genai_config.json and processor_config.json. Needs pip install pytest-qwen3vl[genai].",
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", type=Path, help="checkpoint folder (qwen3vl-checkpoint)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="genai folder to write (absent or empty)")
+    parser.add_argument("--vision", type=Path, help="your vision ONNX file (default: export the checkpoint's)")
+    parser.add_argument("--grid", default="1,24,24",
+                        help="grid T,H,W of the vision export when --vision is not given (default 1,24,24)")
+    args = parser.parse_args(argv)
+    from pytest_qwen3vl.export.genai import make_genai_folder
+
+    try:
+        grid = Grid.parse(args.grid)
+        make_genai_folder(args.checkpoint, args.output, vision=args.vision, grid=grid, progress=_progress)
+    except Qwen3VLError as exc:
+        print(f"qwen3vl-genai: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ _SECTIONS = {
     "sizes": "Image sizes accepted by the vision model",
     "bottom": "Bottom line",
     "export": "Export, as a downstream builder runs it",
+    "runtime": "In the runtime",
 }
 
 _CLAIMS: tuple[tuple[str, str, str, str], ...] = (
@@ -73,6 +74,19 @@ _CLAIMS: tuple[tuple[str, str, str, str], ...] = (
      "What the change buys: golden and modified exported through the same pooled wrapper.", "test_export"),
     ("export", "dynamo-export", "The export works with torch.onnx's default (dynamo) exporter.", "test_export"),
     ("export", "trace-hazards", "The change adds no trace hazard (TracerWarning).", "test_export"),
+    ("runtime", "genai-preprocessing",
+     "onnxruntime-genai's image processor gives the pixel values and grid of transformers' image processor.",
+     "test_genai"),
+    ("runtime", "genai-image-features",
+     "genai's image features (input embeddings at the image pads) equal golden's pooled embeddings.", "test_genai"),
+    ("runtime", "genai-deepstack-off",
+     "genai's per-step logits and greedy tokens match transformers with DeepStack off.", "test_genai"),
+    ("runtime", "genai-like-golden",
+     "The exported pipeline behaves like golden (DeepStack on): same logits and greedy tokens.", "test_genai"),
+    ("runtime", "genai-other-grid",
+     "An image whose grid differs from the traced one fails loudly in genai with the report's file.", "test_genai"),
+    ("runtime", "genai-grid-free",
+     "With the grid-free file, an image whose grid differs from the traced one works in genai.", "test_genai"),
 )
 
 CATALOGUE: tuple[Claim, ...] = tuple(

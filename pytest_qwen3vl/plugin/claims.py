@@ -122,6 +122,8 @@ class ClaimBoard:
             texts = [m["measured"] for m in mine]
             if outcome in (FAILS, XFAIL):
                 texts.append(_failure_line(report))
+            elif outcome == NOT_RUN and not texts:
+                texts.append(_skip_reason(report))
             reported = next((m["reported"] for m in mine if "reported" in m), None)
             for text in texts or [""]:
                 self.outcomes.setdefault(claim_id, []).append((report.nodeid, status, text, reported))
@@ -167,6 +169,13 @@ def _failure_line(report: pytest.TestReport) -> str:
         if line:
             return line.removeprefix("AssertionError: ").removeprefix("Failed: ")
     return "failed"
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    """Why a test did not run (``pytest.skip``'s reason), without pytest's ``Skipped: `` prefix."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else ""
+    return str(reason).removeprefix("Skipped: ")
 
 
 def render_table(rows: Iterable[ClaimRow], statement_width: int = 40) -> list[str]:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from pytest_qwen3vl.model.configs import ModelSpec
     from pytest_qwen3vl.model.inputs import VisionInputs
     from pytest_qwen3vl.plugin.exports import SessionExports
+    from pytest_qwen3vl.plugin.genai import SessionGenai
 
 @pytest.fixture(scope="session")
 def qwen3vl_settings(pytestconfig: pytest.Config) -> Settings:
@@ -167,6 +168,25 @@ def qwen3vl_export(
         qwen3vl_settings.export_cache,
         on_event=pytestconfig.stash[TALLY_KEY].add,
     )
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_genai(pytestconfig: pytest.Config, qwen3vl_settings: Settings, qwen3vl_golden_path: Path) -> SessionGenai:
+    """The onnxruntime-genai folder the "In the runtime" claims check, and its transformers reference.
+
+    Skips (the rows say "not run: <why>") when onnxruntime-genai is not installed or the config
+    cannot give a whole model. ``.folder()`` and ``.checkpoint()`` are made once per run in the
+    content-addressed cache under ``<cache dir>/genai``; ``.reference()`` is transformers' model.
+    """
+    from pytest_qwen3vl.plugin.exports import TALLY_KEY
+    from pytest_qwen3vl.plugin.genai import NotRunnable, SessionGenai
+
+    genai = SessionGenai(qwen3vl_settings, qwen3vl_golden_path, on_event=pytestconfig.stash[TALLY_KEY].add)
+    try:
+        genai.check_runnable()
+    except NotRunnable as exc:
+        pytest.skip(str(exc))
+    return genai
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ MARKERS = (
     "qwen3vl_claim(id): ties a test to a claim of the report; see docs/claims.md for the ids",
     "qwen3vl_export: the test needs an ONNX export",
     "qwen3vl_slow: the test builds a real-size model",
+    "qwen3vl_genai: the test runs onnxruntime-genai (pip install pytest-qwen3vl[genai])",
 )
 
 

@@ -31,6 +31,7 @@ SUITE = "suite"
 REPORT = "report"
 RUN_SLOW = "run_slow"
 SNAPSHOT_DIR = "snapshot_dir"
+GENAI_FOLDER = "genai_folder"
 FLAGS = (RUN_SLOW,)
 
 DEFAULT_GRID = "1,24,24"
@@ -49,6 +50,8 @@ OPTIONS: dict[str, str] = {
     REPORT: "write the report again as Markdown to this path, from what the run measured",
     RUN_SLOW: "run the tests marked qwen3vl_slow (real-size models; minutes and ~10 GB each)",
     SNAPSHOT_DIR: "where graph-signature snapshots are read and written (default: the suite's snapshots/ folder)",
+    GENAI_FOLDER: "your onnxruntime-genai model folder for the 'In the runtime' claims (default: one built from "
+    "the config's checkpoint with the report's vision file); needs --qwen3vl-config=<its checkpoint folder>",
     SUITE: "collect the installed conformance suite: auto (when a modified file is named and no test paths "
     "are given), only, off (default auto)",
 }
@@ -80,6 +83,7 @@ class Settings:
     snapshot_dir: Path
     run_slow: bool
     explicit: bool
+    genai_folder: Path | None = None
 
     @property
     def export_cache(self) -> Path:
@@ -136,6 +140,18 @@ def existing_file(name: str, value: str | None, base: Path) -> Path | None:
         path = base / path
     if not path.is_file():
         raise SettingsError(f"{flag(name)}: no such file: {path}")
+    return path.resolve()
+
+
+def existing_folder(name: str, value: str | None, base: Path) -> Path | None:
+    """Resolve a folder option against its base and insist that the folder exists."""
+    if value is None or not str(value).strip():
+        return None
+    path = Path(str(value).strip()).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    if not path.is_dir():
+        raise SettingsError(f"{flag(name)}: no such folder: {path}")
     return path.resolve()
 
 
@@ -213,4 +229,5 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
         snapshot_dir=(snapshots_base / str(raw_snapshots)).resolve() if raw_snapshots else snapshots_dir(),
         run_slow=_truthy(_value(config, RUN_SLOW)[0]),
         explicit=explicitly_set(config),
+        genai_folder=existing_folder(GENAI_FOLDER, *_value(config, GENAI_FOLDER)),
     )

@@ -1,0 +1,292 @@
+"""An onnxruntime-genai model folder for Qwen3-VL, made from a checkpoint folder.
+
+The folder holds what genai 0.18's multimodal pipeline reads: the text decoder written by genai's
+own builder (fp32, CPU, ``exclude_embeds``, so it takes ``inputs_embeds``), a vision file (ours or
+the user's, used as it is: its output name goes into the config), ``embedding.onnx`` (token
+embeddings with the image features put in order at the image-pad positions), ``genai_config.json``
+and ``processor_config.json`` (ort-extensions' image processor, from the checkpoint's
+``preprocessor_config.json``) and the tokenizer files the builder copies.
+
+Traps this module handles: the builder writes ``"type": "qwen3vl"``, which the runtime rejects
+(``qwen3_vl`` works); it writes no embedding or vision section and no processor config; genai
+joins a vision file name to the folder as text, so another file is named by a relative path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pytest_qwen3vl.errors import ConfigError, Qwen3VLError
+from pytest_qwen3vl.model.grids import Grid
+
+GENAI_INSTALL = "pip install pytest-qwen3vl[genai]"
+# Modules the folder and the runtime need; onnx_ir is imported by genai's builder without being
+# one of its dependencies.
+GENAI_MODULES = ("onnxruntime_genai", "onnx_ir", "tokenizers")
+MODEL_TYPE = "qwen3_vl"
+VISION_FILE = "vision.onnx"
+EMBEDDING_FILE = "embedding.onnx"
+PROCESSOR_FILE = "processor_config.json"
+CONFIG_FILE = "genai_config.json"
+EMBEDDING_OPSET = 17
+
+Progress = Callable[[str], None]
+
+
+class GenaiFolderError(Qwen3VLError):
+    """The genai folder could not be made (the builder failed, a file is missing): one line."""
+
+
+def genai_missing() -> str | None:
+    """Why the genai pipeline cannot run here (a missing module and how to install it), or None."""
+    absent = [name for name in GENAI_MODULES if importlib.util.find_spec(name) is None]
+    return f"{', '.join(absent)} not installed: {GENAI_INSTALL}" if absent else None
+
+
+def make_genai_folder(checkpoint: Path, out: Path, *, vision: Path | None = None, grid: Grid | None = None,
+                      seed: int = 0, progress: Progress | None = None) -> Path:
+    """Write the genai folder ``out`` (absent or empty) for ``checkpoint``; return it.
+
+    ``vision``: a vision ONNX file to copy in; without it the checkpoint's vision tower is exported
+    with ``export_vision`` (pooled wrapper) at ``grid`` on inputs drawn from ``seed``.
+    """
+    say = progress or (lambda _message: None)
+    missing = genai_missing()
+    if missing:
+        raise GenaiFolderError(missing)
+    checkpoint = checkpoint.resolve()
+    for name in ("config.json", "tokenizer.json", "preprocessor_config.json"):
+        if not (checkpoint / name).is_file():
+            raise ConfigError(f"{checkpoint}: no {name} (make one with qwen3vl-checkpoint)")
+    if vision is not None and not vision.is_file():
+        raise ConfigError(f"--vision: no such file: {vision}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out}: exists and is not an empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    say("running onnxruntime-genai's model builder (fp32, cpu, exclude_embeds)")
+    run_builder(checkpoint, out)
+    say("writing embedding.onnx")
+    ids = special_ids(checkpoint)
+    write_embedding(checkpoint, out / EMBEDDING_FILE, ids["image_token_id"])
+    if vision is None:
+        say(f"exporting the checkpoint's vision tower at grid {(grid or Grid.parse('1,24,24')).id}")
+        vision_name = export_checkpoint_vision(checkpoint, out / VISION_FILE, grid or Grid.parse("1,24,24"), seed)
+    else:
+        vision_name = copy_vision(vision, out)
+    write_configs(out, checkpoint, ids, vision_name)
+    say(f"wrote {out}")
+    return out
+
+
+def run_builder(checkpoint: Path, out: Path) -> None:
+    """genai's builder in a child process (``export/genai_builder.py`` bridges the transformers version)."""
+    with tempfile.TemporaryDirectory(prefix="qwen3vl-genai-builder.") as cache:
+        command = [
+            sys.executable, "-m", "pytest_qwen3vl.export.genai_builder", "-i", str(checkpoint), "-o", str(out),
+            "-p", "fp32", "-e", "cpu", "-c", cache, "--extra_options", "exclude_embeds=true",
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not (out / CONFIG_FILE).is_file():
+        lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        raise GenaiFolderError(f"onnxruntime-genai's builder failed: {lines[-1] if lines else done.returncode}")
+
+
+def special_ids(checkpoint: Path) -> dict[str, int]:
+    """The image, video and vision-start token ids of the checkpoint's config.json."""
+    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    try:
+        return {key: int(config[key]) for key in ("image_token_id", "video_token_id", "vision_start_token_id")}
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"{checkpoint / 'config.json'}: no Qwen3-VL token ids") from None
+
+
+def embedding_table(checkpoint: Path) -> Any:
+    """The language model's token embedding matrix (float32 numpy) from the checkpoint's safetensors."""
+    from safetensors import safe_open
+
+    name = "model.language_model.embed_tokens.weight"
+    for path in sorted(checkpoint.glob("*.safetensors")):
+        with safe_open(str(path), framework="np") as handle:
+            if name in handle.keys():  # noqa: SIM118 - safe_open has no __contains__
+                return handle.get_tensor(name).astype("float32")
+    raise ConfigError(f"{checkpoint}: no {name} (a --vision-only checkpoint has no language model)")
+
+
+def embedding_model(table: Any, image_token_id: int, *, reverse_images: bool = False) -> Any:
+    """The embedding graph: input_ids [batch, seq], image_features [n, hidden] -> inputs_embeds.
+
+    The k-th image pad (counted over the flattened batch, from 1) takes feature row k-1; a zero row
+    in front of the features makes zero features work (decode steps, text-only prompts).
+    ``reverse_images`` puts them in reverse order: the self-tests' wrong embedding model.
+    """
+    import numpy as np
+    from onnx import TensorProto, checker, helper, numpy_helper
+
+    hidden = int(table.shape[1])
+    feature_rows = "image_features"
+    nodes = []
+    if reverse_images:
+        nodes.append(helper.make_node("Slice", ["image_features", "minus_one", "before_first", "axis0_list",
+                                                "minus_one"], ["reversed_features"]))
+        feature_rows = "reversed_features"
+    nodes += [
+        helper.make_node("Gather", ["embed_table", "input_ids"], ["token_embeds"], axis=0),
+        helper.make_node("Equal", ["input_ids", "image_token_id"], ["is_image"]),
+        helper.make_node("Reshape", ["is_image", "minus_one"], ["is_image_flat"]),
+        helper.make_node("Cast", ["is_image_flat"], ["is_image_int"], to=TensorProto.INT64),
+        helper.make_node("CumSum", ["is_image_int", "axis0"], ["running"]),
+        helper.make_node("Mul", ["running", "is_image_int"], ["row_flat"]),
+        helper.make_node("Shape", ["input_ids"], ["ids_shape"]),
+        helper.make_node("Reshape", ["row_flat", "ids_shape"], ["row"]),
+        helper.make_node("Concat", ["zero_row", feature_rows], ["padded_features"], axis=0),
+        helper.make_node("Gather", ["padded_features", "row"], ["image_embeds"], axis=0),
+        helper.make_node("Unsqueeze", ["is_image", "last_axis"], ["is_image_3d"]),
+        helper.make_node("Where", ["is_image_3d", "image_embeds", "token_embeds"], ["inputs_embeds"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(np.asarray(table, dtype=np.float32), "embed_table"),
+        numpy_helper.from_array(np.array(image_token_id, dtype=np.int64), "image_token_id"),
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), "minus_one"),
+        numpy_helper.from_array(np.array([np.iinfo(np.int64).min], dtype=np.int64), "before_first"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0_list"),
+        numpy_helper.from_array(np.array(0, dtype=np.int64), "axis0"),
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), "last_axis"),
+        numpy_helper.from_array(np.zeros((1, hidden), dtype=np.float32), "zero_row"),
+    ]
+    graph = helper.make_graph(
+        nodes, "qwen3vl_embedding",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+         helper.make_tensor_value_info("image_features", TensorProto.FLOAT, ["num_image_tokens", hidden])],
+        [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT,
+                                       ["batch_size", "sequence_length", hidden])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", EMBEDDING_OPSET)], ir_version=8)
+    checker.check_model(model)
+    return model
+
+
+def write_embedding(checkpoint: Path, path: Path, image_token_id: int, *, reverse_images: bool = False) -> None:
+    import onnx
+
+    onnx.save(embedding_model(embedding_table(checkpoint), image_token_id, reverse_images=reverse_images), str(path))
+
+
+def export_checkpoint_vision(checkpoint: Path, path: Path, grid: Grid, seed: int) -> str:
+    """Export the checkpoint's vision tower (golden file, pooled wrapper) to ``path``; return its name."""
+    from transformers.models.qwen3_vl import modeling_qwen3_vl
+
+    from pytest_qwen3vl.export.builder import export_vision
+    from pytest_qwen3vl.model.build import build_golden
+    from pytest_qwen3vl.model.configs import resolve_config
+    from pytest_qwen3vl.model.inputs import make_inputs
+
+    spec = resolve_config(str(checkpoint), checkpoint)
+    model = build_golden(modeling_qwen3_vl, spec, seed)
+    export_vision(model, *make_inputs(grid, spec, seed).args, path)
+    return path.name
+
+
+def copy_vision(vision: Path, out: Path) -> str:
+    """Copy the user's vision file (and its ``<name>.data``, if any) into the folder under its own name."""
+    for source in (vision, vision.with_name(vision.name + ".data")):
+        if source.is_file():
+            shutil.copyfile(source, out / source.name)
+    return vision.name
+
+
+def vision_output(path: Path) -> str:
+    """The vision file's first graph output: genai's config maps ``image_features`` to it."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    if not model.graph.output:
+        raise GenaiFolderError(f"{path}: the graph has no output")
+    return str(model.graph.output[0].name)
+
+
+def vision_section(filename: str, output: str) -> dict[str, Any]:
+    """genai_config.json's ``vision`` section for a file whose first output is ``output``."""
+    return {
+        "filename": filename,
+        "config_filename": PROCESSOR_FILE,
+        "spatial_merge_size": 2,
+        "patch_size": 16,
+        "inputs": {"pixel_values": "pixel_values", "image_grid_thw": "image_grid_thw"},
+        "outputs": {"image_features": output},
+    }
+
+
+def vision_overlay(folder: Path, vision: Path) -> str:
+    """A genai config overlay (JSON) that makes the folder use another vision file, wherever it is.
+
+    genai appends the file name to the folder's path as text, so the name is made relative.
+    """
+    relative = os.path.relpath(vision.resolve(), folder.resolve())
+    return json.dumps({"model": {"vision": vision_section(relative, vision_output(vision))}})
+
+
+def processor_config(checkpoint: Path) -> dict[str, Any]:
+    """ort-extensions' Qwen3-VL image processor with the checkpoint's pixel budget, patch and mean/std."""
+    pre = json.loads((checkpoint / "preprocessor_config.json").read_text(encoding="utf-8"))
+    size = pre.get("size") or {}
+    min_pixels = int(size.get("shortest_edge", pre.get("min_pixels", 65536)))
+    max_pixels = int(size.get("longest_edge", pre.get("max_pixels", 16777216)))
+    patch, merge = int(pre.get("patch_size", 16)), int(pre.get("merge_size", 2))
+
+    def op(name: str, kind: str, **attrs: Any) -> dict[str, Any]:
+        return {"operation": {"name": name, "type": kind, **({"attrs": attrs} if attrs else {})}}
+
+    return {"processor": {"name": "qwen3_vl_image_processor", "transforms": [
+        op("decode_image", "DecodeImage", color_space="RGB"),
+        op("convert_to_rgb", "ConvertRGB"),
+        # width/height are required keys; smart_resize ignores them.
+        op("resize", "Resize", width=512, height=512, smart_resize=1, min_pixels=min_pixels,
+           max_pixels=max_pixels, patch_size=patch, merge_size=merge),
+        op("rescale", "Rescale", rescale_factor=1.0 / 255),
+        op("normalize", "Normalize", mean=list(pre.get("image_mean", [0.5] * 3)),
+           std=list(pre.get("image_std", [0.5] * 3)), qwen3_vl=1),
+        op("patch_image", "PatchImage", patch_size=patch,
+           temporal_patch_size=int(pre.get("temporal_patch_size", 2)), merge_size=merge),
+    ]}}
+
+
+def write_configs(out: Path, checkpoint: Path, ids: dict[str, int], vision_name: str | None) -> None:
+    """Complete the builder's genai_config.json and write processor_config.json.
+
+    ``vision_name`` None leaves the vision file to a config overlay (the test session's folder).
+    """
+    path = out / CONFIG_FILE
+    config = json.loads(path.read_text(encoding="utf-8"))
+    model = config["model"]
+    model["type"] = MODEL_TYPE
+    model.update(ids)
+    model["embedding"] = {
+        "filename": EMBEDDING_FILE,
+        "inputs": {"input_ids": "input_ids", "image_features": "image_features"},
+        "outputs": {"inputs_embeds": "inputs_embeds"},
+    }
+    output = vision_output(out / vision_name) if vision_name else "pooled_embeds"
+    model["vision"] = vision_section(vision_name or VISION_FILE, output)
+    path.write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
+    (out / PROCESSOR_FILE).write_text(json.dumps(processor_config(checkpoint), indent=4) + "\n", encoding="utf-8")
+
+
+def build_session_folder(checkpoint: Path, out: Path) -> None:
+    """The folder the test session shares: no vision file of its own, each case overlays one."""
+    missing = genai_missing()
+    if missing:
+        raise GenaiFolderError(missing)
+    run_builder(checkpoint.resolve(), out)
+    ids = special_ids(checkpoint)
+    write_embedding(checkpoint, out / EMBEDDING_FILE, ids["image_token_id"])
+    write_configs(out, checkpoint, ids, None)

@@ -1,0 +1,159 @@
+"""The onnxruntime-genai model folder a test session checks, made once per run and shared by workers.
+
+By default: a checkpoint written from the config's preset and seed (``model/write_checkpoint.py``)
+or the checkpoint folder named by ``--qwen3vl-config``, then a genai folder made from it by genai's
+own builder; both live in the content-addressed ``ArtifactCache`` under ``<cache dir>/genai``. The
+vision file is the report's (the session's modified pooled export), given to genai by a config
+overlay. With ``--qwen3vl-genai-folder`` the user's folder is checked as it is, with its own
+vision file, against the checkpoint named by ``--qwen3vl-config``.
+
+Every reason these claims cannot run here (genai not installed, a real-size preset, a checkpoint
+without a language model) is a ``NotRunnable`` whose text the rows show: never a verdict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_qwen3vl.errors import Qwen3VLError
+from pytest_qwen3vl.export.cache import ArtifactCache
+from pytest_qwen3vl.export.genai import CONFIG_FILE, build_session_folder, genai_missing
+from pytest_qwen3vl.model.checkpoint import checkpoint_fingerprint
+from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.source.files import sha256_file
+from pytest_qwen3vl.versions import EXPORT_LIBRARIES, library_versions
+
+if TYPE_CHECKING:
+    import torch
+
+    from pytest_qwen3vl.model.configs import ModelSpec
+    from pytest_qwen3vl.plugin.settings import Settings
+
+GENAI_LIBRARIES = (*EXPORT_LIBRARIES, "onnxruntime-genai", "onnx-ir", "tokenizers", "safetensors")
+# The grid of the report's pipeline (384x384 images); used when the run's grid is one the released
+# image processor cannot emit for a single image.
+PIPELINE_GRID = Grid.parse("1,24,24")
+# The released processor's pixel budget in patches (65536 and 16777216 pixels, 16x16 pixels a patch).
+MIN_PATCHES, MAX_PATCHES = 256, 65536
+
+
+class NotRunnable(Qwen3VLError):
+    """The runtime claims cannot run here; the message says why and what to do."""
+
+
+@cache
+def _recipe_digest(*names: str) -> str:
+    """Hash of the code that makes an artefact: changed code must not reuse old folders."""
+    from pytest_qwen3vl import __version__, export, model
+
+    digest = hashlib.sha256(__version__.encode())
+    for name in names:
+        package, _, module = name.partition("/")
+        folder = Path(str((export if package == "export" else model).__file__)).parent
+        digest.update((folder / module).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def genai_grid(grid: Grid) -> Grid:
+    """A one-image grid the released processor emits for an image of 16*H x 16*W pixels: the run's
+    first image when it is one (T = 1, within the pixel budget), else the report's 1x24x24."""
+    t, h, w = grid.images[0]
+    if t == 1 and MIN_PATCHES <= h * w <= MAX_PATCHES:
+        return Grid.parse(f"1,{h},{w}")
+    return PIPELINE_GRID
+
+
+class SessionGenai:
+    """The session's genai folder, checkpoint and transformers reference, each made once."""
+
+    def __init__(self, settings: Settings, golden: Path, on_event: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.spec: ModelSpec = settings.model
+        self.grid = genai_grid(settings.grids[0])
+        self.cache = ArtifactCache(settings.cache_dir / "genai", on_event)
+        self._golden_digest = sha256_file(golden)
+        self._reference: torch.nn.Module | None = None
+
+    @property
+    def user_folder(self) -> Path | None:
+        return self.settings.genai_folder
+
+    def check_runnable(self) -> None:
+        """Raise ``NotRunnable`` with the reason these claims cannot run in this session."""
+        missing = genai_missing()
+        if missing:
+            raise NotRunnable(f"not run: {missing}")
+        if self.spec.checkpoint is None and self.user_folder is not None:
+            raise NotRunnable("not run: --qwen3vl-genai-folder needs --qwen3vl-config=<the checkpoint folder it "
+                              "was made from>")
+        if self.spec.checkpoint is None and self.spec.name != "tiny":
+            raise NotRunnable(f"not run: the genai claims build a whole model; use the tiny config or "
+                              f"--qwen3vl-config=<checkpoint folder>, not {self.spec.name}")
+        if self.spec.checkpoint is not None:
+            folder = self.spec.checkpoint
+            if not (folder / "tokenizer.json").is_file() or not (folder / "preprocessor_config.json").is_file():
+                raise NotRunnable(f"not run: {folder} has no tokenizer.json or preprocessor_config.json "
+                                  "(qwen3vl-checkpoint writes both)")
+
+    def checkpoint(self) -> Path:
+        """The checkpoint folder: the user's, or one written from the preset and seed (cached)."""
+        if self.spec.checkpoint is not None:
+            return self.spec.checkpoint
+        from pytest_qwen3vl.model.write_checkpoint import write_checkpoint
+
+        parts = {
+            "config": self.spec.name,
+            "seed": str(self.settings.seed),
+            "golden": self._golden_digest,
+            "libraries": json.dumps(library_versions(GENAI_LIBRARIES), sort_keys=True),
+            "recipe": _recipe_digest("model/write_checkpoint.py", "model/build.py"),
+        }
+
+        def build(path: Path) -> None:
+            write_checkpoint(path.parent, self.spec.name, self.settings.seed)
+
+        return self.cache.get_or_create(parts, "config.json", build).parent
+
+    def folder(self) -> Path:
+        """The genai folder: the user's, or one made from the checkpoint by genai's builder (cached)."""
+        if self.user_folder is not None:
+            return self.user_folder
+        checkpoint = self.checkpoint()
+        parts = {
+            "checkpoint": f"{checkpoint}:{checkpoint_fingerprint(checkpoint)}",
+            "libraries": json.dumps(library_versions(GENAI_LIBRARIES), sort_keys=True),
+            "recipe": _recipe_digest("export/genai.py", "export/genai_builder.py"),
+        }
+
+        def build(path: Path) -> None:
+            build_session_folder(checkpoint, path.parent)
+
+        return self.cache.get_or_create(parts, CONFIG_FILE, build).parent
+
+    def reference(self) -> Any:
+        """transformers' whole model from the checkpoint (golden file: the installed 4.57.6), once."""
+        if self._reference is None:
+            from pytest_qwen3vl.model.generation import load_full_model
+
+            self._reference = load_full_model(self.checkpoint())
+        return self._reference
+
+    def image_token_id(self) -> int:
+        return int(json.loads((self.checkpoint() / "config.json").read_text(encoding="utf-8"))["image_token_id"])
+
+
+def write_image(path: Path, height: int, width: int, seed: int) -> Path:
+    """A smooth seeded RGB PNG (8x8 noise, upscaled bilinearly): no resize in either processor is exact
+    on noise, and a smooth picture keeps the comparison about the processors, not about aliasing."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(coarse).resize((width, height), Image.Resampling.BILINEAR).save(path)
+    return path

@@ -1,0 +1,190 @@
+"""The checkpoint writer, the genai folder and the "In the runtime" claims on wrong files.
+
+A wrong genai folder is the good one with one file swapped: a vision file exported from other
+weights, an embedding model that puts the image features in reverse order. The inner runs check
+such a folder with ``--qwen3vl-genai-folder`` and must turn the right rows red.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+# Imported before any in-process run, as tests/conftest.py does for onnxruntime: native modules
+# must not be imported twice.
+og = pytest.importorskip("onnxruntime_genai")
+
+from pytest_qwen3vl.cli import checkpoint_main, genai_main  # noqa: E402
+from pytest_qwen3vl.export.genai import (  # noqa: E402
+    VISION_FILE,
+    embedding_model,
+    make_genai_folder,
+    write_embedding,
+)
+from pytest_qwen3vl.export.genai_builder import BUILDER_MODULE, MISSING_NAMES  # noqa: E402
+from pytest_qwen3vl.model.build import build_golden  # noqa: E402
+from pytest_qwen3vl.model.configs import resolve_config  # noqa: E402
+from pytest_qwen3vl.model.grids import Grid  # noqa: E402
+from pytest_qwen3vl.model.write_checkpoint import checkpoint_spec, golden_vision_state, write_checkpoint  # noqa: E402
+from tests.conftest import RunSuite  # noqa: E402
+from tests.test_claims_table import claim_line  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny", 0)
+
+
+@pytest.fixture(scope="module")
+def good_folder(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_genai_folder(checkpoint, tmp_path_factory.mktemp("genai") / "good", grid=Grid.parse("1,24,24"))
+
+
+def variant(good: Path, target: Path) -> Path:
+    """A copy of the good folder whose large files are links: each variant replaces one file."""
+    target.mkdir()
+    for path in good.iterdir():
+        os.symlink(path, target / path.name)
+    return target
+
+
+def test_checkpoint_vision_weights_are_the_sessions_golden(checkpoint: Path) -> None:
+    from safetensors import safe_open
+    from transformers.models.qwen3_vl import modeling_qwen3_vl
+
+    preset = golden_vision_state(checkpoint_spec("tiny"), 0)
+    loaded = build_golden(modeling_qwen3_vl, resolve_config(str(checkpoint), checkpoint), 0).state_dict()
+    assert preset.keys() == loaded.keys()
+    assert all(torch.equal(preset[k], loaded[k]) for k in preset)
+    other_seed = golden_vision_state(checkpoint_spec("tiny"), 1)
+    assert not all(torch.equal(preset[k], other_seed[k]) for k in preset), "the seed changes nothing"
+    with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as handle:
+        prefixes = {name.split(".")[0] + "." + name.split(".")[1] for name in handle.keys()}  # noqa: SIM118
+    assert prefixes == {"model.visual", "model.language_model", "lm_head.weight"}
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert config["text_config"]["hidden_size"] == config["vision_config"]["out_hidden_size"] == 2560
+    assert config["text_config"]["vocab_size"] == 1024 > config["image_token_id"]
+
+
+def test_vision_only_checkpoint_holds_only_the_tower(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    assert checkpoint_main(["--config", "tiny", "--seed", "0", "--vision-only", str(tmp_path / "v")]) == 0
+    with safe_open(str(tmp_path / "v" / "model.safetensors"), framework="pt") as handle:
+        names = list(handle.keys())
+    assert names and all(name.startswith("model.visual.") for name in names)
+    assert (tmp_path / "v" / "tokenizer.json").is_file() and (tmp_path / "v" / "preprocessor_config.json").is_file()
+
+
+@pytest.mark.parametrize("argv", [["--seed", "-1", "OUT"], ["OUT_EXISTS"]], ids=["negative-seed", "not-empty"])
+def test_checkpoint_cli_bad_input_is_one_line_exit_2(argv: list[str], tmp_path: Path, capsys) -> None:
+    (tmp_path / "OUT_EXISTS").mkdir()
+    (tmp_path / "OUT_EXISTS" / "file").write_text("x")
+    args = [str(tmp_path / a) if a.startswith("OUT") else a for a in argv]
+    assert checkpoint_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("qwen3vl-checkpoint: "), err
+
+
+def test_genai_cli_needs_a_checkpoint(tmp_path: Path, capsys) -> None:
+    assert genai_main([str(tmp_path), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"qwen3vl-genai: {tmp_path.resolve()}: no config.json (make one with qwen3vl-checkpoint)"
+
+
+def test_builder_needs_exactly_the_placeholder_names() -> None:
+    """The bridge in export/genai_builder.py: without it the builder does not import, with it it does."""
+    import transformers
+
+    assert [name for name in MISSING_NAMES if hasattr(transformers, name)] == [], "no longer missing: drop them"
+    bare = subprocess.run([sys.executable, "-c", f"import {BUILDER_MODULE}"], capture_output=True, text=True)
+    assert bare.returncode != 0 and "Qwen3_5" in bare.stderr.strip().splitlines()[-1]
+    bridged = subprocess.run(
+        [sys.executable, "-c", "from pytest_qwen3vl.export.genai_builder import add_placeholders as a; a(); "
+         f"import {BUILDER_MODULE}"], capture_output=True, text=True,
+    )
+    assert bridged.returncode == 0, bridged.stderr.strip().splitlines()[-1:]
+
+
+def test_embedding_puts_features_in_order_and_takes_none() -> None:
+    import onnxruntime
+
+    table = np.arange(12, dtype=np.float32).reshape(6, 2)
+    session = onnxruntime.InferenceSession(embedding_model(table, 5).SerializeToString())
+    ids = np.array([[1, 5, 5, 2], [5, 3, 0, 0]], dtype=np.int64)
+    features = np.array([[100, 101], [200, 201], [300, 301]], dtype=np.float32)
+    out = session.run(None, {"input_ids": ids, "image_features": features})[0]
+    assert out[0, 1].tolist() == [100, 101] and out[0, 2].tolist() == [200, 201] and out[1, 0].tolist() == [300, 301]
+    assert out[0, 0].tolist() == table[1].tolist() and out[1, 1].tolist() == table[3].tolist()
+    none = session.run(None, {"input_ids": ids[:, :1] * 0 + 2, "image_features": np.zeros((0, 2), np.float32)})[0]
+    assert none[:, 0].tolist() == [table[2].tolist()] * 2
+    reversed_session = onnxruntime.InferenceSession(embedding_model(table, 5, reverse_images=True).SerializeToString())
+    wrong = reversed_session.run(None, {"input_ids": ids, "image_features": features})[0]
+    assert wrong[0, 1].tolist() == [300, 301] and wrong[1, 0].tolist() == [100, 101]
+
+
+def _genai_rows(run_suite: RunSuite, checkpoint: Path, folder: Path) -> dict[str, str]:
+    result = run_suite("test_genai.py", f"--qwen3vl-config={checkpoint}", f"--qwen3vl-genai-folder={folder}")
+    claims = ("genai-image-features", "genai-deepstack-off", "genai-like-golden", "genai-other-grid")
+    return {claim: claim_line(result, claim) for claim in claims}
+
+
+def test_vision_file_from_other_weights_is_named(run_suite: RunSuite, checkpoint, good_folder, tmp_path) -> None:
+    from transformers.models.qwen3_vl import modeling_qwen3_vl
+
+    from pytest_qwen3vl.export.builder import export_vision
+    from pytest_qwen3vl.model.inputs import make_inputs
+
+    wrong = variant(good_folder, tmp_path / "other-weights")
+    (wrong / VISION_FILE).unlink()
+    spec, grid = checkpoint_spec("tiny"), Grid.parse("1,24,24")
+    export_vision(build_golden(modeling_qwen3_vl, spec, 1), *make_inputs(grid, spec, 0).args, wrong / VISION_FILE)
+    rows = _genai_rows(run_suite, checkpoint, wrong)
+    assert " fails " in rows["genai-image-features"] and "differ from golden's pooled" in rows["genai-image-features"]
+    assert " fails " in rows["genai-deepstack-off"], rows["genai-deepstack-off"]
+    # The fixed-grid file on another image size: loud, never a wrong answer.
+    assert " holds " in rows["genai-other-grid"] and "RuntimeError at" in rows["genai-other-grid"]
+
+
+def test_embedding_in_wrong_order_is_caught_by_generation(run_suite: RunSuite, checkpoint, good_folder,
+                                                           tmp_path) -> None:
+    wrong = variant(good_folder, tmp_path / "reversed")
+    (wrong / "embedding.onnx").unlink()
+    config = json.loads((checkpoint / "config.json").read_text())
+    write_embedding(checkpoint, wrong / "embedding.onnx", config["image_token_id"], reverse_images=True)
+    rows = _genai_rows(run_suite, checkpoint, wrong)
+    assert " fails " in rows["genai-deepstack-off"], rows["genai-deepstack-off"]
+    assert "logits max abs" in rows["genai-deepstack-off"]
+
+
+def test_without_genai_the_rows_say_how_to_install(run_suite: RunSuite, tmp_path: Path) -> None:
+    """onnxruntime-genai hidden from the inner run: every row is 'not run', never a failure."""
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "onnxruntime_genai.py").write_text("raise ImportError('hidden for this test')\n")
+    (blocker / "sitecustomize.py").write_text(
+        "import importlib.util, sys\n"
+        "_find = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda n, *a: None if n == 'onnxruntime_genai' else _find(n, *a)\n"
+    )
+    env_path = f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    os.environ["PYTHONPATH"], saved = env_path, os.environ.get("PYTHONPATH")
+    try:
+        result = run_suite("test_genai.py", subprocess=True)
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+    assert result.ret == 0
+    line = claim_line(result, "genai-deepstack-off")
+    assert " not run " in line and "pip install pytest-qwen3vl[genai]" in line, line
+    shutil.rmtree(blocker)
