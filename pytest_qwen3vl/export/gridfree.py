@@ -128,7 +128,8 @@ def attention_forward(
     hidden_states: torch.Tensor,
     cu_seqlens: torch.Tensor,
     rotary_pos_emb: torch.Tensor | None = None,
-    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+    *,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
     **kwargs: Any,
 ) -> torch.Tensor:
     """``Qwen3VLVisionAttention.forward`` with one attention call under a block-diagonal mask.

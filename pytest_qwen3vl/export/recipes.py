@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_qwen3vl.errors import ExportFailed
@@ -35,8 +37,6 @@ from pytest_qwen3vl.export.runtime import PARITY_ATOL, PARITY_RTOL
 from pytest_qwen3vl.model.grids import Grid
 
 if TYPE_CHECKING:
-    import os
-
     import torch
 
 DEFAULT_GRID = Grid.parse("1,24,24")
@@ -104,7 +104,27 @@ def export_recipe(
             model, *inputs, path, wrapper=wrapper_for(spec, layout), exporter=exporter, opset=opset,
             deepstack_prefix=DEEPSTACK_PREFIX,
         )
+    label(result.path, spec, grid)
     return dataclasses.replace(result, recipe=chosen)
+
+
+def serves(recipe: Recipe, grid: Grid) -> str:
+    """What a file of ``recipe`` traced at ``grid`` serves, in words."""
+    return f"{recipe.serves} ({grid.id})" if not recipe.grid_free else recipe.serves
+
+
+def label(path: Path, recipe: Recipe, grid: Grid) -> None:
+    """Write the recipe, the trace grid and what the file serves into its metadata, atomically."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for key, value in (("qwen3vl.recipe", recipe.name), ("qwen3vl.trace_grid", grid.text),
+                       ("qwen3vl.serves", serves(recipe, grid))):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    staging = path.with_name(f".{path.name}.label")
+    onnx.save_model(model, str(staging))
+    os.replace(staging, path)
 
 
 def _check_choice(what: str, value: str, allowed: Sequence[str]) -> str:
