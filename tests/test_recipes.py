@@ -23,6 +23,9 @@ from pytest_qwen3vl.model.configs import resolve_config
 from pytest_qwen3vl.model.grids import SWEEP
 from pytest_qwen3vl.plugin.exports import SessionExports
 from pytest_qwen3vl.source.files import installed_golden_path, write_reference_modified
+from tests.conftest import RunSuite
+from tests.model_variants import VARIANTS
+from tests.test_model_claims import claim_rows
 
 pytestmark = pytest.mark.qwen3vl_export
 
@@ -151,3 +154,14 @@ def test_wrong_replacement_is_caught_in_onnx_naming_the_grids(pair: VisionPair, 
     result = onnx_sweep(ort_session(path), pair.golden, SWEEP, 0)
     assert {check.grid.id for check in result.wrong} == NOT_SQUARE, result.line()
     assert "1x16x40 (pooled_embeds relative L2" in result.line()
+
+
+def test_grid_free_claim_fails_for_a_file_whose_rotary_frequencies_differ(run_suite: RunSuite, tmp_path: Path) -> None:
+    """The claim compares your file's grid-free export with golden: theta 2e4 changes every rotary angle."""
+    variant = next(v for v in VARIANTS if v.name == "theta-20000")
+    modified = tmp_path / "modeling_qwen3_vl.py"
+    modified.write_text(variant.text(), encoding="utf-8")
+    result = run_suite("test_recipes.py", "-k", "one_grid_free_file", modified=modified)
+    result.assert_outcomes(failed=1)
+    row = claim_rows(result, "grid-free-export")
+    assert " fails " in row and "serves 0 of 9 grids; wrong on 1x16x16 (pooled_embeds relative L2" in row, row

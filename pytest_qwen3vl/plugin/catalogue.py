@@ -73,6 +73,11 @@ _CLAIMS: tuple[tuple[str, str, str, str], ...] = (
      "What the change buys: golden and modified exported through the same pooled wrapper.", "test_export"),
     ("export", "dynamo-export", "The export works with torch.onnx's default (dynamo) exporter.", "test_export"),
     ("export", "trace-hazards", "The change adds no trace hazard (TracerWarning).", "test_export"),
+    ("export", "grid-free-export",
+     "One file for every grid: the grid-free recipe's export reproduces golden on every sweep grid.", "test_recipes"),
+    ("export", "grid-free-dynamo",
+     "The grid-free recipe also exports with torch.onnx's dynamo exporter and serves every sweep grid.",
+     "test_recipes"),
 )
 
 CATALOGUE: tuple[Claim, ...] = tuple(
