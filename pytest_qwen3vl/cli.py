@@ -1,10 +1,11 @@
 """Console scripts. ``qwen3vl-diff`` checks a fork's modeling file on every commit, without torch;
+``qwen3vl-export`` exports the vision encoder with one of the recipes of ``export/recipes.py``;
 ``qwen3vl-checkpoint`` writes an offline checkpoint folder; ``qwen3vl-genai`` turns a checkpoint into
 an onnxruntime-genai model folder.
 
 ``qwen3vl-diff`` exit codes: 0 the file is golden plus exactly the report's DeepStack condition,
-1 anything else, 2 the files could not be compared (missing file, syntax error). The other two exit
-0 on success and 2, with one line on stderr, on bad input.
+1 anything else, 2 the files could not be compared (missing file, syntax error). The others exit 0
+on success and 2, with one line on stderr, on bad input or a failed export.
 """
 
 from __future__ import annotations
@@ -14,12 +15,19 @@ import difflib
 import json
 import re
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
-from pytest_qwen3vl.errors import Qwen3VLError, SourceError
+from pytest_qwen3vl.errors import ConfigError, Qwen3VLError, SourceError
 from pytest_qwen3vl.source.diff import Change, DiffReport, check_one_diff
 from pytest_qwen3vl.source.files import GOLDEN_SHA256, GOLDEN_VERSION, installed_golden_path, sha256_file
+
+if TYPE_CHECKING:
+    import torch
+
+    from pytest_qwen3vl.model.configs import ModelSpec
 
 _HUNK = re.compile(r"^@@ -(\d+)(,\d+)? \+(\d+)(,\d+)? @@$")
 
@@ -94,8 +102,13 @@ def diff_main(argv: Sequence[str] | None = None) -> int:
     return 0 if report.conforms else 1
 
 
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def _progress_of(prog: str) -> Callable[[str], None]:
+    """Progress lines on stderr, each naming the command, so they stay apart from the written files."""
+
+    def progress(message: str) -> None:
+        print(f"{prog}: {message}", file=sys.stderr, flush=True)
+
+    return progress
 
 
 def checkpoint_main(argv: Sequence[str] | None = None) -> int:
@@ -119,7 +132,8 @@ def checkpoint_main(argv: Sequence[str] | None = None) -> int:
     from pytest_qwen3vl.model.write_checkpoint import write_checkpoint
 
     try:
-        write_checkpoint(args.out, args.config, args.seed, vision_only=args.vision_only, progress=_progress)
+        write_checkpoint(args.out, args.config, args.seed, vision_only=args.vision_only,
+                         progress=_progress_of("qwen3vl-checkpoint"))
     except Qwen3VLError as exc:
         print(f"qwen3vl-checkpoint: {exc}", file=sys.stderr)
         return 2
@@ -146,11 +160,109 @@ def genai_main(argv: Sequence[str] | None = None) -> int:
 
     try:
         grid = Grid.parse(args.grid)
-        make_genai_folder(args.checkpoint, args.output, vision=args.vision, grid=grid, progress=_progress)
+        make_genai_folder(args.checkpoint, args.output, vision=args.vision, grid=grid,
+                          progress=_progress_of("qwen3vl-genai"))
     except Qwen3VLError as exc:
         print(f"qwen3vl-genai: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (``prog: error: ...``), exit code 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    from pytest_qwen3vl.export.builder import DEFAULT_OPSET, EXPORTER_NAMES
+    from pytest_qwen3vl.export.recipes import DEFAULT_GRID, LAYOUTS, RECIPE_NAMES
+    from pytest_qwen3vl.model.configs import VISION_PRESETS
+
+    parser = _OneLineParser(
+        prog="qwen3vl-export",
+        description="Export the Qwen3-VL vision encoder to ONNX. Recipes: report (the report's builder "
+        "export, serves only the grid it was traced at), grid-free (one file for every grid), deepstack "
+        "(grid-free, and golden's DeepStack tensors as outputs). See docs/export.md.",
+    )
+    parser.add_argument("--config", required=True,
+                        help=f"{'|'.join(VISION_PRESETS)} (random weights), a checkpoint folder or a config.json")
+    parser.add_argument("--modified", type=Path, help="a modified modeling_qwen3_vl.py (default: golden's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random weights and trace inputs")
+    parser.add_argument("--recipe", required=True, choices=RECIPE_NAMES)
+    parser.add_argument("--layout", choices=LAYOUTS,
+                        help="deepstack only: one output per layer (split, the default) or one [D, N, H] (stacked)")
+    parser.add_argument("--grid", default=DEFAULT_GRID.text, help="T,H,W the export is traced at")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument("--exporter", choices=EXPORTER_NAMES, default="torchscript")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="the .onnx file to write")
+    return parser
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    """``qwen3vl-export --config NAME|PATH --recipe NAME -o OUT.onnx``; returns the exit code."""
+    parser = _export_parser()
+    args = parser.parse_args(argv)
+    if args.layout is not None and args.recipe != "deepstack":
+        parser.error(f"--layout applies to --recipe deepstack only, not {args.recipe}")
+    try:
+        return _export(args)
+    except Qwen3VLError as exc:  # bad config, grid or modeling file, or a failed export: one line each
+        print(f"qwen3vl-export: {exc}", file=sys.stderr)
+    return 2
+
+
+def _export(args: argparse.Namespace) -> int:
+    """Resolve the inputs (all checked before torch is imported), build the model, export it."""
+    from pytest_qwen3vl.model.configs import resolve_config
+    from pytest_qwen3vl.model.grids import Grid
+    from pytest_qwen3vl.source.files import check_golden
+
+    try:
+        spec = resolve_config(args.config, Path.cwd())
+    except ConfigError as exc:  # its message names the pytest option; this command's is --config
+        raise ConfigError(str(exc).replace("--qwen3vl-config", "--config")) from None
+    grid = Grid.parse(args.grid)
+    grid.check_merge(spec.merge_size)
+    if args.modified is not None and not args.modified.is_file():
+        raise SourceError(f"--modified: {args.modified} does not exist")
+    if not args.output.parent.is_dir():
+        raise SourceError(f"-o: folder {args.output.parent} does not exist")
+    golden = installed_golden_path()
+    check_golden(golden)
+
+    _progress = _progress_of("qwen3vl-export")
+    started = time.perf_counter()
+    role = "modified" if args.modified else "golden"
+    _progress(f"building the {spec.name} vision model ({role}: {args.modified or golden})")
+    model = _build(spec, golden, args.modified, args.seed)
+    _progress(f"built in {time.perf_counter() - started:.1f} s")
+
+    from pytest_qwen3vl.export.builder import quiet_logging
+    from pytest_qwen3vl.export.recipes import RECIPES, export_recipe, serves
+
+    _progress(f"exporting recipe {args.recipe} with {args.exporter}, opset {args.opset}, traced at {grid.id}")
+    with quiet_logging():  # transformers' one-time config notices are not progress
+        result = export_recipe(model, args.recipe, args.output, grid=grid, opset=args.opset,
+                               layout=args.layout or "split", exporter=args.exporter, seed=args.seed)
+    written = [p for p in (args.output, args.output.with_name(f"{args.output.name}.data")) if p.is_file()]
+    size = sum(p.stat().st_size for p in written) / 1e6
+    _progress(f"exported in {result.seconds:.1f} s; wrote {', '.join(map(str, written))} ({size:.1f} MB): "
+              f"outputs {', '.join(result.requested_outputs)}")
+    _progress(f"the file serves {serves(RECIPES[args.recipe], grid)}; done in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _build(spec: ModelSpec, golden: Path, modified: Path | None, seed: int) -> torch.nn.Module:
+    """Golden's model, or the modified file's pointed at golden's weights (seeded, or the checkpoint's)."""
+    from pytest_qwen3vl.model.build import build_golden, build_pair
+    from pytest_qwen3vl.source.files import import_modeling_file
+
+    golden_module = import_modeling_file(golden, "golden")
+    if modified is None:
+        return build_golden(golden_module, spec, seed)
+    return build_pair(golden_module, import_modeling_file(modified, "modified"), spec, seed).modified
 
 
 if __name__ == "__main__":

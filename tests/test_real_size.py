@@ -32,3 +32,10 @@ def test_2b_pooled_width_is_an_erratum_to_2560(run_suite: RunSuite) -> None:
     result = run_suite("test_export.py", "-k", "one_float32_matrix", "--qwen3vl-config=2b", "--qwen3vl-grid=1,8,8")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*export-pooled-embeds*erratum*2048*"])
+
+
+def test_4b_grid_free_export_serves_the_sweep(run_suite: RunSuite) -> None:
+    """One grid-free export at the 4B's dimensions, traced at 1x24x24, checked on all nine sweep grids."""
+    result = run_suite("test_recipes.py", "-k", "one_grid_free_file", "--qwen3vl-config=4b")
+    result.assert_outcomes(passed=1)
+    assert "serves 9 of 9 grids" in claim_line(result, "grid-free-export")

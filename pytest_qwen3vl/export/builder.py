@@ -35,12 +35,14 @@ from pytest_qwen3vl.model.build import deepstack_export_flag
 if TYPE_CHECKING:
     import torch
 
-WRAPPER_NAMES = ("pooled", "all", "tuple")
+WRAPPER_NAMES = ("pooled", "all", "stacked", "tuple")
 EXPORTER_NAMES = ("torchscript", "dynamo")
 INPUT_NAMES = ("pixel_values", "image_grid_thw")
 POOLED_OUTPUT = "pooled_embeds"
+STACKED_OUTPUT = "deepstack_features"  # [D, num_merged_patches, out_hidden_size], from the "stacked" wrapper
 INPUT_AXES = {"pixel_values": {0: "num_patches"}, "image_grid_thw": {0: "num_images"}}
 OUTPUT_AXIS = {0: "num_merged_patches"}
+STACKED_AXIS = {1: "num_merged_patches"}
 DEFAULT_OPSET = 17
 
 # Above this many bytes of weights an ONNX file cannot hold them inline (protobuf's 2 GiB limit).
@@ -62,6 +64,7 @@ class ExportResult:
     seconds: float
     warnings: tuple[str, ...]  # "Category: first line", each once, in order of first appearance
     tracer_warnings: int  # TracerWarnings raised while tracing; trace_hazards() says where
+    recipe: str | None = None  # set by export/recipes.py's export_recipe
 
 
 def __getattr__(name: str) -> Any:
@@ -83,8 +86,9 @@ def make_wrapper(model: torch.nn.Module, wrapper: str) -> torch.nn.Module:
 
 
 def skip_flag_for(wrapper: str) -> bool | None:
-    """The builder sets ``_skip_deepstack_export`` for its exports; "all" traces golden as it is (flag absent)."""
-    return None if wrapper == "all" else True
+    """The builder sets ``_skip_deepstack_export`` for its exports; "all" and "stacked" trace the model
+    as it is (flag absent), since they exist to keep DeepStack."""
+    return None if wrapper in ("all", "stacked") else True
 
 
 @contextlib.contextmanager
@@ -117,25 +121,38 @@ def export_mode(model: torch.nn.Module, *, skip_deepstack: bool | None) -> Itera
         yield
 
 
-def output_names(model: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor, wrapper: str) -> list[str]:
-    """Names for the exporter: ``pooled_embeds``, then ``deepstack_<i>`` for each traced DeepStack tensor.
+def output_names(
+    model: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor, wrapper: str, prefix: str = "deepstack_"
+) -> list[str]:
+    """Names for the exporter: ``pooled_embeds``, then ``<prefix><i>`` for each traced DeepStack tensor.
 
     For "all" the count is what the model emits under tracing (modified files may emit none), found
     by tracing it once on the smallest grid (one image of 2x2 merge blocks); call it in export mode.
-    For "tuple" only the first output is named: its other outputs keep the exporter's names.
+    For "stacked" the second output is ``deepstack_features``. For "tuple" only the first output is
+    named: its other outputs keep the exporter's names.
     """
+    if wrapper == "stacked":
+        return [POOLED_OUTPUT, STACKED_OUTPUT]
     if wrapper != "all":
         return [POOLED_OUTPUT]
+    return [POOLED_OUTPUT] + [f"{prefix}{i}" for i in range(traced_deepstack_count(model, pixel_values))]
+
+
+def traced_deepstack_count(model: torch.nn.Module, pixel_values: torch.Tensor) -> int:
+    """How many DeepStack tensors the model emits under ``torch.jit.trace`` (in its current mode).
+
+    Traced once on the smallest grid, one image of 2x2 merge blocks, so it costs little at any size.
+    """
     import torch
 
     merge = int(getattr(model, "spatial_merge_size", 2))
-    probe_grid = torch.tensor([[1, merge, merge]], dtype=grid_thw.dtype)
+    probe_grid = torch.tensor([[1, merge, merge]], dtype=torch.int64)
     probe_pixels = torch.zeros(merge * merge, pixel_values.shape[1], dtype=pixel_values.dtype)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(make_wrapper(model, "all"), (probe_pixels, probe_grid), check_trace=False)
         outputs = traced(probe_pixels, probe_grid)
-    return [POOLED_OUTPUT] + [f"deepstack_{i}" for i in range(len(outputs) - 1)]
+    return len(outputs) - 1
 
 
 def export_vision(
@@ -147,11 +164,13 @@ def export_vision(
     wrapper: str = "pooled",
     exporter: str = "torchscript",
     opset: int = DEFAULT_OPSET,
+    deepstack_prefix: str = "deepstack_",
 ) -> ExportResult:
     """Export the vision encoder to ``path`` (written atomically) and report how it went.
 
     ``wrapper``: "pooled" (``outputs[0]``, flag set), "all" (pooled and every DeepStack tensor,
-    flag absent) or "tuple" (the raw output, flag set). ``exporter``: "torchscript"
+    named ``<deepstack_prefix><i>``, flag absent), "stacked" (pooled and one [D, N, H]
+    ``deepstack_features``, flag absent) or "tuple" (the raw output, flag set). ``exporter``: "torchscript"
     (``dynamo=False``; its deprecation warning is captured in the result) or "dynamo".
     Raises ``ExportFailed`` (``ExporterUnavailable`` when the exporter cannot run here).
     """
@@ -167,7 +186,7 @@ def export_vision(
         warnings.catch_warnings(record=True) as caught,
     ):
         warnings.simplefilter("always")
-        names = output_names(model, pixel_values, grid_thw, wrapper)
+        names = output_names(model, pixel_values, grid_thw, wrapper, deepstack_prefix)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             _run_exporter(module, (pixel_values, grid_thw), staging / target.name, exporter, opset, names)
@@ -192,7 +211,7 @@ def _run_exporter(
     """One ``torch.onnx.export`` call; any exception becomes ``ExportFailed`` with a one-line summary."""
     import torch
 
-    dynamic_axes = {**INPUT_AXES, **{name: OUTPUT_AXIS for name in names}}
+    dynamic_axes = {**INPUT_AXES, **{name: STACKED_AXIS if name == STACKED_OUTPUT else OUTPUT_AXIS for name in names}}
     common: dict[str, Any] = {
         "input_names": list(INPUT_NAMES),
         "output_names": names,

@@ -43,6 +43,17 @@ class AllOutputsWrapper(_Wrapper):
         return (outputs[0], *outputs[1])
 
 
+class StackedWrapper(AllOutputsWrapper):
+    """Returns the pooled tensor and the DeepStack tensors stacked into one [D, N, H] output.
+
+    Built on ``AllOutputsWrapper``, so how the model's outputs are read is decided in one place.
+    """
+
+    def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        pooled, *deepstack = super().forward(pixel_values, image_grid_thw)
+        return pooled, torch.stack(deepstack)
+
+
 class TupleWrapper(_Wrapper):
     """Returns the model's output unchanged: what a naive builder exports (``(pooled, [deepstack...])``)."""
 
@@ -53,5 +64,6 @@ class TupleWrapper(_Wrapper):
 WRAPPERS: dict[str, type[torch.nn.Module]] = {
     "pooled": PooledWrapper,
     "all": AllOutputsWrapper,
+    "stacked": StackedWrapper,
     "tuple": TupleWrapper,
 }

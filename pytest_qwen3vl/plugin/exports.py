@@ -27,6 +27,7 @@ import pytest
 
 from pytest_qwen3vl.export.builder import DEFAULT_OPSET, EXPORTER_NAMES, WRAPPER_NAMES, export_vision
 from pytest_qwen3vl.export.cache import BUILT, DAMAGED, FAILED, REMEMBERED, REUSED, ArtifactCache
+from pytest_qwen3vl.export.recipes import LAYOUTS, RECIPE_NAMES, RECIPES, export_recipe, wrapper_for
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.source.files import sha256_file
 from pytest_qwen3vl.versions import library_versions
@@ -41,14 +42,14 @@ ROLES = ("golden", "modified")
 
 
 @cache
-def recipe_digest() -> str:
-    """The plugin's version and a hash of the export code: a changed recipe must not reuse old files
+def code_digest() -> str:
+    """The plugin's version and a hash of the export code: changed export code must not reuse old files
     (nor old remembered failures)."""
     from pytest_qwen3vl import __version__, export
 
     folder = Path(export.__file__).parent
     digest = hashlib.sha256(__version__.encode())
-    for name in ("builder.py", "wrappers.py"):
+    for name in ("builder.py", "wrappers.py", "gridfree.py", "recipes.py"):
         digest.update((folder / name).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -57,7 +58,8 @@ class SessionExports:
     """``exports(which, grid, wrapper="pooled", exporter="torchscript") -> Path`` of the ONNX file.
 
     ``which`` is "golden" or "modified"; the model is exported on ``make_inputs(grid, spec, seed)``
-    with ``export_vision``. The file must be treated as read-only: other tests and workers share it.
+    with ``export_vision``. ``exports.recipe(which, name, grid)`` exports with a recipe of
+    ``export/recipes.py`` instead. The file must be treated as read-only: other tests and workers share it.
     """
 
     def __init__(
@@ -80,7 +82,7 @@ class SessionExports:
         self._sessions: dict[Path, onnxruntime.InferenceSession] = {}
         self._created = time.time()
 
-    def key_parts(self, which: str, grid: Grid, wrapper: str, exporter: str) -> dict[str, str]:
+    def key_parts(self, which: str, grid: Grid, wrapper: str, exporter: str, recipe: str = "builder") -> dict[str, str]:
         """What the export is made from. The golden file's hash is in every key: golden's
         initialisation draws the weights that the modified model shares."""
         sources = {"golden": self._digests["golden"]}
@@ -96,15 +98,13 @@ class SessionExports:
             "exporter": exporter,
             "opset": str(self.opset),
             "libraries": json.dumps(library_versions(), sort_keys=True),
-            "recipe": recipe_digest(),
+            "recipe": recipe,
+            "code": code_digest(),
         }
 
     def __call__(self, which: str, grid: Grid, wrapper: str = "pooled", exporter: str = "torchscript") -> Path:
         """The published ONNX file; raises ``ExportFailed`` (tried once, then remembered by the cache)."""
-        for name, value, allowed in (("which", which, ROLES), ("wrapper", wrapper, WRAPPER_NAMES),
-                                     ("exporter", exporter, EXPORTER_NAMES)):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+        _check(which=(which, ROLES), wrapper=(wrapper, WRAPPER_NAMES), exporter=(exporter, EXPORTER_NAMES))
         parts = self.key_parts(which, grid, wrapper, exporter)
         filename = f"{which}-{wrapper}-{exporter}-{grid.id}.onnx"
         model = getattr(self._pair, which)
@@ -114,6 +114,23 @@ class SessionExports:
 
             inputs = make_inputs(grid, self._spec, self._seed)
             export_vision(model, *inputs.args, path, wrapper=wrapper, exporter=exporter, opset=self.opset)
+
+        return self.cache.get_or_create(parts, filename, build)
+
+    def recipe(
+        self, which: str, name: str, grid: Grid, *, layout: str = "split", exporter: str = "torchscript"
+    ) -> Path:
+        """The ONNX file of recipe ``name`` traced at ``grid``; raises ``ExportFailed`` as ``__call__`` does."""
+        _check(which=(which, ROLES), name=(name, RECIPE_NAMES), layout=(layout, LAYOUTS),
+               exporter=(exporter, EXPORTER_NAMES))
+        wrapper = wrapper_for(RECIPES[name], layout)
+        parts = self.key_parts(which, grid, wrapper, exporter, recipe=name)
+        filename = f"{which}-{name}-{wrapper}-{exporter}-{grid.id}.onnx"
+        model = getattr(self._pair, which)
+
+        def build(path: Path) -> None:
+            export_recipe(model, name, path, grid=grid, opset=self.opset, layout=layout, exporter=exporter,
+                          seed=self._seed)
 
         return self.cache.get_or_create(parts, filename, build)
 
@@ -133,6 +150,12 @@ class SessionExports:
         total is the log's lines written during the run.
         """
         return [b for b in self.cache.builds() if b["pid"] == os.getpid() and b["time"] >= self._created]
+
+
+def _check(**choices: tuple[str, tuple[str, ...]]) -> None:
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
 
 
 @dataclass

@@ -1,0 +1,46 @@
+"""The export recipes of ``qwen3vl-export`` on your file: one grid-free file must serve every sweep grid.
+
+The sweep (``pytest_qwen3vl.model.grids.SWEEP``) is used whatever ``--qwen3vl-grid`` says: the run's
+grid is where the file is traced, the sweep is what it must then serve. Each file comes from the
+session-wide ``qwen3vl_export`` fixture, exported once per run.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_qwen3vl.errors import ExportFailed
+from pytest_qwen3vl.export.recipes import onnx_sweep
+from pytest_qwen3vl.model.grids import SWEEP
+
+pytestmark = pytest.mark.qwen3vl_export
+
+
+def grid_free_sweep(qwen3vl_export, which, grid, golden, seed, exporter="torchscript"):
+    """The grid-free file of ``which`` traced at ``grid``, checked on every sweep grid against golden."""
+    try:
+        path = qwen3vl_export.recipe(which, "grid-free", grid, exporter=exporter)
+    except ExportFailed as exc:
+        pytest.fail(f"the grid-free recipe ({exporter}) does not export the {which} file: {exc.summary}", pytrace=False)
+    return onnx_sweep(qwen3vl_export.session(path), golden, SWEEP, seed)
+
+
+@pytest.mark.qwen3vl_claim("grid-free-export")
+def test_one_grid_free_file_serves_every_sweep_grid(
+    qwen3vl_export, qwen3vl_grid, qwen3vl_golden_vision, qwen3vl_settings, qwen3vl_record
+):
+    result = grid_free_sweep(qwen3vl_export, "modified", qwen3vl_grid, qwen3vl_golden_vision, qwen3vl_settings.seed)
+    assert not result.wrong, f"the grid-free file of the modified model traced at {qwen3vl_grid.id} {result.line()}"
+    worst = max(float(check.detail.rpartition(" ")[2]) for check in result.checks)
+    qwen3vl_record.holds(f"one file traced at {qwen3vl_grid.id} {result.line()} (relative L2 at most {worst:.2g})")
+
+
+@pytest.mark.qwen3vl_claim("grid-free-dynamo")
+def test_grid_free_recipe_exports_with_dynamo_and_serves_every_sweep_grid(
+    qwen3vl_export, qwen3vl_grid, qwen3vl_golden_vision, qwen3vl_settings, qwen3vl_record
+):
+    result = grid_free_sweep(
+        qwen3vl_export, "modified", qwen3vl_grid, qwen3vl_golden_vision, qwen3vl_settings.seed, exporter="dynamo"
+    )
+    assert not result.wrong, f"the dynamo grid-free file traced at {qwen3vl_grid.id} {result.line()}"
+    qwen3vl_record.holds(f"exports (no data-dependent guard left); one file {result.line()}")

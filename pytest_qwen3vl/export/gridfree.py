@@ -1,0 +1,193 @@
+"""Grid-free tracing of transformers 4.57's ``Qwen3VLVisionModel``: one ONNX file for every grid.
+
+This module imports torch at the top: ``export/recipes.py`` imports it only when it exports.
+
+``torch.jit.trace`` records tensor operations only. The vision model turns ``grid_thw`` into
+Python numbers in three places (``fast_pos_embed_interpolate``, ``rot_pos_emb`` and the
+attention's ``torch.split(..., lengths.tolist())``), so a trace is valid for its own grid only.
+``grid_free(model)`` binds replacements for those three on the model *instance* that compute the
+same values from ``grid_thw`` with tensor operations alone, so the tracer keeps them symbolic.
+
+Everything else is the model's own code: ``forward`` (with its DeepStack condition and the
+``_skip_deepstack_export`` flag of a modified file), the weights, and the helpers of the modeling
+file the model came from (``apply_rotary_pos_emb_vision``, ``eager_attention_forward``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from types import MethodType
+from typing import Any, NamedTuple
+
+import torch
+
+
+class PatchCoords(NamedTuple):
+    """Per patch, in the model's patch order: full-resolution row and column, and its image's H and W."""
+
+    row: torch.Tensor
+    col: torch.Tensor
+    height: torch.Tensor
+    width: torch.Tensor
+
+
+def patch_coords(grid_thw: torch.Tensor, merge: int) -> PatchCoords:
+    """Coordinates of every patch of every image, built from ``grid_thw`` by tensor operations.
+
+    Patches come image after image, frame after frame, and within a frame in merge order
+    (block row, block column, row in block, column in block): the order of ``pixel_values``.
+    The image of a patch is found by comparing its index with the images' cumulative sizes
+    (no ``repeat_interleave``, no Python loop over images), so the number of images stays free.
+    An H or W that is not a multiple of ``merge`` (transformers' ``view`` raises there) must not
+    give wrong positions: it makes an index into a one-element tensor go out of range, which
+    raises in PyTorch and in ONNX Runtime. (A shape check with ``reshape`` is not enough: ONNX
+    Runtime's basic graph optimisations drop a 1-D to 1-D Reshape.)
+    """
+    t, h, w = grid_thw.unbind(1)
+    sizes = t * h * w
+    ends = sizes.cumsum(0)
+    misaligned = (h % merge + w % merge).sum()
+    guard = torch.zeros(1, dtype=ends.dtype, device=grid_thw.device)[misaligned]  # 0, or out of range
+    index = torch.arange(ends[-1], device=grid_thw.device) + guard
+    image = (index[:, None] >= ends[None, :]).sum(1)
+    height, width = h[image], w[image]
+    in_frame = (index - (ends - sizes)[image]) % (height * width)
+    block, in_block = in_frame // (merge * merge), in_frame % (merge * merge)
+    blocks_per_row = width // merge
+    row = (block // blocks_per_row) * merge + in_block // merge
+    col = (block % blocks_per_row) * merge + in_block % merge
+    return PatchCoords(row, col, height, width)
+
+
+def linspace_at(index: torch.Tensor, steps: torch.Tensor, end: int) -> torch.Tensor:
+    """``torch.linspace(0, end, steps)[index]`` elementwise, bit for bit as torch's CPU kernel.
+
+    The kernel computes ``start + step * i`` for the first half and ``end - step * (steps - 1 - i)``
+    for the second, and the x86 build fuses the latter into one FMA (a single rounding); float64
+    holds ``end - step * k`` exactly here, so computing it there and rounding once reproduces it.
+    """
+    step = torch.full_like(index, end, dtype=torch.float32) / (steps - 1).to(torch.float32)
+    first = index.to(torch.float32) * step
+    second = (end - (steps - 1 - index).to(torch.float64) * step.to(torch.float64)).to(torch.float32)
+    return torch.where(index < steps // 2, first, second)
+
+
+def fast_pos_embed_interpolate(self: Any, grid_thw: torch.Tensor) -> torch.Tensor:
+    """Bilinear (align-corners) interpolation of the position table at each patch, in patch order.
+
+    Same arithmetic as transformers' version per patch (weights in float32, the four terms summed
+    in the same order), so the result is identical; it is evaluated directly at the merge-ordered,
+    frame-repeated patch positions instead of being computed row-major and permuted.
+    """
+    side = self.num_grid_per_side
+    coords = patch_coords(grid_thw, self.spatial_merge_size)
+    h_idx = linspace_at(coords.row, coords.height, side - 1)
+    w_idx = linspace_at(coords.col, coords.width, side - 1)
+    h_floor, w_floor = h_idx.int(), w_idx.int()
+    h_ceil, w_ceil = (h_floor + 1).clip(max=side - 1), (w_floor + 1).clip(max=side - 1)
+    dh, dw = h_idx - h_floor, w_idx - w_floor
+    indices = torch.stack([
+        h_floor * side + w_floor, h_floor * side + w_ceil, h_ceil * side + w_floor, h_ceil * side + w_ceil,
+    ]).long()
+    weights = torch.stack([(1 - dh) * (1 - dw), (1 - dh) * dw, dh * (1 - dw), dh * dw])
+    terms = self.pos_embed(indices) * weights.to(self.pos_embed.weight.dtype)[:, :, None]
+    return terms[0] + terms[1] + terms[2] + terms[3]
+
+
+def rot_pos_emb(self: Any, grid_thw: torch.Tensor) -> torch.Tensor:
+    """Rotary angles (row frequencies, then column frequencies) of each patch.
+
+    transformers looks rows of ``outer(arange(max_hw), inv_freq)`` up; each entry is the single
+    product ``position * inv_freq``, so computing that product per patch gives the same bits
+    without ``max_hw`` (an ``.item()``) or the per-image loop.
+    """
+    inv_freq = self.rotary_pos_emb.inv_freq
+    coords = patch_coords(grid_thw, self.spatial_merge_size)
+    rows = coords.row[:, None].to(inv_freq.dtype) * inv_freq
+    cols = coords.col[:, None].to(inv_freq.dtype) * inv_freq
+    return torch.cat((rows, cols), dim=1)
+
+
+def block_diagonal_mask(cu_seqlens: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive (1, 1, L, L) mask: 0 within a segment of ``cu_seqlens`` (one frame), dtype's min elsewhere.
+
+    Masked scores become exact zeros after softmax, so attending over all patches with this mask
+    equals attending within each frame separately, without splitting by ``lengths.tolist()``.
+    """
+    index = torch.arange(length, device=cu_seqlens.device)
+    segment = (index[:, None] >= cu_seqlens[None, 1:]).sum(1)
+    same = segment[:, None] == segment[None, :]
+    blocked = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=cu_seqlens.device)
+    return torch.where(same, torch.zeros((), dtype=dtype, device=cu_seqlens.device), blocked)[None, None]
+
+
+def attention_forward(
+    self: Any,
+    hidden_states: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    rotary_pos_emb: torch.Tensor | None = None,
+    *,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    **kwargs: Any,
+) -> torch.Tensor:
+    """``Qwen3VLVisionAttention.forward`` with one attention call under a block-diagonal mask.
+
+    Uses the helpers of the modeling file the module was defined in, so a fork's versions apply.
+    Flash attention takes ``cu_seqlens`` itself and cannot take this mask: it is refused.
+    """
+    modeling = sys.modules[type(self).__module__]
+    implementation = self.config._attn_implementation
+    if implementation not in ("eager", "sdpa"):
+        raise NotImplementedError(f"grid_free supports eager and sdpa attention, not {implementation!r}")
+    seq_length = hidden_states.shape[0]
+    query, key, value = (
+        self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    )
+    cos, sin = position_embeddings
+    query, key = modeling.apply_rotary_pos_emb_vision(query, key, cos, sin)
+    query, key, value = (x.transpose(0, 1).unsqueeze(0) for x in (query, key, value))
+    attention = (
+        modeling.eager_attention_forward
+        if implementation == "eager"
+        else modeling.ALL_ATTENTION_FUNCTIONS[implementation]
+    )
+    output, _ = attention(
+        self,
+        query,
+        key,
+        value,
+        attention_mask=block_diagonal_mask(cu_seqlens, seq_length, query.dtype),
+        scaling=self.scaling,
+        dropout=0.0 if not self.training else self.attention_dropout,
+        is_causal=False,
+        **kwargs,
+    )
+    return self.proj(output.reshape(seq_length, -1).contiguous())
+
+
+@contextlib.contextmanager
+def grid_free(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Bind the grid-free replacements on ``model`` and its attention modules, restore on exit.
+
+    Only instance attributes change (the class, the modeling file and the weights do not); an
+    instance attribute that was there before is put back, one that was not is removed.
+    """
+    targets: list[tuple[torch.nn.Module, str, Any]] = [
+        (model, "fast_pos_embed_interpolate", fast_pos_embed_interpolate),
+        (model, "rot_pos_emb", rot_pos_emb),
+        *((block.attn, "forward", attention_forward) for block in model.blocks),
+    ]
+    missing = object()
+    saved = [(module, name, module.__dict__.get(name, missing)) for module, name, _ in targets]
+    try:
+        for module, name, function in targets:
+            setattr(module, name, MethodType(function, module))
+        yield model
+    finally:
+        for module, name, old in reversed(saved):
+            if old is missing:
+                module.__dict__.pop(name, None)
+            else:
+                setattr(module, name, old)

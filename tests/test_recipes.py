@@ -1,0 +1,167 @@
+"""The export recipes on the tiny config: the grid-free replacement in PyTorch and in ONNX on every sweep
+grid, the DeepStack recipe per output in both layouts, and a wrong replacement that both checks catch."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from types import MethodType
+from typing import Any
+
+import onnx
+import pytest
+import torch
+
+from pytest_qwen3vl.errors import ExportFailed
+from pytest_qwen3vl.export import gridfree
+from pytest_qwen3vl.export.builder import export_vision
+from pytest_qwen3vl.export.recipes import DEFAULT_GRID, export_recipe, onnx_sweep, pytorch_sweep, trace_inputs
+from pytest_qwen3vl.export.runtime import ort_session
+from pytest_qwen3vl.model.build import VisionPair
+from pytest_qwen3vl.model.configs import resolve_config
+from pytest_qwen3vl.model.grids import SWEEP
+from pytest_qwen3vl.plugin.exports import SessionExports
+from pytest_qwen3vl.source.files import installed_golden_path, write_reference_modified
+from tests.conftest import RunSuite
+from tests.model_variants import VARIANTS
+from tests.test_model_claims import claim_rows
+
+pytestmark = pytest.mark.qwen3vl_export
+
+SQUARE = {"1x16x16", "1x24x24", "1x48x48", "2x16x16", "1x16x16+1x16x16"}
+NOT_SQUARE = {grid.id for grid in SWEEP} - SQUARE
+
+
+@pytest.fixture(scope="module")
+def exports(pair: VisionPair, shared_cache: Path) -> SessionExports:
+    """The session's export cache: each recipe file is exported once for every test that asks."""
+    golden = installed_golden_path()
+    sources = {"golden": golden, "modified": write_reference_modified(golden, shared_cache)}
+    return SessionExports(pair, sources, resolve_config("tiny", golden.parent), 0, shared_cache / "exports")
+
+
+def swapped_pos_embed(self: Any, grid_thw: torch.Tensor) -> torch.Tensor:
+    """WRONG on purpose: interpolates the position table with H and W swapped (right on square grids)."""
+    return gridfree.fast_pos_embed_interpolate(self, grid_thw[:, [0, 2, 1]])
+
+
+@contextlib.contextmanager
+def wrong_grid_free(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``grid_free`` with the swapped interpolation bound over the right one."""
+    with gridfree.grid_free(model):
+        model.fast_pos_embed_interpolate = MethodType(swapped_pos_embed, model)
+        try:
+            yield model
+        finally:
+            del model.fast_pos_embed_interpolate
+
+
+@pytest.mark.parametrize("which", ["golden", "modified"])
+def test_replacement_forward_equals_golden_on_every_sweep_grid(pair: VisionPair, which: str) -> None:
+    result = pytorch_sweep(getattr(pair, which), pair.golden, SWEEP, 0)
+    assert not result.wrong, result.line()
+    assert result.line() == "serves 9 of 9 grids"
+
+
+def test_grid_free_leaves_the_model_as_it_found_it(pair: VisionPair) -> None:
+    model = pair.modified
+    with gridfree.grid_free(model):
+        assert "rot_pos_emb" in model.__dict__ and "forward" in model.blocks[0].attn.__dict__
+    assert "fast_pos_embed_interpolate" not in model.__dict__ and "rot_pos_emb" not in model.__dict__
+    assert all("forward" not in block.attn.__dict__ for block in model.blocks)
+
+
+def test_grid_free_raises_on_a_grid_the_merger_cannot_pool(pair: VisionPair) -> None:
+    """An odd W would interpolate to valid table rows and answer wrongly; the guard makes it an error."""
+    with torch.no_grad(), gridfree.grid_free(pair.golden), pytest.raises(IndexError):
+        pair.golden.fast_pos_embed_interpolate(torch.tensor([[1, 64, 9]]))
+
+
+def test_grid_free_file_reproduces_golden_on_every_sweep_grid(exports: SessionExports, pair: VisionPair) -> None:
+    path = exports.recipe("modified", "grid-free", DEFAULT_GRID)
+    session = exports.session(path)
+    inputs = {value.name: value.shape for value in session.get_inputs()}
+    assert inputs == {"pixel_values": ["num_patches", 1536], "image_grid_thw": ["num_images", 3]}
+    assert [value.name for value in session.get_outputs()] == ["pooled_embeds"]
+    result = onnx_sweep(session, pair.golden, SWEEP, 0)
+    assert not result.wrong, result.line()
+    metadata = {entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}
+    assert metadata["qwen3vl.recipe"] == "grid-free" and metadata["qwen3vl.serves"] == "every grid"
+
+
+def test_report_recipe_file_serves_only_the_grid_it_was_traced_at(exports: SessionExports, pair: VisionPair) -> None:
+    path = exports.recipe("modified", "report", DEFAULT_GRID)
+    result = onnx_sweep(exports.session(path), pair.golden, SWEEP, 0)
+    assert [check.grid.id for check in result.checks if check.ok] == [DEFAULT_GRID.id], result.line()
+    assert "ONNX Runtime fails at Reshape node" in result.line()
+    metadata = {entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}
+    assert metadata["qwen3vl.serves"] == "only the grid it was traced at (1x24x24)"
+
+
+@pytest.mark.parametrize(
+    ("layout", "names"),
+    [
+        ("split", ["pooled_embeds", "deepstack_features_0", "deepstack_features_1", "deepstack_features_2"]),
+        ("stacked", ["pooled_embeds", "deepstack_features"]),
+    ],
+)
+def test_deepstack_recipe_matches_golden_per_output(
+    exports: SessionExports, pair: VisionPair, layout: str, names: list[str]
+) -> None:
+    path = exports.recipe("golden", "deepstack", DEFAULT_GRID, layout=layout)
+    session = exports.session(path)
+    assert [output.name for output in session.get_outputs()] == names
+    if layout == "stacked":
+        assert session.get_outputs()[1].shape == [3, "num_merged_patches", 2560]
+    result = onnx_sweep(session, pair.golden, SWEEP, 0)
+    assert not result.wrong, result.line()
+
+
+def test_deepstack_check_catches_two_outputs_swapped(exports: SessionExports, pair: VisionPair, tmp_path: Path) -> None:
+    """The per-output check compares by name: a file with two DeepStack outputs swapped fails on every grid."""
+    model = onnx.load(str(exports.recipe("golden", "deepstack", DEFAULT_GRID)))
+    first, second = model.graph.output[1], model.graph.output[2]
+    renames = {first.name: second.name, second.name: first.name}
+    for node in model.graph.node:
+        node.output[:] = [renames.get(name, name) for name in node.output]
+    first.name, second.name = second.name, first.name
+    path = tmp_path / "swapped.onnx"
+    onnx.save_model(model, str(path))
+    result = onnx_sweep(ort_session(path), pair.golden, SWEEP[:2], 0)
+    assert len(result.wrong) == 2 and "deepstack_features_0 relative L2" in result.line(), result.line()
+
+
+def test_deepstack_recipe_refuses_the_modified_file(pair: VisionPair, tmp_path: Path) -> None:
+    with pytest.raises(ExportFailed, match=r"emits 0 of 3 DeepStack tensors under torch.jit.trace"):
+        export_recipe(pair.modified, "deepstack", tmp_path / "modified.onnx")
+    assert not (tmp_path / "modified.onnx").exists()
+    assert "_skip_deepstack_export" not in pair.modified.__dict__
+
+
+def test_wrong_replacement_is_caught_in_pytorch_naming_the_grids(pair: VisionPair) -> None:
+    result = pytorch_sweep(pair.modified, pair.golden, SWEEP, 0, replaced=wrong_grid_free)
+    assert {check.grid.id for check in result.wrong} == NOT_SQUARE, result.line()
+    for grid in NOT_SQUARE:
+        assert grid in result.line()
+
+
+def test_wrong_replacement_is_caught_in_onnx_naming_the_grids(pair: VisionPair, tmp_path: Path) -> None:
+    """Traced at a square grid, so the export itself looks fine; the sweep finds the wide and tall ones."""
+    path = tmp_path / "wrong.onnx"
+    with wrong_grid_free(pair.modified):
+        export_vision(pair.modified, *trace_inputs(pair.modified, DEFAULT_GRID, 0), path)
+    result = onnx_sweep(ort_session(path), pair.golden, SWEEP, 0)
+    assert {check.grid.id for check in result.wrong} == NOT_SQUARE, result.line()
+    assert "1x16x40 (pooled_embeds relative L2" in result.line()
+
+
+def test_grid_free_claim_fails_for_a_file_whose_rotary_frequencies_differ(run_suite: RunSuite, tmp_path: Path) -> None:
+    """The claim compares your file's grid-free export with golden: theta 2e4 changes every rotary angle."""
+    variant = next(v for v in VARIANTS if v.name == "theta-20000")
+    modified = tmp_path / "modeling_qwen3_vl.py"
+    modified.write_text(variant.text(), encoding="utf-8")
+    result = run_suite("test_recipes.py", "-k", "one_grid_free_file", modified=modified)
+    result.assert_outcomes(failed=1)
+    row = claim_rows(result, "grid-free-export")
+    assert " fails " in row and "serves 0 of 9 grids; wrong on 1x16x16 (pooled_embeds relative L2" in row, row
