@@ -40,7 +40,6 @@ LOGIT_ATOL = 1e-3
 # (H, W) in pixels: the pipeline's 384x384, then sizes the processor must resize (between multiples of
 # 32, landscape, portrait, below the pixel floor).
 SIZES = ((384, 384), (300, 500), (500, 300), (200, 200))
-GRID_FREE_MISSING = "not run: grid-free recipe not available"
 
 
 @dataclass
@@ -222,7 +221,29 @@ def test_other_image_size_fails_loudly(qwen3vl_genai, qwen3vl_export, qwen3vl_go
 
 
 @pytest.mark.qwen3vl_claim("genai-grid-free")
-def test_grid_free_file_takes_other_sizes(qwen3vl_genai):
-    # Where the grid-free export recipe lands, export it here and run test_other_image_size_fails_loudly's
-    # image through it, expecting golden's features; until then the row says why it did not run.
-    pytest.skip(GRID_FREE_MISSING)
+def test_grid_free_file_takes_other_sizes(qwen3vl_genai, qwen3vl_export, qwen3vl_golden_vision, tmp_path,
+                                          qwen3vl_record):
+    """The modified file exported with the grid-free recipe at the traced grid, fed the other size's image."""
+    from pytest_qwen3vl.export.genai_run import genai_model, generate
+    from pytest_qwen3vl.model.generation import IMAGE_PROMPT
+    from pytest_qwen3vl.plugin.genai import write_image
+
+    if qwen3vl_genai.user_folder is not None:
+        pytest.skip("not run: your genai folder's own vision file is checked by genai-other-grid")
+    traced, other = qwen3vl_genai.grid, other_grid(qwen3vl_genai.grid)
+    image = write_image(tmp_path / f"{other.id}.png", *image_side(other), seed=2)
+    model = genai_model(qwen3vl_genai.folder(), qwen3vl_export.recipe("modified", "grid-free", traced))
+    run = generate(model, image, IMAGE_PROMPT, 1, qwen3vl_genai.image_token_id())
+    pixels, grid = hf_inputs(image)
+    with torch.no_grad():
+        pooled = qwen3vl_golden_vision(pixels, grid_thw=grid)[0].numpy()
+    assert run.features.shape == pooled.shape, (
+        f"the grid-free file on a {other.id} image gives features of shape {run.features.shape}, golden {pooled.shape}"
+    )
+    gap = float(np.abs(run.features - pooled).max())
+    assert np.allclose(run.features, pooled, rtol=FEATURE_RTOL, atol=FEATURE_ATOL), (
+        f"the grid-free file (traced at {traced.id}) gives image features {gap:.3g} (max abs) from golden's "
+        f"on a {other.id} image"
+    )
+    qwen3vl_record.holds(f"traced at {traced.id}, a {other.id} image: {run.features.shape[0]} rows within "
+                         f"{gap:.2g} of golden's (max abs)")

@@ -188,3 +188,16 @@ def test_without_genai_the_rows_say_how_to_install(run_suite: RunSuite, tmp_path
     line = claim_line(result, "genai-deepstack-off")
     assert " not run " in line and "pip install pytest-qwen3vl[genai]" in line, line
     shutil.rmtree(blocker)
+
+
+def test_grid_free_row_fails_for_a_fork_whose_rotary_frequencies_differ(run_suite: RunSuite, tmp_path: Path) -> None:
+    """genai-grid-free compares genai's features of the fork's grid-free file with golden's: theta 2e4 is caught."""
+    from tests.model_variants import VARIANTS
+
+    variant_fork = next(v for v in VARIANTS if v.name == "theta-20000")
+    modified = tmp_path / "modeling_qwen3_vl.py"
+    modified.write_text(variant_fork.text(), encoding="utf-8")
+    result = run_suite("test_genai.py", "-k", "grid_free", modified=modified)
+    result.assert_outcomes(failed=1)
+    line = claim_line(result, "genai-grid-free")
+    assert " fails " in line and "from golden's on a 1x20x20 image" in line, line
