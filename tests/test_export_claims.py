@@ -93,6 +93,7 @@ def test_every_export_is_made_once_with_two_workers(run_suite: RunSuite, shared_
     assert sorted((b["filename"], b["status"]) for b in builds) == [
         ("golden-all-torchscript-1x24x24.onnx", "built"),
         ("golden-pooled-torchscript-1x24x24.onnx", "built"),
+        ("modified-grid-free-pooled-torchscript-1x24x24.onnx", "built"),
         ("modified-pooled-dynamo-1x24x24.onnx", "failed"),
         ("modified-pooled-torchscript-1x20x20.onnx", "built"),
         ("modified-pooled-torchscript-1x24x24.onnx", "built"),
