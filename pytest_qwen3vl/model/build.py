@@ -2,8 +2,8 @@
 
 ``build_pair``: golden gets seeded random weights (or a checkpoint's), modified is built without
 initialisation and then takes golden's parameters and persistent buffers (the very same tensor
-objects). Non-persistent buffers (``rotary_pos_emb.inv_freq``) are computed by each file itself,
-so a modified file that changes them is caught by comparing buffers.
+objects). Non-persistent buffers (``rotary_pos_emb.inv_freq``, and on 5.x also ``original_inv_freq``)
+are computed by each file itself, so a modified file that changes them is caught by comparing buffers.
 """
 
 from __future__ import annotations
@@ -37,13 +37,21 @@ def vision_config(spec: ModelSpec) -> Any:
     return Qwen3VLVisionConfig(**copy.deepcopy(spec.vision))
 
 
+def no_init_weights() -> contextlib.AbstractContextManager[None]:
+    """transformers' context that skips weight initialisation (moved to ``transformers.initialization`` in 5.x)."""
+    try:
+        from transformers.initialization import no_init_weights as skip
+    except ImportError:
+        from transformers.modeling_utils import no_init_weights as skip
+    context: contextlib.AbstractContextManager[None] = skip()
+    return context
+
+
 def build_golden(module: ModuleType, spec: ModelSpec, seed: int) -> torch.nn.Module:
     """Golden vision model, eval mode, float32, CPU: a checkpoint's weights, or random ones from ``seed``."""
     import torch
 
     if spec.checkpoint is not None:
-        from transformers.modeling_utils import no_init_weights
-
         with no_init_weights():
             model = module.Qwen3VLVisionModel(vision_config(spec))
         load_vision_weights(model, spec.checkpoint)
@@ -56,8 +64,6 @@ def build_golden(module: ModuleType, spec: ModelSpec, seed: int) -> torch.nn.Mod
 
 def build_pair(golden_module: ModuleType, modified_module: ModuleType, spec: ModelSpec, seed: int) -> VisionPair:
     """Both vision models; modified takes golden's parameters and persistent buffers as they are."""
-    from transformers.modeling_utils import no_init_weights
-
     golden = build_golden(golden_module, spec, seed)
     with no_init_weights():
         modified = modified_module.Qwen3VLVisionModel(vision_config(spec))
