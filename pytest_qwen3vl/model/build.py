@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from pytest_qwen3vl.model.api import no_init_weights
 from pytest_qwen3vl.model.checkpoint import load_vision_weights
 from pytest_qwen3vl.model.configs import ModelSpec
 
@@ -35,16 +36,6 @@ def vision_config(spec: ModelSpec) -> Any:
     from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig
 
     return Qwen3VLVisionConfig(**copy.deepcopy(spec.vision))
-
-
-def no_init_weights() -> contextlib.AbstractContextManager[None]:
-    """transformers' context that skips weight initialisation (moved to ``transformers.initialization`` in 5.x)."""
-    try:
-        from transformers.initialization import no_init_weights as skip
-    except ImportError:
-        from transformers.modeling_utils import no_init_weights as skip
-    context: contextlib.AbstractContextManager[None] = skip()
-    return context
 
 
 def build_golden(module: ModuleType, spec: ModelSpec, seed: int) -> torch.nn.Module:
