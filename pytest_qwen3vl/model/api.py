@@ -33,8 +33,10 @@ def pil_image_processor_class() -> type:
     except ImportError:
         from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
-        return Qwen2VLImageProcessor
-    return Qwen2VLImageProcessorPil
+        found: type = Qwen2VLImageProcessor
+    else:
+        found = Qwen2VLImageProcessorPil
+    return found
 
 
 def text_rope(text_config: Any) -> tuple[float, list[int]]:
