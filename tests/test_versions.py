@@ -25,7 +25,7 @@ from pytest_qwen3vl.model.configs import resolve_config
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.model.inputs import make_inputs
 from pytest_qwen3vl.model.outputs import MODEL_OUTPUT, merged, pre_merger, structure
-from pytest_qwen3vl.source.files import check_golden, installed_golden_path, reference_modified_text
+from pytest_qwen3vl.source.files import check_golden, installed_golden_path, reference_modified_text, sha256_file
 from pytest_qwen3vl.source.fingerprints import fingerprints, known_fingerprints, vote
 from pytest_qwen3vl.source.goldens import KNOWN_GOLDENS, REPORT_VERSION
 from tests.conftest import RunSuite
@@ -119,3 +119,24 @@ def test_fork_of_another_version_gets_one_line_in_the_suite(run_suite: RunSuite,
         row = claim_line(result, claim)
         assert " fails " in row and message in row, row
     assert "changed at" not in result.stdout.str(), "the versions' differences were listed as changes"
+
+
+def test_installed_file_of_an_unmeasured_version_runs_unverified(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With the installed version taken out of the measured list, its file is accepted as unverified;
+    a copy of it elsewhere is refused (only the installed file of an unmeasured version is trusted)."""
+    from pytest_qwen3vl.errors import SourceError
+    from pytest_qwen3vl.source import goldens
+
+    path = installed_golden_path()
+    version = _installed()
+    monkeypatch.delitem(goldens.KNOWN_GOLDENS, version)
+    monkeypatch.delitem(goldens._BY_DIGEST, sha256_file(path))
+    found = check_golden(path)
+    assert not found.verified and found.version == version
+    assert found.label.startswith(f"transformers {version} (unverified: sha256 "), found.label
+    copy = tmp_path / "modeling_qwen3_vl.py"
+    copy.write_bytes(path.read_bytes())
+    with pytest.raises(SourceError, match="is no known transformers' modeling_qwen3_vl"):
+        check_golden(copy)
