@@ -9,9 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pytest_qwen3vl.errors import OutputContractError
 from pytest_qwen3vl.model.build import deepstack_export_flag, vision_config
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.model.inputs import make_inputs, patch_dim
+from pytest_qwen3vl.model.outputs import deepstack, describe, merged, pre_merger, structure
 from pytest_qwen3vl.model.references import patch_embed_reference
 
 # The report's patch geometry: 1536 = 3 x p_t x p^2 with p = 16, p_t = 2.
@@ -26,18 +28,14 @@ def _model(request: pytest.FixtureRequest, which: str) -> torch.nn.Module:
     return request.getfixturevalue(f"qwen3vl_{which}_vision")
 
 
-def _describe(value: object) -> str:
-    """A short type-and-shape description of a forward's result, for messages."""
-    if isinstance(value, torch.Tensor):
-        return f"Tensor{tuple(value.shape)}"
-    if isinstance(value, (tuple, list)):
-        return f"{type(value).__name__}[{', '.join(_describe(v) for v in value)}]"
-    return type(value).__name__
-
-
 @which_model
 @pytest.mark.qwen3vl_claim("output-contract")
-def test_forward_returns_pooled_and_deepstack_list(request, which, qwen3vl_config, qwen3vl_inputs, qwen3vl_record):
+def test_forward_returns_pooled_and_deepstack_list(
+    request, which, qwen3vl_config, qwen3vl_inputs, qwen3vl_golden_vision, qwen3vl_record
+):
+    """The forward gives the merged embeddings and the DeepStack list, in golden's structure; what
+    ``outputs[0]`` (the report's wrapper) is then measured: the merged embeddings on 4.57.6,
+    ``last_hidden_state`` before the merger on 5.x, an erratum of the report for that version."""
     model = _model(request, which)
     vision = vision_config(qwen3vl_config)
     rows = qwen3vl_inputs.grid.num_patches // vision.spatial_merge_size**2
@@ -45,24 +43,36 @@ def test_forward_returns_pooled_and_deepstack_list(request, which, qwen3vl_confi
     count = len(vision.deepstack_visual_indexes)
     with torch.inference_mode(), deepstack_export_flag(model, None):
         outputs = model(*qwen3vl_inputs.args)
-    assert type(outputs) is tuple and len(outputs) == 2, (
-        f"{which}: forward returns {_describe(outputs)}, expected (hidden_states, deepstack_feature_lists)"
-    )
-    pooled, features = outputs
+        golden_kind = structure(qwen3vl_golden_vision(*qwen3vl_inputs.args))
+    try:
+        kind = structure(outputs)
+    except OutputContractError as exc:
+        pytest.fail(f"{which}: {exc}", pytrace=False)
+    assert kind == golden_kind, f"{which}: forward returns a {kind}, golden a {golden_kind}: {describe(outputs)}"
+    pooled, features = merged(outputs), deepstack(outputs)
     assert isinstance(pooled, torch.Tensor) and tuple(pooled.shape) == shape, (
-        f"{which}: hidden_states is {_describe(pooled)}, expected Tensor{shape}"
+        f"{which}: the merged embeddings are {describe(pooled)}, expected Tensor{shape}"
     )
-    assert type(features) is list and len(features) == count, (
-        f"{which}: deepstack_feature_lists is {_describe(features)}, expected a list of {count}"
-    )
+    assert len(features) == count, f"{which}: the DeepStack features are {describe(features)}, expected {count}"
     bad = [i for i, f in enumerate(features) if not isinstance(f, torch.Tensor) or tuple(f.shape) != shape]
-    assert not bad, f"{which}: DeepStack features {bad} are not Tensor{shape}: {_describe(features)}"
+    assert not bad, f"{which}: DeepStack features {bad} are not Tensor{shape}: {describe(features)}"
     with torch.inference_mode(), deepstack_export_flag(model, True):
         flagged = model(*qwen3vl_inputs.args)
-    assert torch.equal(flagged[0], pooled), f"{which}: with the export flag set, outputs[0] is not the pooled output"
-    qwen3vl_record.holds(
-        f"(pooled {shape}, list of {count} x {shape}); with the export flag outputs[0] is the same pooled "
-        f"(list of {len(flagged[1])})"
+    assert torch.equal(merged(flagged), pooled), f"{which}: with the export flag set, the merged embeddings change"
+    first = outputs[0]
+    if first is pooled:
+        taken = ("merged embeddings", shape)
+    elif first is pre_merger(outputs):
+        taken = ("last_hidden_state, the states before the merger", tuple(first.shape))
+    else:
+        taken = (describe(first), tuple(getattr(first, "shape", ())))
+    said = ("merged embeddings", shape)
+    qwen3vl_record.claim(
+        reported=said,
+        measured=taken,
+        detail=f"{kind}: merged {shape}, {count} DeepStack x {shape} (with the export flag {len(deepstack(flagged))}); "
+        f"outputs[0], which the report's wrapper exports, is the {taken[0]} {taken[1]}",
+        said=f"outputs[0] is the merged embeddings {shape}",
     )
 
 
@@ -96,7 +106,7 @@ def test_inputs_are_n_by_1536_and_m_by_3(request, which, qwen3vl_config, qwen3vl
         )
         try:
             with torch.inference_mode():
-                pooled, _ = model(pixel_values, grid_thw.to(getattr(torch, dtype)))
+                pooled = merged(model(pixel_values, grid_thw.to(getattr(torch, dtype))))
         except Exception as exc:
             pytest.fail(f"{which} {grid.id}: refuses valid inputs: {type(exc).__name__}: {exc}", pytrace=False)
         assert pooled.shape[0] == n // merge**2, (

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_qwen3vl.errors import ExportFailed
+from pytest_qwen3vl.errors import ExportFailed, OutputContractError
 from pytest_qwen3vl.export.builder import POOLED_OUTPUT
 from pytest_qwen3vl.export.graph import CONSTANTS_BUCKET, graph_digest, graph_signature
 from pytest_qwen3vl.export.recipes import onnx_sweep
@@ -21,6 +21,7 @@ from pytest_qwen3vl.export.runtime import PARITY_ATOL, PARITY_RTOL, parity, run_
 from pytest_qwen3vl.export.tracing import count_deepstack_calls, trace_hazards
 from pytest_qwen3vl.model.grids import SWEEP, Grid
 from pytest_qwen3vl.model.inputs import make_inputs
+from pytest_qwen3vl.model.outputs import merged
 from pytest_qwen3vl.plugin.snapshots import contract_document, document_changes, lowering_document
 
 pytestmark = pytest.mark.qwen3vl_export
@@ -50,12 +51,13 @@ def initializer_count(signature: dict[str, Any]) -> int:
 
 
 def pytorch_pooled(model: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-    """``outputs[0]`` of an eager forward, as the builder's wrapper takes it."""
+    """The merged embeddings of an eager forward, as the builder's wrapper takes them."""
     with torch.no_grad():
-        pooled = model(pixel_values, grid_thw)[0]
-    if not isinstance(pooled, torch.Tensor):
-        pytest.fail(f"PyTorch's outputs[0] is a {type(pooled).__name__}, not the pooled tensor", pytrace=False)
-    return pooled
+        outputs = model(pixel_values, grid_thw)
+    try:
+        return merged(outputs)
+    except OutputContractError as exc:
+        pytest.fail(f"PyTorch's forward: {exc}", pytrace=False)
 
 
 def other_grid(grid: Grid, merge: int) -> Grid:
@@ -97,9 +99,9 @@ def test_modified_exported_with_the_flag_has_one_output(qwen3vl_export, qwen3vl_
     try:
         whole = qwen3vl_export("modified", qwen3vl_grid, wrapper="tuple")
     except ExportFailed as exc:
-        raw = f"the raw (pooled, DeepStack list) tuple does not export: {exc.summary}"
+        raw = f"the forward's raw output does not export: {exc.summary}"
     else:
-        raw = f"the raw tuple exports {len(outputs_of(graph_signature(whole)))} outputs"
+        raw = f"the forward's raw output exports {len(outputs_of(graph_signature(whole)))} outputs"
     qwen3vl_record.holds(f"1 output, {POOLED_OUTPUT}; {raw}")
 
 

@@ -1,9 +1,10 @@
 """Graph signatures of the exports as syrupy snapshots, so any change to what an export promises shows
 up as a line diff.
 
-The contract (names, element types, dims, opset) is the same with any torch or onnx version and
-ships with the suite; the lowering (operator histogram, initializers by module) is stored per torch
-and onnx version and skipped on others. Both are written with ``--snapshot-update``.
+The contract (names, element types, dims, opset) is the same with any torch, onnx or transformers
+version (4.57.6 and 5.23.0 give the same one) and ships with the suite, one file per case; the
+lowering (operator histogram, initializers by module) is stored per torch, onnx and transformers
+version and skipped on others. Both are written with ``--snapshot-update``.
 """
 
 from __future__ import annotations

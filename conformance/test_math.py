@@ -16,6 +16,8 @@ import torch
 from pytest_qwen3vl.model.build import deepstack_export_flag, vision_config
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.model.inputs import make_inputs
+from pytest_qwen3vl.model.outputs import deepstack as deepstack_of
+from pytest_qwen3vl.model.outputs import merged
 from pytest_qwen3vl.model.references import (
     Call,
     frame_lengths,
@@ -110,9 +112,11 @@ def test_vision_rope_table_is_made_per_forward(request, which, qwen3vl_config, q
     rotary_keys = [key for key in model.state_dict() if key.startswith("rotary_pos_emb.")]
     assert not rotary_keys, f"{which}: the state dict stores a rotary table: {rotary_keys}"
     rotary_buffers = dict(model.rotary_pos_emb.named_buffers())
-    assert list(rotary_buffers) == ["inv_freq"] and rotary_buffers["inv_freq"].dim() == 1, (
+    # 4.57.6 holds inv_freq only; 5.x also a copy, original_inv_freq, kept for dynamic RoPE updates.
+    tables = {k: tuple(v.shape) for k, v in rotary_buffers.items() if v.dim() != 1}
+    assert "inv_freq" in rotary_buffers and not tables, (
         f"{which}: the rotary embedding holds {[(k, tuple(v.shape)) for k, v in rotary_buffers.items()]}, "
-        "expected only the 1-D inv_freq"
+        "expected 1-D frequency vectors only"
     )
     inv_freq = rope_inv_freq(_rotary_dim(vision), THETA)
     sides = []
@@ -121,20 +125,37 @@ def test_vision_rope_table_is_made_per_forward(request, which, qwen3vl_config, q
         inputs = make_inputs(grid, qwen3vl_config, qwen3vl_settings.seed)
         with record_calls(model, ["rotary_pos_emb", "blocks.0.attn"]) as calls, torch.inference_mode():
             model(*inputs.args)
-        table = only_call(calls, "rotary_pos_emb")
-        seqlen = int(table.args[0])
-        largest = max(max(h, w) for _, h, w in grid.images)
-        assert seqlen == largest, f"{which} {grid.id}: rotary table made for {seqlen} positions, largest side {largest}"
-        want = torch.outer(torch.arange(largest, dtype=torch.float64), inv_freq)
-        assert table.output.shape == want.shape and _max_err(table.output, want) < 1e-5, (
-            f"{which} {grid.id}: the rotary table is not seq (outer) inv_freq"
-        )
+        made = only_call(calls, "rotary_pos_emb")
+        sides.append(f"{grid.id} -> {_rotary_made(made, grid, inv_freq, which)}")
         _check_block0_cos_sin(only_call(calls, "blocks.0.attn"), grid, vision, which)
-        sides.append(f"{grid.id} -> {seqlen}")
     qwen3vl_record.holds(
-        f"no rotary table in the state dict, inv_freq non-persistent; "
-        f"table length per forward = largest side: {', '.join(sides)}"
+        f"no rotary table in the state dict, buffers {sorted(rotary_buffers)} non-persistent and 1-D; "
+        f"made per forward: {', '.join(sides)}"
     )
+
+
+def _rotary_made(made: Call, grid: Grid, inv_freq: torch.Tensor, which: str) -> str:
+    """What ``rotary_pos_emb`` computed in one forward, checked against the grid.
+
+    4.57.6 makes a table ``seq (outer) inv_freq`` for the largest side, which the model then indexes;
+    5.x computes (cos, sin) directly for the grid's N patches from their (row, column) positions.
+    Either is made per forward for this grid; the cos/sin the blocks get are checked separately.
+    """
+    if isinstance(made.output, tuple):
+        rows = grid.num_patches
+        shapes = [tuple(part.shape) for part in made.output]
+        assert all(shape[0] == rows for shape in shapes), (
+            f"{which} {grid.id}: rotary cos/sin made for {shapes}, expected one row per patch ({rows})"
+        )
+        return f"cos/sin for {rows} patches"
+    seqlen = int(made.args[0])
+    largest = max(max(h, w) for _, h, w in grid.images)
+    assert seqlen == largest, f"{which} {grid.id}: rotary table made for {seqlen} positions, largest side {largest}"
+    want = torch.outer(torch.arange(largest, dtype=torch.float64), inv_freq)
+    assert made.output.shape == want.shape and _max_err(made.output, want) < 1e-5, (
+        f"{which} {grid.id}: the rotary table is not seq (outer) inv_freq"
+    )
+    return f"table for the largest side, {seqlen}"
 
 
 def _expected_order(vision: Any) -> list[str]:
@@ -158,7 +179,8 @@ def test_vision_data_flow(request, which, qwen3vl_config, qwen3vl_inputs, qwen3v
     tail = _expected_order(vision)
     names = ["patch_embed", "pos_embed", "rotary_pos_emb", *tail]
     with record_calls(model, names) as calls, torch.inference_mode(), deepstack_export_flag(model, None):
-        pooled, deepstack = model(*qwen3vl_inputs.args)
+        outputs = model(*qwen3vl_inputs.args)
+    pooled, deepstack = merged(outputs), deepstack_of(outputs)
     order = [call.name for call in calls]
     assert order[:1] == ["patch_embed"] and sorted(order[1:3]) == ["pos_embed", "rotary_pos_emb"], (
         f"{which}: the forward starts {order[:3]}, expected patch_embed, then pos_embed and rotary_pos_emb"

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from pytest_qwen3vl.model.api import rope_index, text_rope
 from pytest_qwen3vl.model.references import chunked_axes, mrope_axes, mrope_cos_sin, text_positions
 
 # Per prompt: (text tokens before, between and after the images, image grids).
@@ -67,13 +68,19 @@ def _max_err(actual: tuple[torch.Tensor, torch.Tensor], expected: tuple[torch.Te
 
 @which_model
 @pytest.mark.qwen3vl_claim("text-mrope")
-def test_rope_index_gives_3_b_s_positions(request, which, qwen3vl_config, qwen3vl_record):
+def test_rope_index_gives_3_b_s_positions(request, which, qwen3vl_config, qwen3vl_golden_module, qwen3vl_record):
+    """Positions are re-derived independently. The rope delta of a left-padded prompt is counted from
+    the padded length on 4.57.6 and from the prompt's own length on 5.x (measured): either is accepted
+    for golden, and modified must give golden's."""
     module = request.getfixturevalue(f"qwen3vl_{which}_module")
     config = _config(qwen3vl_config)
-    with torch.device("meta"):
-        model = module.Qwen3VLModel(config)
     ids, mask, grids, derived = _batch(config)
-    position_ids, deltas = model.get_rope_index(ids, image_grid_thw=grids, attention_mask=mask)
+    deltas_of = {}
+    for name, source in (("golden", qwen3vl_golden_module), (which, module)):
+        with torch.device("meta"):
+            model = source.Qwen3VLModel(config)
+        position_ids, deltas_of[name] = rope_index(model, ids, grids, mask, config.image_token_id)
+    deltas = deltas_of[which]
     assert tuple(position_ids.shape) == (3, *ids.shape), (
         f"{which}: position ids have shape {tuple(position_ids.shape)}, expected (3, B, S) = (3, {ids.shape[0]}, "
         f"{ids.shape[1]})"
@@ -84,11 +91,18 @@ def test_rope_index_gives_3_b_s_positions(request, which, qwen3vl_config, qwen3v
             f"{which}: prompt {b}'s (T, H, W) positions differ from the re-derivation at token "
             f"{(got != want).any(0).nonzero()[0].item()}: {got.T.tolist()[:40]} vs {want.T.tolist()[:40]}"
         )
-        want_delta = want.max().item() + 1 - ids.shape[1]
-        assert deltas[b].item() == want_delta, f"{which}: prompt {b}'s rope delta {deltas[b].item()} != {want_delta}"
+        after = want.max().item() + 1
+        conventions = {after - ids.shape[1]: "padded length", after - int(mask[b].sum()): "prompt length"}
+        assert deltas[b].item() in conventions, (
+            f"{which}: prompt {b}'s rope delta {deltas[b].item()} is neither {' nor '.join(map(str, conventions))}"
+        )
+    assert torch.equal(deltas.flatten(), deltas_of["golden"].flatten()), (
+        f"{which}: rope deltas {deltas.flatten().tolist()}, golden's {deltas_of['golden'].flatten().tolist()}"
+    )
     qwen3vl_record.holds(
         f"position ids {tuple(position_ids.shape)} for 2 prompts ({ids.shape[1]} tokens, one left-padded, "
-        f"{len(grids)} images) equal the re-derivation; rope deltas {deltas.flatten().tolist()}"
+        f"{len(grids)} images) equal the re-derivation; rope deltas {deltas.flatten().tolist()} "
+        f"(counted from the {conventions[deltas[-1].item()]})"
     )
 
 
@@ -98,7 +112,7 @@ def test_text_rotary_is_interleaved_mrope(request, which, qwen3vl_config, qwen3v
     module = request.getfixturevalue(f"qwen3vl_{which}_module")
     config = _config(qwen3vl_config)
     text = config.text_config
-    sections = list(text.rope_scaling["mrope_section"])
+    theta, sections = text_rope(text)
     rotary = module.Qwen3VLTextRotaryEmbedding(text)
     ids, mask, _, derived = _batch(config)
     position_ids = torch.zeros((3, *ids.shape), dtype=torch.long)
@@ -111,15 +125,15 @@ def test_text_rotary_is_interleaved_mrope(request, which, qwen3vl_config, qwen3v
         f"{which}: cos/sin have shapes {tuple(cos.shape)}, {tuple(sin.shape)}, expected (B, S, head_dim) = {shape}"
     )
     axes = mrope_axes(sections)
-    err = _max_err((cos, sin), mrope_cos_sin(position_ids, text.head_dim, text.rope_theta, axes))
+    err = _max_err((cos, sin), mrope_cos_sin(position_ids, text.head_dim, theta, axes))
     assert err < 1e-4, (
-        f"{which}: cos/sin differ from interleaved MRoPE (sections {sections}, theta {text.rope_theta:g}) by {err:.3g}"
+        f"{which}: cos/sin differ from interleaved MRoPE (sections {sections}, theta {theta:g}) by {err:.3g}"
     )
-    chunked = mrope_cos_sin(position_ids, text.head_dim, text.rope_theta, chunked_axes(sections))
+    chunked = mrope_cos_sin(position_ids, text.head_dim, theta, chunked_axes(sections))
     chunked_err = _max_err((cos, sin), chunked)
     assert chunked_err > 100 * err, f"{which}: these prompts do not tell interleaved from chunked MRoPE"
     cos_2d, sin_2d = rotary(x, position_ids[0])
-    want_2d = mrope_cos_sin(position_ids[0].expand(3, -1, -1), text.head_dim, text.rope_theta, axes)
+    want_2d = mrope_cos_sin(position_ids[0].expand(3, -1, -1), text.head_dim, theta, axes)
     err_2d = _max_err((cos_2d, sin_2d), want_2d)
     assert tuple(cos_2d.shape) == shape and err_2d < 1e-4, (
         f"{which}: with (B, S) position ids cos/sin are {tuple(cos_2d.shape)}, off by {err_2d:.3g}"

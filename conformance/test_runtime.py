@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pytest_qwen3vl.model.build import deepstack_export_flag
+from pytest_qwen3vl.model.outputs import deepstack, merged
 
 pytestmark = pytest.mark.qwen3vl_claim("runtime-equivalence")
 
@@ -30,8 +31,10 @@ def test_state_dicts_match_key_for_key(qwen3vl_golden_vision, qwen3vl_modified_v
 
 def test_outputs_bit_identical(qwen3vl_golden_vision, qwen3vl_modified_vision, qwen3vl_inputs, qwen3vl_record):
     with torch.inference_mode(), deepstack_export_flag(qwen3vl_modified_vision, None):
-        golden_pooled, golden_deepstack = qwen3vl_golden_vision(*qwen3vl_inputs.args)
-        modified_pooled, modified_deepstack = qwen3vl_modified_vision(*qwen3vl_inputs.args)
+        golden_outputs = qwen3vl_golden_vision(*qwen3vl_inputs.args)
+        modified_outputs = qwen3vl_modified_vision(*qwen3vl_inputs.args)
+    golden_pooled, golden_deepstack = merged(golden_outputs), deepstack(golden_outputs)
+    modified_pooled, modified_deepstack = merged(modified_outputs), deepstack(modified_outputs)
     assert modified_pooled.shape == golden_pooled.shape, (
         f"pooled shape {tuple(modified_pooled.shape)} != golden {tuple(golden_pooled.shape)}"
     )

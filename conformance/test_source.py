@@ -23,14 +23,8 @@ from pytest_qwen3vl.source.diff import (
     check_one_diff,
     read_source,
 )
-from pytest_qwen3vl.source.files import (
-    GOLDEN_CONDITION,
-    GOLDEN_SHA256,
-    GOLDEN_VERSION,
-    MODIFIED_CONDITION,
-    sha256_file,
-    transformers_version,
-)
+from pytest_qwen3vl.source.files import GOLDEN_CONDITION, MODIFIED_CONDITION, GoldenFile, transformers_version
+from pytest_qwen3vl.source.goldens import REPORT_VERSION
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +69,16 @@ def _replaced_message(diff: DiffReport, replaced: Change) -> str:
 
 
 @pytest.mark.qwen3vl_claim("golden-version")
-def test_golden_is_transformers_4_57_6(qwen3vl_golden_path: Path, qwen3vl_record: ClaimRecorder) -> None:
-    digest = sha256_file(qwen3vl_golden_path)
-    assert digest == GOLDEN_SHA256, (
-        f"{qwen3vl_golden_path} has sha256 {digest[:12]}..., not transformers {GOLDEN_VERSION}'s "
-        f"{GOLDEN_SHA256[:12]}... (installed transformers: {transformers_version()})"
-    )
-    qwen3vl_record.holds(
-        f"sha256 {digest[:12]}... = transformers {GOLDEN_VERSION}'s (installed: {transformers_version()})"
+def test_golden_is_transformers_4_57_6(qwen3vl_golden: GoldenFile, qwen3vl_record: ClaimRecorder) -> None:
+    """The fixture has refused any file that is neither a verified version's nor the installed one;
+    which version it is decides holds (the report's 4.57.6) or erratum (another version)."""
+    status = "verified" if qwen3vl_golden.verified else "unverified: no measured version has this sha256"
+    qwen3vl_record.claim(
+        reported=REPORT_VERSION,
+        measured=qwen3vl_golden.version,
+        detail=f"transformers {qwen3vl_golden.version}'s file, sha256 {qwen3vl_golden.digest[:12]}... ({status}; "
+        f"installed transformers {transformers_version()})",
+        said=f"transformers {REPORT_VERSION}",
     )
 
 

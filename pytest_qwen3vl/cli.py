@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 from pytest_qwen3vl.errors import ConfigError, Qwen3VLError, SourceError
 from pytest_qwen3vl.source.diff import Change, DiffReport, check_one_diff
-from pytest_qwen3vl.source.files import GOLDEN_SHA256, GOLDEN_VERSION, installed_golden_path, sha256_file
+from pytest_qwen3vl.source.files import GoldenFile, check_golden, installed_golden_path
+from pytest_qwen3vl.source.fingerprints import fork_mismatch
 
 if TYPE_CHECKING:
     import torch
@@ -66,11 +67,13 @@ def render(report: DiffReport) -> str:
     return "\n".join(out)
 
 
-def _golden_warning(path: Path) -> str | None:
-    """A line when the golden file is not transformers 4.57.6's: the verdict then means less."""
-    if sha256_file(path) == GOLDEN_SHA256:
-        return None
-    return f"warning: {path} is not transformers {GOLDEN_VERSION}'s modeling_qwen3_vl.py (sha256 differs)"
+def _golden_check(path: Path) -> tuple[GoldenFile | None, str | None]:
+    """The golden file's version, and a warning line when it is not a verified one: the verdict means less."""
+    try:
+        golden = check_golden(path)
+    except SourceError as exc:
+        return None, f"warning: {exc}"
+    return golden, None if golden.verified else f"warning: golden is {golden.label}"
 
 
 def diff_main(argv: Sequence[str] | None = None) -> int:
@@ -92,9 +95,14 @@ def diff_main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"error": str(exc)}))
         return 2
-    warning = _golden_warning(golden)
+    known, warning = _golden_check(golden)
     if warning:
         print(warning, file=sys.stderr)
+    mismatch = fork_mismatch(args.modified, known.version) if known else None
+    if mismatch:
+        line = f"FAIL: {args.modified} was {mismatch}"
+        print(json.dumps({"error": line, "conforms": False}) if args.json else line)
+        return 1
     if args.json:
         print(json.dumps(report.to_dict() | {"warnings": [warning] if warning else []}, indent=2))
     else:

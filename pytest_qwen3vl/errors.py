@@ -54,3 +54,7 @@ class ExporterUnavailable(ExportFailed):
     """The exporter cannot run on this machine (a missing package): nothing is learnt about the model."""
 
     remember = False  # installing the package changes no key part, so this must not be remembered
+
+
+class OutputContractError(Qwen3VLError, TypeError):
+    """A vision forward whose result is neither known output structure (4.57.6's tuple, 5.x's ModelOutput)."""

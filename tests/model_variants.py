@@ -84,7 +84,7 @@ VARIANTS: tuple[ModelVariant, ...] = (
         "flattened-outputs", "output-contract", "test_contracts.py", "pooled_and_deepstack",
         ("        return hidden_states, deepstack_feature_lists\n",
          "        return (hidden_states, *deepstack_feature_lists)\n"),
-        "modified: forward returns tuple[Tensor(*), Tensor(*), Tensor(*), Tensor(*)], expected (hidden_states, *",
+        "modified: the vision forward returns tuple[Tensor(*), Tensor(*), Tensor(*), Tensor(*)], neither *",
     ),
     ModelVariant(
         "first-image-only", "input-contract", "test_contracts.py", "n_by_1536",

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from pytest_qwen3vl.source.files import installed_golden_path, reference_modified_text
+from pytest_qwen3vl.versions import transformers_version
 from tests.conftest import REPO
 from tests.test_claims_table import MERGER_LINE
 
@@ -38,14 +39,15 @@ def checked(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedPro
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtual environment with the built wheel installed (its dependencies from the index)."""
+    """A fresh virtual environment with the built wheel and this environment's transformers installed."""
     root = tmp_path_factory.mktemp("downstream-env")
     checked(run(sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", root / "dist", REPO))
     wheel = next((root / "dist").glob("pytest_qwen3vl-*.whl"))
     checked(run(sys.executable, "-m", "venv", root / "venv"))
     pip = root / "venv" / "bin" / "pip"
     checked(run(pip, "install", "-q", "torch==2.13.0"))
-    checked(run(pip, "install", "-q", wheel))
+    # A downstream repo pins the transformers its fork was made from: the one installed here.
+    checked(run(pip, "install", "-q", wheel, f"transformers=={transformers_version()}"))
     return root / "venv"
 
 

@@ -163,8 +163,8 @@ def test_dynamo_failure_is_one_line(pair: VisionPair, inputs: VisionInputs, onnx
 
 
 def test_unknown_wrapper_or_exporter_is_refused(pair: VisionPair, inputs: VisionInputs, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="wrapper must be one of pooled, all, stacked, tuple"):
-        make_wrapper(pair.golden, "first")
+    with pytest.raises(ValueError, match="wrapper must be one of pooled, first, all, stacked, tuple"):
+        make_wrapper(pair.golden, "last")
     with pytest.raises(ValueError, match="exporter must be one of torchscript, dynamo"):
         export_vision(pair.golden, *inputs.args, tmp_path / "x.onnx", exporter="tflite")
 

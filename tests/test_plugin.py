@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pytest_qwen3vl.source.files import installed_golden_path
+from pytest_qwen3vl.versions import transformers_version
 
 SHOW_SETTINGS = """
 import json
@@ -101,7 +102,7 @@ def test_header_names_files_config_and_grids(pytester: pytest.Pytester, tmp_path
     test_file = pytester.makepyfile("def test_nothing():\n    pass\n")
     result = pytester.runpytest(test_file, "--qwen3vl-grid=1,20,20", "--qwen3vl-config=4b")
     result.stdout.fnmatch_lines([
-        f"qwen3vl golden: transformers 4.57.6 {installed_golden_path()}",
+        f"qwen3vl golden: transformers {transformers_version()} (verified sha256 *) {installed_golden_path()}",
         "qwen3vl modified: reference change*",
         "qwen3vl config: 4b; grids: 1x20x20; seed: 0",
     ])
@@ -149,7 +150,10 @@ def test_golden_of_another_version_names_the_installed_one(pytester: pytest.Pyte
     pytester.makepyfile("def test_nothing():\n    pass\n")
     result = pytester.runpytest_subprocess(f"--qwen3vl-golden={_golden_with_other_bytes(tmp_path)}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: golden file *is not transformers 4.57.6's*installed transformers 4.57.6*"])
+    result.stderr.fnmatch_lines([
+        f"ERROR: golden file *is no known transformers' modeling_qwen3_vl.py*installed transformers "
+        f"{transformers_version()}; verified: 4.57.6, 5.23.0)*"
+    ])
     assert "Traceback" not in result.stderr.str()
 
 

@@ -93,7 +93,7 @@ def _changed_body(golden: str) -> str:
 
 def _extra_change_other_function(golden: str) -> str:
     old = "        return self.linear_fc2(self.act_fn(self.linear_fc1(hidden_state)))\n"
-    return replace_once(reference_modified_text(golden), old, old.replace("self.act_fn(", "F.gelu("))
+    return replace_once(reference_modified_text(golden), old, old.replace("self.act_fn(", "torch.nn.functional.gelu("))
 
 
 def _absolute_import(golden: str) -> str:

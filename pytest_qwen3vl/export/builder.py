@@ -1,9 +1,10 @@
 """ONNX export of the vision encoder, done the way a downstream builder does it.
 
 The builder's call: inputs ``pixel_values`` [num_patches, 1536] and ``image_grid_thw``
-[num_images, 3], output ``pooled_embeds`` [num_merged_patches, out_hidden_size], opset 17,
-constant folding on, the TorchScript exporter, eager attention (the exporter cannot convert SDPA
-with ``enable_gqa``) and ``_skip_deepstack_export`` set on the model. Every setting the export
+[num_images, 3], output ``pooled_embeds`` [num_merged_patches, out_hidden_size] (the merged
+embeddings, read by ``pytest_qwen3vl.model.outputs`` on every transformers version), opset 17,
+constant folding on, the TorchScript exporter, eager attention (on 4.57.6 the exporter cannot
+convert SDPA with ``enable_gqa``) and ``_skip_deepstack_export`` set on the model. Every setting the export
 changes on the model is put back afterwards, also when the export fails.
 
 torch and onnx are imported inside the functions, so importing this module costs nothing.
@@ -35,7 +36,7 @@ from pytest_qwen3vl.model.build import deepstack_export_flag
 if TYPE_CHECKING:
     import torch
 
-WRAPPER_NAMES = ("pooled", "all", "stacked", "tuple")
+WRAPPER_NAMES = ("pooled", "first", "all", "stacked", "tuple")
 EXPORTER_NAMES = ("torchscript", "dynamo")
 INPUT_NAMES = ("pixel_values", "image_grid_thw")
 POOLED_OUTPUT = "pooled_embeds"
@@ -69,7 +70,7 @@ class ExportResult:
 
 def __getattr__(name: str) -> Any:
     """The wrapper classes, imported on first use because defining them needs torch."""
-    if name in ("PooledWrapper", "AllOutputsWrapper", "TupleWrapper"):
+    if name in ("PooledWrapper", "FirstOutputWrapper", "AllOutputsWrapper", "TupleWrapper"):
         from pytest_qwen3vl.export import wrappers
 
         return getattr(wrappers, name)
@@ -77,7 +78,7 @@ def __getattr__(name: str) -> Any:
 
 
 def make_wrapper(model: torch.nn.Module, wrapper: str) -> torch.nn.Module:
-    """The module handed to the exporter for ``wrapper`` ("pooled", "all" or "tuple")."""
+    """The module handed to the exporter for ``wrapper`` ("pooled", "first", "all" or "tuple")."""
     from pytest_qwen3vl.export.wrappers import WRAPPERS
 
     if wrapper not in WRAPPERS:
@@ -128,8 +129,8 @@ def output_names(
 
     For "all" the count is what the model emits under tracing (modified files may emit none), found
     by tracing it once on the smallest grid (one image of 2x2 merge blocks); call it in export mode.
-    For "stacked" the second output is ``deepstack_features``. For "tuple" only the first output is
-    named: its other outputs keep the exporter's names.
+    For "stacked" the second output is ``deepstack_features``. For "first" and "tuple" only the first
+    output is named: the tuple's others keep the exporter's names.
     """
     if wrapper == "stacked":
         return [POOLED_OUTPUT, STACKED_OUTPUT]
@@ -168,8 +169,9 @@ def export_vision(
 ) -> ExportResult:
     """Export the vision encoder to ``path`` (written atomically) and report how it went.
 
-    ``wrapper``: "pooled" (``outputs[0]``, flag set), "all" (pooled and every DeepStack tensor,
-    named ``<deepstack_prefix><i>``, flag absent), "stacked" (pooled and one [D, N, H]
+    ``wrapper``: "pooled" (the merged embeddings, flag set), "first" (the report's ``outputs[0]``,
+    flag set: the pre-merger states on transformers 5.x), "all" (merged and every DeepStack tensor,
+    named ``<deepstack_prefix><i>``, flag absent), "stacked" (merged and one [D, N, H]
     ``deepstack_features``, flag absent) or "tuple" (the raw output, flag set). ``exporter``: "torchscript"
     (``dynamo=False``; its deprecation warning is captured in the result) or "dynamo".
     Raises ``ExportFailed`` (``ExporterUnavailable`` when the exporter cannot run here).

@@ -4,12 +4,15 @@ This module imports torch at the top: ``pytest_qwen3vl.export`` and ``pytest_qwe
 import it only when they export or trace.
 
 The wrappers keep the wrapped model under the attribute ``model``, so the exported initializers
-are named ``model.blocks.0.attn.qkv.weight`` and so on.
+are named ``model.blocks.0.attn.qkv.weight`` and so on. What they take from the forward's result
+is read by ``pytest_qwen3vl.model.outputs``, the same on every transformers version.
 """
 
 from __future__ import annotations
 
 import torch
+
+from pytest_qwen3vl.model.outputs import deepstack, merged
 
 
 class _Wrapper(torch.nn.Module):
@@ -26,21 +29,32 @@ class _Wrapper(torch.nn.Module):
 
 
 class PooledWrapper(_Wrapper):
-    """Returns ``outputs[0]`` only: the report's export wrapper, one output ``pooled_embeds``."""
+    """Returns the merged embeddings only: one output ``pooled_embeds``, on every version."""
 
     def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values, image_grid_thw)[0]
+        return merged(self.model(pixel_values, image_grid_thw))
+
+
+class FirstOutputWrapper(_Wrapper):
+    """Returns ``outputs[0]``, as the report's wrapper does: the merged embeddings on 4.57.6 only.
+
+    On transformers 5.x ``outputs[0]`` is ``last_hidden_state``, the states before the merger.
+    """
+
+    def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        first: torch.Tensor = self.model(pixel_values, image_grid_thw)[0]
+        return first
 
 
 class AllOutputsWrapper(_Wrapper):
-    """Returns the pooled tensor followed by every DeepStack tensor, as flat outputs.
+    """Returns the merged embeddings followed by every DeepStack tensor, as flat outputs.
 
     Flattening lets an empty DeepStack list export as a single output instead of failing.
     """
 
     def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.model(pixel_values, image_grid_thw)
-        return (outputs[0], *outputs[1])
+        return (merged(outputs), *deepstack(outputs))
 
 
 class StackedWrapper(AllOutputsWrapper):
@@ -55,7 +69,7 @@ class StackedWrapper(AllOutputsWrapper):
 
 
 class TupleWrapper(_Wrapper):
-    """Returns the model's output unchanged: what a naive builder exports (``(pooled, [deepstack...])``)."""
+    """Returns the model's output unchanged: what a naive builder exports (4.57.6: ``(pooled, [deepstack...])``)."""
 
     def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> object:
         return self.model(pixel_values, image_grid_thw)
@@ -63,6 +77,7 @@ class TupleWrapper(_Wrapper):
 
 WRAPPERS: dict[str, type[torch.nn.Module]] = {
     "pooled": PooledWrapper,
+    "first": FirstOutputWrapper,
     "all": AllOutputsWrapper,
     "stacked": StackedWrapper,
     "tuple": TupleWrapper,

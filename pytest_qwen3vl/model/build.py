@@ -2,8 +2,8 @@
 
 ``build_pair``: golden gets seeded random weights (or a checkpoint's), modified is built without
 initialisation and then takes golden's parameters and persistent buffers (the very same tensor
-objects). Non-persistent buffers (``rotary_pos_emb.inv_freq``) are computed by each file itself,
-so a modified file that changes them is caught by comparing buffers.
+objects). Non-persistent buffers (``rotary_pos_emb.inv_freq``, and on 5.x also ``original_inv_freq``)
+are computed by each file itself, so a modified file that changes them is caught by comparing buffers.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from pytest_qwen3vl.model.api import no_init_weights
 from pytest_qwen3vl.model.checkpoint import load_vision_weights
 from pytest_qwen3vl.model.configs import ModelSpec
 
@@ -42,8 +43,6 @@ def build_golden(module: ModuleType, spec: ModelSpec, seed: int) -> torch.nn.Mod
     import torch
 
     if spec.checkpoint is not None:
-        from transformers.modeling_utils import no_init_weights
-
         with no_init_weights():
             model = module.Qwen3VLVisionModel(vision_config(spec))
         load_vision_weights(model, spec.checkpoint)
@@ -56,8 +55,6 @@ def build_golden(module: ModuleType, spec: ModelSpec, seed: int) -> torch.nn.Mod
 
 def build_pair(golden_module: ModuleType, modified_module: ModuleType, spec: ModelSpec, seed: int) -> VisionPair:
     """Both vision models; modified takes golden's parameters and persistent buffers as they are."""
-    from transformers.modeling_utils import no_init_weights
-
     golden = build_golden(golden_module, spec, seed)
     with no_init_weights():
         modified = modified_module.Qwen3VLVisionModel(vision_config(spec))

@@ -200,15 +200,15 @@ def patchify_reference(image_chw: torch.Tensor, patch: int, temporal: int, merge
 
 
 def released_image_processor() -> Any:
-    """``Qwen2VLImageProcessor`` as the released checkpoints configure it.
+    """``Qwen2VLImageProcessor`` (its PIL implementation) as the released checkpoints configure it.
 
     transformers 4.57's slow processor drops ``size`` in its constructor (and so in
     ``from_pretrained``) and keeps its own 3136..1003520 pixel budget; only ``min_pixels`` and
     ``max_pixels`` reach it. Both are passed, and the result is checked.
     """
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    from pytest_qwen3vl.model.api import pil_image_processor_class
 
-    processor = Qwen2VLImageProcessor(
+    processor = pil_image_processor_class()(
         patch_size=RELEASED_PATCH_SIZE,
         temporal_patch_size=RELEASED_TEMPORAL_PATCH_SIZE,
         merge_size=RELEASED_MERGE_SIZE,

@@ -18,6 +18,7 @@ from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.plugin.claims import ClaimRecorder
 from pytest_qwen3vl.plugin.settings import Settings, settings_of
 from pytest_qwen3vl.source import files as sources
+from pytest_qwen3vl.source.fingerprints import fork_mismatch
 
 if TYPE_CHECKING:
     import torch
@@ -48,25 +49,36 @@ def qwen3vl_config(qwen3vl_settings: Settings) -> ModelSpec:
 
 
 @pytest.fixture(scope="session")
-def qwen3vl_golden_path(qwen3vl_settings: Settings) -> Path:
-    """The golden modeling file (checked against transformers 4.57.6's hash)."""
+def qwen3vl_golden(qwen3vl_settings: Settings) -> sources.GoldenFile:
+    """The golden file and its transformers version (verified by sha256, or the installed unmeasured one)."""
     if qwen3vl_settings.golden is None:
         pytest.fail(sources.TRANSFORMERS_MISSING, pytrace=False)
     try:
-        sources.check_golden(qwen3vl_settings.golden)
+        return sources.check_golden(qwen3vl_settings.golden)
     except SourceError as exc:
         problem = str(exc)
-    else:
-        return qwen3vl_settings.golden
     pytest.fail(problem, pytrace=False)
 
 
 @pytest.fixture(scope="session")
-def qwen3vl_modified_path(qwen3vl_settings: Settings, qwen3vl_golden_path: Path) -> Path:
-    """The user's modified file, or the reference change written to the cache."""
-    if qwen3vl_settings.modified is not None:
-        return qwen3vl_settings.modified
-    return sources.write_reference_modified(qwen3vl_golden_path, qwen3vl_settings.cache_dir)
+def qwen3vl_golden_path(qwen3vl_golden: sources.GoldenFile) -> Path:
+    """The golden modeling file (a known version's by sha256, or the installed file of another version)."""
+    return qwen3vl_golden.path
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_modified_path(qwen3vl_settings: Settings, qwen3vl_golden: sources.GoldenFile) -> Path:
+    """The user's modified file, or the reference change written to the cache.
+
+    A fork made from another known transformers version than golden's fails here in one line:
+    every comparison with golden would otherwise list the versions' differences as its changes.
+    """
+    if qwen3vl_settings.modified is None:
+        return sources.write_reference_modified(qwen3vl_golden.path, qwen3vl_settings.cache_dir)
+    mismatch = fork_mismatch(qwen3vl_settings.modified, qwen3vl_golden.version)
+    if mismatch:
+        pytest.fail(f"{qwen3vl_settings.modified}: {mismatch}", pytrace=False)
+    return qwen3vl_settings.modified
 
 
 def _import(path: Path, role: str) -> ModuleType:

@@ -25,7 +25,6 @@ from pytest_qwen3vl.plugin.settings import (
     settings_of,
 )
 from pytest_qwen3vl.source import files as sources
-from pytest_qwen3vl.versions import transformers_version
 
 # The fixtures live in their own module; pytest registers it with this plugin.
 pytest_plugins = ["pytest_qwen3vl.plugin.fixtures"]
@@ -64,6 +63,7 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = settings_from_pytest(config)
         if settings.explicit:
             if settings.golden is None:
+                sources.installed_golden_path()  # raises why: no transformers, or one without Qwen3-VL
                 raise SettingsError(sources.TRANSFORMERS_MISSING)
             sources.check_golden(settings.golden)
     except (SettingsError, SourceError) as exc:
@@ -86,7 +86,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     if not settings.explicit:
         return None
     return [
-        f"qwen3vl golden: transformers {transformers_version()} {settings.golden}",
+        f"qwen3vl golden: {sources.golden_label(settings.golden)} {settings.golden}",
         f"qwen3vl modified: {settings.modified_label}",
         f"qwen3vl config: {settings.model.name}; grids: {', '.join(g.id for g in settings.grids)}; "
         f"seed: {settings.seed}",

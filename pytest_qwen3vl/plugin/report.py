@@ -13,7 +13,7 @@ from pathlib import Path
 from pytest_qwen3vl.export.builder import DEFAULT_OPSET
 from pytest_qwen3vl.plugin.claims import ERRATUM, FAILS, ClaimRow, summary_counts
 from pytest_qwen3vl.plugin.settings import Settings
-from pytest_qwen3vl.source.files import GOLDEN_VERSION, sha256_file
+from pytest_qwen3vl.source.files import golden_label, sha256_file
 from pytest_qwen3vl.versions import library_versions
 
 _STATUS_MARK = {"holds": "holds", "erratum": "**erratum**", "fails": "**FAILS**", "xfail": "xfail",
@@ -35,7 +35,7 @@ def context_lines(settings: Settings) -> list[str]:
     golden_text = f"`{golden}` (sha256 `{sha256_file(golden)[:16]}…`)" if golden else "not found"
     versions = ", ".join(f"{name} {version}" for name, version in library_versions().items())
     return [
-        f"- Golden: transformers {GOLDEN_VERSION} {golden_text}",
+        f"- Golden: {golden_label(golden)} {golden_text}",
         f"- Modified: {settings.modified_label}",
         f"- Config: `{settings.model.name}`; grids: {', '.join(f'`{g.id}`' for g in settings.grids)}; "
         f"seed {settings.seed}",

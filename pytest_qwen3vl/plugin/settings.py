@@ -43,7 +43,8 @@ OPTIONS: dict[str, str] = {
     "repeat the option for several grids "
     f"(default {DEFAULT_GRID})",
     MODIFIED: "the modified modeling_qwen3_vl.py to check (default: golden with the report's one change)",
-    GOLDEN: "the golden modeling_qwen3_vl.py (default: the installed transformers' file; must be 4.57.6's)",
+    GOLDEN: "the golden modeling_qwen3_vl.py (default: the installed transformers' file; "
+    "a named file must be a verified version's)",
     CONFIG: f"model config: tiny, 2b, 4b, 8b or a config.json (default {DEFAULT_CONFIG})",
     SEED: f"seed of the random weights and inputs (default {DEFAULT_SEED})",
     CACHE_DIR: "where exports and the reference modified file are kept (default .pytest_cache/d/qwen3vl)",

@@ -5,8 +5,9 @@ depend on.
   what a downstream runtime relies on, the same with any torch or onnx version. It lives in
   ``<root>/<test module>/<test>[<case>-<config>-<grid>].json``.
 - ``LoweringSnapshot`` holds how the exporter lowered the model (operator histogram, initializers
-  by module): it changes with torch and onnx, so it lives one folder down, in
-  ``<root>/<test module>/torch-<version>_onnx-<version>/``, and a run on other versions skips it.
+  by module): it changes with torch, onnx and transformers, so it lives one folder down, in
+  ``<root>/<test module>/torch-<version>_onnx-<version>_transformers-<version>/``, and a run on
+  other versions skips it.
 
 ``<root>`` is ``--qwen3vl-snapshot-dir`` (ini ``qwen3vl_snapshot_dir``), by default the suite's
 ``snapshots/`` folder (inside the package in a wheel). Each value sits on a line of its own that
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from pytest_qwen3vl.model.configs import ModelSpec
     from pytest_qwen3vl.model.grids import Grid
 
-VERSIONED_LIBRARIES = ("torch", "onnx")
+VERSIONED_LIBRARIES = ("torch", "onnx", "transformers")
 
 
 def snapshot_root(config: pytest.Config) -> Path:
@@ -58,7 +59,7 @@ def config_label(spec: ModelSpec) -> str:
 
 
 def versions_label() -> str:
-    """``torch-2.13.0_onnx-1.23.0``: public versions, so a CPU and a CUDA build share snapshots."""
+    """``torch-2.13.0_onnx-1.23.0_transformers-4.57.6``: public versions, so a CPU and a CUDA build share snapshots."""
     from packaging.version import Version
 
     parts = []

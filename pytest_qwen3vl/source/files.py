@@ -1,7 +1,8 @@
 """The golden and modified modeling files: where they are, whether golden is golden, how to import them.
 
 The golden file is never copied: it is read from the installed transformers. The reference
-modified file is that text with the report's one change applied, written to the cache.
+modified file is that text with the report's one change applied, written to the cache, for
+whichever transformers version is installed.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import os
 import sys
 import tempfile
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 from pytest_qwen3vl.errors import SourceError
+from pytest_qwen3vl.source.goldens import KNOWN_GOLDENS, REPORT_VERSION, known_versions, version_of_digest
 from pytest_qwen3vl.versions import transformers_version
 
-GOLDEN_VERSION = "4.57.6"
-GOLDEN_SHA256 = "dd63ed3b124232735b3dca1bfa28f9d6b0d3f7182afcb75dde8f3e724b2b22da"
 RELATIVE_PATH = Path("models/qwen3_vl/modeling_qwen3_vl.py")
 PACKAGE = "transformers.models.qwen3_vl"
 
@@ -30,7 +31,27 @@ MODIFIED_CONDITION = (
 )
 GOLDEN_IF_LINE = f"            if {GOLDEN_CONDITION}:\n"
 MODIFIED_IF_LINE = f"            if {MODIFIED_CONDITION}:\n"
-TRANSFORMERS_MISSING = f"transformers is not installed: pip install 'transformers=={GOLDEN_VERSION}'"
+TRANSFORMERS_MISSING = f"transformers is not installed: pip install 'transformers=={REPORT_VERSION}'"
+
+
+@dataclass(frozen=True)
+class GoldenFile:
+    """A golden file accepted for a run: which transformers it is, and whether its hash was measured."""
+
+    path: Path
+    digest: str
+    version: str
+    verified: bool
+
+    @property
+    def label(self) -> str:
+        """``transformers 5.23.0 (verified)``, or why it is not verified."""
+        if self.verified:
+            return f"transformers {self.version} (verified sha256 {self.digest[:12]}...)"
+        return (
+            f"transformers {self.version} (unverified: sha256 {self.digest[:12]}... was not measured by "
+            f"pytest-qwen3vl; verified versions: {known_versions()})"
+        )
 
 
 def sha256_file(path: Path) -> str:
@@ -47,20 +68,46 @@ def installed_golden_path() -> Path:
     if not path.is_file():
         raise SourceError(
             f"transformers {transformers_version()} has no {RELATIVE_PATH}: "
-            f"this plugin checks against transformers {GOLDEN_VERSION}"
+            f"Qwen3-VL needs transformers {known_versions()} (verified) or another version that has it"
         )
     return path
 
 
-def check_golden(path: Path) -> None:
-    """Insist that the golden file is transformers 4.57.6's, byte for byte."""
+def check_golden(path: Path) -> GoldenFile:
+    """Accept a known version's file byte for byte, or the installed file of a version not yet measured.
+
+    A file that is neither (an edited copy, or the installed file of a known version that differs
+    from its release) is refused: its verdicts would be about the edits.
+    """
     digest = sha256_file(path)
-    if digest != GOLDEN_SHA256:
-        raise SourceError(
-            f"golden file {path} is not transformers {GOLDEN_VERSION}'s modeling_qwen3_vl.py "
-            f"(sha256 {digest[:12]}..., installed transformers {transformers_version()}): "
-            f"pip install 'transformers=={GOLDEN_VERSION}'"
-        )
+    version = version_of_digest(digest)
+    if version is not None:
+        return GoldenFile(path, digest, version, verified=True)
+    installed = transformers_version()
+    if installed is not None and installed not in KNOWN_GOLDENS and _is_installed_golden(path):
+        return GoldenFile(path, digest, installed, verified=False)
+    raise SourceError(
+        f"golden file {path} is no known transformers' modeling_qwen3_vl.py (sha256 {digest[:12]}..., "
+        f"installed transformers {installed}; verified: {known_versions()}): reinstall transformers "
+        "or name an unmodified file"
+    )
+
+
+def golden_label(path: Path | None) -> str:
+    """What the golden file is, for headers and reports: version and whether it is verified."""
+    if path is None:
+        return "not found"
+    try:
+        return check_golden(path).label
+    except SourceError as exc:
+        return str(exc)
+
+
+def _is_installed_golden(path: Path) -> bool:
+    try:
+        return path.resolve() == installed_golden_path().resolve()
+    except SourceError:
+        return False
 
 
 def reference_modified_text(golden_text: str) -> str:

@@ -1,0 +1,142 @@
+"""Self-tests of what differs between the verified transformers versions, run on each of them.
+
+CI runs this module (and the other ``qwen3vl_versions`` tests and the conformance suite) a second
+time with transformers 5.23.0. What a test expects is taken from the structure the installed
+golden's forward returns (``pytest_qwen3vl.model.outputs``), never from a hard-coded version.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pytest_qwen3vl.export.builder import export_mode, export_vision
+from pytest_qwen3vl.export.graph import graph_signature
+from pytest_qwen3vl.export.runtime import ort_session, run_pooled
+from pytest_qwen3vl.model.build import VisionPair
+from pytest_qwen3vl.model.configs import resolve_config
+from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.model.inputs import make_inputs
+from pytest_qwen3vl.model.outputs import MODEL_OUTPUT, merged, pre_merger, structure
+from pytest_qwen3vl.source.files import check_golden, installed_golden_path, reference_modified_text, sha256_file
+from pytest_qwen3vl.source.fingerprints import fingerprints, known_fingerprints, vote
+from pytest_qwen3vl.source.goldens import KNOWN_GOLDENS, REPORT_VERSION
+from tests.conftest import RunSuite
+from tests.test_claims_table import claim_line
+
+pytestmark = pytest.mark.qwen3vl_versions
+
+GRID = "1,8,8"
+# The golden file of another verified version (CI points it at its first environment's 4.57.6 file).
+OTHER_GOLDEN = "QWEN3VL_OTHER_GOLDEN"
+
+
+def _installed() -> str:
+    return check_golden(installed_golden_path()).version
+
+
+def test_installed_golden_is_verified_and_fingerprinted() -> None:
+    golden = check_golden(installed_golden_path())
+    assert golden.verified and golden.version in KNOWN_GOLDENS, golden.label
+    tree = ast.parse(golden.path.read_text(encoding="utf-8"))
+    assert fingerprints(tree) == known_fingerprints()[golden.version], (
+        f"fingerprints.json is stale for {golden.version}: run tools/make_fingerprints.py"
+    )
+    reference = ast.parse(reference_modified_text(golden.path.read_text(encoding="utf-8")))
+    result = vote(reference)
+    assert result.made_from == golden.version and result.neither == 1, result  # the one changed forward
+
+
+def test_report_wrapper_exports_what_outputs_0_is(pair: VisionPair, tmp_path: Path) -> None:
+    """The report's ``outputs[0]`` wrapper against the builder's: on 5.x it exports the pre-merger
+    states (hidden_size wide) under the name pooled_embeds; on 4.57.6 the two are the merged embeddings."""
+    spec = resolve_config("tiny", installed_golden_path().parent)
+    inputs = make_inputs(Grid.parse(GRID), spec, 0)
+    model = pair.modified
+    with torch.no_grad(), export_mode(model, skip_deepstack=True):
+        outputs = model(*inputs.args)
+    files = {w: export_vision(model, *inputs.args, tmp_path / f"{w}.onnx", wrapper=w).path for w in ("first", "pooled")}
+    dims = {w: graph_signature(path)["contract"]["outputs"][0]["dims"] for w, path in files.items()}
+    got = {w: run_pooled(ort_session(path), *inputs.args) for w, path in files.items()}
+    out_hidden, hidden = spec.vision["out_hidden_size"], spec.vision["hidden_size"]
+    assert dims["pooled"][1] == out_hidden and np.allclose(got["pooled"], merged(outputs).numpy(), atol=1e-5)
+    if structure(outputs) == MODEL_OUTPUT:
+        states = pre_merger(outputs)
+        assert states is not None
+        # The exporter leaves the width symbolic; ONNX Runtime's result shows it.
+        assert got["first"].shape[1] == hidden != out_hidden, (dims, got["first"].shape)
+        assert np.allclose(got["first"], states.numpy(), atol=1e-5), "outputs[0] exported something else"
+    else:
+        assert dims["first"] == dims["pooled"] and np.array_equal(got["first"], got["pooled"])
+
+
+def test_output_contract_row_names_what_outputs_0_is(run_suite: RunSuite) -> None:
+    result = run_suite("test_contracts.py", "-k", "forward_returns", f"--qwen3vl-grid={GRID}")
+    result.assert_outcomes(passed=2)
+    row = claim_line(result, "output-contract")
+    if _installed() == REPORT_VERSION:
+        assert " holds " in row and "outputs[0], which the report's wrapper exports, is the merged embeddings" in row
+    else:
+        assert " erratum " in row, row
+        assert "is the last_hidden_state, the states before the merger (64, 64)" in row, row
+        assert "report says: outputs[0] is the merged embeddings (16, 2560)" in row, row
+
+
+@pytest.fixture
+def other_fork(tmp_path: Path) -> tuple[str, Path]:
+    """The reference change made on another verified version's golden file."""
+    other = os.environ.get(OTHER_GOLDEN)
+    if not other:
+        pytest.skip(f"set {OTHER_GOLDEN} to another verified version's modeling_qwen3_vl.py (CI does)")
+    golden = check_golden(Path(other))
+    assert golden.version != _installed(), f"{OTHER_GOLDEN} is the installed version's file"
+    fork = tmp_path / "modeling_qwen3_vl.py"
+    fork.write_text(reference_modified_text(golden.path.read_text(encoding="utf-8")), encoding="utf-8")
+    return golden.version, fork
+
+
+def test_fork_of_another_version_gets_one_line_from_qwen3vl_diff(other_fork: tuple[str, Path]) -> None:
+    version, fork = other_fork
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest_qwen3vl.cli", str(fork)], capture_output=True, text=True, check=False
+    )
+    line = f"FAIL: {fork} was made from transformers {version}, checked against installed {_installed()}: "
+    assert done.returncode == 1 and done.stdout.startswith(line) and done.stdout.count("\n") == 1, done.stdout
+
+
+def test_fork_of_another_version_gets_one_line_in_the_suite(run_suite: RunSuite, other_fork: tuple[str, Path]) -> None:
+    version, fork = other_fork
+    result = run_suite("test_source.py", "test_runtime.py", f"--qwen3vl-grid={GRID}", modified=fork)
+    message = f"made from transformers {version}, checked against installed {_installed()}: "
+    for claim in ("one-diff", "deepstack-condition", "deepstack-body", "runtime-equivalence"):
+        row = claim_line(result, claim)
+        assert " fails " in row and message in row, row
+    assert "changed at" not in result.stdout.str(), "the versions' differences were listed as changes"
+
+
+def test_installed_file_of_an_unmeasured_version_runs_unverified(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With the installed version taken out of the measured list, its file is accepted as unverified;
+    a copy of it elsewhere is refused (only the installed file of an unmeasured version is trusted)."""
+    from pytest_qwen3vl.errors import SourceError
+    from pytest_qwen3vl.source import goldens
+
+    path = installed_golden_path()
+    version = _installed()
+    monkeypatch.delitem(goldens.KNOWN_GOLDENS, version)
+    monkeypatch.delitem(goldens._BY_DIGEST, sha256_file(path))
+    found = check_golden(path)
+    assert not found.verified and found.version == version
+    assert found.label.startswith(f"transformers {version} (unverified: sha256 "), found.label
+    copy = tmp_path / "modeling_qwen3_vl.py"
+    copy.write_bytes(path.read_bytes())
+    with pytest.raises(SourceError, match="is no known transformers' modeling_qwen3_vl"):
+        check_golden(copy)
