@@ -27,7 +27,10 @@ _SECTIONS = {
     "sizes": "Image sizes accepted by the vision model",
     "bottom": "Bottom line",
     "export": "Export, as a downstream builder runs it",
+    "artefact": "Your export",
 }
+# Shown only when the run names files with --qwen3vl-onnx: one line per file (and grid) judged.
+ARTEFACT_SECTION = _SECTIONS["artefact"]
 
 _CLAIMS: tuple[tuple[str, str, str, str], ...] = (
     ("ref", "golden-version", "Golden is HF transformers v4.57.6's modeling_qwen3_vl.py.", "test_source"),
@@ -73,6 +76,18 @@ _CLAIMS: tuple[tuple[str, str, str, str], ...] = (
      "What the change buys: golden and modified exported through the same pooled wrapper.", "test_export"),
     ("export", "dynamo-export", "The export works with torch.onnx's default (dynamo) exporter.", "test_export"),
     ("export", "trace-hazards", "The change adds no trace hazard (TracerWarning).", "test_export"),
+    ("artefact", "artefact-interface",
+     "The file's inputs (pixel values, grid) and outputs (pooled, DeepStack) are recognised and fit the config.",
+     "test_artefact"),
+    ("artefact", "artefact-parity",
+     "On each grid, ONNX Runtime's outputs match golden PyTorch with the same weights, within the tolerance "
+     "of the file's weight type.", "test_artefact"),
+    ("artefact", "artefact-grids", "The file serves every grid of the run.", "test_artefact"),
+    ("artefact", "artefact-deepstack",
+     "Each DeepStack output the file has carries golden's DeepStack feature of its position.", "test_artefact"),
+    ("artefact", "artefact-where",
+     "Every module's output (patch embedding, position add, blocks, merger) matches golden on every grid.",
+     "test_artefact"),
 )
 
 CATALOGUE: tuple[Claim, ...] = tuple(

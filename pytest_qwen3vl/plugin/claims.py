@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import cast
 
 import pytest
@@ -126,10 +127,14 @@ class ClaimBoard:
             for text in texts or [""]:
                 self.outcomes.setdefault(claim_id, []).append((report.nodeid, status, text, reported))
 
-    def rows(self) -> list[ClaimRow]:
-        """One row per catalogue claim, in the report's order."""
+    def rows(self, hide: Iterable[str] = ()) -> list[ClaimRow]:
+        """One row per catalogue claim, in the report's order, less the sections in ``hide`` (the
+        "Your export" section is shown only when a run names files to judge)."""
+        hidden = set(hide)
         rows = []
         for claim in CATALOGUE:
+            if claim.section in hidden:
+                continue
             row = ClaimRow(claim)
             entries = self.outcomes.get(claim.id, [])
             statuses = {status for _, status, _, _ in entries}
@@ -151,6 +156,13 @@ class ClaimBoard:
 
     def ran_any(self) -> bool:
         return bool(self.outcomes)
+
+
+def file_ids(paths: Iterable[Path]) -> list[str]:
+    """Test ids for files: the name, or the name with its folder where two files share a name."""
+    paths = list(paths)
+    names = [p.name for p in paths]
+    return [p.name if names.count(p.name) == 1 else f"{p.parent.name}/{p.name}" for p in paths]
 
 
 def _param_id(nodeid: str) -> str:

@@ -16,6 +16,7 @@ from pytest_qwen3vl.errors import GridError, SettingsError
 from pytest_qwen3vl.model.grids import SWEEP, SWEEP_NAME, Grid
 
 if TYPE_CHECKING:
+    from pytest_qwen3vl.export.artefact import OutputMap
     from pytest_qwen3vl.model.configs import ModelSpec
 
 PREFIX = "qwen3vl"
@@ -31,7 +32,11 @@ SUITE = "suite"
 REPORT = "report"
 RUN_SLOW = "run_slow"
 SNAPSHOT_DIR = "snapshot_dir"
+ONNX = "onnx"
+ONNX_OUTPUTS = "onnx_outputs"
+ONNX_TOLERANCE = "onnx_tolerance"
 FLAGS = (RUN_SLOW,)
+REPEATABLE = (GRID, ONNX)
 
 DEFAULT_GRID = "1,24,24"
 DEFAULT_CONFIG = "tiny"
@@ -49,6 +54,12 @@ OPTIONS: dict[str, str] = {
     REPORT: "write the report again as Markdown to this path, from what the run measured",
     RUN_SLOW: "run the tests marked qwen3vl_slow (real-size models; minutes and ~10 GB each)",
     SNAPSHOT_DIR: "where graph-signature snapshots are read and written (default: the suite's snapshots/ folder)",
+    ONNX: "your exported vision encoder (ONNX file; external data next to it) to judge against golden with the "
+    "same weights on every grid; repeat for several files. Its tests carry the marker qwen3vl_artefact",
+    ONNX_OUTPUTS: "name the outputs of --qwen3vl-onnx files whose names are not recognised: "
+    "pooled=NAME[,deepstack=NAME,NAME...]",
+    ONNX_TOLERANCE: "override the weight-type tolerance of --qwen3vl-onnx files: any of "
+    "rel_l2=X,max_rel=X,cosine=X",
     SUITE: "collect the installed conformance suite: auto (when a modified file is named and no test paths "
     "are given), only, off (default auto)",
 }
@@ -80,6 +91,9 @@ class Settings:
     snapshot_dir: Path
     run_slow: bool
     explicit: bool
+    onnx: tuple[Path, ...] = ()
+    onnx_outputs: OutputMap | None = None
+    onnx_tolerance: tuple[tuple[str, float], ...] = ()
 
     @property
     def export_cache(self) -> Path:
@@ -137,6 +151,19 @@ def existing_file(name: str, value: str | None, base: Path) -> Path | None:
     if not path.is_file():
         raise SettingsError(f"{flag(name)}: no such file: {path}")
     return path.resolve()
+
+
+def onnx_files(values: list[str], base: Path, mapping: OutputMap | None) -> tuple[Path, ...]:
+    """Each ``--qwen3vl-onnx`` must exist, be an ONNX model and take pixel values: else a usage error."""
+    from pytest_qwen3vl.export.artefact import check_file
+
+    paths: list[Path] = []
+    for value in values:
+        path = existing_file(ONNX, value, base)
+        if path is not None and path not in paths:
+            check_file(path, mapping)
+            paths.append(path)
+    return tuple(paths)
 
 
 def _value(config: pytest.Config, name: str) -> tuple[Any, Path]:
@@ -199,6 +226,13 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
     suite = str(raw_suite or AUTO).strip().lower()
     if suite not in MODES:
         raise SettingsError(f"{flag(SUITE)}={raw_suite!r}: expected one of {', '.join(MODES)}")
+    from pytest_qwen3vl.export.artefact import OutputMap, parse_tolerance
+
+    raw_outputs, _ = _value(config, ONNX_OUTPUTS)
+    mapping = OutputMap.parse(str(raw_outputs)) if raw_outputs else None
+    raw_tolerance, _ = _value(config, ONNX_TOLERANCE)
+    tolerance = parse_tolerance(str(raw_tolerance)) if raw_tolerance else {}
+    raw_onnx, onnx_base = _value(config, ONNX)
     raw_report, report_base = _value(config, REPORT)
     raw_snapshots, snapshots_base = _value(config, SNAPSHOT_DIR)
     return Settings(
@@ -213,4 +247,7 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
         snapshot_dir=(snapshots_base / str(raw_snapshots)).resolve() if raw_snapshots else snapshots_dir(),
         run_slow=_truthy(_value(config, RUN_SLOW)[0]),
         explicit=explicitly_set(config),
+        onnx=onnx_files(list(raw_onnx or []), onnx_base, mapping),
+        onnx_outputs=mapping,
+        onnx_tolerance=tuple(tolerance.items()),
     )
