@@ -11,7 +11,7 @@ import torch
 
 from pytest_qwen3vl.model.build import deepstack_export_flag, vision_config
 from pytest_qwen3vl.model.grids import Grid
-from pytest_qwen3vl.model.inputs import make_inputs, patch_dim
+from pytest_qwen3vl.model.inputs import VisionInputs, make_inputs, patch_dim
 from pytest_qwen3vl.model.references import patch_embed_reference
 
 # The report's patch geometry: 1536 = 3 x p_t x p^2 with p = 16, p_t = 2.
@@ -37,33 +37,40 @@ def _describe(value: object) -> str:
 
 @which_model
 @pytest.mark.qwen3vl_claim("output-contract")
-def test_forward_returns_pooled_and_deepstack_list(request, which, qwen3vl_config, qwen3vl_inputs, qwen3vl_record):
-    model = _model(request, which)
-    vision = vision_config(qwen3vl_config)
-    rows = qwen3vl_inputs.grid.num_patches // vision.spatial_merge_size**2
-    shape = (rows, vision.out_hidden_size)
-    count = len(vision.deepstack_visual_indexes)
-    with torch.inference_mode(), deepstack_export_flag(model, None):
-        outputs = model(*qwen3vl_inputs.args)
-    assert type(outputs) is tuple and len(outputs) == 2, (
-        f"{which}: forward returns {_describe(outputs)}, expected (hidden_states, deepstack_feature_lists)"
-    )
-    pooled, features = outputs
-    assert isinstance(pooled, torch.Tensor) and tuple(pooled.shape) == shape, (
-        f"{which}: hidden_states is {_describe(pooled)}, expected Tensor{shape}"
-    )
-    assert type(features) is list and len(features) == count, (
-        f"{which}: deepstack_feature_lists is {_describe(features)}, expected a list of {count}"
-    )
-    bad = [i for i, f in enumerate(features) if not isinstance(f, torch.Tensor) or tuple(f.shape) != shape]
-    assert not bad, f"{which}: DeepStack features {bad} are not Tensor{shape}: {_describe(features)}"
-    with torch.inference_mode(), deepstack_export_flag(model, True):
-        flagged = model(*qwen3vl_inputs.args)
-    assert torch.equal(flagged[0], pooled), f"{which}: with the export flag set, outputs[0] is not the pooled output"
-    qwen3vl_record.holds(
-        f"(pooled {shape}, list of {count} x {shape}); with the export flag outputs[0] is the same pooled "
-        f"(list of {len(flagged[1])})"
-    )
+def test_forward_returns_pooled_and_deepstack_list(
+    request, which, qwen3vl_config, qwen3vl_eager_inputs, qwen3vl_record
+):
+    def check(qwen3vl_inputs: VisionInputs) -> str:
+        model = _model(request, which)
+        vision = vision_config(qwen3vl_config)
+        rows = qwen3vl_inputs.grid.num_patches // vision.spatial_merge_size**2
+        shape = (rows, vision.out_hidden_size)
+        count = len(vision.deepstack_visual_indexes)
+        with torch.inference_mode(), deepstack_export_flag(model, None):
+            outputs = model(*qwen3vl_inputs.args)
+        assert type(outputs) is tuple and len(outputs) == 2, (
+            f"{which}: forward returns {_describe(outputs)}, expected (hidden_states, deepstack_feature_lists)"
+        )
+        pooled, features = outputs
+        assert isinstance(pooled, torch.Tensor) and tuple(pooled.shape) == shape, (
+            f"{which}: hidden_states is {_describe(pooled)}, expected Tensor{shape}"
+        )
+        assert type(features) is list and len(features) == count, (
+            f"{which}: deepstack_feature_lists is {_describe(features)}, expected a list of {count}"
+        )
+        bad = [i for i, f in enumerate(features) if not isinstance(f, torch.Tensor) or tuple(f.shape) != shape]
+        assert not bad, f"{which}: DeepStack features {bad} are not Tensor{shape}: {_describe(features)}"
+        with torch.inference_mode(), deepstack_export_flag(model, True):
+            flagged = model(*qwen3vl_inputs.args)
+        assert torch.equal(flagged[0], pooled), (
+            f"{which}: with the export flag set, outputs[0] is not the pooled output"
+        )
+        return (
+            f"(pooled {shape}, list of {count} x {shape}); with the export flag outputs[0] is the same pooled "
+            f"(list of {len(flagged[1])})"
+        )
+
+    qwen3vl_record.on_grids(qwen3vl_eager_inputs, check)
 
 
 def _rejects(model: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> bool:

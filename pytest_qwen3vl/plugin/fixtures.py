@@ -132,6 +132,14 @@ def qwen3vl_inputs(qwen3vl_grid: Grid, qwen3vl_config: ModelSpec, qwen3vl_settin
     return make_inputs(qwen3vl_grid, qwen3vl_config, qwen3vl_settings.seed)
 
 
+@pytest.fixture(scope="session")
+def qwen3vl_eager_inputs(qwen3vl_config: ModelSpec, qwen3vl_settings: Settings) -> tuple[VisionInputs, ...]:
+    """Inputs for every grid of the eager claims (``Settings.eager_grids``: the sweep and the run's grids)."""
+    from pytest_qwen3vl.model.inputs import make_inputs
+
+    return tuple(make_inputs(grid, qwen3vl_config, qwen3vl_settings.seed) for grid in qwen3vl_settings.eager_grids)
+
+
 @pytest.fixture
 def qwen3vl_record(request: pytest.FixtureRequest) -> ClaimRecorder:
     """Record what the test measured for the claim(s) of its ``qwen3vl_claim`` marker."""

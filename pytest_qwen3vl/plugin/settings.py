@@ -101,6 +101,14 @@ class Settings:
         return self.cache_dir / "exports"
 
     @property
+    def eager_grids(self) -> tuple[Grid, ...]:
+        """Grids of the eager claims: the sweep and the run's own, whatever ``--qwen3vl-grid`` says for exports."""
+        merge = self.model.merge_size
+        grids = dict.fromkeys(g for g in (*SWEEP, *self.grids) if all(h % merge == 0 == w % merge
+                                                                       for _, h, w in g.images))
+        return tuple(grids)
+
+    @property
     def modified_label(self) -> str:
         """How the report header names the modified file."""
         return str(self.modified) if self.modified else "reference change (golden + the report's condition)"
