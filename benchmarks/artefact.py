@@ -72,7 +72,7 @@ for grid in SWEEP:
 MEASURE = r"""
 import resource, subprocess, sys
 out = subprocess.run(sys.argv[1:], capture_output=True, text=True).stdout.strip().splitlines()
-print(out[-1] if out else "")
+print("last:", out[-1] if out else "-")
 print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """
 
@@ -82,7 +82,7 @@ def measured(argv: list[str]) -> tuple[float, float, str]:
     started = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", MEASURE, *argv], capture_output=True, text=True, check=True)
     last, peak = out.stdout.strip().splitlines()[-2:]
-    return time.perf_counter() - started, int(peak) / 1024**2, last
+    return time.perf_counter() - started, int(peak) / 1024**2, last.removeprefix("last: ")
 
 
 def main() -> None:
@@ -105,11 +105,11 @@ def main() -> None:
             f"--qwen3vl-seed={args.seed}", "--qwen3vl-grid=sweep", f"--qwen3vl-cache-dir={folder}/cache",
             "--rootdir", folder, "-c", str(ini),
         ])
+        print(f"check on the sweep: {check_s:.1f} s, largest process {check_gb:.2f} GB (pytest: {summary})", flush=True)
         bare_s, bare_gb, _ = measured([sys.executable, "-c", BARE, args.config, str(args.seed), str(path)])
     result = {"check_s": round(check_s, 1), "check_peak_gb": round(check_gb, 2), "bare_s": round(bare_s, 1),
               "bare_peak_gb": round(bare_gb, 2)}
     print(json.dumps(result))
-    print(f"check on the sweep: {check_s:.1f} s, largest process {check_gb:.2f} GB (pytest: {summary})")
     print(f"bare work (one PyTorch model + one ORT session, 9 forwards + 9 runs): {bare_s:.1f} s, {bare_gb:.2f} GB")
     print(f"ratio peak RSS check / bare: {check_gb / bare_gb:.2f} (aim: <= 1.25)")
     print(f"ratio wall time check / bare: {check_s / bare_s:.2f} (aim: <= 1.5)")
