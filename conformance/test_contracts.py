@@ -12,7 +12,7 @@ import torch
 from pytest_qwen3vl.errors import OutputContractError
 from pytest_qwen3vl.model.build import deepstack_export_flag, vision_config
 from pytest_qwen3vl.model.grids import Grid
-from pytest_qwen3vl.model.inputs import make_inputs, patch_dim
+from pytest_qwen3vl.model.inputs import VisionInputs, make_inputs, patch_dim
 from pytest_qwen3vl.model.outputs import deepstack, describe, merged, pre_merger, structure
 from pytest_qwen3vl.model.references import patch_embed_reference
 
@@ -31,48 +31,57 @@ def _model(request: pytest.FixtureRequest, which: str) -> torch.nn.Module:
 @which_model
 @pytest.mark.qwen3vl_claim("output-contract")
 def test_forward_returns_pooled_and_deepstack_list(
-    request, which, qwen3vl_config, qwen3vl_inputs, qwen3vl_golden_vision, qwen3vl_record
+    request, which, qwen3vl_config, qwen3vl_eager_inputs, qwen3vl_golden_vision, qwen3vl_record
 ):
-    """The forward gives the merged embeddings and the DeepStack list, in golden's structure; what
-    ``outputs[0]`` (the report's wrapper) is then measured: the merged embeddings on 4.57.6,
-    ``last_hidden_state`` before the merger on 5.x, an erratum of the report for that version."""
-    model = _model(request, which)
-    vision = vision_config(qwen3vl_config)
-    rows = qwen3vl_inputs.grid.num_patches // vision.spatial_merge_size**2
-    shape = (rows, vision.out_hidden_size)
-    count = len(vision.deepstack_visual_indexes)
-    with torch.inference_mode(), deepstack_export_flag(model, None):
-        outputs = model(*qwen3vl_inputs.args)
-        golden_kind = structure(qwen3vl_golden_vision(*qwen3vl_inputs.args))
-    try:
-        kind = structure(outputs)
-    except OutputContractError as exc:
-        pytest.fail(f"{which}: {exc}", pytrace=False)
-    assert kind == golden_kind, f"{which}: forward returns a {kind}, golden a {golden_kind}: {describe(outputs)}"
-    pooled, features = merged(outputs), deepstack(outputs)
-    assert isinstance(pooled, torch.Tensor) and tuple(pooled.shape) == shape, (
-        f"{which}: the merged embeddings are {describe(pooled)}, expected Tensor{shape}"
-    )
-    assert len(features) == count, f"{which}: the DeepStack features are {describe(features)}, expected {count}"
-    bad = [i for i, f in enumerate(features) if not isinstance(f, torch.Tensor) or tuple(f.shape) != shape]
-    assert not bad, f"{which}: DeepStack features {bad} are not Tensor{shape}: {describe(features)}"
-    with torch.inference_mode(), deepstack_export_flag(model, True):
-        flagged = model(*qwen3vl_inputs.args)
-    assert torch.equal(merged(flagged), pooled), f"{which}: with the export flag set, the merged embeddings change"
-    first = outputs[0]
-    if first is pooled:
-        taken = ("merged embeddings", shape)
-    elif first is pre_merger(outputs):
-        taken = ("last_hidden_state, the states before the merger", tuple(first.shape))
-    else:
-        taken = (describe(first), tuple(getattr(first, "shape", ())))
-    said = ("merged embeddings", shape)
+    """On every eager grid the forward gives the merged embeddings and the DeepStack list, in golden's
+    structure; what ``outputs[0]`` (the report's wrapper) then is, is measured once: the merged
+    embeddings on 4.57.6, ``last_hidden_state`` before the merger on 5.x, an erratum of the report."""
+    taken: list[tuple[str, tuple[int, ...]]] = []
+    said: list[tuple[str, tuple[int, ...]]] = []
+    kinds: list[str] = []
+
+    def check(qwen3vl_inputs: VisionInputs) -> str:
+        model = _model(request, which)
+        vision = vision_config(qwen3vl_config)
+        rows = qwen3vl_inputs.grid.num_patches // vision.spatial_merge_size**2
+        shape = (rows, vision.out_hidden_size)
+        count = len(vision.deepstack_visual_indexes)
+        with torch.inference_mode(), deepstack_export_flag(model, None):
+            outputs = model(*qwen3vl_inputs.args)
+            golden_kind = structure(qwen3vl_golden_vision(*qwen3vl_inputs.args))
+        try:
+            kind = structure(outputs)
+        except OutputContractError as exc:
+            pytest.fail(f"{which}: {exc}", pytrace=False)
+        assert kind == golden_kind, f"{which}: forward returns a {kind}, golden a {golden_kind}: {describe(outputs)}"
+        pooled, features = merged(outputs), deepstack(outputs)
+        assert isinstance(pooled, torch.Tensor) and tuple(pooled.shape) == shape, (
+            f"{which}: the merged embeddings are {describe(pooled)}, expected Tensor{shape}"
+        )
+        assert len(features) == count, f"{which}: the DeepStack features are {describe(features)}, expected {count}"
+        bad = [i for i, f in enumerate(features) if not isinstance(f, torch.Tensor) or tuple(f.shape) != shape]
+        assert not bad, f"{which}: DeepStack features {bad} are not Tensor{shape}: {describe(features)}"
+        with torch.inference_mode(), deepstack_export_flag(model, True):
+            flagged = model(*qwen3vl_inputs.args)
+        assert torch.equal(merged(flagged), pooled), f"{which}: with the export flag set, the merged embeddings change"
+        first = outputs[0]
+        if first is pooled:
+            taken.append(("merged embeddings", shape))
+        elif first is pre_merger(outputs):
+            taken.append(("last_hidden_state, the states before the merger", tuple(first.shape)))
+        else:
+            taken.append((describe(first), tuple(getattr(first, "shape", ()))))
+        said.append(("merged embeddings", shape))
+        kinds.append(kind)
+        return f"{kind}: merged {shape}, {count} DeepStack x {shape} (with the export flag {len(deepstack(flagged))})"
+
+    qwen3vl_record.on_grids(qwen3vl_eager_inputs, check)
     qwen3vl_record.claim(
-        reported=said,
-        measured=taken,
-        detail=f"{kind}: merged {shape}, {count} DeepStack x {shape} (with the export flag {len(deepstack(flagged))}); "
-        f"outputs[0], which the report's wrapper exports, is the {taken[0]} {taken[1]}",
-        said=f"outputs[0] is the merged embeddings {shape}",
+        reported=said[0],
+        measured=taken[0],
+        detail=f"at {qwen3vl_eager_inputs[0].grid.id}, outputs[0], which the report's wrapper exports, is the "
+        f"{taken[0][0]} {taken[0][1]}",
+        said=f"outputs[0] is the merged embeddings {said[0][1]}",
     )
 
 

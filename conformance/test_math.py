@@ -15,7 +15,7 @@ import torch
 
 from pytest_qwen3vl.model.build import deepstack_export_flag, vision_config
 from pytest_qwen3vl.model.grids import Grid
-from pytest_qwen3vl.model.inputs import make_inputs
+from pytest_qwen3vl.model.inputs import VisionInputs, make_inputs
 from pytest_qwen3vl.model.outputs import deepstack as deepstack_of
 from pytest_qwen3vl.model.outputs import merged
 from pytest_qwen3vl.model.references import (
@@ -73,35 +73,40 @@ def _check_block0_cos_sin(call: Call, grid: Grid, vision: Any, which: str) -> fl
 
 @which_model
 @pytest.mark.qwen3vl_claim("vision-rope")
-def test_vision_rope_rotates_q_and_k(request, which, qwen3vl_config, qwen3vl_inputs, qwen3vl_record):
-    model = _model(request, which)
-    vision = vision_config(qwen3vl_config)
-    dim = _rotary_dim(vision)
-    inv_freq = model.rotary_pos_emb.inv_freq
-    want = rope_inv_freq(dim, THETA)
-    assert inv_freq.shape == want.shape, f"{which}: inv_freq has shape {tuple(inv_freq.shape)}, expected ({dim // 2},)"
-    inv_err = ((inv_freq.double() - want).abs() / want).max().item()
-    assert inv_err < 1e-6, (
-        f"{which}: inv_freq is not 1e4^(-2i/{dim}): {inv_freq.tolist()} vs {want.tolist()}"
-    )
-    with record_calls(model, ["blocks.0.attn"]) as calls, torch.inference_mode():
-        model(*qwen3vl_inputs.args)
-    call = only_call(calls, "blocks.0.attn")
-    trig_err = _check_block0_cos_sin(call, qwen3vl_inputs.grid, vision, which)
-    images = qwen3vl_inputs.grid.images
-    cos, sin = vision_cos_sin(images, vision.spatial_merge_size, dim, THETA)
-    want_out = vision_attention_reference(
-        model.blocks[0].attn, call.args[0], cos, sin, vision.num_heads, frame_lengths(images)
-    )
-    attn_err = _max_err(call.output, want_out) / want_out.abs().max().item()
-    assert attn_err < 1e-4, (
-        f"{which}: block-0 attention is not softmax(rot(q) rot(k)^T) v with cos/sin on q and k: "
-        f"relative error {attn_err:.3g}"
-    )
-    qwen3vl_record.holds(
-        f"inv_freq = 1e4^(-2i/{dim}), {dim // 2} frequencies; block-0 cos/sin within {trig_err:.1e}; "
-        f"attention with rotated q, k within {attn_err:.1e}"
-    )
+def test_vision_rope_rotates_q_and_k(request, which, qwen3vl_config, qwen3vl_eager_inputs, qwen3vl_record):
+    def check(qwen3vl_inputs: VisionInputs) -> str:
+        model = _model(request, which)
+        vision = vision_config(qwen3vl_config)
+        dim = _rotary_dim(vision)
+        inv_freq = model.rotary_pos_emb.inv_freq
+        want = rope_inv_freq(dim, THETA)
+        assert inv_freq.shape == want.shape, (
+            f"{which}: inv_freq has shape {tuple(inv_freq.shape)}, expected ({dim // 2},)"
+        )
+        inv_err = ((inv_freq.double() - want).abs() / want).max().item()
+        assert inv_err < 1e-6, (
+            f"{which}: inv_freq is not 1e4^(-2i/{dim}): {inv_freq.tolist()} vs {want.tolist()}"
+        )
+        with record_calls(model, ["blocks.0.attn"]) as calls, torch.inference_mode():
+            model(*qwen3vl_inputs.args)
+        call = only_call(calls, "blocks.0.attn")
+        trig_err = _check_block0_cos_sin(call, qwen3vl_inputs.grid, vision, which)
+        images = qwen3vl_inputs.grid.images
+        cos, sin = vision_cos_sin(images, vision.spatial_merge_size, dim, THETA)
+        want_out = vision_attention_reference(
+            model.blocks[0].attn, call.args[0], cos, sin, vision.num_heads, frame_lengths(images)
+        )
+        attn_err = _max_err(call.output, want_out) / want_out.abs().max().item()
+        assert attn_err < 1e-4, (
+            f"{which}: block-0 attention is not softmax(rot(q) rot(k)^T) v with cos/sin on q and k: "
+            f"relative error {attn_err:.3g}"
+        )
+        return (
+            f"inv_freq = 1e4^(-2i/{dim}), {dim // 2} frequencies; block-0 cos/sin within {trig_err:.1e}; "
+            f"attention with rotated q, k within {attn_err:.1e}"
+        )
+
+    qwen3vl_record.on_grids(qwen3vl_eager_inputs, check)
 
 
 @which_model
@@ -171,60 +176,63 @@ def _expected_order(vision: Any) -> list[str]:
 
 @which_model
 @pytest.mark.qwen3vl_claim("vision-data-flow")
-def test_vision_data_flow(request, which, qwen3vl_config, qwen3vl_inputs, qwen3vl_record):
-    model = _model(request, which)
-    vision = vision_config(qwen3vl_config)
-    indexes = list(vision.deepstack_visual_indexes)
-    depth = vision.depth
-    tail = _expected_order(vision)
-    names = ["patch_embed", "pos_embed", "rotary_pos_emb", *tail]
-    with record_calls(model, names) as calls, torch.inference_mode(), deepstack_export_flag(model, None):
-        outputs = model(*qwen3vl_inputs.args)
-    pooled, deepstack = merged(outputs), deepstack_of(outputs)
-    order = [call.name for call in calls]
-    assert order[:1] == ["patch_embed"] and sorted(order[1:3]) == ["pos_embed", "rotary_pos_emb"], (
-        f"{which}: the forward starts {order[:3]}, expected patch_embed, then pos_embed and rotary_pos_emb"
-    )
-    if order[3:] != tail:
-        ran_after = {name: prev for prev, name in pairwise(order) if name.startswith("deepstack_merger_list.")}
-        pytest.fail(
-            f"{which}: DeepStack mergers ran after {ran_after}, expected each right after the block it taps "
-            f"({indexes}); modules ran in the order {order[3:]}", pytrace=False,
+def test_vision_data_flow(request, which, qwen3vl_config, qwen3vl_eager_inputs, qwen3vl_record):
+    def check(qwen3vl_inputs: VisionInputs) -> str:
+        model = _model(request, which)
+        vision = vision_config(qwen3vl_config)
+        indexes = list(vision.deepstack_visual_indexes)
+        depth = vision.depth
+        tail = _expected_order(vision)
+        names = ["patch_embed", "pos_embed", "rotary_pos_emb", *tail]
+        with record_calls(model, names) as calls, torch.inference_mode(), deepstack_export_flag(model, None):
+            outputs = model(*qwen3vl_inputs.args)
+        pooled, deepstack = merged(outputs), deepstack_of(outputs)
+        order = [call.name for call in calls]
+        assert order[:1] == ["patch_embed"] and sorted(order[1:3]) == ["pos_embed", "rotary_pos_emb"], (
+            f"{which}: the forward starts {order[:3]}, expected patch_embed, then pos_embed and rotary_pos_emb"
         )
-    call = {name: only_call(calls, name) for name in names}
-
-    assert torch.equal(call["patch_embed"].args[0], qwen3vl_inputs.pixel_values), (
-        f"{which}: patch_embed did not receive pixel_values"
-    )
-    added = call["blocks.0"].args[0].double() - call["patch_embed"].output.double()
-    want_pos = interpolated_pos_embed(model.pos_embed.weight, qwen3vl_inputs.grid.images, vision.spatial_merge_size)
-    pos_err = _max_err(added, want_pos) / call["blocks.0"].args[0].abs().max().item()
-    assert pos_err < 1e-5, (
-        f"{which}: block 0's input is not patch_embed + the interpolated pos_embed (relative error {pos_err:.3g})"
-    )
-    first_cos, first_sin = _position_embeddings(call["blocks.0"], which)
-    for layer in range(depth):
-        cos, sin = _position_embeddings(call[f"blocks.{layer}"], which)
-        assert torch.equal(cos, first_cos) and torch.equal(sin, first_sin), (
-            f"{which}: blocks.{layer} gets other rotary cos/sin than blocks.0"
-        )
-        if layer:
-            assert torch.equal(call[f"blocks.{layer}"].args[0], call[f"blocks.{layer - 1}"].output), (
-                f"{which}: blocks.{layer} does not take blocks.{layer - 1}'s output"
+        if order[3:] != tail:
+            ran_after = {name: prev for prev, name in pairwise(order) if name.startswith("deepstack_merger_list.")}
+            pytest.fail(
+                f"{which}: DeepStack mergers ran after {ran_after}, expected each right after the block it taps "
+                f"({indexes}); modules ran in the order {order[3:]}", pytrace=False,
             )
-    for k, layer in enumerate(indexes):
-        merger = call[f"deepstack_merger_list.{k}"]
-        assert torch.equal(merger.args[0], call[f"blocks.{layer}"].output), (
-            f"{which}: deepstack_merger_list.{k} does not tap blocks.{layer}'s output"
+        call = {name: only_call(calls, name) for name in names}
+
+        assert torch.equal(call["patch_embed"].args[0], qwen3vl_inputs.pixel_values), (
+            f"{which}: patch_embed did not receive pixel_values"
         )
-        assert torch.equal(deepstack[k], merger.output), (
-            f"{which}: DeepStack feature {k} is not deepstack_merger_list.{k}'s output"
+        added = call["blocks.0"].args[0].double() - call["patch_embed"].output.double()
+        want_pos = interpolated_pos_embed(model.pos_embed.weight, qwen3vl_inputs.grid.images, vision.spatial_merge_size)
+        pos_err = _max_err(added, want_pos) / call["blocks.0"].args[0].abs().max().item()
+        assert pos_err < 1e-5, (
+            f"{which}: block 0's input is not patch_embed + the interpolated pos_embed (relative error {pos_err:.3g})"
         )
-    assert torch.equal(call["merger"].args[0], call[f"blocks.{depth - 1}"].output), (
-        f"{which}: the merger does not take the last block's output"
-    )
-    assert torch.equal(pooled, call["merger"].output), f"{which}: the pooled output is not the merger's output"
-    qwen3vl_record.holds(
-        f"patch_embed -> pos_embed (+, within {pos_err:.1e}), rotary_pos_emb -> blocks.0..{depth - 1} "
-        f"(DeepStack mergers right after blocks {indexes}) -> merger -> pooled {tuple(pooled.shape)}"
-    )
+        first_cos, first_sin = _position_embeddings(call["blocks.0"], which)
+        for layer in range(depth):
+            cos, sin = _position_embeddings(call[f"blocks.{layer}"], which)
+            assert torch.equal(cos, first_cos) and torch.equal(sin, first_sin), (
+                f"{which}: blocks.{layer} gets other rotary cos/sin than blocks.0"
+            )
+            if layer:
+                assert torch.equal(call[f"blocks.{layer}"].args[0], call[f"blocks.{layer - 1}"].output), (
+                    f"{which}: blocks.{layer} does not take blocks.{layer - 1}'s output"
+                )
+        for k, layer in enumerate(indexes):
+            merger = call[f"deepstack_merger_list.{k}"]
+            assert torch.equal(merger.args[0], call[f"blocks.{layer}"].output), (
+                f"{which}: deepstack_merger_list.{k} does not tap blocks.{layer}'s output"
+            )
+            assert torch.equal(deepstack[k], merger.output), (
+                f"{which}: DeepStack feature {k} is not deepstack_merger_list.{k}'s output"
+            )
+        assert torch.equal(call["merger"].args[0], call[f"blocks.{depth - 1}"].output), (
+            f"{which}: the merger does not take the last block's output"
+        )
+        assert torch.equal(pooled, call["merger"].output), f"{which}: the pooled output is not the merger's output"
+        return (
+            f"patch_embed -> pos_embed (+, within {pos_err:.1e}), rotary_pos_emb -> blocks.0..{depth - 1} "
+            f"(DeepStack mergers right after blocks {indexes}) -> merger -> pooled {tuple(pooled.shape)}"
+        )
+
+    qwen3vl_record.on_grids(qwen3vl_eager_inputs, check)

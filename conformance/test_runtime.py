@@ -1,4 +1,8 @@
-"""Claim runtime-equivalence: when not exporting, the modified model behaves and weighs as golden."""
+"""Claim runtime-equivalence: when not exporting, the modified model behaves and weighs as golden.
+
+Outputs are compared on every grid of the sweep (and the run's): a fork that swaps h and w in the
+position-embedding interpolation is bit-identical on a square grid and wrong on 1x16x40.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import pytest
 import torch
 
 from pytest_qwen3vl.model.build import deepstack_export_flag
+from pytest_qwen3vl.model.inputs import VisionInputs
 from pytest_qwen3vl.model.outputs import deepstack, merged
 
 pytestmark = pytest.mark.qwen3vl_claim("runtime-equivalence")
@@ -29,24 +34,29 @@ def test_state_dicts_match_key_for_key(qwen3vl_golden_vision, qwen3vl_modified_v
     qwen3vl_record.holds(f"{len(golden)} state-dict tensors and {len(golden_buffers)} buffers equal")
 
 
-def test_outputs_bit_identical(qwen3vl_golden_vision, qwen3vl_modified_vision, qwen3vl_inputs, qwen3vl_record):
-    with torch.inference_mode(), deepstack_export_flag(qwen3vl_modified_vision, None):
-        golden_outputs = qwen3vl_golden_vision(*qwen3vl_inputs.args)
-        modified_outputs = qwen3vl_modified_vision(*qwen3vl_inputs.args)
-    golden_pooled, golden_deepstack = merged(golden_outputs), deepstack(golden_outputs)
-    modified_pooled, modified_deepstack = merged(modified_outputs), deepstack(modified_outputs)
-    assert modified_pooled.shape == golden_pooled.shape, (
-        f"pooled shape {tuple(modified_pooled.shape)} != golden {tuple(golden_pooled.shape)}"
-    )
-    max_abs = (modified_pooled - golden_pooled).abs().max().item()
-    assert torch.equal(modified_pooled, golden_pooled), f"pooled embeddings differ from golden: max abs {max_abs:.3g}"
-    assert len(modified_deepstack) == len(golden_deepstack), (
-        f"{len(modified_deepstack)} DeepStack features, golden has {len(golden_deepstack)}"
-    )
-    for index, (mine, theirs) in enumerate(zip(modified_deepstack, golden_deepstack, strict=True)):
-        assert torch.equal(mine, theirs), (
-            f"DeepStack feature {index} differs from golden: max abs {(mine - theirs).abs().max().item():.3g}"
+def test_outputs_bit_identical(qwen3vl_golden_vision, qwen3vl_modified_vision, qwen3vl_eager_inputs, qwen3vl_record):
+    def check(qwen3vl_inputs: VisionInputs) -> str:
+        with torch.inference_mode(), deepstack_export_flag(qwen3vl_modified_vision, None):
+            golden_outputs = qwen3vl_golden_vision(*qwen3vl_inputs.args)
+            modified_outputs = qwen3vl_modified_vision(*qwen3vl_inputs.args)
+        golden_pooled, golden_deepstack = merged(golden_outputs), deepstack(golden_outputs)
+        modified_pooled, modified_deepstack = merged(modified_outputs), deepstack(modified_outputs)
+        assert modified_pooled.shape == golden_pooled.shape, (
+            f"pooled shape {tuple(modified_pooled.shape)} != golden {tuple(golden_pooled.shape)}"
         )
-    qwen3vl_record.holds(
-        f"pooled {tuple(golden_pooled.shape)} and {len(golden_deepstack)} DeepStack features bit-identical"
-    )
+        max_abs = (modified_pooled - golden_pooled).abs().max().item()
+        assert torch.equal(modified_pooled, golden_pooled), (
+            f"pooled embeddings differ from golden: max abs {max_abs:.3g}"
+        )
+        assert len(modified_deepstack) == len(golden_deepstack), (
+            f"{len(modified_deepstack)} DeepStack features, golden has {len(golden_deepstack)}"
+        )
+        for index, (mine, theirs) in enumerate(zip(modified_deepstack, golden_deepstack, strict=True)):
+            assert torch.equal(mine, theirs), (
+                f"DeepStack feature {index} differs from golden: max abs {(mine - theirs).abs().max().item():.3g}"
+            )
+        return (
+            f"pooled {tuple(golden_pooled.shape)} and {len(golden_deepstack)} DeepStack features bit-identical"
+        )
+
+    qwen3vl_record.on_grids(qwen3vl_eager_inputs, check)

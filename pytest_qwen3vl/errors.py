@@ -23,6 +23,10 @@ class ConfigError(SettingsError):
     """A config name, file or checkpoint folder that cannot be used."""
 
 
+class ArtefactError(SettingsError):
+    """A file given to ``--qwen3vl-onnx`` that cannot be checked at all: missing, not ONNX, no pixel input."""
+
+
 class SourceError(Qwen3VLError):
     """A modeling file that cannot be used: the message is one line naming the file."""
 

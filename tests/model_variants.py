@@ -100,3 +100,13 @@ VARIANTS: tuple[ModelVariant, ...] = (
         "modified: patch_embed does not read each row as one (3, 2, 16, 16) patch*",
     ),
 )
+
+# Bit-identical to golden on square grids, wrong wherever H != W: only a sweep with non-square grids
+# catches it, so runtime-equivalence must not rest on the run's (square) grid.
+POS_EMBED_H_W_SWAPPED = ModelVariant(
+    "pos-embed-h-w-swapped", "runtime-equivalence", "test_runtime.py", "bit_identical",
+    ("grid_ts, grid_hs, grid_ws = grid_thw[:, 0], grid_thw[:, 1], grid_thw[:, 2]",
+     "grid_ts, grid_ws, grid_hs = grid_thw[:, 0], grid_thw[:, 1], grid_thw[:, 2]"),
+    "fails on 4 of 9 grids: 1x16x40: pooled embeddings differ from golden: max abs *; 1x40x16: *; 1x18x22: *; "
+    "1x24x24+1x16x32: *; holds on 1x16x16, 1x24x24, 1x48x48, 2x16x16, 1x16x16+1x16x16",
+)

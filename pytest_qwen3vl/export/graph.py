@@ -42,8 +42,8 @@ def graph_signature(onnx_path: str | os.PathLike[str]) -> dict[str, Any]:
     return {
         "contract": {
             "opset": _default_opset(model),
-            "inputs": [_value_info(v) for v in graph.input if v.name not in stored],
-            "outputs": [_value_info(v) for v in graph.output],
+            "inputs": [value_info(v) for v in graph.input if v.name not in stored],
+            "outputs": [value_info(v) for v in graph.output],
         },
         "initializers": group_initializers(initializer_names),
         "operators": dict(sorted(Counter(_op_type(node) for node in _nodes(graph)).items())),
@@ -89,7 +89,8 @@ def _default_opset(model: onnx.ModelProto) -> int | None:
     return None
 
 
-def _value_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
+def value_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
+    """Name, element type and dims (``dim_param`` names, sizes, or None) of a graph input or output."""
     tensor = value.type.tensor_type
     dims: list[str | int | None] | None = None
     if tensor.HasField("shape"):

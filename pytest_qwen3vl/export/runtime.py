@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,15 +32,24 @@ def default_threads() -> int:
     return max(1, cores // max(1, workers))
 
 
-def ort_session(onnx_path: str | os.PathLike[str], *, threads: int | None = None) -> onnxruntime.InferenceSession:
-    """A CPU session with default graph optimisations, as a downstream runtime would load it."""
+def ort_session(
+    onnx_path: str | os.PathLike[str] | bytes, *, threads: int | None = None, config: Mapping[str, str] | None = None
+) -> onnxruntime.InferenceSession:
+    """A CPU session with default graph optimisations, as a downstream runtime would load it.
+
+    ``onnx_path`` may also be a serialized model; ``config`` holds session config entries
+    (``session.disable_prepacking``: MLAS otherwise keeps a second, packed copy of every weight).
+    """
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 4  # fatal only: a failing run raises, its log line would repeat it
-    return onnxruntime.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+    source = onnx_path if isinstance(onnx_path, bytes) else str(onnx_path)
+    return onnxruntime.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def run_outputs(session: onnxruntime.InferenceSession, pixel_values: Any, grid_thw: Any) -> dict[str, np.ndarray]:

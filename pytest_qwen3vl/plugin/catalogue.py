@@ -28,7 +28,10 @@ _SECTIONS = {
     "bottom": "Bottom line",
     "export": "Export, as a downstream builder runs it",
     "runtime": "In the runtime",
+    "artefact": "Your export",
 }
+# Shown only when the run names files with --qwen3vl-onnx: one line per file (and grid) judged.
+ARTEFACT_SECTION = _SECTIONS["artefact"]
 
 _CLAIMS: tuple[tuple[str, str, str, str], ...] = (
     ("ref", "golden-version", "Golden is HF transformers v4.57.6's modeling_qwen3_vl.py.", "test_source"),
@@ -92,6 +95,18 @@ _CLAIMS: tuple[tuple[str, str, str, str], ...] = (
      "An image whose grid differs from the traced one fails loudly in genai with the report's file.", "test_genai"),
     ("runtime", "genai-grid-free",
      "With the grid-free file, an image whose grid differs from the traced one works in genai.", "test_genai"),
+    ("artefact", "artefact-interface",
+     "The file's inputs (pixel values, grid) and outputs (pooled, DeepStack) are recognised and fit the config.",
+     "test_artefact"),
+    ("artefact", "artefact-parity",
+     "On each grid, ONNX Runtime's outputs match golden PyTorch with the same weights, within the tolerance "
+     "of the file's weight type.", "test_artefact"),
+    ("artefact", "artefact-grids", "The file serves every grid of the run.", "test_artefact"),
+    ("artefact", "artefact-deepstack",
+     "Each DeepStack output the file has carries golden's DeepStack feature of its position.", "test_artefact"),
+    ("artefact", "artefact-where",
+     "Every module's output (patch embedding, position add, blocks, merger) matches golden on every grid.",
+     "test_artefact"),
 )
 
 CATALOGUE: tuple[Claim, ...] = tuple(

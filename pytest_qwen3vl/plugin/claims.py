@@ -8,14 +8,18 @@ into every report and xdist ships reports to the controller, so the board is com
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import pytest
 
 from pytest_qwen3vl.errors import UnknownClaim
 from pytest_qwen3vl.plugin.catalogue import BY_ID, CATALOGUE, Claim
+
+if TYPE_CHECKING:
+    from pytest_qwen3vl.model.inputs import VisionInputs
 
 IDS_PROPERTY = "qwen3vl_claims"
 MEASURED_PROPERTY = "qwen3vl_measured"
@@ -51,6 +55,22 @@ class ClaimRecorder:
         if claim not in self.ids:
             raise UnknownClaim(f"{self._item.nodeid}: not marked qwen3vl_claim({claim!r})")
         return claim
+
+    def on_grids(self, inputs: Sequence[VisionInputs], check: Callable[[VisionInputs], str]) -> None:
+        """Run ``check`` on each grid's inputs: holds (naming the grids) when it passes on all, else
+        fail naming the grids where it does not. Behaviour that depends on the grid cannot be
+        supported by one square grid."""
+        held: list[tuple[str, str]] = []
+        failed: list[str] = []
+        for x in inputs:
+            try:
+                held.append((x.grid.id, check(x)))
+            except (AssertionError, pytest.fail.Exception) as exc:
+                failed.append(f"{x.grid.id}: {next(iter(str(exc).strip().splitlines()), 'failed')}")
+        if failed:
+            where = f"; holds on {', '.join(g for g, _ in held)}" if held else ""
+            pytest.fail(f"fails on {len(failed)} of {len(inputs)} grids: {'; '.join(failed)}{where}", pytrace=False)
+        self.holds(f"holds on {len(held)} grids ({', '.join(g for g, _ in held)}); {held[0][1]}")
 
     def holds(self, measured: object, *, claim: str | None = None) -> None:
         """Record what was measured where it agrees with the report."""
@@ -128,10 +148,14 @@ class ClaimBoard:
             for text in texts or [""]:
                 self.outcomes.setdefault(claim_id, []).append((report.nodeid, status, text, reported))
 
-    def rows(self) -> list[ClaimRow]:
-        """One row per catalogue claim, in the report's order."""
+    def rows(self, hide: Iterable[str] = ()) -> list[ClaimRow]:
+        """One row per catalogue claim, in the report's order, less the sections in ``hide`` (the
+        "Your export" section is shown only when a run names files to judge)."""
+        hidden = set(hide)
         rows = []
         for claim in CATALOGUE:
+            if claim.section in hidden:
+                continue
             row = ClaimRow(claim)
             entries = self.outcomes.get(claim.id, [])
             statuses = {status for _, status, _, _ in entries}
@@ -153,6 +177,13 @@ class ClaimBoard:
 
     def ran_any(self) -> bool:
         return bool(self.outcomes)
+
+
+def file_ids(paths: Iterable[Path]) -> list[str]:
+    """Test ids for files: the name, or the name with its folder where two files share a name."""
+    paths = list(paths)
+    names = [p.name for p in paths]
+    return [p.name if names.count(p.name) == 1 else f"{p.parent.name}/{p.name}" for p in paths]
 
 
 def _param_id(nodeid: str) -> str:

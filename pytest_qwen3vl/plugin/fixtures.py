@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import torch
     from syrupy.assertion import SnapshotAssertion
 
+    from pytest_qwen3vl.export.artefact import ArtefactCheck, GoldenRuns
     from pytest_qwen3vl.model.build import VisionPair
     from pytest_qwen3vl.model.configs import ModelSpec
     from pytest_qwen3vl.model.inputs import VisionInputs
@@ -144,6 +145,14 @@ def qwen3vl_inputs(qwen3vl_grid: Grid, qwen3vl_config: ModelSpec, qwen3vl_settin
     return make_inputs(qwen3vl_grid, qwen3vl_config, qwen3vl_settings.seed)
 
 
+@pytest.fixture(scope="session")
+def qwen3vl_eager_inputs(qwen3vl_config: ModelSpec, qwen3vl_settings: Settings) -> tuple[VisionInputs, ...]:
+    """Inputs for every grid of the eager claims (``Settings.eager_grids``: the sweep and the run's grids)."""
+    from pytest_qwen3vl.model.inputs import make_inputs
+
+    return tuple(make_inputs(grid, qwen3vl_config, qwen3vl_settings.seed) for grid in qwen3vl_settings.eager_grids)
+
+
 @pytest.fixture
 def qwen3vl_record(request: pytest.FixtureRequest) -> ClaimRecorder:
     """Record what the test measured for the claim(s) of its ``qwen3vl_claim`` marker."""
@@ -221,3 +230,34 @@ def qwen3vl_lowering_snapshot(snapshot: SnapshotAssertion) -> SnapshotAssertion:
     from pytest_qwen3vl.plugin.snapshots import LoweringSnapshot, snapshot_for
 
     return snapshot_for(snapshot, LoweringSnapshot)
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_onnx_file(qwen3vl_settings: Settings) -> Path:
+    """The ``--qwen3vl-onnx`` file of the current test: the plugin parametrizes it once per file."""
+    if not qwen3vl_settings.onnx:
+        pytest.skip("no --qwen3vl-onnx file given")
+    return qwen3vl_settings.onnx[0]
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_artefact_golden(
+    qwen3vl_golden_vision: torch.nn.Module, qwen3vl_config: ModelSpec, qwen3vl_settings: Settings
+) -> GoldenRuns:
+    """Golden's outputs and module activations per grid, computed once per process for every file."""
+    from pytest_qwen3vl.export.artefact import GoldenRuns
+
+    return GoldenRuns(qwen3vl_golden_vision, qwen3vl_config, qwen3vl_settings.seed)
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_artefact(
+    qwen3vl_onnx_file: Path, qwen3vl_artefact_golden: GoldenRuns, qwen3vl_settings: Settings
+) -> ArtefactCheck:
+    """The current ``--qwen3vl-onnx`` file against golden: interface, weight type, tolerance, and
+    ``run(grid)`` / ``locate(grid)`` computed once per grid in this process."""
+    from pytest_qwen3vl.export.artefact import ArtefactCheck
+
+    return ArtefactCheck(
+        qwen3vl_onnx_file, qwen3vl_artefact_golden, qwen3vl_settings.onnx_outputs, dict(qwen3vl_settings.onnx_tolerance)
+    )

@@ -10,12 +10,22 @@ import pytest
 
 from pytest_qwen3vl.errors import SettingsError, SourceError, UnknownClaim
 from pytest_qwen3vl.plugin.bundled import add_suite
-from pytest_qwen3vl.plugin.claims import IDS_PROPERTY, ClaimBoard, claim_ids, render_table, summary_counts
+from pytest_qwen3vl.plugin.catalogue import ARTEFACT_SECTION
+from pytest_qwen3vl.plugin.claims import (
+    IDS_PROPERTY,
+    ClaimBoard,
+    claim_ids,
+    file_ids,
+    render_table,
+    summary_counts,
+)
 from pytest_qwen3vl.plugin.exports import TALLY_KEY, WORKER_OUTPUT, CacheTally
 from pytest_qwen3vl.plugin.settings import (
     FLAGS,
     GRID,
+    ONNX,
     OPTIONS,
+    REPEATABLE,
     RUN_SLOW,
     SETTINGS_KEY,
     Settings,
@@ -36,6 +46,7 @@ MARKERS = (
     "qwen3vl_export: the test needs an ONNX export",
     "qwen3vl_slow: the test builds a real-size model",
     "qwen3vl_genai: the test runs onnxruntime-genai (pip install pytest-qwen3vl[genai])",
+    "qwen3vl_artefact: the test judges a --qwen3vl-onnx file (deselected when none is given)",
 )
 
 
@@ -47,10 +58,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             parser.addini(ini_key(name), help_text, type="bool", default=None)
             continue
         group.addoption(
-            flag(name), dest=ini_key(name), action="append" if name == GRID else "store", default=None,
-            metavar="T,H,W" if name == GRID else "VALUE", help=help_text,
+            flag(name), dest=ini_key(name), action="append" if name in REPEATABLE else "store", default=None,
+            metavar={GRID: "T,H,W", ONNX: "PATH"}.get(name, "VALUE"), help=help_text,
         )
-        if name == GRID:
+        if name in REPEATABLE:
             parser.addini(ini_key(name), help_text, type="args", default=None)
         else:
             parser.addini(ini_key(name), help_text, type="string", default=None)
@@ -90,17 +101,27 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         f"qwen3vl modified: {settings.modified_label}",
         f"qwen3vl config: {settings.model.name}; grids: {', '.join(g.id for g in settings.grids)}; "
         f"seed: {settings.seed}",
+        *(f"qwen3vl onnx: {path}" for path in settings.onnx),
     ]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "qwen3vl_onnx_file" in metafunc.fixturenames:
+        files = settings_of(metafunc.config).onnx
+        metafunc.parametrize("qwen3vl_onnx_file", files, ids=file_ids(files), scope="session")
     if "qwen3vl_grid" in metafunc.fixturenames:
         grids = settings_of(metafunc.config).grids
         metafunc.parametrize("qwen3vl_grid", grids, ids=[g.id for g in grids], scope="session")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    run_slow = settings_of(config).run_slow
+    settings = settings_of(config)
+    if not settings.onnx:
+        unasked = [item for item in items if item.get_closest_marker("qwen3vl_artefact")]
+        if unasked:
+            config.hook.pytest_deselected(items=unasked)
+            items[:] = [item for item in items if not item.get_closest_marker("qwen3vl_artefact")]
+    run_slow = settings.run_slow
     for item in items:
         if not run_slow and item.get_closest_marker("qwen3vl_slow"):
             item.add_marker(pytest.mark.skip(reason=f"real-size model: run with {flag(RUN_SLOW)}"))
@@ -133,7 +154,7 @@ class ClaimReporter:
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if not self.board.ran_any():
             return
-        rows = self.board.rows()
+        rows = self.board.rows(hide=() if self.settings.onnx else (ARTEFACT_SECTION,))
         terminalreporter.section("qwen3vl claims")
         for line in render_table(rows):
             terminalreporter.write_line(line)

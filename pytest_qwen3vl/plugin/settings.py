@@ -16,6 +16,7 @@ from pytest_qwen3vl.errors import GridError, SettingsError
 from pytest_qwen3vl.model.grids import SWEEP, SWEEP_NAME, Grid
 
 if TYPE_CHECKING:
+    from pytest_qwen3vl.export.artefact import OutputMap
     from pytest_qwen3vl.model.configs import ModelSpec
 
 PREFIX = "qwen3vl"
@@ -32,7 +33,11 @@ REPORT = "report"
 RUN_SLOW = "run_slow"
 SNAPSHOT_DIR = "snapshot_dir"
 GENAI_FOLDER = "genai_folder"
+ONNX = "onnx"
+ONNX_OUTPUTS = "onnx_outputs"
+ONNX_TOLERANCE = "onnx_tolerance"
 FLAGS = (RUN_SLOW,)
+REPEATABLE = (GRID, ONNX)
 
 DEFAULT_GRID = "1,24,24"
 DEFAULT_CONFIG = "tiny"
@@ -53,6 +58,12 @@ OPTIONS: dict[str, str] = {
     SNAPSHOT_DIR: "where graph-signature snapshots are read and written (default: the suite's snapshots/ folder)",
     GENAI_FOLDER: "your onnxruntime-genai model folder for the 'In the runtime' claims (default: one built from "
     "the config's checkpoint with the report's vision file); needs --qwen3vl-config=<its checkpoint folder>",
+    ONNX: "your exported vision encoder (ONNX file; external data next to it) to judge against golden with the "
+    "same weights on every grid; repeat for several files. Its tests carry the marker qwen3vl_artefact",
+    ONNX_OUTPUTS: "name the outputs of --qwen3vl-onnx files whose names are not recognised: "
+    "pooled=NAME[,deepstack=NAME,NAME...]",
+    ONNX_TOLERANCE: "override the weight-type tolerance of --qwen3vl-onnx files: any of "
+    "rel_l2=X,max_rel=X,cosine=X",
     SUITE: "collect the installed conformance suite: auto (when a modified file is named and no test paths "
     "are given), only, off (default auto)",
 }
@@ -85,11 +96,22 @@ class Settings:
     run_slow: bool
     explicit: bool
     genai_folder: Path | None = None
+    onnx: tuple[Path, ...] = ()
+    onnx_outputs: OutputMap | None = None
+    onnx_tolerance: tuple[tuple[str, float], ...] = ()
 
     @property
     def export_cache(self) -> Path:
         """The content-addressed cache of ONNX files, shared by workers and runs."""
         return self.cache_dir / "exports"
+
+    @property
+    def eager_grids(self) -> tuple[Grid, ...]:
+        """Grids of the eager claims: the sweep and the run's own, whatever ``--qwen3vl-grid`` says for exports."""
+        merge = self.model.merge_size
+        grids = dict.fromkeys(g for g in (*SWEEP, *self.grids) if all(h % merge == 0 == w % merge
+                                                                       for _, h, w in g.images))
+        return tuple(grids)
 
     @property
     def modified_label(self) -> str:
@@ -154,6 +176,17 @@ def existing_folder(name: str, value: str | None, base: Path) -> Path | None:
     if not path.is_dir():
         raise SettingsError(f"{flag(name)}: no such folder: {path}")
     return path.resolve()
+def onnx_files(values: list[str], base: Path, mapping: OutputMap | None) -> tuple[Path, ...]:
+    """Each ``--qwen3vl-onnx`` must exist, be an ONNX model and take pixel values: else a usage error."""
+    from pytest_qwen3vl.export.artefact import check_file
+
+    paths: list[Path] = []
+    for value in values:
+        path = existing_file(ONNX, value, base)
+        if path is not None and path not in paths:
+            check_file(path, mapping)
+            paths.append(path)
+    return tuple(paths)
 
 
 def _value(config: pytest.Config, name: str) -> tuple[Any, Path]:
@@ -216,6 +249,13 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
     suite = str(raw_suite or AUTO).strip().lower()
     if suite not in MODES:
         raise SettingsError(f"{flag(SUITE)}={raw_suite!r}: expected one of {', '.join(MODES)}")
+    from pytest_qwen3vl.export.artefact import OutputMap, parse_tolerance
+
+    raw_outputs, _ = _value(config, ONNX_OUTPUTS)
+    mapping = OutputMap.parse(str(raw_outputs)) if raw_outputs else None
+    raw_tolerance, _ = _value(config, ONNX_TOLERANCE)
+    tolerance = parse_tolerance(str(raw_tolerance)) if raw_tolerance else {}
+    raw_onnx, onnx_base = _value(config, ONNX)
     raw_report, report_base = _value(config, REPORT)
     raw_snapshots, snapshots_base = _value(config, SNAPSHOT_DIR)
     return Settings(
@@ -231,4 +271,7 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
         run_slow=_truthy(_value(config, RUN_SLOW)[0]),
         explicit=explicitly_set(config),
         genai_folder=existing_folder(GENAI_FOLDER, *_value(config, GENAI_FOLDER)),
+        onnx=onnx_files(list(raw_onnx or []), onnx_base, mapping),
+        onnx_outputs=mapping,
+        onnx_tolerance=tuple(tolerance.items()),
     )

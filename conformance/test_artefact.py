@@ -1,0 +1,138 @@
+"""Your export: each ``--qwen3vl-onnx`` file judged against golden PyTorch with the same weights.
+
+The golden model gets the weights the file was exported from (``--qwen3vl-config=FOLDER`` or a
+preset with ``--qwen3vl-seed``); every grid of ``--qwen3vl-grid`` (``sweep`` for the named set) is
+run in ONNX Runtime and compared value by value: a grid that runs proves nothing by itself (a file
+traced at 1x24x24 runs 2x24x12 and returns other numbers). Deselected when no file is given.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_qwen3vl.export.artefact import compare_weights, misfits, served_line
+from pytest_qwen3vl.model.inputs import patch_dim
+
+pytestmark = pytest.mark.qwen3vl_artefact
+
+
+def _recognised(check) -> None:
+    """Tests other than the interface's are not run on a file whose outputs are not recognised."""
+    if not check.interface.recognised:
+        pytest.skip("outputs not recognised (see artefact-interface for how to map them)")
+
+
+@pytest.mark.qwen3vl_claim("artefact-interface")
+def test_interface(qwen3vl_artefact, qwen3vl_config, qwen3vl_artefact_golden, qwen3vl_record):
+    check = qwen3vl_artefact
+    iface = check.interface
+    if not iface.recognised:
+        pytest.fail(iface.mapping_hint(), pytrace=False)
+    problems = []
+    width = patch_dim(qwen3vl_config)
+    if iface.pixels.dims and isinstance(iface.pixels.dims[-1], int) and iface.pixels.dims[-1] != width:
+        problems.append(f"{iface.pixels.name} rows are {iface.pixels.dims[-1]} wide, the config's patches {width}")
+    out = int(qwen3vl_config.vision["out_hidden_size"])
+    for port in (iface.pooled, *iface.deepstack, iface.stacked):
+        if port is not None and port.dims and isinstance(port.dims[-1], int) and port.dims[-1] != out:
+            problems.append(f"{port.name} is {port.dims[-1]} wide, the config's out_hidden_size {out}")
+    shapes = {k: tuple(v.shape) for k, v in qwen3vl_artefact_golden.model.state_dict().items()}
+    problems += misfits(check.structure, shapes)
+    layers = qwen3vl_artefact_golden.deepstack_layers
+    if len(iface.deepstack) > len(layers):
+        problems.append(f"{len(iface.deepstack)} DeepStack outputs, the config has {len(layers)}")
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; {len(problems) - 3} more" if len(problems) > 3 else "")
+        pytest.fail(f"weights or outputs do not fit the config {qwen3vl_config.name}: {shown}", pytrace=False)
+    grid = f"grid {iface.grid.name}" if iface.grid else "no grid input (one fixed grid)"
+    deepstack = (f"DeepStack {', '.join(p.name for p in iface.deepstack)}" if iface.deepstack
+                 else f"DeepStack stacked in {iface.stacked.name}" if iface.stacked else "no DeepStack outputs")
+    qwen3vl_record.holds(
+        f"pixels {iface.pixels.name}, {grid}, pooled {iface.pooled.name}, {deepstack}; {iface.describe()}; "
+        f"weights {check.weights.name} ({check.weights.evidence})"
+    )
+
+
+@pytest.mark.qwen3vl_claim("artefact-parity")
+def test_parity(qwen3vl_artefact, qwen3vl_grid, qwen3vl_record):
+    check = qwen3vl_artefact
+    _recognised(check)
+    run = check.run(qwen3vl_grid)
+    if run.error is not None:
+        pytest.fail(run.error, pytrace=False)
+    measured = "; ".join([*run.problems, *(o.text() for o in run.outputs)])
+    if not run.passes(check.tolerance):
+        pytest.fail(f"outside the {check.tolerance_text}: {measured}", pytrace=False)
+    qwen3vl_record.holds(f"{measured} ({check.tolerance_text})")
+
+
+@pytest.mark.qwen3vl_claim("artefact-grids")
+def test_grids_served(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record):
+    check = qwen3vl_artefact
+    _recognised(check)
+    served, line = served_line(check, qwen3vl_settings.grids)
+    if not served:
+        pytest.fail(line, pytrace=False)
+    qwen3vl_record.holds(f"{line}: {', '.join(g.id for g in qwen3vl_settings.grids)}")
+
+
+@pytest.mark.qwen3vl_claim("artefact-deepstack")
+def test_deepstack_outputs(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record):
+    check = qwen3vl_artefact
+    _recognised(check)
+    if not check.interface.has_deepstack:
+        qwen3vl_record.holds(
+            "DeepStack not exported: the file has no DeepStack outputs (the report's recipe drops them on "
+            "purpose; a language model fed by this file gets no DeepStack features)"
+        )
+        return
+    running = [g for g in qwen3vl_settings.grids if check.run(g).error is None]
+    if not running:
+        error = check.run(qwen3vl_settings.grids[0]).error
+        pytest.fail(f"no grid runs, so DeepStack outputs cannot be matched: {error}", pytrace=False)
+    grid = next((g for g in running if check.run(g).passes(check.tolerance)), running[0])
+    layers = check.golden.deepstack_layers
+    found, wrong = [], []
+    for match in check.deepstack_matches(grid):
+        if match.matched is None:
+            wrong.append(f"{match.output} matches no golden feature (best cosine {match.cosine:.3f})")
+        elif match.matched == -1:
+            wrong.append(f"{match.output} carries the pooled output (cosine {match.cosine:.6f})")
+        elif match.matched != match.position:
+            wrong.append(f"{match.output} carries golden DeepStack {match.matched} (layer {layers[match.matched]}), "
+                         f"not {match.position}")
+        else:
+            found.append(f"{match.output} = DeepStack {match.matched} (layer {layers[match.matched]}, "
+                         f"cosine {match.cosine:.6f})")
+    swapped = sum("carries golden DeepStack" in w for w in wrong)
+    if wrong:
+        pytest.fail(f"{grid.id}: {'swapped: ' if swapped >= 2 else ''}{'; '.join(wrong)}", pytrace=False)
+    missing = len(layers) - len(found)
+    note = f"; {missing} of golden's {len(layers)} not exported" if missing else ""
+    qwen3vl_record.holds(f"{grid.id}: {', '.join(found)}{note}")
+
+
+# Each location is one more run of the probed graph: enough to show a pattern, not every grid again.
+MAX_LOCATED = 3
+
+
+@pytest.mark.qwen3vl_claim("artefact-where")
+def test_where_it_goes_wrong(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record):
+    check = qwen3vl_artefact
+    _recognised(check)
+    grids = qwen3vl_settings.grids
+    bad = [g for g in grids if not check.run(g).passes(check.tolerance)]
+    if not bad:
+        qwen3vl_record.holds(f"nothing goes wrong on {len(grids)} grid{'s' if len(grids) != 1 else ''}")
+        return
+    if all(check.run(g).error is not None and "node" not in check.run(g).error for g in bad):
+        pytest.fail(f"not located: the file does not run ({check.run(bad[0]).error})", pytrace=False)
+    locations = [check.locate(g) for g in bad[:MAX_LOCATED]]
+    findings = [loc.text() for loc in locations]
+    if len(bad) > MAX_LOCATED:
+        findings.append(f"{len(bad) - MAX_LOCATED} more failing grids not located")
+    if any(loc.first_bad == "patch_embed" for loc in locations):
+        weights = compare_weights(check.path, check.golden.state())
+        if weights.differ:
+            findings.insert(0, f"weights differ from the checkpoint: {weights.text()}")
+    pytest.fail("; ".join(findings), pytrace=False)

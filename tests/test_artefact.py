@@ -1,0 +1,226 @@
+"""``--qwen3vl-onnx`` judges files the way a user makes them, and each finding turns red on a wrong file.
+
+The files are made once per session through the content-addressed cache: the builder-style export
+at 1x24x24, its fp16 conversion and int8 dynamic quantization, an export keeping the three DeepStack
+outputs, the same with two outputs swapped, an export of other weights, one saved with external data
+and one with renamed outputs. Each inner run judges several files at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+import pytest
+
+from pytest_qwen3vl.export.builder import export_vision
+from pytest_qwen3vl.export.cache import ArtifactCache
+from pytest_qwen3vl.model.build import VisionPair, build_pair
+from pytest_qwen3vl.model.configs import VISION_PRESETS, resolve_config
+from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.model.inputs import make_inputs
+from pytest_qwen3vl.plugin.exports import recipe_digest
+from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path, write_reference_modified
+from pytest_qwen3vl.versions import library_versions
+from tests.conftest import RunSuite
+from tests.test_model_claims import claim_rows
+
+TRACE_GRID = Grid.parse("1,24,24")
+SWAPPED = {"deepstack_0": "deepstack_1", "deepstack_1": "deepstack_0"}
+RENAMED = {"pooled_embeds": "vision_embeds", "deepstack_0": "ds_a", "deepstack_1": "ds_b", "deepstack_2": "ds_c"}
+# fp32's limits, given to an fp16 file: it must fail them (measured rel L2 ~6e-4 against 1e-5).
+FP32_LIMITS = "--qwen3vl-onnx-tolerance=rel_l2=1e-5,max_rel=1e-4,cosine=0.99999999"
+
+
+def _rename(source: Path, target: Path, mapping: dict[str, str]) -> None:
+    model = onnx.load(str(source))
+    graph = model.graph
+    for value in [*graph.output, *graph.value_info]:
+        value.name = mapping.get(value.name, value.name)
+    for node in graph.node:
+        node.output[:] = [mapping.get(n, n) for n in node.output]
+        node.input[:] = [mapping.get(n, n) for n in node.input]
+    onnx.save_model(model, str(target))
+
+
+def _to_fp16(source: Path, target: Path) -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save_model(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True), str(target))
+
+
+def _to_int8(source: Path, target: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+
+
+def _external(source: Path, target: Path) -> None:
+    onnx.save_model(onnx.load(str(source)), str(target), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{target.name}.data", size_threshold=1024)
+
+
+class Files:
+    """The self-test files, each built once per session in a content-addressed cache."""
+
+    def __init__(self, root: Path) -> None:
+        self.cache = ArtifactCache(root)
+        golden = installed_golden_path()
+        self._sources = (golden, write_reference_modified(golden, root / "sources"))
+        self._pairs: dict[int, VisionPair] = {}
+
+    def pair(self, seed: int) -> VisionPair:
+        if seed not in self._pairs:
+            golden, modified = self._sources
+            spec = resolve_config("tiny", golden.parent)
+            self._pairs[seed] = build_pair(import_modeling_file(golden, "golden"),
+                                           import_modeling_file(modified, "modified"), spec, seed)
+        return self._pairs[seed]
+
+    def _get(self, name: str, build: Callable[[Path], None]) -> Path:
+        parts = {"file": name, "recipe": recipe_digest(), "libraries": json.dumps(library_versions(), sort_keys=True)}
+        return self.cache.get_or_create(parts, name, build)
+
+    def export(self, name: str, seed: int = 0, wrapper: str = "pooled") -> Path:
+        def build(path: Path) -> None:
+            pair = self.pair(seed)
+            spec = resolve_config("tiny", self._sources[0].parent)
+            model = pair.golden if wrapper == "all" else pair.modified
+            export_vision(model, *make_inputs(TRACE_GRID, spec, 0).args, path, wrapper=wrapper)
+
+        return self._get(name, build)
+
+    def derived(self, name: str, source: Path, make: Callable[[Path, Path], None]) -> Path:
+        return self._get(name, lambda path: make(source, path))
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    made = Files(tmp_path_factory.mktemp("artefact-files"))
+    fp32 = made.export("builder.onnx")
+    deepstack = made.export("deepstack.onnx", wrapper="all")
+    return {
+        "fp32": fp32,
+        "fp16": made.derived("fp16.onnx", fp32, _to_fp16),
+        "int8": made.derived("int8.onnx", fp32, _to_int8),
+        "deepstack": deepstack,
+        "swapped": made.derived("swapped.onnx", deepstack, lambda s, t: _rename(s, t, SWAPPED)),
+        "seed1": made.export("seed1.onnx", seed=1),
+        "external": made.derived("external.onnx", fp32, _external),
+        "renamed": made.derived("renamed.onnx", deepstack, lambda s, t: _rename(s, t, RENAMED)),
+    }
+
+
+def _onnx(*paths: Path) -> list[str]:
+    return [f"--qwen3vl-onnx={p}" for p in paths]
+
+
+def test_builder_file_serves_its_grid_and_names_the_others(run_suite: RunSuite, files: dict[str, Path]) -> None:
+    result = run_suite("test_artefact.py", *_onnx(files["fp32"], files["seed1"]),
+                       "--qwen3vl-grid=1,24,24", "--qwen3vl-grid=1,16,16", "--qwen3vl-grid=2,24,12")
+    parity = claim_rows(result, "artefact-parity")
+    assert "builder.onnx-1x24x24: pooled_embeds: max abs" in parity and "(fp32 tolerance" in parity, parity
+    grids = claim_rows(result, "artefact-grids")
+    assert " fails " in grids, grids
+    # 1x16x16 stops in ONNX Runtime; 2x24x12 has the trace grid's patch count and runs with other numbers.
+    assert ("builder.onnx: serves 1 of 3 grids; fails 1x16x16 (ONNX Runtime: Mul node /model/blocks.0/attn/Mul_3: "
+            in grids), grids
+    assert "2x24x12 (pooled_embeds relative L2 0.96)" in grids, grids
+    where = claim_rows(result, "artefact-where")
+    assert "builder.onnx: 1x16x16: right through patch_embed, drift starts at pos_add" in where, where
+    assert "seed1.onnx: weights differ from the checkpoint: 47 of 69 golden tensors found by name differ" in where
+    assert "DeepStack not exported" in where, where
+    deepstack = claim_rows(result, "artefact-deepstack")
+    assert "builder.onnx: DeepStack not exported" in deepstack, deepstack
+    assert "seed1.onnx-1x24x24: outside the fp32 tolerance" in parity and "cosine 0.00" in parity, parity
+
+
+def test_converted_files_pass_their_own_tolerance(run_suite: RunSuite, files: dict[str, Path]) -> None:
+    names = ("fp16", "int8", "deepstack", "swapped", "external")
+    result = run_suite("test_artefact.py", *_onnx(*(files[n] for n in names)), "--qwen3vl-grid=1,24,24")
+    interface = claim_rows(result, "artefact-interface")
+    assert "fp16.onnx: pixels pixel_values" in interface, interface
+    assert "weights fp16 (initializer elements FLOAT16 100%" in interface, interface
+    assert "weights quantized (" in interface and "MatMulInteger" in interface, interface
+    parity = claim_rows(result, "artefact-parity")
+    for name in ("fp16.onnx", "int8.onnx", "deepstack.onnx", "external.onnx"):
+        assert f"{name}-1x24x24: " in parity and f"{name}-1x24x24: outside" not in parity, parity
+    assert "(fp16 tolerance: rel L2 <= 0.005" in parity and "(quantized tolerance: rel L2 <= 0.1" in parity, parity
+    assert "swapped.onnx-1x24x24: outside the fp32 tolerance" in parity, parity
+    deepstack = claim_rows(result, "artefact-deepstack")
+    assert ("deepstack.onnx: 1x24x24: deepstack_0 = DeepStack 0 (layer 1, cosine 1.000000), "
+            "deepstack_1 = DeepStack 1 (layer 2, cosine 1.000000), deepstack_2 = DeepStack 2 (layer 3") in deepstack
+    assert ("swapped.onnx: 1x24x24: swapped: deepstack_0 carries golden DeepStack 1 (layer 2), not 0; "
+            "deepstack_1 carries golden DeepStack 0 (layer 1), not 1") in deepstack, deepstack
+    result.assert_outcomes(passed=21, failed=4)  # swapped: parity, grids, DeepStack, where
+
+
+def test_fp16_file_fails_fp32_limits(run_suite: RunSuite, files: dict[str, Path]) -> None:
+    result = run_suite("test_artefact.py", "-k", "parity", *_onnx(files["fp16"]), "--qwen3vl-grid=1,24,24", FP32_LIMITS)
+    row = claim_rows(result, "artefact-parity")
+    assert " fails " in row and "fp16.onnx-1x24x24: outside the overridden: rel L2 <= 1e-05" in row, row
+
+
+def test_unrecognised_outputs_get_the_mapping_message(run_suite: RunSuite, files: dict[str, Path]) -> None:
+    result = run_suite("test_artefact.py", *_onnx(files["renamed"]), "--qwen3vl-grid=1,24,24")
+    row = claim_rows(result, "artefact-interface")
+    assert "renamed.onnx: outputs not recognised: vision_embeds float32[num_merged_patches, 2560], ds_a" in row, row
+    assert "--qwen3vl-onnx-outputs=pooled=vision_embeds,deepstack=ds_a,ds_b,ds_c" in row, row
+    assert claim_rows(result, "artefact-parity").split()[2:4] == ["not", "run"]
+    mapped = run_suite("test_artefact.py", *_onnx(files["renamed"]), "--qwen3vl-grid=1,24,24",
+                       "--qwen3vl-onnx-outputs=pooled=vision_embeds,deepstack=ds_a,ds_b,ds_c")
+    mapped.assert_outcomes(passed=5)
+    assert "ds_a = DeepStack 0 (layer 1" in claim_rows(mapped, "artefact-deepstack")
+
+
+def test_weights_that_do_not_fit_the_config_fail_the_interface(
+    run_suite: RunSuite, files: dict[str, Path], tmp_path: Path
+) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"vision_config": {**VISION_PRESETS["tiny"], "hidden_size": 96}}))
+    result = run_suite("test_artefact.py", "-k", "interface", *_onnx(files["fp32"]), f"--qwen3vl-config={config}")
+    row = claim_rows(result, "artefact-interface")
+    assert " fails " in row and "weights or outputs do not fit the config" in row, row
+    assert "model.patch_embed.proj.weight is [64, 3, 2, 16, 16], the config's patch_embed.proj.weight is [96" in row
+
+
+def test_the_section_is_shown_only_for_files(run_suite: RunSuite) -> None:
+    result = run_suite("test_artefact.py", "test_runtime.py", "-k", "state_dicts or interface")
+    result.assert_outcomes(passed=1)
+    assert "deselected" in result.stdout.str()
+    assert "artefact-" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("make", "expect"),
+    [
+        (lambda d: d / "absent.onnx", "--qwen3vl-onnx: no such file: *absent.onnx"),
+        (lambda d: _write(d / "text.onnx", b"not a model"), "--qwen3vl-onnx=*text.onnx: not an ONNX model*"),
+        (lambda d: _no_pixels(d / "ints.onnx"), "--qwen3vl-onnx=*ints.onnx: no pixel-values input*: ids int64?4?"),
+    ],
+    ids=["missing", "not-onnx", "no-pixels"],
+)
+def test_bad_files_are_usage_errors(run_suite: RunSuite, tmp_path: Path, make, expect: str) -> None:
+    result = run_suite("test_artefact.py", *_onnx(make(tmp_path)))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {expect}"])
+    assert "Traceback" not in result.stderr.str()
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _no_pixels(path: Path) -> Path:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["ids"], ["out"])], "ints",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [4])],
+        [helper.make_tensor_value_info("out", TensorProto.INT64, [4])],
+    )
+    onnx.save_model(helper.make_model(graph), str(path))
+    return path
