@@ -21,7 +21,7 @@ from pytest_qwen3vl.model.build import VisionPair, build_pair
 from pytest_qwen3vl.model.configs import VISION_PRESETS, resolve_config
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.model.inputs import make_inputs
-from pytest_qwen3vl.plugin.exports import recipe_digest
+from pytest_qwen3vl.plugin.exports import code_digest
 from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path, write_reference_modified
 from pytest_qwen3vl.versions import library_versions
 from tests.conftest import RunSuite
@@ -80,7 +80,7 @@ class Files:
         return self._pairs[seed]
 
     def _get(self, name: str, build: Callable[[Path], None]) -> Path:
-        parts = {"file": name, "recipe": recipe_digest(), "libraries": json.dumps(library_versions(), sort_keys=True)}
+        parts = {"file": name, "recipe": code_digest(), "libraries": json.dumps(library_versions(), sort_keys=True)}
         return self.cache.get_or_create(parts, name, build)
 
     def export(self, name: str, seed: int = 0, wrapper: str = "pooled") -> Path:
