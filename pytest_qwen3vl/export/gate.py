@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pytest_qwen3vl.export.builder import quiet_logging
 from pytest_qwen3vl.export.cache import ArtifactCache
@@ -110,7 +110,7 @@ def compile_condition(test: str, module: ModuleType | Mapping[str, Any]) -> Cond
     function.body[0].value = ast.parse(test, mode="eval").body
     namespace = dict(vars(module) if isinstance(module, ModuleType) else module)
     exec(compile(ast.fix_missing_locations(tree), "<DeepStack condition>", "exec"), namespace)
-    return namespace["condition"]  # type: ignore[no-any-return]
+    return cast("Condition", namespace["condition"])
 
 
 def _gate_class() -> type[torch.nn.Module]:
@@ -177,15 +177,15 @@ def run_under(module: torch.nn.Module, exporter: str, x: torch.Tensor, folder: P
 
     with _quiet(), torch.no_grad():
         if exporter == "eager":
-            return module(x)  # type: ignore[no-any-return]
+            return module(x)
         if exporter == "torch.compile":
             torch._dynamo.reset()
-            return torch.compile(module, backend="eager", fullgraph=True)(x)  # type: ignore[no-any-return]
+            return torch.compile(module, backend="eager", fullgraph=True)(x)
         if exporter == "torch.jit.trace":
-            return torch.jit.trace(module, (x,), check_trace=False)(x)  # type: ignore[no-any-return]
+            return torch.jit.trace(module, (x,), check_trace=False)(x)
         if exporter.startswith("export"):
             program = torch.export.export(module, (x,), strict=exporter == "export strict")
-            return program.module()(x)  # type: ignore[no-any-return]
+            return program.module()(x)
         path = folder / "gate.onnx"
         torch.onnx.export(
             module, (x,), str(path), dynamo=exporter == "onnx dynamo=True", input_names=["x"], opset_version=GATE_OPSET
@@ -281,3 +281,77 @@ def gate_table(test: str, module: ModuleType | Mapping[str, Any], cache: Artifac
         path.write_text(measure_gate(test, module).to_json(), encoding="utf-8")
 
     return GateTable.from_json(cache.get_or_create(parts, "gate.json", build).read_text(encoding="utf-8"))
+
+
+# Judging a file's table against the report's words and the report's own condition.
+
+
+def words_table(
+    runs: Callable[[str, str], bool], exporters: tuple[str, ...], flags: tuple[str, ...]
+) -> dict[Cell, str]:
+    """What the report's words say per (exporter, flag): ``runs(exporter, flag)`` -> run or skip."""
+    return {(e, f): RUN if runs(e, f) else SKIP for e in exporters for f in flags}
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """A file's gate against the report's words, cell by cell.
+
+    ``problems``: cells where the file does what neither the words nor the report's condition do
+    (the file's fault). ``reported``/``measured``: the measured cells, for holds-or-erratum on
+    values (a cell where the file does what the report's condition does, against the words, is the
+    report's erratum). ``unmeasured``: cells an exporter could not produce, with why.
+    """
+
+    problems: list[str]
+    reported: dict[Cell, str]
+    measured: dict[Cell, str]
+    unmeasured: list[str]
+
+    def detail(self) -> str:
+        """The measured cells in words, then those that could not be measured."""
+        text = describe_cells(self.measured)
+        return text + (f" | not measured: {'; '.join(self.unmeasured)}" if self.unmeasured else "")
+
+
+def _does(value: str) -> str:
+    return {RUN: "runs", SKIP: "skips"}.get(value, value)
+
+
+def judge_gate(table: GateTable, reference: GateTable, words: Mapping[Cell, str], who: str) -> GateVerdict:
+    """Compare ``table`` with ``words`` on the cells ``words`` names; see ``GateVerdict``."""
+    problems: list[str] = []
+    reported: dict[Cell, str] = {}
+    measured: dict[Cell, str] = {}
+    unmeasured: list[str] = []
+    for cell, said in words.items():
+        value, expected = table.cells.get(cell), reference.cells.get(cell)
+        exporter, flag = cell
+        if value is None:
+            unmeasured.append(f"{exporter} flag {flag}: {table.errors.get(cell, 'not measured')}")
+            continue
+        if value != said and value != expected:
+            problems.append(
+                f"under {exporter} with the flag {flag}, {who} {_does(value)} DeepStack "
+                f"(the report says it {_does(said)}s; the report's condition {_does(str(expected))})"
+            )
+        reported[cell], measured[cell] = said, value
+    return GateVerdict(problems, reported, measured, unmeasured)
+
+
+def describe_cells(cells: Mapping[Cell, str]) -> str:
+    """``flag unset, False: run under eager, torch.compile; skip under torch.jit.trace | flag True: ...``;
+    flags whose rows agree share one part, and a value every column gives says "under all N"."""
+    exporters = list(dict.fromkeys(e for e, _ in cells))
+    rows: dict[str, list[str]] = {}
+    for flag in dict.fromkeys(f for _, f in cells):
+        by_value: dict[str, list[str]] = {}
+        for (exporter, f), value in cells.items():
+            if f == flag:
+                by_value.setdefault(value, []).append(exporter)
+        text = "; ".join(
+            f"{value} under {f'all {len(where)}' if where == exporters else ', '.join(where)}"
+            for value, where in by_value.items()
+        )
+        rows.setdefault(text, []).append(flag)
+    return " | ".join(f"flag {', '.join(flags)}: {text}" for text, flags in rows.items())
