@@ -73,6 +73,11 @@ _CLAIMS: tuple[tuple[str, str, str, str], ...] = (
      "What the change buys: golden and modified exported through the same pooled wrapper.", "test_export"),
     ("export", "dynamo-export", "The export works with torch.onnx's default (dynamo) exporter.", "test_export"),
     ("export", "trace-hazards", "The change adds no trace hazard (TracerWarning).", "test_export"),
+    ("export", "pipeline-deepstack-kept",
+     "An export that keeps DeepStack (pooled_embeds + one output per DeepStack layer), fed to golden's "
+     "language model, computes what golden computes.", "test_pipeline"),
+    ("export", "pipeline-like-golden",
+     "The exported pipeline (the language model fed pooled_embeds only) behaves like golden.", "test_pipeline"),
 )
 
 CATALOGUE: tuple[Claim, ...] = tuple(
