@@ -333,7 +333,7 @@ def judge_gate(table: GateTable, reference: GateTable, words: Mapping[Cell, str]
         if value != said and value != expected:
             problems.append(
                 f"under {exporter} with the flag {flag}, {who} {_does(value)} DeepStack "
-                f"(the report says it {_does(said)}s; the report's condition {_does(str(expected))})"
+                f"(the report says it {_does(said)}; the report's condition {_does(str(expected))})"
             )
         reported[cell], measured[cell] = said, value
     return GateVerdict(problems, reported, measured, unmeasured)
