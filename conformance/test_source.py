@@ -23,9 +23,11 @@ from pytest_qwen3vl.source.diff import (
     Change,
     DiffReport,
     check_one_diff,
+    deepstack_mode_table,
     deepstack_truth_table,
     describe_disagreements,
     find_deepstack_if,
+    mode_notes,
     read_source,
 )
 from pytest_qwen3vl.source.files import (
@@ -161,7 +163,8 @@ def test_deepstack_condition_is_equivalent_to_the_report(
     disagreements = describe_disagreements(table)
     if disagreements:
         pytest.fail(f"{prefix} differs from the reference: {'; '.join(disagreements)}\n{found}", pytrace=False)
-    qwen3vl_record.holds(f"equivalent to the reference in all {len(EXPECTED_TABLE)} combinations, at {where}")
+    notes = "".join(f"; note: it {note}" for note in mode_notes(deepstack_mode_table(test)))
+    qwen3vl_record.holds(f"equivalent to the reference in all {len(EXPECTED_TABLE)} combinations, at {where}{notes}")
 
 
 @pytest.mark.qwen3vl_claim("deepstack-body")

@@ -126,3 +126,14 @@ def test_cli_prints_the_note_and_json_carries_the_modes(tmp_path: Path, capsys: 
     export_unset = next(r for r in condition["modes"] if r["mode"] == "torch.export" and not r["flag_set"])
     assert export_unset == {"mode": "torch.export", "flag_set": False, "runs_deepstack": False, "reference": True}
     assert len(condition["notes"]) == 1
+
+
+def test_an_incomplete_table_is_not_cached(tmp_path: Path) -> None:
+    """A condition that names a global the exporters cannot trace through: the cells an exporter
+    could not produce stay unmeasured, and the next request measures again."""
+    cache = ArtifactCache(tmp_path)
+    namespace = {"torch": __import__("torch"), "probe": lambda: print(end="") is None}  # fullgraph refuses print
+    first = gate_table("probe() and layer_num in self.deepstack_visual_indexes", namespace, cache)
+    assert first.errors, first.cells
+    gate_table("probe() and layer_num in self.deepstack_visual_indexes", namespace, cache)
+    assert [b["status"] for b in cache.builds()] == ["failed", "failed"]

@@ -265,8 +265,20 @@ def _recipe() -> str:
     return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 
+class _Incomplete(Exception):
+    """A table with cells an exporter could not measure: returned, never cached."""
+
+    def __init__(self, table: GateTable) -> None:
+        super().__init__("incomplete gate table")
+        self.table = table
+
+
 def gate_table(test: str, module: ModuleType | Mapping[str, Any], cache: ArtifactCache | None = None) -> GateTable:
-    """``measure_gate`` through the cache: built once per (condition text, library versions, this file)."""
+    """``measure_gate`` through the cache: built once per (condition text, library versions, this file).
+
+    A table with unmeasured cells is ours to explain, not a fact about the condition: it is returned
+    but not cached, so the next session measures again.
+    """
     if cache is None:
         return measure_gate(test, module)
     parts = {
@@ -278,9 +290,15 @@ def gate_table(test: str, module: ModuleType | Mapping[str, Any], cache: Artifac
     }
 
     def build(path: Path) -> None:
-        path.write_text(measure_gate(test, module).to_json(), encoding="utf-8")
+        table = measure_gate(test, module)
+        if table.errors:
+            raise _Incomplete(table)
+        path.write_text(table.to_json(), encoding="utf-8")
 
-    return GateTable.from_json(cache.get_or_create(parts, "gate.json", build).read_text(encoding="utf-8"))
+    try:
+        return GateTable.from_json(cache.get_or_create(parts, "gate.json", build).read_text(encoding="utf-8"))
+    except _Incomplete as incomplete:
+        return incomplete.table
 
 
 # Judging a file's table against the report's words and the report's own condition.
