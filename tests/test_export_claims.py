@@ -61,7 +61,7 @@ def test_condition_without_the_tracing_clause_runs_deepstack_under_trace(run_sui
     result.stdout.fnmatch_lines([
         "E * while tracing with the flag unset, the modified DeepStack mergers ran [[]1, 1, 1[]] times "
         "(torch.jit.is_tracing() must skip them)",
-        "E * under torch.jit.trace with the flag unset, the modified condition runs DeepStack (the report says it "
+        "*under torch.jit.trace with the flag unset, the modified condition runs DeepStack (the report says it "
         "skips; the report's condition skips)*",
     ])
     found = rows(result, "deepstack-not-traced", "modified-onnx-outputs", "export-graph-vs-golden")
