@@ -4,13 +4,28 @@ The source claims judge the condition's text; these run the models, so a fork wh
 right but behaves otherwise (a flag set elsewhere, a tracing check that never fires) is caught. Each
 merger's calls are counted with forward hooks in eager mode and under ``torch.jit.trace``, with the
 flag absent, False and True, and compared with the truth table of the condition each side claims.
+
+The whole model does not export with torch.export, so the condition alone is also run under every
+exporter (``qwen3vl_gate``: torch.jit.trace, torch.export strict and non-strict, torch.onnx with
+dynamo=True and False, and torch.compile, which is no exporter). Where the report's own condition
+does what its words do not say, that is an erratum; where the file does what neither does, it fails.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
+from pytest_qwen3vl.export.gate import (
+    EXPORTERS,
+    FLAGS,
+    GateTable,
+    GateVerdict,
+    judge_gate,
+    words_table,
+)
 from pytest_qwen3vl.export.tracing import count_deepstack_calls
 from pytest_qwen3vl.model.inputs import VisionInputs
 from pytest_qwen3vl.plugin.claims import ClaimRecorder
@@ -97,3 +112,33 @@ def test_modified_runs_mergers_only_when_not_exporting(
     if problems:
         pytest.fail(f"DeepStack in modified {DEEPSTACK_PLACE}: {'; '.join(problems)}", pytrace=False)
     qwen3vl_record.holds(f"mergers run per case: {measured}")
+
+
+NOT_EXPORTING = ("eager", "torch.compile")
+Gate = Callable[[str], GateTable]
+
+
+def record_gate(record: ClaimRecorder, verdict: GateVerdict, said: str, place: str) -> None:
+    """Fail on the file's own faults; otherwise holds or erratum, decided on the measured cells."""
+    if verdict.problems:
+        pytest.fail(f"DeepStack in {place}: {'; '.join(verdict.problems)}", pytrace=False)
+    record.claim(reported=verdict.reported, measured=verdict.measured, detail=verdict.detail(), said=said)
+
+
+@pytest.mark.qwen3vl_claim("golden-deepstack-always")
+def test_golden_condition_runs_under_every_exporter(qwen3vl_gate: Gate, qwen3vl_record: ClaimRecorder) -> None:
+    table = qwen3vl_gate("golden")
+    words = words_table(lambda exporter, flag: True, EXPORTERS, tuple(FLAGS))
+    record_gate(qwen3vl_record, judge_gate(table, table, words, "golden"), "runs everywhere",
+                f"golden {DEEPSTACK_PLACE}")
+
+
+@pytest.mark.qwen3vl_claim("modified-deepstack-gated")
+def test_modified_condition_skips_under_every_exporter(qwen3vl_gate: Gate, qwen3vl_record: ClaimRecorder) -> None:
+    words = words_table(lambda exporter, flag: exporter in NOT_EXPORTING and flag != "True", EXPORTERS, tuple(FLAGS))
+    verdict = judge_gate(qwen3vl_gate("modified"), qwen3vl_gate("reference"), words, "the modified condition")
+    record_gate(
+        qwen3vl_record, verdict,
+        "runs in eager mode and under torch.compile unless the flag is set; skips under every exporter",
+        f"modified {DEEPSTACK_PLACE}",
+    )

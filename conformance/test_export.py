@@ -15,6 +15,7 @@ import torch
 
 from pytest_qwen3vl.errors import ExportFailed, OutputContractError
 from pytest_qwen3vl.export.builder import POOLED_OUTPUT
+from pytest_qwen3vl.export.gate import ONNX_EXPORTERS, judge_gate, words_table
 from pytest_qwen3vl.export.graph import CONSTANTS_BUCKET, graph_digest, graph_signature
 from pytest_qwen3vl.export.recipes import onnx_sweep
 from pytest_qwen3vl.export.runtime import PARITY_ATOL, PARITY_RTOL, parity, run_pooled, runtime_failure
@@ -125,6 +126,18 @@ def test_deepstack_mergers_never_run_under_trace(
         f"merger calls under torch.jit.trace: {with_flag} with the flag, {without_flag} without; "
         "no deepstack_merger_list initializer in the pooled export"
     )
+
+
+@pytest.mark.qwen3vl_claim("deepstack-not-traced")
+def test_deepstack_stays_out_of_every_exporter(qwen3vl_gate, qwen3vl_record):
+    """The builder's flag, and the condition's tracing clause without it, per exporter (the condition
+    alone: the whole model does not export with torch.export)."""
+    words = words_table(lambda exporter, flag: False, ONNX_EXPORTERS, ("True", "unset"))
+    verdict = judge_gate(qwen3vl_gate("modified"), qwen3vl_gate("reference"), words, "the modified condition")
+    if verdict.problems:
+        pytest.fail(f"DeepStack under the exporters: {'; '.join(verdict.problems)}", pytrace=False)
+    qwen3vl_record.claim(reported=verdict.reported, measured=verdict.measured, detail=verdict.detail(),
+                         said="not traced under any exporter: with the flag, and by torch.jit.is_tracing() without it")
 
 
 @pytest.mark.qwen3vl_claim("export-pooled-embeds")

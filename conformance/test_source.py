@@ -117,7 +117,8 @@ def test_deepstack_condition_is_equivalent_to_the_report(
         pytest.fail(f"{'; '.join(deepstack_diff.condition_problems)}\n{found}", pytrace=False)
     assert change is not None  # an unchanged golden condition always disagrees with the reference
     where = f"{change.place} golden:{change.golden_line} modified:{change.modified_line}"
-    qwen3vl_record.holds(f"equivalent to the reference in all {len(EXPECTED_TABLE)} combinations, at {where}")
+    notes = "".join(f"; note: it {note}" for note in deepstack_diff.notes)
+    qwen3vl_record.holds(f"equivalent to the reference in all {len(EXPECTED_TABLE)} combinations, at {where}{notes}")
 
 
 @pytest.mark.qwen3vl_claim("deepstack-body")

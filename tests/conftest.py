@@ -32,7 +32,14 @@ def _load_the_dynamo_exporter() -> None:
         )
 
 
+def _load_torch_compile() -> None:
+    """One tiny torch.compile, for the same reason: an inner run that loaded dynamo's backends first
+    would drop them, and the next registers ``eager`` twice (AssertionError: duplicate name)."""
+    torch.compile(torch.nn.Linear(2, 2), backend="eager", fullgraph=True)(torch.zeros(1, 2))
+
+
 _load_the_dynamo_exporter()
+_load_torch_compile()
 
 pytest_plugins = ["pytester"]
 

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from pytest_qwen3vl.errors import ConfigError
 from pytest_qwen3vl.model.build import build_golden
-from pytest_qwen3vl.model.checkpoint import vision_shards
+from pytest_qwen3vl.model.checkpoint import shards_holding
 from pytest_qwen3vl.model.configs import TEXT_PRESETS, VISION_PRESETS, resolve_config
 from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path
 from tests.conftest import RunSuite
@@ -52,7 +52,7 @@ def sharded(tmp_path: Path, source_state: dict[str, torch.Tensor]) -> Path:
 def test_sharded_checkpoint_reads_only_vision_shards(sharded: Path, golden_module, source_state) -> None:
     spec = resolve_config(str(sharded), Path("/"))
     assert spec.checkpoint == sharded
-    assert sorted(p.name for p in vision_shards(sharded)) == ["model-00001-of-00003.safetensors",
+    assert sorted(p.name for p in shards_holding(sharded)) == ["model-00001-of-00003.safetensors",
                                                              "model-00002-of-00003.safetensors"]
     loaded = build_golden(golden_module, spec, seed=0).state_dict()
     assert loaded.keys() == source_state.keys()

@@ -177,7 +177,7 @@ def test_equivalent_rewrites_have_the_expected_table(condition: str) -> None:
 @pytest.mark.parametrize(
     ("condition", "message"),
     [
-        ("layer_num in self.deepstack_visual_indexes and not foo()", "`foo()` is none of the three inputs"),
+        ("layer_num in self.deepstack_visual_indexes and not foo()", "`foo()` is none of the inputs"),
         ("layer_num in self.indexes", "`layer_num in self.indexes` is none"),
         ('getattr(self, "_skip_export", False)', "reads another flag, `'_skip_export'`"),
         ('getattr(self, "_skip_deepstack_export", x)', "the flag's default `x` is not a constant"),

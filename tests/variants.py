@@ -121,6 +121,26 @@ _add(
         harmless=True,
     )
 )
+# The report's condition plus a predicate that is False in all 8 of its combinations: the source
+# check passes with a note; they differ under torch.export (both skip) and torch.compile (the second skips).
+_add(
+    Variant(
+        "is_exporting",
+        with_condition(
+            f"layer_num in self.deepstack_visual_indexes and not ({FLAG} or {TRACING} or torch.compiler.is_exporting())"
+        ),
+        harmless=True,
+    )
+)
+_add(
+    Variant(
+        "dynamo_compiling",
+        with_condition(
+            f"layer_num in self.deepstack_visual_indexes and not ({FLAG} or {TRACING} or is_torchdynamo_compiling())"
+        ),
+        harmless=True,
+    )
+)
 _add(
     Variant(
         "inverted",

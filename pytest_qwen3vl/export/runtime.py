@@ -67,6 +67,22 @@ def run_pooled(session: onnxruntime.InferenceSession, pixel_values: Any, grid_th
     return outputs.get(POOLED_OUTPUT, next(iter(outputs.values())))
 
 
+def split_outputs(outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``pooled_embeds`` and the DeepStack features in layer order, from either layout: one output
+    per layer (``deepstack_<i>`` or ``deepstack_features_<i>``), or one stacked ``deepstack_features``
+    [D, N, H]. A file without DeepStack outputs gives an empty list."""
+    import re
+
+    pooled = outputs[POOLED_OUTPUT]
+    if "deepstack_features" in outputs:
+        return pooled, list(outputs["deepstack_features"])
+    split = {}
+    for name, value in outputs.items():
+        if match := re.fullmatch(r"deepstack_(?:features_)?(\d+)", name):
+            split[int(match[1])] = value
+    return pooled, [split[i] for i in sorted(split)]
+
+
 @dataclass(frozen=True)
 class Parity:
     """How far a runtime's output is from the reference.

@@ -82,6 +82,11 @@ _CLAIMS: tuple[tuple[str, str, str, str], ...] = (
     ("export", "grid-free-dynamo",
      "The grid-free recipe also exports with torch.onnx's dynamo exporter and serves every sweep grid.",
      "test_recipes"),
+    ("export", "pipeline-deepstack-kept",
+     "An export that keeps DeepStack (pooled_embeds + one output per DeepStack layer), fed to golden's "
+     "language model, computes what golden computes.", "test_pipeline"),
+    ("export", "pipeline-like-golden",
+     "The exported pipeline (the language model fed pooled_embeds only) behaves like golden.", "test_pipeline"),
     ("runtime", "genai-preprocessing",
      "onnxruntime-genai's image processor gives the pixel values and grid of transformers' image processor.",
      "test_genai"),

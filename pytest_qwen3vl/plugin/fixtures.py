@@ -7,6 +7,7 @@ set a flag or an attention implementation restore it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from syrupy.assertion import SnapshotAssertion
 
     from pytest_qwen3vl.export.artefact import ArtefactCheck, GoldenRuns
+    from pytest_qwen3vl.export.gate import GateTable
     from pytest_qwen3vl.model.build import VisionPair
     from pytest_qwen3vl.model.configs import ModelSpec
     from pytest_qwen3vl.model.inputs import VisionInputs
@@ -208,6 +210,43 @@ def qwen3vl_genai(pytestconfig: pytest.Config, qwen3vl_settings: Settings, qwen3
     except NotRunnable as exc:
         pytest.skip(str(exc))
     return genai
+GATE_ROLES = ("golden", "modified", "reference")
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_gate(
+    qwen3vl_settings: Settings,
+    qwen3vl_golden_path: Path,
+    qwen3vl_modified_path: Path,
+    qwen3vl_golden_module: ModuleType,
+    qwen3vl_modified_module: ModuleType,
+) -> Callable[[str], GateTable]:
+    """``qwen3vl_gate(which) -> GateTable``: the DeepStack condition of "golden", "modified" or
+    "reference" (the report's condition in golden's module) run under each exporter, flag unset,
+    False and True. Measured once per condition text and library versions (``<cache dir>/gates``)."""
+    from pytest_qwen3vl.export.cache import ArtifactCache
+    from pytest_qwen3vl.export.gate import condition_of, gate_table
+
+    cache = ArtifactCache(qwen3vl_settings.cache_dir / "gates")
+    tables: dict[str, GateTable] = {}
+
+    def table(which: str) -> GateTable:
+        if which not in GATE_ROLES:
+            raise ValueError(f"which must be one of {', '.join(GATE_ROLES)}, not {which!r}")
+        if which not in tables:
+            if which == "reference":
+                test, module = sources.MODIFIED_CONDITION, qwen3vl_golden_module
+            else:
+                path = qwen3vl_golden_path if which == "golden" else qwen3vl_modified_path
+                try:
+                    test = condition_of(path)
+                except (LookupError, SourceError) as exc:
+                    pytest.fail(f"{which}: {exc}", pytrace=False)
+                module = qwen3vl_golden_module if which == "golden" else qwen3vl_modified_module
+            tables[which] = gate_table(test, module, cache)
+        return tables[which]
+
+    return table
 
 
 @pytest.fixture

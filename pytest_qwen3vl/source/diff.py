@@ -32,6 +32,22 @@ INPUTS = ("layer_in_indexes", "flag_set", "tracing")
 
 Combination = tuple[bool, bool, bool]
 TruthTable = dict[Combination, bool]
+ModeTable = dict[tuple[str, bool], bool]  # (mode, flag set) -> runs DeepStack, at a DeepStack layer
+
+# The predicates a condition may read, as each way of running the model sets them (measured with
+# torch 2.13 and transformers 4.57.6; ``pytest_qwen3vl.export.gate`` measures them again, and a
+# self-test keeps this table in step). The report's eight combinations are eager and
+# ``torch.jit.trace`` (the TorchScript ONNX exporter); ``torch.export`` stands for
+# ``torch.export.export`` (strict and non-strict) and ``torch.onnx.export(dynamo=True)``.
+PREDICATES = ("tracing", "exporting", "compiling")
+MODES: dict[str, dict[str, bool]] = {
+    "eager": {"tracing": False, "exporting": False, "compiling": False},
+    "torch.jit.trace": {"tracing": True, "exporting": False, "compiling": False},
+    "torch.compile": {"tracing": False, "exporting": False, "compiling": True},
+    "torch.export": {"tracing": False, "exporting": True, "compiling": True},
+}
+REPORT_MODES = ("eager", "torch.jit.trace")  # the modes the truth table's ``tracing`` input tells apart
+State = tuple[bool, bool, str]  # (layer in indexes, flag set, mode)
 
 _BODY_FIELDS = ("body", "orelse", "handlers", "finalbody", "cases")
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
@@ -338,32 +354,42 @@ def _template(source: str) -> str:
 
 _LAYER = _template(GOLDEN_CONDITION)
 _NOT_LAYER = _template("layer_num not in self.deepstack_visual_indexes")
-_TRACING = _template("torch.jit.is_tracing()")
-_ATOMS_TEXT = f'{GOLDEN_CONDITION}, getattr(self, "{FLAG}", False), torch.jit.is_tracing()'
+# Calls that read one predicate: ``is_torchdynamo_compiling`` is the name golden imports from
+# transformers.utils; it is True under torch.compile as well as under torch.export.
+_PREDICATE_CALLS = {
+    _template("torch.jit.is_tracing()"): "tracing",
+    _template("torch.compiler.is_exporting()"): "exporting",
+    _template("is_torchdynamo_compiling()"): "compiling",
+}
+_ATOMS_TEXT = (
+    f'{GOLDEN_CONDITION}, getattr(self, "{FLAG}", False), torch.jit.is_tracing(), '
+    "torch.compiler.is_exporting(), is_torchdynamo_compiling()"
+)
 
 
-def _compile(node: ast.expr) -> Callable[[Combination], bool]:
-    """A function of (layer in indexes, flag set, tracing) that evaluates ``node`` as an ``if`` does."""
+def _compile(node: ast.expr) -> Callable[[State], bool]:
+    """A function of (layer in indexes, flag set, mode) that evaluates ``node`` as an ``if`` does."""
     match node:
         case ast.BoolOp(op=ast.And(), values=values):
             parts = [_compile(v) for v in values]
-            return lambda c: all(p(c) for p in parts)
+            return lambda s: all(p(s) for p in parts)
         case ast.BoolOp(op=ast.Or(), values=values):
             parts = [_compile(v) for v in values]
-            return lambda c: any(p(c) for p in parts)
+            return lambda s: any(p(s) for p in parts)
         case ast.UnaryOp(op=ast.Not(), operand=operand):
             inner = _compile(operand)
-            return lambda c: not inner(c)
+            return lambda s: not inner(s)
         case ast.Call(func=ast.Name(id="bool"), args=[arg], keywords=[]):
             return _compile(arg)
         case ast.Constant(value=value) if isinstance(value, bool):
-            return lambda c: value
+            return lambda s: value
         case _ if _dump(node) == _NOT_LAYER:
-            return lambda c: not c[0]
+            return lambda s: not s[0]
         case _ if _dump(node) == _LAYER:
-            return lambda c: c[0]
-        case _ if _dump(node) == _TRACING:
-            return lambda c: c[2]
+            return lambda s: s[0]
+        case _ if _dump(node) in _PREDICATE_CALLS:
+            predicate = _PREDICATE_CALLS[_dump(node)]
+            return lambda s: MODES[s[2]][predicate]
         case ast.Call(func=ast.Name(id="getattr"), args=[ast.Name(id="self"), name, default], keywords=[]):
             return _flag(name, default)
         case ast.Attribute(value=ast.Name(id="self"), attr=attr) if attr == FLAG:
@@ -372,11 +398,11 @@ def _compile(node: ast.expr) -> Callable[[Combination], bool]:
                 f'expected getattr(self, "{FLAG}", False)'
             )
     raise UndecidableCondition(
-        f"`{ast.unparse(node)}` is none of the three inputs ({_ATOMS_TEXT}), so equivalence is not decidable"
+        f"`{ast.unparse(node)}` is none of the inputs ({_ATOMS_TEXT}), so equivalence is not decidable"
     )
 
 
-def _flag(name: ast.expr, default: ast.expr) -> Callable[[Combination], bool]:
+def _flag(name: ast.expr, default: ast.expr) -> Callable[[State], bool]:
     """``getattr(self, FLAG, default)``: True when set, the default's truth value when unset."""
     if not (isinstance(name, ast.Constant) and name.value == FLAG):
         raise UndecidableCondition(
@@ -385,21 +411,66 @@ def _flag(name: ast.expr, default: ast.expr) -> Callable[[Combination], bool]:
     if not isinstance(default, ast.Constant):
         raise UndecidableCondition(f"the flag's default `{ast.unparse(default)}` is not a constant")
     unset = bool(default.value)
-    return lambda c: True if c[1] else unset
+    return lambda s: True if s[1] else unset
+
+
+def _parse_condition(condition: str | ast.expr) -> ast.expr:
+    return ast.parse(condition.strip(), mode="eval").body if isinstance(condition, str) else condition
 
 
 def deepstack_truth_table(condition: str | ast.expr) -> TruthTable:
     """Whether an ``if`` with ``condition`` runs DeepStack, for each (layer in indexes, flag set, tracing).
 
+    ``tracing`` is ``torch.jit.trace`` (True) or eager mode (False): the report's eight combinations.
     Raises ``UndecidableCondition`` naming the first sub-expression that is not one of the inputs.
     """
-    node = ast.parse(condition.strip(), mode="eval").body if isinstance(condition, str) else condition
-    decide = _compile(node)
+    decide = _compile(_parse_condition(condition))
     combos = cast("list[Combination]", list(itertools.product((False, True), repeat=3)))
-    return {combo: decide(combo) for combo in combos}
+    return {combo: decide((combo[0], combo[1], REPORT_MODES[combo[2]])) for combo in combos}
+
+
+def deepstack_mode_table(condition: str | ast.expr) -> ModeTable:
+    """Whether ``condition`` runs DeepStack at a DeepStack layer, per (mode of ``MODES``, flag set)."""
+    decide = _compile(_parse_condition(condition))
+    return {(mode, flag): decide((True, flag, mode)) for mode in MODES for flag in (False, True)}
 
 
 EXPECTED_TABLE = deepstack_truth_table(MODIFIED_CONDITION)
+
+
+EXPECTED_MODES = deepstack_mode_table(MODIFIED_CONDITION)
+
+
+def mode_notes(actual: ModeTable, expected: ModeTable = EXPECTED_MODES) -> list[str]:
+    """Sentences for the modes beyond the report's eight combinations where ``actual`` differs.
+
+    The report's condition runs DeepStack under torch.export and torch.compile unless the flag is
+    set, because ``torch.jit.is_tracing()`` is False there. A fork that skips under torch.export
+    keeps DeepStack out of every exporter's graph; one that skips under torch.compile also drops it
+    from compiled inference.
+    """
+    notes = []
+    for mode in MODES:
+        if mode in REPORT_MODES:
+            continue
+        for flag in (False, True):
+            if actual[(mode, flag)] == expected[(mode, flag)]:
+                continue
+            state = f"with the flag {'set' if flag else 'unset'}"
+            if actual[(mode, flag)]:
+                notes.append(f"runs DeepStack under {mode} {state}, where the reference condition skips it")
+            elif mode == "torch.export":
+                notes.append(
+                    f"additionally skips DeepStack under torch.export (torch.export.export, strict and "
+                    f"non-strict, and torch.onnx.export(dynamo=True)) {state}, where torch.jit.is_tracing() "
+                    "is False and the reference condition runs it"
+                )
+            else:
+                notes.append(
+                    f"also skips DeepStack under {mode} {state}: compiled inference loses DeepStack, "
+                    "while the reference condition keeps it"
+                )
+    return notes
 
 
 def describe_combination(combo: Combination) -> str:
@@ -455,6 +526,8 @@ class DiffReport:
     def body_changes(self) -> list[Change]:
         """Changes inside the body of the DeepStack ``if``."""
         return [c for c in self.changes if self.target is not None and self.target in c.within]
+    modes: ModeTable | None = None  # the same test under torch.compile and torch.export
+    notes: list[str] = field(default_factory=list)  # where it differs from the reference beyond the 8
 
     @property
     def conforms(self) -> bool:
@@ -464,7 +537,8 @@ class DiffReport:
     def verdict(self) -> str:
         if self.conforms:
             change = self.changes[0]
-            return f"OK: one change, the DeepStack condition at {change.where()}, equivalent to the reference"
+            note = f"; note: it {'; it '.join(self.notes)}" if self.notes else ""
+            return f"OK: one change, the DeepStack condition at {change.where()}, equivalent to the reference{note}"
         count = f"{len(self.changes)} change{'s' * (len(self.changes) != 1)}"
         more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
         return f"FAIL ({count}): {self.problems[0]}{more}"
@@ -476,6 +550,12 @@ class DiffReport:
                 dict(zip(INPUTS, combo, strict=True)) | {"runs_deepstack": run, "expected": EXPECTED_TABLE[combo]}
                 for combo, run in sorted(self.truth_table.items())
             ]
+        modes = None
+        if self.modes is not None:
+            modes = [
+                {"mode": mode, "flag_set": flag, "runs_deepstack": run, "reference": EXPECTED_MODES[(mode, flag)]}
+                for (mode, flag), run in self.modes.items()
+            ]
         return {
             "golden": self.golden,
             "modified": self.modified,
@@ -483,20 +563,35 @@ class DiffReport:
             "verdict": self.verdict,
             "problems": self.problems,
             "changes": [c.to_dict() for c in self.changes],
-            "condition": {"expected": MODIFIED_CONDITION, "found": self.condition, "truth_table": table},
+            "condition": {"expected": MODIFIED_CONDITION, "found": self.condition, "truth_table": table,
+                          "modes": modes, "notes": self.notes},
         }
 
 
-def find_deepstack_if(tree: ast.Module) -> ast.If | None:
-    """The ``if layer_num in self.deepstack_visual_indexes:`` inside ``Qwen3VLVisionModel.forward``."""
+def find_deepstack_if(tree: ast.Module, *, any_test: bool = False) -> ast.If | None:
+    """The ``if layer_num in self.deepstack_visual_indexes:`` inside ``Qwen3VLVisionModel.forward``.
+
+    With ``any_test`` the ``if`` is found by its body instead (the first ``if`` whose body reads
+    ``deepstack_merger_list``), whatever its test: that is how a fork's changed ``if`` is found.
+    """
     for cls in tree.body:
         if isinstance(cls, ast.ClassDef) and cls.name == DEEPSTACK_CLASS:
             for method in cls.body:
                 if isinstance(method, ast.FunctionDef) and method.name == "forward":
                     for node in ast.walk(method):
-                        if isinstance(node, ast.If) and _dump(node.test) == _LAYER:
+                        if isinstance(node, ast.If) and (
+                            _reads_mergers(node.body) if any_test else _dump(node.test) == _LAYER
+                        ):
                             return node
     return None
+
+
+def _reads_mergers(body: Sequence[ast.stmt]) -> bool:
+    return any(
+        isinstance(node, ast.Attribute) and node.attr == "deepstack_merger_list"
+        for statement in body
+        for node in ast.walk(statement)
+    )
 
 
 def check_one_diff(golden: Source | str | os.PathLike[str], modified: Source | str | os.PathLike[str]) -> DiffReport:
@@ -555,8 +650,9 @@ def _judge_condition(target: ast.If, change: Change | None, report: DiffReport) 
         prefix = f"the DeepStack condition at {change.where()}"
     try:
         table = deepstack_truth_table(test)
+        modes = deepstack_mode_table(test)
     except UndecidableCondition as exc:
         return [f"{prefix} is not the reference condition: {exc}"]
     if change is not None:
-        report.truth_table = table
+        report.truth_table, report.modes, report.notes = table, modes, mode_notes(modes)
     return [f"{prefix} differs from the reference: {d}" for d in describe_disagreements(table)]

@@ -1,0 +1,218 @@
+"""The whole model end to end: what a language model computes from golden's vision outputs, or
+from what an exported vision file gives a runtime.
+
+``build_full_model`` makes a ``Qwen3VLForConditionalGeneration`` from the GOLDEN module's classes
+whose vision tower is the session's golden vision model (the very tensors) and whose language model
+has seeded random weights, or a checkpoint folder's. ``golden_run`` is the full PyTorch forward;
+``language_run`` is what a runtime does with exported outputs: the image-pad rows of the token
+embeddings replaced by ``pooled_embeds``, and the DeepStack features (if it has them) added to the
+image rows after the first language-model layers, as golden adds them.
+
+Two things every run here does on purpose:
+
+- An attention mask of ones is passed, as the processor gives. Without it (and without a cache)
+  transformers 4.57.6 reads the constant MRoPE temporal row over the image as packed sequences and
+  cuts the image off from the text, so nothing would reach the text positions.
+- The text config of a preset is made to fit the vision tower: ``hidden_size`` = the vision
+  ``out_hidden_size`` (the tiny presets have 256 and 2560) and more layers than DeepStack features
+  (golden adds feature i at layer i only where that layer exists; the tiny preset has 2 layers for
+  3 features, which would leave the last feature unused, in golden too).
+
+torch and transformers are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from pytest_qwen3vl.errors import ConfigError
+from pytest_qwen3vl.model.build import share_weights
+from pytest_qwen3vl.model.checkpoint import load_language_weights
+from pytest_qwen3vl.model.configs import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+
+# Special tokens of the tiny vocabulary (the presets' text vocab is 1024); a checkpoint's config wins.
+TOKENS = {"vision_start_token_id": 1019, "vision_end_token_id": 1020, "image_token_id": 1021, "video_token_id": 1022}
+TEXT_BEFORE, TEXT_AFTER = 6, 12  # text tokens around the image(s) in the prompt
+LAST = 4  # "the prompt's last positions" for top-1 agreement and KL
+BF16_FROM_PARAMS = 1.5e9  # the 2B has about 2.1 B parameters: from there on the language model runs in bfloat16
+# Largest relative L2 (hidden states or logits) that still counts as "computes what golden computes",
+# by the language model's dtype. Measured (tiny, 1x24x24, ONNX Runtime DeepStack export fed back):
+# float32 1.3e-6, bfloat16 1.2e-2 (ORT's 1e-6 differences flip bfloat16 roundings). Feeding no
+# DeepStack, or the features swapped or one layer late, gave 0.35 to 0.8 on the same model.
+TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2}
+
+
+def pipeline_config(spec: ModelSpec) -> Any:
+    """A ``Qwen3VLConfig`` for the whole model: the spec's vision config and a text config that fits it.
+
+    A checkpoint's text config is taken as it is (its hidden size must be the vision tower's
+    ``out_hidden_size``); a preset's is fitted as the module docstring says.
+    """
+    from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
+
+    if spec.text is None:
+        raise ConfigError(f"{spec.name}: no text_config, so the whole model cannot be built")
+    vision, text = copy.deepcopy(spec.vision), copy.deepcopy(spec.text)
+    depth = len(vision["deepstack_visual_indexes"])
+    if spec.checkpoint is None:
+        text["hidden_size"] = vision["out_hidden_size"]
+        text["num_hidden_layers"] = max(int(text.get("num_hidden_layers", 0)), depth + 1)
+        tokens = TOKENS
+    else:
+        tokens = {}  # the checkpoint's own config.json names its special tokens
+    if text["hidden_size"] != vision["out_hidden_size"]:
+        raise ConfigError(
+            f"{spec.name}: text hidden_size {text['hidden_size']} != vision out_hidden_size {vision['out_hidden_size']}"
+        )
+    return Qwen3VLConfig(vision_config=vision, text_config=text, **tokens)
+
+
+def language_dtype(golden: ModuleType, config: Any) -> torch.dtype:
+    """float32, or bfloat16 for a model of 2B parameters or more (counted on the meta device)."""
+    import torch
+
+    with torch.device("meta"):
+        count = sum(p.numel() for p in golden.Qwen3VLForConditionalGeneration(config).parameters())
+    return torch.bfloat16 if count >= BF16_FROM_PARAMS else torch.float32
+
+
+def build_full_model(golden: ModuleType, spec: ModelSpec, vision: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Golden's whole model: ``vision``'s tensors, a language model seeded from ``seed`` (or loaded
+    from the spec's checkpoint, in ``language_dtype``), eval mode."""
+    import torch
+
+    config = pipeline_config(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = golden.Qwen3VLForConditionalGeneration._from_config(config, dtype=torch.float32)
+    unshared = share_weights(vision, model.model.visual)
+    if unshared:
+        raise ConfigError(f"{spec.name}: the vision tower does not fit the whole model: {unshared[:3]}")
+    if spec.checkpoint is not None:
+        dtype = language_dtype(golden, config)
+        load_language_weights(model, spec.checkpoint)
+        model.model.language_model.to(dtype)
+        model.lm_head.to(dtype)
+    return model.eval()
+
+
+def image_counts(grid_thw: torch.Tensor, merge: int) -> list[int]:
+    """Merged tokens per image: t * h * w / merge**2."""
+    return [int(n) for n in (grid_thw.prod(-1) // merge**2).tolist()]
+
+
+def make_prompt(counts: list[int], config: Any, seed: int) -> torch.Tensor:
+    """``text x 6, then per image <vision_start> <image_pad> x n <vision_end>, then text x 12``, (1, S)."""
+    import torch
+
+    special = {config.vision_start_token_id, config.vision_end_token_id, config.image_token_id, config.video_token_id}
+    vocab = config.text_config.vocab_size
+    generator = torch.Generator().manual_seed(seed + 1)
+    text = [t for t in torch.randint(0, vocab, (4 * (TEXT_BEFORE + TEXT_AFTER),), generator=generator).tolist()
+            if t not in special][: TEXT_BEFORE + TEXT_AFTER]
+    ids = text[:TEXT_BEFORE]
+    for count in counts:
+        ids += [config.vision_start_token_id, *[config.image_token_id] * count, config.vision_end_token_id]
+    return torch.tensor([ids + text[TEXT_BEFORE:]])
+
+
+@dataclass
+class PipelineRun:
+    """Final-norm hidden states (1, S, H) and logits (1, S, V), in float32."""
+
+    hidden: torch.Tensor
+    logits: torch.Tensor
+
+
+def golden_run(model: Any, ids: torch.Tensor, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> PipelineRun:
+    """The full PyTorch forward of golden's whole model on the prompt and the image(s)."""
+    import torch
+
+    with torch.no_grad():
+        out = model.model(
+            input_ids=ids, pixel_values=pixel_values, image_grid_thw=grid_thw,
+            attention_mask=torch.ones_like(ids), use_cache=False,
+        )
+        hidden = out.last_hidden_state
+        return PipelineRun(hidden.float(), model.lm_head(hidden).float())
+
+
+def language_run(
+    model: Any, ids: torch.Tensor, grid_thw: torch.Tensor, pooled: Any, deepstack: list[Any] | None
+) -> PipelineRun:
+    """The language model fed exported outputs (arrays or tensors): pooled into the image rows, and
+    ``deepstack[i]`` added at layer i (None: no DeepStack, as a pooled-only runtime does)."""
+    import torch
+
+    inner = model.model
+    with torch.no_grad():
+        embeds = inner.get_input_embeddings()(ids)
+        mask = ids == model.config.image_token_id
+        rows = torch.as_tensor(pooled).to(embeds.dtype)
+        embeds = embeds.masked_scatter(mask[..., None].expand_as(embeds), rows)
+        attention = torch.ones_like(ids)
+        position_ids, _ = inner.get_rope_index(ids, grid_thw, None, attention_mask=attention)
+        features = None if deepstack is None else [torch.as_tensor(d).to(embeds.dtype) for d in deepstack]
+        out = inner.language_model(
+            inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention,
+            visual_pos_masks=mask, deepstack_visual_embeds=features, use_cache=False,
+        )
+        hidden = out.last_hidden_state
+        return PipelineRun(hidden.float(), model.lm_head(hidden).float())
+
+
+def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).double().norm() / b.double().norm())
+
+
+def tolerance(model: Any) -> float:
+    """The ``TOLERANCE`` of the language model's dtype."""
+    return TOLERANCE[str(model.lm_head.weight.dtype).removeprefix("torch.")]
+
+
+@dataclass(frozen=True)
+class PipelineGap:
+    """How far a run is from golden's: relative L2 of the final hidden states at the image rows and at
+    the text after the last image, and of all logits; top-1 agreement and KL(golden || run), in nats,
+    at the prompt's last positions. Relative L2 decides; top-1 and KL are shown (on random weights the
+    language model is near uniform, so they move little)."""
+
+    image: float
+    text_after: float
+    logits: float
+    top1_last: float
+    kl_last: float
+
+    @property
+    def worst(self) -> float:
+        return max(self.image, self.text_after, self.logits)
+
+    def text(self) -> str:
+        return (
+            f"relative L2 image rows {self.image:.2g}, text after the image {self.text_after:.2g}, "
+            f"logits {self.logits:.2g}; top-1 agreement at the last {LAST} positions {self.top1_last:.2f}, "
+            f"KL {self.kl_last:.2g} nats"
+        )
+
+
+def pipeline_gap(run: PipelineRun, golden: PipelineRun, ids: torch.Tensor, image_token_id: int) -> PipelineGap:
+    """``run`` against ``golden`` on the same prompt."""
+    import torch.nn.functional as F
+
+    image = (ids[0] == image_token_id).nonzero().flatten()
+    last = int(image[-1])
+    g, r = golden.logits[0, -LAST:].double(), run.logits[0, -LAST:].double()
+    kl = F.kl_div(F.log_softmax(r, -1), F.log_softmax(g, -1), log_target=True, reduction="none").sum(-1)
+    return PipelineGap(
+        image=_rel_l2(run.hidden[0, image], golden.hidden[0, image]),
+        text_after=_rel_l2(run.hidden[0, last + 1 :], golden.hidden[0, last + 1 :]),
+        logits=_rel_l2(run.logits, golden.logits),
+        top1_last=float((g.argmax(-1) == r.argmax(-1)).double().mean()),
+        kl_last=float(kl.mean()),
+    )

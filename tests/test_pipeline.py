@@ -1,0 +1,130 @@
+"""The end-to-end pipeline checks catch wrong wiring: a DeepStack file with two outputs swapped, the
+features fed at the wrong layers, and no features at all; and a checkpoint's language model loads.
+
+Each case goes through the functions the pipeline claims use (``split_outputs``, ``language_run``,
+``pipeline_gap``, ``tolerance``), on golden's real export run in ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import onnx
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from pytest_qwen3vl.errors import ConfigError
+from pytest_qwen3vl.export.builder import export_vision
+from pytest_qwen3vl.export.runtime import ort_session, run_outputs, split_outputs
+from pytest_qwen3vl.model import pipeline as pl
+from pytest_qwen3vl.model.build import VisionPair, build_golden
+from pytest_qwen3vl.model.configs import resolve_config
+from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.model.inputs import VisionInputs, make_inputs
+from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path
+
+GRID = Grid.parse("1,16,16")
+
+
+@pytest.fixture(scope="module")
+def golden_module() -> Any:
+    return import_modeling_file(installed_golden_path(), "golden")
+
+
+@pytest.fixture(scope="module")
+def inputs() -> VisionInputs:
+    return make_inputs(GRID, resolve_config("tiny", Path(".")), 0)
+
+
+@pytest.fixture(scope="module")
+def deepstack_file(pair: VisionPair, inputs: VisionInputs, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("onnx") / "golden-all.onnx"
+    export_vision(pair.golden, *inputs.args, path, wrapper="all")
+    return path
+
+
+@pytest.fixture(scope="module")
+def case(golden_module: Any, pair: VisionPair, inputs: VisionInputs) -> tuple[Any, torch.Tensor, pl.PipelineRun]:
+    spec = resolve_config("tiny", Path("."))
+    model = pl.build_full_model(golden_module, spec, pair.golden, 0)
+    ids = pl.make_prompt(pl.image_counts(inputs.grid_thw, spec.merge_size), model.config, 0)
+    return model, ids, pl.golden_run(model, ids, *inputs.args)
+
+
+def gap(case: tuple[Any, torch.Tensor, pl.PipelineRun], inputs: VisionInputs, pooled: Any,
+        deepstack: list[Any] | None) -> pl.PipelineGap:
+    model, ids, golden = case
+    run = pl.language_run(model, ids, inputs.grid_thw, pooled, deepstack)
+    return pl.pipeline_gap(run, golden, ids, model.config.image_token_id)
+
+
+def swapped_outputs(path: Path, first: str, second: str, target: Path) -> Path:
+    """A copy whose graph outputs ``first`` and ``second`` carry each other's tensors."""
+    shutil.copyfile(path, target)
+    model = onnx.load(str(target))
+    rename = {first: second, second: first}
+    for node in model.graph.node:
+        node.output[:] = [rename.get(name, name) for name in node.output]
+        node.input[:] = [rename.get(name, name) for name in node.input]
+    onnx.save(model, str(target))
+    return target
+
+
+def test_language_model_fed_the_deepstack_file_is_golden(case, inputs, deepstack_file) -> None:
+    pooled, deepstack = split_outputs(run_outputs(ort_session(deepstack_file), *inputs.args))
+    assert len(deepstack) == 3
+    assert gap(case, inputs, pooled, deepstack).worst <= pl.tolerance(case[0])
+
+
+def test_two_outputs_swapped_are_caught_end_to_end(case, inputs, deepstack_file, tmp_path: Path) -> None:
+    wrong = swapped_outputs(deepstack_file, "deepstack_0", "deepstack_1", tmp_path / "swapped.onnx")
+    right = run_outputs(ort_session(deepstack_file), *inputs.args)
+    outputs = run_outputs(ort_session(wrong), *inputs.args)
+    assert (outputs["pooled_embeds"] == right["pooled_embeds"]).all()  # pooled parity cannot see it
+    assert (outputs["deepstack_0"] == right["deepstack_1"]).all()
+    pooled, deepstack = split_outputs(outputs)
+    assert gap(case, inputs, pooled, deepstack).worst > pl.tolerance(case[0])
+
+
+@pytest.mark.parametrize(
+    "wiring",
+    [lambda ds: [ds[0] * 0, *ds], lambda ds: ds[::-1], lambda ds: ds[:1], lambda ds: None],
+    ids=["one-layer-late", "reversed", "first-only", "dropped"],
+)
+def test_features_at_the_wrong_layers_or_none_are_caught(case, inputs, deepstack_file, wiring) -> None:
+    pooled, deepstack = split_outputs(run_outputs(ort_session(deepstack_file), *inputs.args))
+    assert gap(case, inputs, pooled, wiring(deepstack)).worst > pl.tolerance(case[0])
+
+
+def test_tiny_text_config_is_fitted_to_the_vision_tower() -> None:
+    config = pl.pipeline_config(resolve_config("tiny", Path(".")))
+    assert config.text_config.hidden_size == config.vision_config.out_hidden_size == 2560
+    assert config.text_config.num_hidden_layers > len(config.vision_config.deepstack_visual_indexes)
+
+
+def test_checkpoint_language_model_is_loaded(golden_module: Any, tmp_path: Path) -> None:
+    tiny = resolve_config("tiny", Path("."))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        saved = golden_module.Qwen3VLForConditionalGeneration._from_config(pl.pipeline_config(tiny))
+    saved.save_pretrained(tmp_path)
+    spec = resolve_config(str(tmp_path), tmp_path)
+    assert spec.checkpoint == tmp_path
+    model = pl.build_full_model(golden_module, spec, build_golden(golden_module, spec, 0), seed=0)
+    state, expected = model.state_dict(), saved.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in expected.items()), "a tensor differs from the checkpoint's"
+    assert model.lm_head.weight.dtype == torch.float32  # below 2B parameters
+
+
+def test_checkpoint_without_language_model_is_a_config_error(golden_module: Any, tmp_path: Path) -> None:
+    tiny = resolve_config("tiny", Path("."))
+    saved = golden_module.Qwen3VLForConditionalGeneration._from_config(pl.pipeline_config(tiny))
+    saved.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    save_file({k: v for k, v in load_file(weights).items() if k.startswith("model.visual.")}, weights)
+    spec = resolve_config(str(tmp_path), tmp_path)
+    with pytest.raises(ConfigError, match="no language-model tensors"):
+        pl.build_full_model(golden_module, spec, build_golden(golden_module, spec, 0), seed=0)
