@@ -32,7 +32,6 @@ REPORTED_OUT_HIDDEN = 2560  # "pooled_embeds in R^(num_merged_patches x 2560)"
 DEEPSTACK = ".deepstack_merger_list."
 
 
-
 def outputs_of(signature: dict[str, Any]) -> list[dict[str, Any]]:
     return signature["contract"]["outputs"]
 

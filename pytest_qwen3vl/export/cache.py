@@ -23,6 +23,7 @@ Every build, whether it succeeded, failed or replaced a damaged entry, appends o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -48,6 +49,19 @@ def cache_key(key_parts: Mapping[str, str], filename: str) -> str:
     """sha256 (hex) of the key parts, sorted by name, and the file name."""
     document = json.dumps({"parts": dict(sorted(key_parts.items())), "filename": filename}, sort_keys=True)
     return hashlib.sha256(document.encode("utf-8")).hexdigest()
+
+
+@functools.cache
+def code_digest(*modules: str) -> str:
+    """The plugin's version and a hash of the named modules' source (``"export.builder"``, relative to
+    the package): an artefact made by changed code must not be reused, nor its remembered failure."""
+    from pytest_qwen3vl import __version__
+
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256(__version__.encode())
+    for module in modules:
+        digest.update((package / f"{module.replace('.', '/')}.py").read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def file_digest(path: Path) -> str:

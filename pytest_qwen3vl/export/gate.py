@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import functools
-import hashlib
 import io
 import json
 import tempfile
@@ -32,7 +30,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
 from pytest_qwen3vl.export.builder import quiet_logging
-from pytest_qwen3vl.export.cache import ArtifactCache
+from pytest_qwen3vl.export.cache import ArtifactCache, code_digest
 from pytest_qwen3vl.source.diff import FLAG, MODES, find_deepstack_if, read_source
 from pytest_qwen3vl.versions import library_versions
 
@@ -260,11 +258,6 @@ def expected_predicates() -> dict[str, dict[str, bool]]:
     return {exporter: MODES[mode] for exporter, mode in EXPORTER_MODES.items()}
 
 
-@functools.cache
-def _recipe() -> str:
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-
-
 class _Incomplete(Exception):
     """A table with cells an exporter could not measure: returned, never cached."""
 
@@ -286,7 +279,7 @@ def gate_table(test: str, module: ModuleType | Mapping[str, Any], cache: Artifac
         "condition": test,
         "libraries": json.dumps(library_versions(("torch", "transformers", "onnx", "onnxruntime", "onnxscript")),
                                 sort_keys=True),
-        "recipe": _recipe(),
+        "recipe": code_digest("export.gate"),
     }
 
     def build(path: Path) -> None:

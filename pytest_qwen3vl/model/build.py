@@ -22,6 +22,7 @@ from pytest_qwen3vl.model.configs import ModelSpec
 if TYPE_CHECKING:
     import torch
 
+
 @dataclass
 class VisionPair:
     """Golden and modified vision models that share their weights, and what could not be shared."""

@@ -12,14 +12,12 @@ torch, onnx and onnxruntime are imported only when an export, a session or a run
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +25,7 @@ import pytest
 
 from pytest_qwen3vl.export.builder import DEFAULT_OPSET, EXPORTER_NAMES, WRAPPER_NAMES, export_vision
 from pytest_qwen3vl.export.cache import BUILT, DAMAGED, FAILED, REMEMBERED, REUSED, ArtifactCache
+from pytest_qwen3vl.export.cache import code_digest as export_code_digest
 from pytest_qwen3vl.export.recipes import LAYOUTS, RECIPE_NAMES, RECIPES, export_recipe, wrapper_for
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.source.files import sha256_file
@@ -41,17 +40,12 @@ if TYPE_CHECKING:
 ROLES = ("golden", "modified")
 
 
-@cache
-def code_digest() -> str:
-    """The plugin's version and a hash of the export code: changed export code must not reuse old files
-    (nor old remembered failures)."""
-    from pytest_qwen3vl import __version__, export
+EXPORT_CODE = ("export.builder", "export.wrappers", "export.gridfree", "export.recipes", "model.outputs")
 
-    folder = Path(export.__file__).parent
-    digest = hashlib.sha256(__version__.encode())
-    for name in ("builder.py", "wrappers.py", "gridfree.py", "recipes.py"):
-        digest.update((folder / name).read_bytes())
-    return digest.hexdigest()[:16]
+
+def code_digest() -> str:
+    """The digest of the code an export is made by (see ``export.cache.code_digest``)."""
+    return export_code_digest(*EXPORT_CODE)
 
 
 class SessionExports:

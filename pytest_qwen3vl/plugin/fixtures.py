@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from pytest_qwen3vl.plugin.exports import SessionExports
     from pytest_qwen3vl.plugin.genai import SessionGenai
 
+
 @pytest.fixture(scope="session")
 def qwen3vl_settings(pytestconfig: pytest.Config) -> Settings:
     """Everything the run was asked to do (grids, files, config, seed, cache)."""
@@ -210,6 +211,8 @@ def qwen3vl_genai(pytestconfig: pytest.Config, qwen3vl_settings: Settings, qwen3
     except NotRunnable as exc:
         pytest.skip(str(exc))
     return genai
+
+
 GATE_ROLES = ("golden", "modified", "reference")
 
 

@@ -13,15 +13,13 @@ without a language model) is a ``NotRunnable`` whose text the rows show: never a
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_qwen3vl.errors import Qwen3VLError
-from pytest_qwen3vl.export.cache import ArtifactCache
+from pytest_qwen3vl.export.cache import ArtifactCache, code_digest
 from pytest_qwen3vl.export.genai import CONFIG_FILE, build_session_folder, genai_missing
 from pytest_qwen3vl.model.checkpoint import checkpoint_fingerprint
 from pytest_qwen3vl.model.grids import Grid
@@ -44,19 +42,6 @@ MIN_PATCHES, MAX_PATCHES = 256, 65536
 
 class NotRunnable(Qwen3VLError):
     """The runtime claims cannot run here; the message says why and what to do."""
-
-
-@cache
-def _recipe_digest(*names: str) -> str:
-    """Hash of the code that makes an artefact: changed code must not reuse old folders."""
-    from pytest_qwen3vl import __version__, export, model
-
-    digest = hashlib.sha256(__version__.encode())
-    for name in names:
-        package, _, module = name.partition("/")
-        folder = Path(str((export if package == "export" else model).__file__)).parent
-        digest.update((folder / module).read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def genai_grid(grid: Grid) -> Grid:
@@ -111,7 +96,7 @@ class SessionGenai:
             "seed": str(self.settings.seed),
             "golden": self._golden_digest,
             "libraries": json.dumps(library_versions(GENAI_LIBRARIES), sort_keys=True),
-            "recipe": _recipe_digest("model/write_checkpoint.py", "model/build.py"),
+            "recipe": code_digest("model.write_checkpoint", "model.build"),
         }
 
         def build(path: Path) -> None:
@@ -127,7 +112,7 @@ class SessionGenai:
         parts = {
             "checkpoint": f"{checkpoint}:{checkpoint_fingerprint(checkpoint)}",
             "libraries": json.dumps(library_versions(GENAI_LIBRARIES), sort_keys=True),
-            "recipe": _recipe_digest("export/genai.py", "export/genai_builder.py"),
+            "recipe": code_digest("export.genai", "export.genai_builder"),
         }
 
         def build(path: Path) -> None:

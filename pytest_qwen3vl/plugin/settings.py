@@ -6,6 +6,7 @@ that has the plugin installed but does not use it must not pay for it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,7 +68,6 @@ OPTIONS: dict[str, str] = {
     SUITE: "collect the installed conformance suite: auto (when a modified file is named and no test paths "
     "are given), only, off (default auto)",
 }
-
 
 
 def flag(name: str) -> str:
@@ -155,27 +155,26 @@ def parse_seed(value: str | int) -> int:
 
 
 def existing_file(name: str, value: str | None, base: Path) -> Path | None:
-    """Resolve a path option against the rootdir and insist that the file exists."""
-    if value is None or not str(value).strip():
-        return None
-    path = Path(str(value).strip()).expanduser()
-    if not path.is_absolute():
-        path = base / path
-    if not path.is_file():
-        raise SettingsError(f"{flag(name)}: no such file: {path}")
-    return path.resolve()
+    """Resolve a path option against its base and insist that the file exists."""
+    return _existing(name, value, base, Path.is_file, "file")
 
 
 def existing_folder(name: str, value: str | None, base: Path) -> Path | None:
     """Resolve a folder option against its base and insist that the folder exists."""
+    return _existing(name, value, base, Path.is_dir, "folder")
+
+
+def _existing(name: str, value: str | None, base: Path, exists: Callable[[Path], bool], kind: str) -> Path | None:
     if value is None or not str(value).strip():
         return None
     path = Path(str(value).strip()).expanduser()
     if not path.is_absolute():
         path = base / path
-    if not path.is_dir():
-        raise SettingsError(f"{flag(name)}: no such folder: {path}")
+    if not exists(path):
+        raise SettingsError(f"{flag(name)}: no such {kind}: {path}")
     return path.resolve()
+
+
 def onnx_files(values: list[str], base: Path, mapping: OutputMap | None) -> tuple[Path, ...]:
     """Each ``--qwen3vl-onnx`` must exist, be an ONNX model and take pixel values: else a usage error."""
     from pytest_qwen3vl.export.artefact import check_file
