@@ -224,3 +224,16 @@ def _no_pixels(path: Path) -> Path:
     )
     onnx.save_model(helper.make_model(graph), str(path))
     return path
+
+
+@pytest.mark.parametrize("prefix", ["/vision/", "/"], ids=["vision-attribute", "no-wrapper"])
+def test_module_scopes_are_found_under_any_wrapper_attribute(files: dict[str, Path], prefix: str) -> None:
+    """A builder's wrapper may keep the tower as ``self.vision`` (or export it bare): probes are found alike."""
+    from pytest_qwen3vl.export.artefact import find_probes
+
+    model = onnx.load(str(files["fp32"]), load_external_data=False)
+    found = list(find_probes(model))
+    for node in model.graph.node:
+        node.name = node.name.replace("/model/", prefix, 1)
+    assert found and list(find_probes(model)) == found
+    assert {"patch_embed", "pos_add", "merger"} <= set(found)

@@ -91,3 +91,52 @@ def test_repo_naming_no_modified_file_collects_nothing_extra(venv: Path, tmp_pat
     repo = make_repo(tmp_path / "repo", None)
     result = checked(run(venv / "bin" / "pytest", "-p", "no:cacheprovider", "-q", cwd=repo))
     assert "1 passed" in result.stdout and "qwen3vl" not in result.stdout
+
+
+# A downstream builder's own export script: the released layout's vision tower, the report's wrapper.
+BUILDER = '''
+import sys
+
+import torch
+from transformers import Qwen3VLForConditionalGeneration
+
+checkpoint, out = sys.argv[1], sys.argv[2]
+model = Qwen3VLForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32, attn_implementation="eager")
+vision = model.model.visual.eval()
+vision._skip_deepstack_export = True
+
+
+class Pooled(torch.nn.Module):
+    def __init__(self, vision):
+        super().__init__()
+        self.vision = vision
+
+    def forward(self, pixel_values, image_grid_thw):
+        out = self.vision(pixel_values, image_grid_thw)
+        return out.pooler_output if hasattr(out, "pooler_output") else out[0]
+
+
+grid = torch.tensor([[1, 24, 24]])
+pixels = torch.randn(576, 1536)
+torch.onnx.export(Pooled(vision), (pixels, grid), out, dynamo=False, opset_version=17,
+                  input_names=["pixel_values", "image_grid_thw"], output_names=["pooled_embeds"],
+                  dynamic_axes={"pixel_values": {0: "n"}, "image_grid_thw": {0: "m"}, "pooled_embeds": {0: "k"}})
+'''
+
+
+def test_a_repo_checks_the_file_its_own_builder_exports(venv: Path, tmp_path: Path) -> None:
+    """qwen3vl-checkpoint writes the tiny model; the repo's script exports it; the suite judges that file."""
+    repo = make_repo(tmp_path / "repo", None)
+    checked(run(venv / "bin" / "qwen3vl-checkpoint", "--config", "tiny", "--seed", "0", "ckpt", cwd=repo))
+    (repo / "export_vision.py").write_text(BUILDER)
+    checked(run(venv / "bin" / "python", "export_vision.py", "ckpt", "vision.onnx", cwd=repo))
+    result = run(venv / "bin" / "pytest", "--qwen3vl-suite=only", "-m", "qwen3vl_artefact", "-p", "no:cacheprovider",
+                 "--qwen3vl-config=ckpt", "--qwen3vl-onnx=vision.onnx", "--qwen3vl-grid=1,24,24",
+                 "--qwen3vl-grid=1,16,16", cwd=repo)
+    table = result.stdout
+    assert re.search(r"^\s*\d+ artefact-interface\s+holds\s", table, flags=re.MULTILINE), table[-4000:]
+    parity = re.search(r"^\s*\d+ artefact-parity\s+fails\s.*1x16x16", table, flags=re.MULTILINE | re.DOTALL)
+    assert parity, table[-4000:]
+    assert "serves 1 of 2 grids" in table, table[-4000:]
+    # The builder's wrapper keeps the tower as ``vision``: the drift is still located by module.
+    assert "drift starts at pos_add" in table, table[-4000:]

@@ -41,7 +41,8 @@ MATCH_COSINE = 0.9
 # MLAS keeps a packed second copy of each Gemm/MatMul weight unless told not to: -34 % peak at 4B.
 SESSION_CONFIG = {"session.disable_prepacking": "1"}
 _ORT_NODE = re.compile(r"running (\w+) node\. Name:'([^']+)'")
-_SCOPE = re.compile(r"^/model/((?:blocks|deepstack_merger_list)\.\d+|patch_embed|merger)/")
+# Under whatever attribute the builder's wrapper keeps the vision model (``/model/``, ``/vision/``, none).
+_SCOPE = re.compile(r"^/(?:[\w.]+/)*?((?:blocks|deepstack_merger_list)\.\d+|patch_embed|merger)/")
 _SHAPE_PLUMBING = ("Shape", "Gather", "Unsqueeze", "Concat")
 _QUANT_OPS = frozenset({
     "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "MatMulInteger", "ConvInteger", "QLinearMatMul",
@@ -526,7 +527,7 @@ class Location:
     def text(self) -> str:
         shown = {name: value for name, value in self.probes}
         if not self.probes:
-            return f"{self.grid.id}: not located: node names carry no module scopes (/model/<module>/...)"
+            return f"{self.grid.id}: not located: node names carry no module scopes (/<wrapper>/<module>/...)"
         if self.first_bad is None:
             return f"{self.grid.id}: every module matches up to where the run stops ({self.failure})"
         before = [n for n, _ in self.probes[: [n for n, _ in self.probes].index(self.first_bad)]]
