@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_qwen3vl.errors import ExportFailed
+from pytest_qwen3vl.errors import ExportFailed, RecipeUnsupported
 from pytest_qwen3vl.export.recipes import onnx_sweep
 from pytest_qwen3vl.model.grids import SWEEP
 
@@ -20,6 +20,8 @@ def grid_free_sweep(qwen3vl_export, which, grid, golden, seed, exporter="torchsc
     """The grid-free file of ``which`` traced at ``grid``, checked on every sweep grid against golden."""
     try:
         path = qwen3vl_export.recipe(which, "grid-free", grid, exporter=exporter)
+    except RecipeUnsupported as exc:  # our recipe's gap, not a verdict on the file
+        pytest.skip(f"not run: {exc.summary}")
     except ExportFailed as exc:
         pytest.fail(f"the grid-free recipe ({exporter}) does not export the {which} file: {exc.summary}", pytrace=False)
     return onnx_sweep(qwen3vl_export.session(path), golden, SWEEP, seed)

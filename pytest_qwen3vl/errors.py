@@ -54,6 +54,16 @@ class ExportFailed(Qwen3VLError, RuntimeError):
         self.details = details
 
 
+class RecipeUnsupported(ExportFailed):
+    """A model the grid-free replacements do not know how to make grid-free: nothing about its file is
+    learnt, so a claim that needs the recipe reports "not run" with this one line."""
+
+    remember = False
+
+    def __init__(self, summary: str) -> None:
+        super().__init__("grid-free", summary)
+
+
 class ExporterUnavailable(ExportFailed):
     """The exporter cannot run on this machine (a missing package): nothing is learnt about the model."""
 

@@ -13,7 +13,7 @@ import onnx
 import pytest
 import torch
 
-from pytest_qwen3vl.errors import ExportFailed
+from pytest_qwen3vl.errors import ExportFailed, RecipeUnsupported
 from pytest_qwen3vl.export import gridfree
 from pytest_qwen3vl.export.builder import export_vision
 from pytest_qwen3vl.export.recipes import DEFAULT_GRID, export_recipe, onnx_sweep, pytorch_sweep, trace_inputs
@@ -46,17 +46,28 @@ def swapped_pos_embed(self: Any, grid_thw: torch.Tensor) -> torch.Tensor:
     return gridfree.fast_pos_embed_interpolate(self, grid_thw[:, [0, 2, 1]])
 
 
+def swapped_forward(self: Any, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **kwargs: Any) -> Any:
+    """WRONG on purpose, for a model that takes precomputed positions: the interpolation tensors of the
+    grid with H and W swapped, the rotary positions right."""
+    right = gridfree.position_tensors(self, grid_thw)
+    swapped = gridfree.position_tensors(self, grid_thw[:, [0, 2, 1]])
+    wrong = {**right, "interp_indices": swapped["interp_indices"], "interp_weights": swapped["interp_weights"]}
+    return type(self).forward(self, hidden_states, grid_thw, **wrong, **kwargs)
+
+
 @contextlib.contextmanager
 def wrong_grid_free(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """``grid_free`` with the swapped interpolation bound over the right one."""
+    """``grid_free`` with the swapped interpolation bound over the right one, where ``grid_free`` put it."""
     with gridfree.grid_free(model):
-        model.fast_pos_embed_interpolate = MethodType(swapped_pos_embed, model)
-        try:
-            yield model
-        finally:
-            del model.fast_pos_embed_interpolate
+        name, wrong = (
+            ("fast_pos_embed_interpolate", swapped_pos_embed) if "fast_pos_embed_interpolate" in model.__dict__
+            else ("forward", swapped_forward)
+        )
+        setattr(model, name, MethodType(wrong, model))
+        yield model
 
 
+@pytest.mark.qwen3vl_versions
 @pytest.mark.parametrize("which", ["golden", "modified"])
 def test_replacement_forward_equals_golden_on_every_sweep_grid(pair: VisionPair, which: str) -> None:
     result = pytorch_sweep(getattr(pair, which), pair.golden, SWEEP, 0)
@@ -64,12 +75,45 @@ def test_replacement_forward_equals_golden_on_every_sweep_grid(pair: VisionPair,
     assert result.line() == "serves 9 of 9 grids"
 
 
+@pytest.mark.qwen3vl_versions
 def test_grid_free_leaves_the_model_as_it_found_it(pair: VisionPair) -> None:
     model = pair.modified
+    before = set(model.__dict__)
     with gridfree.grid_free(model):
-        assert "rot_pos_emb" in model.__dict__ and "forward" in model.blocks[0].attn.__dict__
-    assert "fast_pos_embed_interpolate" not in model.__dict__ and "rot_pos_emb" not in model.__dict__
+        bound = set(model.__dict__) - before
+        assert bound in ({"fast_pos_embed_interpolate", "rot_pos_emb"}, {"forward"}), bound
+        assert "forward" in model.blocks[0].attn.__dict__
+    assert set(model.__dict__) == before
     assert all("forward" not in block.attn.__dict__ for block in model.blocks)
+
+
+@pytest.mark.qwen3vl_versions
+def test_grid_free_refuses_a_model_whose_positions_it_does_not_know() -> None:
+    """Qwen2-VL's vision tower (a real transformers model) has neither layout: one line naming what it has."""
+    from transformers.models.qwen2_vl import modeling_qwen2_vl
+    from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
+
+    config = Qwen2VLVisionConfig(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2)
+    model = modeling_qwen2_vl.Qwen2VisionTransformerPretrainedModel._from_config(config)
+    expected = (r"^grid-free export failed: Qwen2VisionTransformerPretrainedModel has .* of fast_pos_embed_interpolate "
+                r"and rot_pos_emb, and its modeling file no .*get_vision_interpolation_indices_and_weights")
+    with pytest.raises(RecipeUnsupported, match=expected) as raised, gridfree.grid_free(model):
+        pass
+    assert "\n" not in str(raised.value) and not model.__dict__.keys() & {"forward", "rot_pos_emb"}
+
+
+@pytest.mark.qwen3vl_versions
+def test_grid_free_refuses_an_interpolation_it_does_not_reproduce(pair: VisionPair) -> None:
+    model = pair.golden
+    if hasattr(model, "fast_pos_embed_interpolate"):
+        pytest.skip("the model interpolates in fast_pos_embed_interpolate, which the recipe replaces whole")
+    model.interpolation_mode = "bicubic"
+    try:
+        refused = pytest.raises(RecipeUnsupported, match=r"mode, align_corners = \('bicubic', True\)")
+        with refused, gridfree.grid_free(model):
+            pass
+    finally:
+        model.interpolation_mode = "bilinear"
 
 
 def test_grid_free_raises_on_a_grid_the_merger_cannot_pool(pair: VisionPair) -> None:
@@ -78,6 +122,7 @@ def test_grid_free_raises_on_a_grid_the_merger_cannot_pool(pair: VisionPair) -> 
         pair.golden.fast_pos_embed_interpolate(torch.tensor([[1, 64, 9]]))
 
 
+@pytest.mark.qwen3vl_versions
 def test_grid_free_file_reproduces_golden_on_every_sweep_grid(exports: SessionExports, pair: VisionPair) -> None:
     path = exports.recipe("modified", "grid-free", DEFAULT_GRID)
     session = exports.session(path)
@@ -139,6 +184,7 @@ def test_deepstack_recipe_refuses_the_modified_file(pair: VisionPair, tmp_path: 
     assert "_skip_deepstack_export" not in pair.modified.__dict__
 
 
+@pytest.mark.qwen3vl_versions
 def test_wrong_replacement_is_caught_in_pytorch_naming_the_grids(pair: VisionPair) -> None:
     result = pytorch_sweep(pair.modified, pair.golden, SWEEP, 0, replaced=wrong_grid_free)
     assert {check.grid.id for check in result.wrong} == NOT_SQUARE, result.line()
@@ -146,6 +192,7 @@ def test_wrong_replacement_is_caught_in_pytorch_naming_the_grids(pair: VisionPai
         assert grid in result.line()
 
 
+@pytest.mark.qwen3vl_versions
 def test_wrong_replacement_is_caught_in_onnx_naming_the_grids(pair: VisionPair, tmp_path: Path) -> None:
     """Traced at a square grid, so the export itself looks fine; the sweep finds the wide and tall ones."""
     path = tmp_path / "wrong.onnx"

@@ -140,3 +140,29 @@ def test_installed_file_of_an_unmeasured_version_runs_unverified(
     copy.write_bytes(path.read_bytes())
     with pytest.raises(SourceError, match="is no known transformers' modeling_qwen3_vl"):
         check_golden(copy)
+
+
+def test_deepstack_off_reference_is_golden_without_deepstack_layers(tmp_path: Path) -> None:
+    """genai-deepstack-off's reference: ``deepstack_off`` must give golden's logits with no DeepStack layer
+    (on either output structure; 5.x also needs ``mm_token_type_ids``), and differ from DeepStack on."""
+    from pytest_qwen3vl.model.generation import deepstack_off, load_full_model, teacher_forced_logits
+    from pytest_qwen3vl.model.write_checkpoint import write_checkpoint
+
+    model = load_full_model(write_checkpoint(tmp_path / "tiny", "tiny", 0))
+    config = model.config
+    grid = Grid.parse(GRID)
+    pixels = make_inputs(grid, resolve_config("tiny", installed_golden_path().parent), 0).args[0]
+    prompt = [config.vision_start_token_id, *[config.image_token_id] * (grid.num_patches // 4),
+              config.vision_end_token_id, 11, 12]
+    args = (prompt, [13, 14, 15], pixels, torch.tensor([grid.images[0]]))
+    with_deepstack = teacher_forced_logits(model, *args)
+    with deepstack_off(model):
+        off = teacher_forced_logits(model, *args)
+    visual = model.model.visual
+    visual.deepstack_visual_indexes = []
+    try:
+        no_layers = teacher_forced_logits(model, *args)
+    finally:
+        del visual.deepstack_visual_indexes
+    assert np.array_equal(off, no_layers)
+    assert np.abs(with_deepstack - off).max() > 1e-4, "DeepStack on and off give the same logits"

@@ -1,16 +1,23 @@
-"""Grid-free tracing of transformers 4.57's ``Qwen3VLVisionModel``: one ONNX file for every grid.
+"""Grid-free tracing of ``Qwen3VLVisionModel``: one ONNX file for every grid.
 
 This module imports torch at the top: ``export/recipes.py`` imports it only when it exports.
 
-``torch.jit.trace`` records tensor operations only. The vision model turns ``grid_thw`` into
-Python numbers in three places (``fast_pos_embed_interpolate``, ``rot_pos_emb`` and the
-attention's ``torch.split(..., lengths.tolist())``), so a trace is valid for its own grid only.
-``grid_free(model)`` binds replacements for those three on the model *instance* that compute the
-same values from ``grid_thw`` with tensor operations alone, so the tracer keeps them symbolic.
+``torch.jit.trace`` records tensor operations only, and the vision model turns ``grid_thw`` into
+Python numbers, so a trace is valid for its own grid only. ``grid_free(model)`` binds replacements
+on the model *instance* that compute the same values from ``grid_thw`` with tensor operations
+alone, so the tracer keeps them symbolic. Which places are replaced depends on how the model
+computes its positions, read from the model itself (one of two layouts, else ``RecipeUnsupported``):
 
-Everything else is the model's own code: ``forward`` (with its DeepStack condition and the
-``_skip_deepstack_export`` flag of a modified file), the weights, and the helpers of the modeling
-file the model came from (``apply_rotary_pos_emb_vision``, ``eager_attention_forward``).
+- methods ``fast_pos_embed_interpolate`` and ``rot_pos_emb`` (transformers 4.57): both replaced;
+- ``vision_utils`` helpers that take precomputed ``interp_indices``, ``interp_weights`` and
+  ``position_ids`` through the forward's keyword arguments (transformers 5.x): a thin instance
+  ``forward`` computes the three by tensor operations and calls the class's forward with them.
+
+In both, the attention's ``torch.split(..., lengths.tolist())`` is replaced by one attention call
+under a block-diagonal mask. Everything else is the model's own code: the class's ``forward``
+(with its DeepStack condition and the ``_skip_deepstack_export`` flag of a modified file), the
+weights, and the helpers of the modeling file the model came from (``apply_rotary_pos_emb_vision``,
+``eager_attention_forward``).
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ from typing import Any, NamedTuple
 
 import torch
 
+from pytest_qwen3vl.errors import RecipeUnsupported
+
+# The modeling file's names that take precomputed position tensors through ``forward``'s kwargs.
+PRECOMPUTING_HELPERS = ("get_vision_interpolation_indices_and_weights", "get_vision_position_ids")
 
 class PatchCoords(NamedTuple):
     """Per patch, in the model's patch order: full-resolution row and column, and its image's H and W."""
@@ -110,6 +121,39 @@ def rot_pos_emb(self: Any, grid_thw: torch.Tensor) -> torch.Tensor:
     return torch.cat((rows, cols), dim=1)
 
 
+def interpolation_axis(index: torch.Tensor, size: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two table rows (or columns) each position reads and their bilinear weights, align-corners.
+
+    The arithmetic of transformers 5.x's ``vision_utils`` per patch (sample point
+    ``index * (side - 1) / (size - 1)`` in float32), so the result is identical.
+    """
+    source = index.to(torch.float32) * (side - 1) / torch.clamp(size - 1, min=1)
+    floor = torch.floor(source)
+    offsets = torch.arange(0, 2, device=index.device)
+    taps = (floor.long()[:, None] + offsets).clamp(0, side - 1)
+    weights = (1 - (source[:, None] - floor[:, None] - offsets).abs()).clamp(min=0)
+    return taps, weights
+
+
+def position_tensors(model: Any, grid_thw: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``interp_indices``, ``interp_weights`` and ``position_ids`` of every patch, from ``grid_thw``
+    by tensor operations: the keyword arguments 5.x's forward takes instead of computing them."""
+    side = model.num_grid_per_side
+    coords = patch_coords(grid_thw, model.spatial_merge_size)
+    row_taps, row_weights = interpolation_axis(coords.row, coords.height, side)
+    col_taps, col_weights = interpolation_axis(coords.col, coords.width, side)
+    return {
+        "interp_indices": (row_taps[:, :, None] * side + col_taps[:, None, :]).reshape(-1, 4),
+        "interp_weights": (row_weights[:, :, None] * col_weights[:, None, :]).reshape(-1, 4),
+        "position_ids": torch.stack((coords.row, coords.col), dim=-1),
+    }
+
+
+def precomputed_forward(self: Any, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **kwargs: Any) -> Any:
+    """The class's own ``forward``, given the position tensors so that its helpers do not compute them."""
+    return type(self).forward(self, hidden_states, grid_thw, **position_tensors(self, grid_thw), **kwargs)
+
+
 def block_diagonal_mask(cu_seqlens: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
     """Additive (1, 1, L, L) mask: 0 within a segment of ``cu_seqlens`` (one frame), dtype's min elsewhere.
 
@@ -130,10 +174,13 @@ def attention_forward(
     rotary_pos_emb: torch.Tensor | None = None,
     *,
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    max_seqlen: int | None = None,
     **kwargs: Any,
 ) -> torch.Tensor:
     """``Qwen3VLVisionAttention.forward`` with one attention call under a block-diagonal mask.
 
+    ``rotary_pos_emb`` (4.57) and ``max_seqlen`` (5.x) are what the blocks pass besides; the cos and
+    sin come in ``position_embeddings`` on both, and ``max_seqlen`` serves flash attention only.
     Uses the helpers of the modeling file the module was defined in, so a fork's versions apply.
     Flash attention takes ``cu_seqlens`` itself and cannot take this mask: it is refused.
     """
@@ -167,6 +214,29 @@ def attention_forward(
     return self.proj(output.reshape(seq_length, -1).contiguous())
 
 
+def position_replacements(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, Any]]:
+    """What to bind on ``model`` so its positions follow ``grid_thw`` symbolically, chosen by what the
+    model has; raises ``RecipeUnsupported`` naming what it found when it is neither known layout."""
+    methods = [name for name in ("fast_pos_embed_interpolate", "rot_pos_emb") if callable(getattr(model, name, None))]
+    if len(methods) == 2:
+        return [(model, "fast_pos_embed_interpolate", fast_pos_embed_interpolate), (model, "rot_pos_emb", rot_pos_emb)]
+    modeling = sys.modules[type(model).__module__]
+    missing = [name for name in PRECOMPUTING_HELPERS if not hasattr(modeling, name)]
+    interpolation = (getattr(model, "interpolation_mode", None), getattr(model, "interpolation_align_corners", None))
+    if missing:
+        raise RecipeUnsupported(
+            f"{type(model).__name__} has {' and '.join(methods) or 'neither'} of fast_pos_embed_interpolate and "
+            f"rot_pos_emb, and its modeling file no {' or '.join(missing)}: the grid-free recipe does not know "
+            "where its positions come from"
+        )
+    if interpolation != ("bilinear", True):
+        raise RecipeUnsupported(
+            f"{type(model).__name__} interpolates its position table with mode, align_corners = {interpolation}; "
+            "the grid-free recipe reproduces ('bilinear', True) only"
+        )
+    return [(model, "forward", precomputed_forward)]
+
+
 @contextlib.contextmanager
 def grid_free(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Bind the grid-free replacements on ``model`` and its attention modules, restore on exit.
@@ -174,11 +244,7 @@ def grid_free(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     Only instance attributes change (the class, the modeling file and the weights do not); an
     instance attribute that was there before is put back, one that was not is removed.
     """
-    targets: list[tuple[torch.nn.Module, str, Any]] = [
-        (model, "fast_pos_embed_interpolate", fast_pos_embed_interpolate),
-        (model, "rot_pos_emb", rot_pos_emb),
-        *((block.attn, "forward", attention_forward) for block in model.blocks),
-    ]
+    targets = [*position_replacements(model), *((block.attn, "forward", attention_forward) for block in model.blocks)]
     missing = object()
     saved = [(module, name, module.__dict__.get(name, missing)) for module, name, _ in targets]
     try:

@@ -54,7 +54,14 @@ def rope_index(
     """``get_rope_index`` for a batch of text and image tokens: 5.x also takes ``mm_token_type_ids``
     (1 at image tokens), 4.57.6 finds the image tokens itself."""
     kwargs: dict[str, Any] = {"image_grid_thw": image_grid_thw, "attention_mask": attention_mask}
-    if "mm_token_type_ids" in inspect.signature(model.get_rope_index).parameters:
-        kwargs["mm_token_type_ids"] = (input_ids == image_token_id).int()
+    kwargs.update(token_types(model.get_rope_index, input_ids, image_token_id))
     result: tuple[torch.Tensor, torch.Tensor] = model.get_rope_index(input_ids, **kwargs)
     return result
+
+
+def token_types(function: Any, input_ids: torch.Tensor, image_token_id: int) -> dict[str, torch.Tensor]:
+    """``{"mm_token_type_ids": 1 at image tokens}`` where ``function`` takes that parameter (5.x's
+    ``get_rope_index`` and model ``forward``, which refuse image inputs without it), else ``{}``."""
+    if "mm_token_type_ids" not in inspect.signature(function).parameters:
+        return {}
+    return {"mm_token_type_ids": (input_ids == image_token_id).int()}

@@ -40,11 +40,13 @@ def load_full_model(checkpoint: Path) -> torch.nn.Module:
 @contextlib.contextmanager
 def deepstack_off(model: torch.nn.Module) -> Iterator[None]:
     """The vision tower returns its pooled embeddings and no DeepStack features, for the block."""
+    from pytest_qwen3vl.model.outputs import without_deepstack
+
     visual = model.model.visual
     original = visual.forward
 
-    def pooled_only(*args: Any, **kwargs: Any) -> tuple[Any, list[Any]]:
-        return original(*args, **kwargs)[0], []
+    def pooled_only(*args: Any, **kwargs: Any) -> Any:
+        return without_deepstack(original(*args, **kwargs))
 
     visual.forward = pooled_only
     try:
@@ -57,10 +59,13 @@ def _forward(model: torch.nn.Module, ids: list[int], pixels: torch.Tensor, grid:
     """Logits (seq, vocab) of one uncached forward over ``ids``."""
     import torch
 
+    from pytest_qwen3vl.model.api import token_types
+
     input_ids = torch.tensor([ids])
     with torch.no_grad():
         out = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), pixel_values=pixels,
-                    image_grid_thw=grid, use_cache=False)
+                    image_grid_thw=grid, use_cache=False,
+                    **token_types(model.forward, input_ids, model.config.image_token_id))
     return out.logits[0]
 
 

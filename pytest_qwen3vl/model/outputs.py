@@ -46,6 +46,14 @@ def deepstack(outputs: Any) -> list[torch.Tensor]:
     return list(features)
 
 
+def without_deepstack(outputs: Any) -> Any:
+    """The same result in the same structure with an empty DeepStack list: what a forward whose
+    DeepStack layers never ran returns, so a caller that unpacks either structure reads it as usual."""
+    if structure(outputs) == MODEL_OUTPUT:
+        return type(outputs)(**{**dict(outputs.items()), "deepstack_features": []})
+    return merged(outputs), []
+
+
 def pre_merger(outputs: Any) -> torch.Tensor | None:
     """The blocks' output before the merger, where the structure carries it (5.x), else None."""
     return outputs.last_hidden_state if structure(outputs) == MODEL_OUTPUT else None
