@@ -31,14 +31,13 @@ def _model(request: pytest.FixtureRequest, which: str) -> torch.nn.Module:
 @which_model
 @pytest.mark.qwen3vl_claim("output-contract")
 def test_forward_returns_pooled_and_deepstack_list(
-    request, which, qwen3vl_config, qwen3vl_eager_inputs, qwen3vl_golden_vision, qwen3vl_record
+    request, which, qwen3vl_config, qwen3vl_eager_inputs, qwen3vl_golden_vision, qwen3vl_settings, qwen3vl_record
 ):
     """On every eager grid the forward gives the merged embeddings and the DeepStack list, in golden's
     structure; what ``outputs[0]`` (the report's wrapper) then is, is measured once: the merged
     embeddings on 4.57.6, ``last_hidden_state`` before the merger on 5.x, an erratum of the report."""
-    taken: list[tuple[str, tuple[int, ...]]] = []
-    said: list[tuple[str, tuple[int, ...]]] = []
-    kinds: list[str] = []
+    taken: dict[str, tuple[str, tuple[int, ...]]] = {}
+    said: dict[str, tuple[str, tuple[int, ...]]] = {}
 
     def check(qwen3vl_inputs: VisionInputs) -> str:
         model = _model(request, which)
@@ -64,24 +63,23 @@ def test_forward_returns_pooled_and_deepstack_list(
         with torch.inference_mode(), deepstack_export_flag(model, True):
             flagged = model(*qwen3vl_inputs.args)
         assert torch.equal(merged(flagged), pooled), f"{which}: with the export flag set, the merged embeddings change"
-        first = outputs[0]
+        first, grid = outputs[0], qwen3vl_inputs.grid.id
         if first is pooled:
-            taken.append(("merged embeddings", shape))
+            taken[grid] = ("merged embeddings", shape)
         elif first is pre_merger(outputs):
-            taken.append(("last_hidden_state, the states before the merger", tuple(first.shape)))
+            taken[grid] = ("last_hidden_state, the states before the merger", tuple(first.shape))
         else:
-            taken.append((describe(first), tuple(getattr(first, "shape", ()))))
-        said.append(("merged embeddings", shape))
-        kinds.append(kind)
+            taken[grid] = (describe(first), tuple(getattr(first, "shape", ())))
+        said[grid] = ("merged embeddings", shape)
         return f"{kind}: merged {shape}, {count} DeepStack x {shape} (with the export flag {len(deepstack(flagged))})"
 
     qwen3vl_record.on_grids(qwen3vl_eager_inputs, check)
+    grid = qwen3vl_settings.grids[0].id  # the run's own grid, one of the eager grids
     qwen3vl_record.claim(
-        reported=said[0],
-        measured=taken[0],
-        detail=f"at {qwen3vl_eager_inputs[0].grid.id}, outputs[0], which the report's wrapper exports, is the "
-        f"{taken[0][0]} {taken[0][1]}",
-        said=f"outputs[0] is the merged embeddings {said[0][1]}",
+        reported=said[grid],
+        measured=taken[grid],
+        detail=f"at {grid}, outputs[0], which the report's wrapper exports, is the {taken[grid][0]} {taken[grid][1]}",
+        said=f"outputs[0] is the merged embeddings {said[grid][1]}",
     )
 
 
