@@ -102,6 +102,8 @@ def test_every_listed_variant_exists() -> None:
 
 @pytest.mark.parametrize("variant", SOURCE_VARIANTS, ids=[v.name for v in SOURCE_VARIANTS])
 def test_variant_fails_exactly_the_right_claims(run_suite: RunSuite, tmp_path: Path, variant: Variant) -> None:
+    if not variant.applies():
+        pytest.skip(f"the installed golden file lacks {variant.needs!r}: no fork of it can be {variant.name}")
     modified = tmp_path / "modeling_qwen3_vl.py"
     modified.write_text(variant.make(golden_text()), encoding="utf-8")
     result = run_suite(*MODULES, GRID, modified=modified)
