@@ -134,10 +134,13 @@ def golden_run(model: Any, ids: torch.Tensor, pixel_values: torch.Tensor, grid_t
     """The full PyTorch forward of golden's whole model on the prompt and the image(s)."""
     import torch
 
+    from pytest_qwen3vl.model.api import token_types
+
     with torch.no_grad():
         out = model.model(
             input_ids=ids, pixel_values=pixel_values, image_grid_thw=grid_thw,
             attention_mask=torch.ones_like(ids), use_cache=False,
+            **token_types(model.model.forward, ids, model.config.image_token_id),
         )
         hidden = out.last_hidden_state
         return PipelineRun(hidden.float(), model.lm_head(hidden).float())
@@ -150,6 +153,8 @@ def language_run(
     ``deepstack[i]`` added at layer i (None: no DeepStack, as a pooled-only runtime does)."""
     import torch
 
+    from pytest_qwen3vl.model.api import rope_index
+
     inner = model.model
     with torch.no_grad():
         embeds = inner.get_input_embeddings()(ids)
@@ -157,7 +162,7 @@ def language_run(
         rows = torch.as_tensor(pooled).to(embeds.dtype)
         embeds = embeds.masked_scatter(mask[..., None].expand_as(embeds), rows)
         attention = torch.ones_like(ids)
-        position_ids, _ = inner.get_rope_index(ids, grid_thw, None, attention_mask=attention)
+        position_ids, _ = rope_index(inner, ids, grid_thw, attention, model.config.image_token_id)
         features = None if deepstack is None else [torch.as_tensor(d).to(embeds.dtype) for d in deepstack]
         out = inner.language_model(
             inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention,
