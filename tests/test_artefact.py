@@ -16,12 +16,11 @@ import onnx
 import pytest
 
 from pytest_qwen3vl.export.builder import export_vision
-from pytest_qwen3vl.export.cache import ArtifactCache
+from pytest_qwen3vl.export.cache import ArtifactCache, code_digest
 from pytest_qwen3vl.model.build import VisionPair, build_pair
 from pytest_qwen3vl.model.configs import VISION_PRESETS, resolve_config
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.model.inputs import make_inputs
-from pytest_qwen3vl.plugin.exports import code_digest
 from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path, write_reference_modified
 from pytest_qwen3vl.versions import library_versions
 from tests.conftest import RunSuite

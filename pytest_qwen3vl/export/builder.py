@@ -68,15 +68,6 @@ class ExportResult:
     recipe: str | None = None  # set by export/recipes.py's export_recipe
 
 
-def __getattr__(name: str) -> Any:
-    """The wrapper classes, imported on first use because defining them needs torch."""
-    if name in ("PooledWrapper", "FirstOutputWrapper", "AllOutputsWrapper", "TupleWrapper"):
-        from pytest_qwen3vl.export import wrappers
-
-        return getattr(wrappers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def make_wrapper(model: torch.nn.Module, wrapper: str) -> torch.nn.Module:
     """The module handed to the exporter for ``wrapper`` ("pooled", "first", "all" or "tuple")."""
     from pytest_qwen3vl.export.wrappers import WRAPPERS
@@ -232,6 +223,8 @@ def _run_exporter(
                         module, args, str(path), dynamo=True, verbose=False,
                         external_data=weight_bytes > _INLINE_WEIGHT_LIMIT, **common,
                     )
+    except (OSError, MemoryError):
+        raise  # the machine's fault (a full disk, no memory): no verdict on the model, never remembered
     except Exception as exc:
         details = "".join(traceback.format_exception(exc)) + chatter.getvalue()
         raise ExportFailed(exporter, failure_summary(exc), details) from exc
@@ -316,7 +309,7 @@ def _call_site(root: BaseException, text: str) -> str:
 
 def _is_library_file(filename: str) -> bool:
     """Frames of this plugin, the export and runtime libraries and the standard library locate nothing."""
-    dirs = [str(Path(__file__).parent)]
+    dirs = [str(Path(__file__).resolve().parents[1])]  # the whole plugin package
     for name in ("torch", "onnx", "onnxruntime", "onnxscript"):
         module = sys.modules.get(name)
         if module is not None and module.__file__:

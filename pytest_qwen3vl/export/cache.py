@@ -51,16 +51,28 @@ def cache_key(key_parts: Mapping[str, str], filename: str) -> str:
     return hashlib.sha256(document.encode("utf-8")).hexdigest()
 
 
+# What an artefact is made by: everything below the pytest glue.
+_CODE = ("errors.py", "versions.py", "source", "model", "export")
+
+
 @functools.cache
 def code_digest(*modules: str) -> str:
-    """The plugin's version and a hash of the named modules' source (``"export.builder"``, relative to
-    the package): an artefact made by changed code must not be reused, nor its remembered failure."""
+    """The plugin's version and a hash of the code an artefact is made by: the named modules
+    (``"export.gate"``, relative to the package), or with none named every file of ``source/``,
+    ``model/`` and ``export/`` with ``errors.py`` and ``versions.py``. An artefact made by changed
+    code must not be reused, nor its remembered failure."""
     from pytest_qwen3vl import __version__
 
     package = Path(__file__).resolve().parents[1]
+    if modules:
+        files = [package / f"{module.replace('.', '/')}.py" for module in modules]
+    else:
+        files = sorted(f for name in _CODE for f in ((package / name).rglob("*") if (package / name).is_dir()
+                       else [package / name]) if f.suffix in (".py", ".json"))
     digest = hashlib.sha256(__version__.encode())
-    for module in modules:
-        digest.update((package / f"{module.replace('.', '/')}.py").read_bytes())
+    for path in files:
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 

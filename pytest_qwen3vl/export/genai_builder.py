@@ -1,11 +1,12 @@
-"""Run onnxruntime-genai's model builder under the transformers the suite runs on (4.57.x).
+"""Run onnxruntime-genai's model builder under the transformers the suite runs on.
 
 ``python -m pytest_qwen3vl.export.genai_builder ARGS`` takes the builder's own arguments. The only
 place that bridges the two versions: the builder (``onnxruntime_genai/models/builders/base.py`` in
 0.18) imports, at module level, two classes that only transformers 5 has, and uses them only as
 values of its architecture table for Qwen3.5 models. A placeholder class under each name lets the
-module import; Qwen3-VL never reaches them. ``tests/test_genai_folder.py`` checks that these are
-exactly the names missing, so the bridge goes when transformers or the builder changes.
+module import; Qwen3-VL never reaches them. Under transformers 5 the names exist and nothing is
+added. ``tests/test_genai.py`` checks, under 4.57.6, that these are exactly the names missing, so
+the bridge goes when transformers or the builder changes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import runpy
 
 BUILDER_MODULE = "onnxruntime_genai.models.builder"
-# The names the builder imports that transformers 4.57.6 lacks.
+# The names the builder imports that transformers 4.57.6 lacks (5.x has them).
 MISSING_NAMES: tuple[str, ...] = ("Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration")
 
 

@@ -1,7 +1,7 @@
 """The modules a downstream builder hands to the exporter instead of the vision model itself.
 
-This module imports torch at the top: ``pytest_qwen3vl.export`` and ``pytest_qwen3vl.tracing``
-import it only when they export or trace.
+This module imports torch at the top: ``pytest_qwen3vl.export.builder`` and
+``pytest_qwen3vl.export.tracing`` import it only when they export or trace.
 
 The wrappers keep the wrapped model under the attribute ``model``, so the exported initializers
 are named ``model.blocks.0.attn.qkv.weight`` and so on. What they take from the forward's result

@@ -28,8 +28,10 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 def checkpoint_fingerprint(folder: Path) -> str:
-    """Names, sizes and mtimes of the weight files: enough to notice a changed checkpoint."""
-    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in weight_files(folder))
+    """Names, sizes and mtimes of the folder's files (weights, config, tokenizer, processor config):
+    enough to notice a changed checkpoint."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
 
 
 def shards_holding(folder: Path, prefixes: tuple[str, ...] = VISION_PREFIXES) -> dict[Path, list[str]]:

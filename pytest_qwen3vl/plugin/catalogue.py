@@ -1,7 +1,8 @@
 """The report's claims, in the report's order, each with a stable id and the tests that decide it.
 
-Statements quote ``seed-report.md``; the last claims come from what the export must also do for
-a downstream builder (it must compute what PyTorch computes, on a known exporter).
+Statements quote the one-slide report that comes with the modified file; the last claims come from
+what the export must also do for a downstream builder (it must compute what PyTorch computes, on a
+known exporter), in the runtimes that consume it, and for the file a user ships.
 """
 
 from __future__ import annotations

@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_qwen3vl.export.builder import DEFAULT_OPSET, EXPORTER_NAMES, WRAPPER_NAMES, export_vision
-from pytest_qwen3vl.export.cache import BUILT, DAMAGED, FAILED, REMEMBERED, REUSED, ArtifactCache
-from pytest_qwen3vl.export.cache import code_digest as export_code_digest
+from pytest_qwen3vl.export.cache import BUILT, DAMAGED, FAILED, REMEMBERED, REUSED, ArtifactCache, code_digest
 from pytest_qwen3vl.export.recipes import LAYOUTS, RECIPE_NAMES, RECIPES, export_recipe, wrapper_for
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.source.files import sha256_file
@@ -38,14 +37,6 @@ if TYPE_CHECKING:
     from pytest_qwen3vl.model.configs import ModelSpec
 
 ROLES = ("golden", "modified")
-
-
-EXPORT_CODE = ("export.builder", "export.wrappers", "export.gridfree", "export.recipes", "model.outputs")
-
-
-def code_digest() -> str:
-    """The digest of the code an export is made by (see ``export.cache.code_digest``)."""
-    return export_code_digest(*EXPORT_CODE)
 
 
 class SessionExports:

@@ -174,11 +174,14 @@ def qwen3vl_export(
     """Exported ONNX files, each made once per run however many xdist workers ask for it.
 
     ``qwen3vl_export(which, grid, wrapper="pooled", exporter="torchscript") -> Path``: ``which`` is
-    "golden" or "modified", ``wrapper`` "pooled" (the builder's ``outputs[0]``, flag set), "all" or
-    "tuple", ``exporter`` "torchscript" or "dynamo". Files live in the content-addressed cache under
-    ``<cache dir>/exports`` (keyed by the source files, config, seed, grid, wrapper, exporter, opset
-    and library versions) and must not be modified. A failed export raises ``ExportFailed`` with a
-    one-line ``summary``; asking again in the same process raises it again without retrying.
+    "golden" or "modified", ``wrapper`` "pooled" (the merged embeddings, flag set), "first" (the
+    report's ``outputs[0]``), "all", "stacked" or "tuple", ``exporter`` "torchscript" or "dynamo".
+    Files live in the content-addressed cache under ``<cache dir>/exports`` (keyed by the source
+    files, config, seed, grid, wrapper, exporter, opset, library versions and the plugin's code),
+    verified before reuse, and must not be modified. A failed export raises ``ExportFailed`` with a
+    one-line ``summary``; the cache remembers it, so asking again (in this run or a later one with
+    the same inputs) raises it again without retrying. ``.recipe(which, name, grid)`` exports a
+    recipe of ``qwen3vl-export`` the same way.
     ``qwen3vl_export.session(path)`` is an ONNX Runtime session per file, ``.builds`` the exports
     this process ran (``<cache dir>/exports/builds.log`` has every worker's).
     """
@@ -256,7 +259,7 @@ def qwen3vl_gate(
 def qwen3vl_snapshot(snapshot: SnapshotAssertion) -> SnapshotAssertion:
     """Syrupy's ``snapshot`` storing the version-free contract of a graph signature as JSON.
 
-    Compare ``pytest_qwen3vl.snapshots.contract_document(graph_signature(path))``. The file is
+    Compare ``pytest_qwen3vl.plugin.snapshots.contract_document(graph_signature(path))``. The file is
     ``<snapshot dir>/<module>/<test>[<params>-<config>-<grid>].json``; the test is skipped when it
     is missing and ``--snapshot-update`` was not given. One assertion per test.
     """

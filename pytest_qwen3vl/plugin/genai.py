@@ -96,7 +96,7 @@ class SessionGenai:
             "seed": str(self.settings.seed),
             "golden": self._golden_digest,
             "libraries": json.dumps(library_versions(GENAI_LIBRARIES), sort_keys=True),
-            "recipe": code_digest("model.write_checkpoint", "model.build"),
+            "recipe": code_digest(),
         }
 
         def build(path: Path) -> None:
@@ -112,7 +112,7 @@ class SessionGenai:
         parts = {
             "checkpoint": f"{checkpoint}:{checkpoint_fingerprint(checkpoint)}",
             "libraries": json.dumps(library_versions(GENAI_LIBRARIES), sort_keys=True),
-            "recipe": code_digest("export.genai", "export.genai_builder"),
+            "recipe": code_digest(),
         }
 
         def build(path: Path) -> None:
@@ -121,7 +121,7 @@ class SessionGenai:
         return self.cache.get_or_create(parts, CONFIG_FILE, build).parent
 
     def reference(self) -> Any:
-        """transformers' whole model from the checkpoint (golden file: the installed 4.57.6), once."""
+        """transformers' whole model from the checkpoint (the installed transformers' golden file), once."""
         if self._reference is None:
             from pytest_qwen3vl.model.generation import load_full_model
 

@@ -10,16 +10,13 @@ import pytest
 
 from pytest_qwen3vl.errors import SettingsError, SourceError, UnknownClaim
 from pytest_qwen3vl.plugin.bundled import add_suite
-from pytest_qwen3vl.plugin.catalogue import ARTEFACT_SECTION
 from pytest_qwen3vl.plugin.claims import (
     IDS_PROPERTY,
-    ClaimBoard,
     claim_ids,
     file_ids,
-    render_table,
-    summary_counts,
 )
 from pytest_qwen3vl.plugin.exports import TALLY_KEY, WORKER_OUTPUT, CacheTally
+from pytest_qwen3vl.plugin.reporter import REPORTER_NAME, ClaimReporter
 from pytest_qwen3vl.plugin.settings import (
     FLAGS,
     GRID,
@@ -28,7 +25,6 @@ from pytest_qwen3vl.plugin.settings import (
     REPEATABLE,
     RUN_SLOW,
     SETTINGS_KEY,
-    Settings,
     flag,
     ini_key,
     settings_from_pytest,
@@ -39,7 +35,6 @@ from pytest_qwen3vl.source import files as sources
 # The fixtures live in their own module; pytest registers it with this plugin.
 pytest_plugins = ["pytest_qwen3vl.plugin.fixtures"]
 
-REPORTER_NAME = "qwen3vl-claims"
 
 MARKERS = (
     "qwen3vl_claim(id): ties a test to a claim of the report; see docs/claims.md for the ids",
@@ -131,40 +126,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(str(exc)) from None
         if ids:
             item.user_properties.append((IDS_PROPERTY, ids))
-
-
-class ClaimReporter:
-    """Collects claim outcomes from every report (xdist ships workers' reports here), prints the
-    table and writes the Markdown report."""
-
-    def __init__(self, config: pytest.Config, settings: Settings) -> None:
-        self.board = ClaimBoard()
-        self.config = config
-        self.settings = settings
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.board.add_report(report)
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_testnodedown(self, node: object, error: object) -> None:
-        """xdist: add a finished worker's cache events to the controller's tally."""
-        output = getattr(node, "workeroutput", {})
-        self.config.stash[TALLY_KEY].merge(output.get(WORKER_OUTPUT, {}))
-
-    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        if not self.board.ran_any():
-            return
-        rows = self.board.rows(hide=() if self.settings.onnx else (ARTEFACT_SECTION,))
-        terminalreporter.section("qwen3vl claims")
-        for line in render_table(rows):
-            terminalreporter.write_line(line)
-        counts = ", ".join(f"{n} {status}" for status, n in summary_counts(rows).items())
-        terminalreporter.write_line(f"qwen3vl claims: {counts}")
-        cache_line = terminalreporter.config.stash[TALLY_KEY].line()
-        if cache_line:
-            terminalreporter.write_line(f"{cache_line} (log: {self.settings.export_cache / 'builds.log'})")
-        if self.settings.report is not None and not hasattr(terminalreporter.config, "workerinput"):
-            from pytest_qwen3vl.plugin.report import write_report
-
-            path = write_report(self.settings.report, rows, self.settings)
-            terminalreporter.write_line(f"qwen3vl report written to {path}")

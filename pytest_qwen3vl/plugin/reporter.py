@@ -1,0 +1,50 @@
+"""The claims reporter: the plugin object that gathers every claim outcome on the controller, prints
+the table and the cache's summary line, and writes the Markdown report."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_qwen3vl.plugin.catalogue import ARTEFACT_SECTION
+from pytest_qwen3vl.plugin.claims import ClaimBoard, render_table, summary_counts
+from pytest_qwen3vl.plugin.exports import TALLY_KEY, WORKER_OUTPUT
+from pytest_qwen3vl.plugin.settings import Settings
+
+REPORTER_NAME = "qwen3vl-claims"
+
+
+class ClaimReporter:
+    """Collects claim outcomes from every report (xdist ships workers' reports here), prints the
+    table and writes the Markdown report."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.board = ClaimBoard()
+        self.config = config
+        self.settings = settings
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.board.add_report(report)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: object, error: object) -> None:
+        """xdist: add a finished worker's cache events to the controller's tally."""
+        output = getattr(node, "workeroutput", {})
+        self.config.stash[TALLY_KEY].merge(output.get(WORKER_OUTPUT, {}))
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if not self.board.ran_any():
+            return
+        rows = self.board.rows(hide=() if self.settings.onnx else (ARTEFACT_SECTION,))
+        terminalreporter.section("qwen3vl claims")
+        for line in render_table(rows):
+            terminalreporter.write_line(line)
+        counts = ", ".join(f"{n} {status}" for status, n in summary_counts(rows).items())
+        terminalreporter.write_line(f"qwen3vl claims: {counts}")
+        cache_line = terminalreporter.config.stash[TALLY_KEY].line()
+        if cache_line:
+            terminalreporter.write_line(f"{cache_line} (log: {self.settings.export_cache / 'builds.log'})")
+        if self.settings.report is not None and not hasattr(terminalreporter.config, "workerinput"):
+            from pytest_qwen3vl.plugin.report import write_report
+
+            path = write_report(self.settings.report, rows, self.settings)
+            terminalreporter.write_line(f"qwen3vl report written to {path}")
