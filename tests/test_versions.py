@@ -26,7 +26,7 @@ from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.model.inputs import make_inputs
 from pytest_qwen3vl.model.outputs import MODEL_OUTPUT, merged, pre_merger, structure
 from pytest_qwen3vl.source.files import check_golden, installed_golden_path, reference_modified_text, sha256_file
-from pytest_qwen3vl.source.fingerprints import fingerprints, known_fingerprints, vote
+from pytest_qwen3vl.source.fingerprints import fingerprints, known_fingerprints, version_mismatch, vote
 from pytest_qwen3vl.source.goldens import KNOWN_GOLDENS, REPORT_VERSION
 from tests.conftest import RunSuite
 from tests.test_claims_table import claim_line
@@ -166,3 +166,10 @@ def test_deepstack_off_reference_is_golden_without_deepstack_layers(tmp_path: Pa
         del visual.deepstack_visual_indexes
     assert np.array_equal(off, no_layers)
     assert np.abs(with_deepstack - off).max() > 1e-4, "DeepStack on and off give the same logits"
+
+
+def test_no_version_verdict_against_an_unverified_golden() -> None:
+    """On an unmeasured transformers, a fork of its own file must not be called 'made from' a known one."""
+    tree = ast.parse(installed_golden_path().read_text(encoding="utf-8"))
+    assert version_mismatch(tree, "4.99.0") is None
+    assert version_mismatch(tree, _installed()) is None
