@@ -114,10 +114,7 @@ def test_condition_of_a_fork_is_found_by_its_body(tmp_path: Path) -> None:
     assert find_deepstack_if(ast.parse(path.read_text(encoding="utf-8"))) is None  # golden's exact test only
 
 
-@pytest.mark.parametrize(
-    ("variant", "notes"),
-    [("reference", 0), ("is_exporting", 1), ("dynamo_compiling", 2)],
-)
+@pytest.mark.parametrize(("variant", "notes"), [("reference", 0), ("is_exporting", 1)])
 def test_forks_that_also_skip_under_torch_export_pass_with_a_note(variant: str, notes: int) -> None:
     golden = golden_text()
     report = check_one_diff(golden, VARIANTS[variant].make(golden))
@@ -125,8 +122,21 @@ def test_forks_that_also_skip_under_torch_export_pass_with_a_note(variant: str, 
     if notes:
         assert any(n.startswith("additionally skips DeepStack under torch.export") for n in report.notes)
         assert "note: it " in report.verdict
-    if variant == "dynamo_compiling":
-        assert any("torch.compile" in n and "compiled inference loses DeepStack" in n for n in report.notes)
+
+
+def test_a_fork_that_also_skips_under_torch_compile_fails(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``is_torchdynamo_compiling()`` is True under plain torch.compile too: compiled inference loses DeepStack."""
+    path = tmp_path / "fork.py"
+    path.write_text(VARIANTS["dynamo_compiling"].make(golden_text()), encoding="utf-8")
+    report = check_one_diff(installed_golden_path(), path)
+    assert report.problems == report.mode_problems and len(report.problems) == 1, report.problems
+    assert report.problems[0].endswith(
+        "skips DeepStack under torch.compile with the flag unset, where the report's condition runs it: "
+        "compiled inference changes"
+    ), report.problems
+    assert not report.condition_problems  # equivalent in the 8 combinations of the report
+    assert diff_main([str(path)]) == 1
+    assert capsys.readouterr().out.splitlines()[-1].startswith("FAIL (1 change): the DeepStack condition at ")
 
 
 def test_cli_prints_the_note_and_json_carries_the_modes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
