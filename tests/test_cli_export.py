@@ -12,6 +12,7 @@ import pytest
 
 from pytest_qwen3vl.cli import export_main
 from pytest_qwen3vl.source.files import installed_golden_path, write_reference_modified
+from tests.model_variants import POS_EMBED_H_W_SWAPPED
 
 pytestmark = pytest.mark.qwen3vl_export
 
@@ -46,6 +47,12 @@ def run(*argv: str) -> int:
         return int(exc.code or 0)
 
 
+def _fork_with_h_w_swapped(tmp_path: Path) -> Path:
+    path = tmp_path / "fork.py"
+    path.write_text(POS_EMBED_H_W_SWAPPED.text(), encoding="utf-8")
+    return path
+
+
 def _fork_that_does_not_import(tmp_path: Path) -> Path:
     path = tmp_path / "broken.py"
     text = installed_golden_path().read_text(encoding="utf-8")
@@ -64,6 +71,9 @@ def _fork_that_does_not_import(tmp_path: Path) -> Path:
         ("layout-without-deepstack", "qwen3vl-export: error: --layout applies to --recipe deepstack only, not report"),
         ("deepstack-from-modified",
          "qwen3vl-export: torchscript export failed: the model emits 0 of 3 DeepStack tensors under torch.jit.trace*"),
+        ("grid-free-of-other-maths",
+         "qwen3vl-export: grid-free export failed: the file's own forward differs from the grid-free replacement on "
+         "1x16x40 (relative L2 *): the recipe would export other maths than this file's"),
     ],
 )
 def test_bad_input_is_one_line_with_exit_2(
@@ -79,6 +89,8 @@ def test_bad_input_is_one_line_with_exit_2(
         "layout-without-deepstack": ["--config", "tiny", "--recipe", "report", "--layout", "stacked"],
         "deepstack-from-modified": ["--config", "tiny", "--recipe", "deepstack", "--modified",
                                     str(write_reference_modified(installed_golden_path(), tmp_path))],
+        "grid-free-of-other-maths": ["--config", "tiny", "--recipe", "grid-free", "--modified",
+                                     str(_fork_with_h_w_swapped(tmp_path))],
     }[case]
     assert run(*argv, *out) == 2
     lines = capsys.readouterr().err.splitlines()

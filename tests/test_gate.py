@@ -44,7 +44,7 @@ def gate(tmp_path_factory: pytest.TempPathFactory):
     """``gate(condition)``: the measured table, through one cache for the module."""
     cache = ArtifactCache(tmp_path_factory.mktemp("gates"))
     module = import_modeling_file(installed_golden_path(), "golden")
-    return lambda condition: gate_table(condition, module, cache)
+    return lambda condition: gate_table(condition, module, cache, source=installed_golden_path())
 
 
 def test_diff_predicates_are_what_torch_sets_under_each_exporter() -> None:
@@ -87,9 +87,22 @@ def test_golden_condition_runs_everywhere_and_a_raising_condition_says_so(gate) 
 def test_the_gate_is_measured_once_per_condition(tmp_path: Path) -> None:
     cache = ArtifactCache(tmp_path)
     module = import_modeling_file(installed_golden_path(), "golden")
-    first = gate_table(GOLDEN_CONDITION, module, cache)
-    assert gate_table(GOLDEN_CONDITION, module, cache) == first
+    first = gate_table(GOLDEN_CONDITION, module, cache, source=installed_golden_path())
+    assert gate_table(GOLDEN_CONDITION, module, cache, source=installed_golden_path()) == first
     assert [b["status"] for b in cache.builds()] == ["built"]
+
+
+def test_a_fork_that_edits_a_helper_of_its_condition_gets_its_own_table(tmp_path: Path) -> None:
+    """The same condition text, run with two files' globals: a key without the file would reuse the first."""
+    cache = ArtifactCache(tmp_path / "gates")
+    condition = "layer_num in self.deepstack_visual_indexes and keep_deepstack()"
+    tables = []
+    for keep in (True, False):
+        fork = tmp_path / f"fork_{keep}.py"
+        fork.write_text(f"{golden_text()}\n\ndef keep_deepstack():\n    return {keep}\n", encoding="utf-8")
+        tables.append(gate_table(condition, import_modeling_file(fork, f"fork_{keep}"), cache, source=fork))
+    assert set(tables[0].cells.values()) == {RUN} and set(tables[1].cells.values()) == {SKIP}
+    assert [b["status"] for b in cache.builds()] == ["built", "built"]
 
 
 def test_condition_of_a_fork_is_found_by_its_body(tmp_path: Path) -> None:
@@ -101,10 +114,7 @@ def test_condition_of_a_fork_is_found_by_its_body(tmp_path: Path) -> None:
     assert find_deepstack_if(ast.parse(path.read_text(encoding="utf-8"))) is None  # golden's exact test only
 
 
-@pytest.mark.parametrize(
-    ("variant", "notes"),
-    [("reference", 0), ("is_exporting", 1), ("dynamo_compiling", 2)],
-)
+@pytest.mark.parametrize(("variant", "notes"), [("reference", 0), ("is_exporting", 1)])
 def test_forks_that_also_skip_under_torch_export_pass_with_a_note(variant: str, notes: int) -> None:
     golden = golden_text()
     report = check_one_diff(golden, VARIANTS[variant].make(golden))
@@ -112,8 +122,21 @@ def test_forks_that_also_skip_under_torch_export_pass_with_a_note(variant: str, 
     if notes:
         assert any(n.startswith("additionally skips DeepStack under torch.export") for n in report.notes)
         assert "note: it " in report.verdict
-    if variant == "dynamo_compiling":
-        assert any("torch.compile" in n and "compiled inference loses DeepStack" in n for n in report.notes)
+
+
+def test_a_fork_that_also_skips_under_torch_compile_fails(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``is_torchdynamo_compiling()`` is True under plain torch.compile too: compiled inference loses DeepStack."""
+    path = tmp_path / "fork.py"
+    path.write_text(VARIANTS["dynamo_compiling"].make(golden_text()), encoding="utf-8")
+    report = check_one_diff(installed_golden_path(), path)
+    assert report.problems == report.mode_problems and len(report.problems) == 1, report.problems
+    assert report.problems[0].endswith(
+        "skips DeepStack under torch.compile with the flag unset, where the report's condition runs it: "
+        "compiled inference changes"
+    ), report.problems
+    assert not report.condition_problems  # equivalent in the 8 combinations of the report
+    assert diff_main([str(path)]) == 1
+    assert capsys.readouterr().out.splitlines()[-1].startswith("FAIL (1 change): the DeepStack condition at ")
 
 
 def test_cli_prints_the_note_and_json_carries_the_modes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -133,7 +156,8 @@ def test_an_incomplete_table_is_not_cached(tmp_path: Path) -> None:
     could not produce stay unmeasured, and the next request measures again."""
     cache = ArtifactCache(tmp_path)
     namespace = {"torch": __import__("torch"), "probe": lambda: print(end="") is None}  # fullgraph refuses print
-    first = gate_table("probe() and layer_num in self.deepstack_visual_indexes", namespace, cache)
+    condition = "probe() and layer_num in self.deepstack_visual_indexes"
+    first = gate_table(condition, namespace, cache, source=Path(__file__))  # the namespace is this file's
     assert first.errors, first.cells
-    gate_table("probe() and layer_num in self.deepstack_visual_indexes", namespace, cache)
+    gate_table(condition, namespace, cache, source=Path(__file__))
     assert [b["status"] for b in cache.builds()] == ["failed", "failed"]

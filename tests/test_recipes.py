@@ -4,6 +4,7 @@ grid, the DeepStack recipe per output in both layouts, and a wrong replacement t
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 from collections.abc import Iterator
 from pathlib import Path
 from types import MethodType
@@ -18,13 +19,13 @@ from pytest_qwen3vl.export import gridfree
 from pytest_qwen3vl.export.builder import export_vision
 from pytest_qwen3vl.export.recipes import DEFAULT_GRID, export_recipe, onnx_sweep, pytorch_sweep, trace_inputs
 from pytest_qwen3vl.export.runtime import ort_session
-from pytest_qwen3vl.model.build import VisionPair
+from pytest_qwen3vl.model.build import VisionPair, build_pair
 from pytest_qwen3vl.model.configs import resolve_config
 from pytest_qwen3vl.model.grids import SWEEP
 from pytest_qwen3vl.plugin.exports import SessionExports
-from pytest_qwen3vl.source.files import installed_golden_path, write_reference_modified
+from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path, write_reference_modified
 from tests.conftest import RunSuite
-from tests.model_variants import VARIANTS
+from tests.model_variants import POS_EMBED_H_W_SWAPPED, VARIANTS
 from tests.test_model_claims import claim_rows
 
 pytestmark = pytest.mark.qwen3vl_export
@@ -212,3 +213,36 @@ def test_grid_free_claim_fails_for_a_file_whose_rotary_frequencies_differ(run_su
     result.assert_outcomes(failed=1)
     row = claim_rows(result, "grid-free-export")
     assert " fails " in row and "serves 0 of 9 grids; wrong on 1x16x16 (pooled_embeds relative L2" in row, row
+
+
+OWN_MATHS_REFUSED = (
+    "the file's own forward differs from the grid-free replacement on 1x16x40 (relative L2 *): "
+    "the recipe would export other maths than this file's"
+)
+
+
+def test_grid_free_recipe_refuses_a_fork_whose_own_position_code_it_would_replace(tmp_path: Path) -> None:
+    """The fork swaps H and W in ``fast_pos_embed_interpolate``, which the replacement stands in for: right on
+    the square trace grid, so only the wide check grid shows the export would hold golden's maths, not the fork's."""
+    golden = installed_golden_path()
+    fork = tmp_path / "fork.py"
+    fork.write_text(POS_EMBED_H_W_SWAPPED.text(), encoding="utf-8")
+    spec = resolve_config("tiny", golden.parent)
+    model = build_pair(import_modeling_file(golden, "golden"), import_modeling_file(fork, "modified"), spec, 0).modified
+    with pytest.raises(RecipeUnsupported) as raised:
+        export_recipe(model, "grid-free", tmp_path / "fork.onnx", grid=DEFAULT_GRID)
+    assert fnmatch.fnmatch(raised.value.summary, OWN_MATHS_REFUSED), raised.value.summary
+    gap = float(raised.value.summary.split("relative L2 ")[1].split(")")[0])
+    assert gap > 0.1, raised.value.summary
+    assert not (tmp_path / "fork.onnx").exists()
+
+
+def test_grid_free_claims_are_not_run_for_a_fork_whose_own_position_code_differs(
+    run_suite: RunSuite, tmp_path: Path
+) -> None:
+    modified = tmp_path / "modeling_qwen3_vl.py"
+    modified.write_text(POS_EMBED_H_W_SWAPPED.text(), encoding="utf-8")
+    result = run_suite("test_recipes.py", "-k", "one_grid_free_file", modified=modified)
+    result.assert_outcomes(skipped=1)
+    row = claim_rows(result, "grid-free-export")
+    assert "not run: the file's own forward differs from the grid-free replacement on 1x16x40" in row, row

@@ -30,9 +30,9 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
 from pytest_qwen3vl.export.builder import quiet_logging
-from pytest_qwen3vl.export.cache import ArtifactCache, code_digest
+from pytest_qwen3vl.export.cache import ArtifactCache, code_digest, file_digest
 from pytest_qwen3vl.source.diff import FLAG, MODES, find_deepstack_if, read_source
-from pytest_qwen3vl.versions import library_versions
+from pytest_qwen3vl.versions import EXPORT_LIBRARIES, library_versions
 
 if TYPE_CHECKING:
     import torch
@@ -266,20 +266,29 @@ class _Incomplete(Exception):
         self.table = table
 
 
-def gate_table(test: str, module: ModuleType | Mapping[str, Any], cache: ArtifactCache | None = None) -> GateTable:
-    """``measure_gate`` through the cache: built once per (condition text, library versions, this file).
+def gate_table(
+    test: str,
+    module: ModuleType | Mapping[str, Any],
+    cache: ArtifactCache | None = None,
+    source: Path | None = None,
+) -> GateTable:
+    """``measure_gate`` through the cache: built once per (condition text, library versions, ``source``,
+    our code). ``source`` is the file ``module`` was imported from, required with a cache: the
+    condition runs with that file's globals, so a fork that edits a helper it calls gets a new table.
 
     A table with unmeasured cells is ours to explain, not a fact about the condition: it is returned
     but not cached, so the next session measures again.
     """
     if cache is None:
         return measure_gate(test, module)
+    if source is None:
+        raise ValueError("gate_table: a cached table needs the source file its module was imported from")
     parts = {
         "kind": "deepstack-gate",
         "condition": test,
-        "libraries": json.dumps(library_versions(("torch", "transformers", "onnx", "onnxruntime", "onnxscript")),
-                                sort_keys=True),
-        "recipe": code_digest("export.gate"),
+        "libraries": json.dumps(library_versions(EXPORT_LIBRARIES), sort_keys=True),
+        "source": file_digest(source),
+        "recipe": code_digest("export.gate", "source.diff"),
     }
 
     def build(path: Path) -> None:

@@ -14,7 +14,9 @@ computes its positions, read from the model itself (one of two layouts, else ``R
   ``forward`` computes the three by tensor operations and calls the class's forward with them.
 
 In both, the attention's ``torch.split(..., lengths.tolist())`` is replaced by one attention call
-under a block-diagonal mask. Everything else is the model's own code: the class's ``forward``
+under a block-diagonal mask. The replaced places do not run the model's own code, so
+``export_recipe`` first checks the model's own eager forward against them (a fork that changed them is
+refused). Everything else is the model's own code: the class's ``forward``
 (with its DeepStack condition and the ``_skip_deepstack_export`` flag of a modified file), the
 weights, and the helpers of the modeling file the model came from (``apply_rotary_pos_emb_vision``,
 ``eager_attention_forward``).

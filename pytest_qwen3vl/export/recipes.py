@@ -3,7 +3,9 @@
 - ``report``: the report's builder export (``pooled_embeds`` only, ``_skip_deepstack_export`` set).
   The trace bakes the grid into the graph, so the file serves the grid it was traced at.
 - ``grid-free``: the same outputs, traced under ``grid_free`` (export/gridfree.py), which keeps
-  the grid symbolic: one file serves every grid.
+  the grid symbolic: one file serves every grid. The replacements stand in for the model's position
+  and attention code, so a model whose own eager forward they do not reproduce (a fork that changed
+  those functions) is refused with ``RecipeUnsupported`` rather than exported as other maths.
 - ``deepstack``: grid-free, and the model traced as it is, so golden's DeepStack tensors become
   outputs: ``deepstack_features_0..D-1`` (layout "split") or one [D, N, H] ``deepstack_features``
   (layout "stacked"). A file whose DeepStack condition skips under ``torch.jit.trace`` (the
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.errors import ExportFailed
+from pytest_qwen3vl.errors import ExportFailed, RecipeUnsupported
 from pytest_qwen3vl.export.builder import (
     DEFAULT_OPSET,
     EXPORTER_NAMES,
@@ -34,7 +36,7 @@ from pytest_qwen3vl.export.builder import (
     traced_deepstack_count,
 )
 from pytest_qwen3vl.export.runtime import PARITY_ATOL, PARITY_RTOL
-from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.model.grids import SWEEP, Grid
 
 if TYPE_CHECKING:
     import torch
@@ -45,6 +47,13 @@ DEEPSTACK_PREFIX = "deepstack_features_"
 # PyTorch under the replacements against golden's own forward: relative L2 per output. Measured on the
 # tiny config over the sweep: at most 3.5e-7 (eager attention against golden's default sdpa).
 PYTORCH_REL_L2 = 1e-6
+# The replacements against the model's OWN eager forward before a grid-free export, on the trace grid and
+# these sweep grids (wide, and two images of different grids): a file whose own positions or attention
+# differ from what the replacements compute would otherwise be exported as other maths. Looser than
+# PYTORCH_REL_L2 for a real-size model's rounding; a replaced function that differs is off by far more
+# (H and W swapped in the position table: 1 on 1x16x40).
+OWN_FORWARD_REL_L2 = 1e-5
+OWN_FORWARD_GRIDS = tuple(grid for grid in SWEEP if grid.id in ("1x16x40", "1x24x24+1x16x32"))
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,8 @@ def export_recipe(
     _check_choice("layout", layout, LAYOUTS)
     _check_choice("exporter", exporter, EXPORTER_NAMES)
     spec = RECIPES[chosen]
+    if spec.grid_free:
+        _require_own_forward(model, grid, seed)
     inputs = trace_inputs(model, grid, seed)
     with grid_free(model) if spec.grid_free else contextlib.nullcontext():
         if spec.keeps_deepstack and exporter == "torchscript":
@@ -141,6 +152,26 @@ def trace_inputs(model: torch.nn.Module, grid: Grid, seed: int) -> tuple[torch.T
     config = model.config
     geometry = {key: getattr(config, key) for key in ("in_channels", "temporal_patch_size", "patch_size")}
     return make_inputs(grid, ModelSpec("trace", geometry), seed).args
+
+
+def _require_own_forward(model: torch.nn.Module, grid: Grid, seed: int) -> None:
+    """Refuse a grid-free export of a model whose own eager forward the replacements do not reproduce
+    (within ``OWN_FORWARD_REL_L2``) on ``grid`` and ``OWN_FORWARD_GRIDS``: the file would hold other maths."""
+    for check_grid in dict.fromkeys((grid, *OWN_FORWARD_GRIDS)):
+        try:
+            result = pytorch_sweep(model, model, (check_grid,), seed, rel_l2=OWN_FORWARD_REL_L2)
+        except RecipeUnsupported:
+            raise
+        except Exception as exc:  # the file's own forward on a valid grid; its error is the finding
+            raise RecipeUnsupported(
+                f"the file's own forward raises on {check_grid.id} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:160]}): the recipe cannot check it exports this file's maths"
+            ) from exc
+        if result.wrong:
+            raise RecipeUnsupported(
+                f"the file's own forward differs from the grid-free replacement on {check_grid.id} "
+                f"({result.wrong[0].detail}): the recipe would export other maths than this file's"
+            )
 
 
 def _require_traced_deepstack(model: torch.nn.Module, pixel_values: torch.Tensor) -> None:
@@ -205,9 +236,11 @@ def pytorch_sweep(
     grids: Sequence[Grid],
     seed: int,
     replaced: Callable[[torch.nn.Module], contextlib.AbstractContextManager[Any]] | None = None,
+    rel_l2: float = PYTORCH_REL_L2,
 ) -> SweepResult:
     """``model``'s forward under ``replaced`` (default: ``grid_free``), eager attention as exported,
-    against golden's forward on each grid: every output within ``PYTORCH_REL_L2`` relative L2."""
+    against golden's forward on each grid: every output within ``rel_l2`` relative L2. A model the
+    replacements do not know raises ``RecipeUnsupported``: that is no grid's fault."""
     import torch
 
     from pytest_qwen3vl.export.builder import eager_attention
@@ -222,6 +255,8 @@ def pytorch_sweep(
         try:
             with torch.no_grad(), eager_attention(model), (replaced or grid_free)(model):
                 actual = list(AllOutputsWrapper(model)(*inputs))
+        except RecipeUnsupported:
+            raise
         except Exception as exc:  # a wrong replacement may raise anything; the grid is what it is wrong on
             checks.append(GridCheck(grid, False, f"raises {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"))
             continue
@@ -232,7 +267,7 @@ def pytorch_sweep(
             checks.append(GridCheck(grid, False, f"shape {tuple(actual[0].shape)}, golden {tuple(expected[0].shape)}"))
             continue
         worst = max(parity(a, e).rel_l2 for a, e in zip(actual, expected, strict=True))
-        checks.append(GridCheck(grid, worst <= PYTORCH_REL_L2, f"relative L2 {worst:.2g}"))
+        checks.append(GridCheck(grid, worst <= rel_l2, f"relative L2 {worst:.2g}"))
     return SweepResult(tuple(checks))
 
 

@@ -229,7 +229,7 @@ def qwen3vl_gate(
 ) -> Callable[[str], GateTable]:
     """``qwen3vl_gate(which) -> GateTable``: the DeepStack condition of "golden", "modified" or
     "reference" (the report's condition in golden's module) run under each exporter, flag unset,
-    False and True. Measured once per condition text and library versions (``<cache dir>/gates``)."""
+    False and True. Measured once per condition text, library versions and file (``<cache dir>/gates``)."""
     from pytest_qwen3vl.export.cache import ArtifactCache
     from pytest_qwen3vl.export.gate import condition_of, gate_table
 
@@ -240,16 +240,16 @@ def qwen3vl_gate(
         if which not in GATE_ROLES:
             raise ValueError(f"which must be one of {', '.join(GATE_ROLES)}, not {which!r}")
         if which not in tables:
+            path = qwen3vl_modified_path if which == "modified" else qwen3vl_golden_path
+            module = qwen3vl_modified_module if which == "modified" else qwen3vl_golden_module
             if which == "reference":
-                test, module = sources.MODIFIED_CONDITION, qwen3vl_golden_module
+                test = sources.MODIFIED_CONDITION
             else:
-                path = qwen3vl_golden_path if which == "golden" else qwen3vl_modified_path
                 try:
                     test = condition_of(path)
                 except (LookupError, SourceError) as exc:
                     pytest.fail(f"{which}: {exc}", pytrace=False)
-                module = qwen3vl_golden_module if which == "golden" else qwen3vl_modified_module
-            tables[which] = gate_table(test, module, cache)
+            tables[which] = gate_table(test, module, cache, source=path)
         return tables[which]
 
     return table

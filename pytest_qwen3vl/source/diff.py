@@ -441,15 +441,16 @@ EXPECTED_TABLE = deepstack_truth_table(MODIFIED_CONDITION)
 EXPECTED_MODES = deepstack_mode_table(MODIFIED_CONDITION)
 
 
-def mode_notes(actual: ModeTable, expected: ModeTable = EXPECTED_MODES) -> list[str]:
-    """Sentences for the modes beyond the report's eight combinations where ``actual`` differs.
+def mode_findings(actual: ModeTable, expected: ModeTable = EXPECTED_MODES) -> tuple[list[str], list[str]]:
+    """Problems and notes (sentences with the condition as subject) for the modes beyond the report's
+    eight combinations where ``actual`` differs.
 
     The report's condition runs DeepStack under torch.export and torch.compile unless the flag is
     set, because ``torch.jit.is_tracing()`` is False there. A fork that skips under torch.export
-    keeps DeepStack out of every exporter's graph; one that skips under torch.compile also drops it
-    from compiled inference.
+    keeps DeepStack out of every exporter's graph: a note. torch.compile is not an exporter but
+    compiled inference, so any difference there changes what users run: a problem.
     """
-    notes = []
+    problems, notes = [], []
     for mode in MODES:
         if mode in REPORT_MODES:
             continue
@@ -457,20 +458,21 @@ def mode_notes(actual: ModeTable, expected: ModeTable = EXPECTED_MODES) -> list[
             if actual[(mode, flag)] == expected[(mode, flag)]:
                 continue
             state = f"with the flag {'set' if flag else 'unset'}"
-            if actual[(mode, flag)]:
+            if mode == "torch.compile":
+                does, reference = ("runs", "skips") if actual[(mode, flag)] else ("skips", "runs")
+                problems.append(
+                    f"{does} DeepStack under torch.compile {state}, where the report's condition {reference} it: "
+                    "compiled inference changes"
+                )
+            elif actual[(mode, flag)]:
                 notes.append(f"runs DeepStack under {mode} {state}, where the reference condition skips it")
-            elif mode == "torch.export":
+            else:
                 notes.append(
                     f"additionally skips DeepStack under torch.export (torch.export.export, strict and "
                     f"non-strict, and torch.onnx.export(dynamo=True)) {state}, where torch.jit.is_tracing() "
                     "is False and the reference condition runs it"
                 )
-            else:
-                notes.append(
-                    f"also skips DeepStack under {mode} {state}: compiled inference loses DeepStack, "
-                    "while the reference condition keeps it"
-                )
-    return notes
+    return problems, notes
 
 
 def describe_combination(combo: Combination) -> str:
@@ -516,6 +518,8 @@ class DiffReport:
     condition_change: Change | None = None  # the change of that ``if``'s test, if its test changed
     replaced: Change | None = None  # a change that swallowed the whole ``if`` (removed, or rewritten around it)
     condition_problems: list[str] = field(default_factory=list)  # the modified test against the reference
+    # the modified test under torch.compile against the reference: compiled inference, beyond the 8
+    mode_problems: list[str] = field(default_factory=list)
 
     @property
     def extra_changes(self) -> list[Change]:
@@ -622,7 +626,7 @@ def check_one_diff(golden: Source | str | os.PathLike[str], modified: Source | s
             else f"the DeepStack condition at {DEEPSTACK_PLACE} (golden line {target.lineno}) is unchanged"
         )
     else:
-        report.problems.extend(report.condition_problems)
+        report.problems.extend(report.condition_problems + report.mode_problems)
     for change in changes:
         if change is condition or change is report.replaced:
             continue
@@ -654,5 +658,7 @@ def _judge_condition(target: ast.If, change: Change | None, report: DiffReport) 
     except UndecidableCondition as exc:
         return [f"{prefix} is not the reference condition: {exc}"]
     if change is not None:
-        report.truth_table, report.modes, report.notes = table, modes, mode_notes(modes)
+        mode_problems, report.notes = mode_findings(modes)
+        report.truth_table, report.modes = table, modes
+        report.mode_problems = [f"{prefix} {problem}" for problem in mode_problems]
     return [f"{prefix} differs from the reference: {d}" for d in describe_disagreements(table)]
