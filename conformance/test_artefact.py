@@ -80,12 +80,9 @@ def test_grids_served(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record):
 def test_deepstack_outputs(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record):
     check = qwen3vl_artefact
     _recognised(check)
-    if not check.interface.has_deepstack:
-        qwen3vl_record.holds(
-            "DeepStack not exported: the file has no DeepStack outputs (the report's recipe drops them on "
-            "purpose; a language model fed by this file gets no DeepStack features)"
-        )
-        return
+    if not check.interface.has_deepstack:  # nothing to match: a row that could not fail says nothing
+        pytest.skip("not run: the file has no DeepStack outputs (the report's recipe drops them on purpose; "
+                    "a language model fed by this file gets no DeepStack features)")
     running = [g for g in qwen3vl_settings.grids if check.run(g).error is None]
     if not running:
         error = check.run(qwen3vl_settings.grids[0]).error

@@ -6,7 +6,6 @@ exporter) is exported once per run, however many tests and xdist workers use it.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from pytest_qwen3vl.export.graph import CONSTANTS_BUCKET, graph_digest, graph_si
 from pytest_qwen3vl.export.recipes import onnx_sweep
 from pytest_qwen3vl.export.runtime import PARITY_ATOL, PARITY_RTOL, parity, run_pooled, runtime_failure
 from pytest_qwen3vl.export.tracing import count_deepstack_calls, trace_hazards
-from pytest_qwen3vl.model.grids import SWEEP, Grid
+from pytest_qwen3vl.model.grids import SWEEP, other_grid
 from pytest_qwen3vl.model.inputs import make_inputs
 from pytest_qwen3vl.model.outputs import merged
 from pytest_qwen3vl.plugin.snapshots import contract_document, document_changes, lowering_document
@@ -58,14 +57,6 @@ def pytorch_pooled(model: torch.nn.Module, pixel_values: torch.Tensor, grid_thw:
         return merged(outputs)
     except OutputContractError as exc:
         pytest.fail(f"PyTorch's forward: {exc}", pytrace=False)
-
-
-def other_grid(grid: Grid, merge: int) -> Grid:
-    """The grid with its first image's H and W each moved by two merge blocks (down where they can)."""
-    step = 2 * merge
-    t, h, w = grid.images[0]
-    moved = (t, h - step if h > step else h + step, w - step if w > step else w + step)
-    return dataclasses.replace(grid, images=(moved, *grid.images[1:]))
 
 
 @pytest.mark.qwen3vl_claim("golden-onnx-outputs")
@@ -197,7 +188,7 @@ def test_first_axes_are_symbolic_but_an_export_holds_for_its_own_grid(
     fixed = {name: axis for name, axis in first_axes.items() if not isinstance(axis, str)}
     assert not fixed, f"first axes not symbolic: {fixed}"
 
-    other = other_grid(qwen3vl_grid, qwen3vl_config.merge_size)
+    other = other_grid(qwen3vl_grid, 2 * qwen3vl_config.merge_size)  # two merge blocks
     inputs = make_inputs(other, qwen3vl_config, qwen3vl_settings.seed)
     expected = pytorch_pooled(qwen3vl_modified_vision, *inputs.args).numpy()
     own = run_pooled(qwen3vl_export.session(qwen3vl_export("modified", other)), *inputs.args)

@@ -132,7 +132,7 @@ def test_builder_file_serves_its_grid_and_names_the_others(run_suite: RunSuite, 
     assert "seed1.onnx: weights differ from the checkpoint: 47 of 69 golden tensors found by name differ" in where
     assert "DeepStack not exported" in where, where
     deepstack = claim_rows(result, "artefact-deepstack")
-    assert "builder.onnx: DeepStack not exported" in deepstack, deepstack
+    assert "builder.onnx: not run: the file has no DeepStack outputs" in deepstack, deepstack
     assert "seed1.onnx-1x24x24: outside the fp32 tolerance" in parity and "cosine 0.00" in parity, parity
 
 
@@ -153,9 +153,11 @@ def test_converted_files_pass_their_own_tolerance(run_suite: RunSuite, files: di
             "deepstack_1 = DeepStack 1 (layer 2, cosine 1.000000), deepstack_2 = DeepStack 2 (layer 3") in deepstack
     assert ("swapped.onnx: 1x24x24: swapped: deepstack_0 carries golden DeepStack 1 (layer 2), not 0; "
             "deepstack_1 carries golden DeepStack 0 (layer 1), not 1") in deepstack, deepstack
-    result.assert_outcomes(passed=21, failed=4)  # swapped: parity, grids, DeepStack, where
+    # swapped: parity, grids, DeepStack, where; fp16, int8 and external have no DeepStack outputs to match
+    result.assert_outcomes(passed=18, failed=4, skipped=3)
 
 
+@pytest.mark.qwen3vl_versions
 def test_fp16_file_fails_fp32_limits(run_suite: RunSuite, files: dict[str, Path]) -> None:
     result = run_suite("test_artefact.py", "-k", "parity", *_onnx(files["fp16"]), "--qwen3vl-grid=1,24,24", FP32_LIMITS)
     row = claim_rows(result, "artefact-parity")
@@ -236,3 +238,26 @@ def test_module_scopes_are_found_under_any_wrapper_attribute(files: dict[str, Pa
         node.name = node.name.replace("/model/", prefix, 1)
     assert found and list(find_probes(model)) == found
     assert {"patch_embed", "pos_add", "merger"} <= set(found)
+
+
+@pytest.mark.qwen3vl_versions
+def test_a_fault_of_ours_is_not_blamed_on_the_file(tmp_path: Path) -> None:
+    """Only ONNX Runtime's errors about the model become a grid's verdict. Its Python binding takes no
+    bfloat16 numpy array as a feed (a plain RuntimeError): our way of feeding a bfloat16 input fails,
+    and that must raise, not read as "ONNX Runtime: ..." against the file."""
+    from onnx import TensorProto, helper
+
+    from pytest_qwen3vl.export.artefact import ArtefactCheck, GoldenRuns
+
+    path = tmp_path / "bf16.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["pixel_values"], ["pooled_embeds"], to=TensorProto.FLOAT)], "bf16",
+        [helper.make_tensor_value_info("pixel_values", TensorProto.BFLOAT16, ["n", 1536])],
+        [helper.make_tensor_value_info("pooled_embeds", TensorProto.FLOAT, ["n", 1536])],
+    )
+    onnx.save_model(helper.make_model(graph), str(path))
+    made = Files(tmp_path / "files")
+    spec = resolve_config("tiny", installed_golden_path().parent)
+    check = ArtefactCheck(path, GoldenRuns(made.pair(0).golden, spec, 0))
+    with pytest.raises(RuntimeError, match="can't be converted to MLDataType"):
+        check.run(TRACE_GRID)

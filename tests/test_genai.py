@@ -151,7 +151,7 @@ def test_vision_file_from_other_weights_is_named(run_suite: RunSuite, checkpoint
     assert " fails " in rows["genai-image-features"] and "differ from golden's pooled" in rows["genai-image-features"]
     assert " fails " in rows["genai-deepstack-off"], rows["genai-deepstack-off"]
     # The fixed-grid file on another image size: loud, never a wrong answer.
-    assert " holds " in rows["genai-other-grid"] and "RuntimeError at" in rows["genai-other-grid"]
+    assert " holds " in rows["genai-other-grid"] and "the vision file stops at " in rows["genai-other-grid"]
 
 
 def test_embedding_in_wrong_order_is_caught_by_generation(run_suite: RunSuite, checkpoint, good_folder,
@@ -188,6 +188,20 @@ def test_without_genai_the_rows_say_how_to_install(run_suite: RunSuite, tmp_path
     line = claim_line(result, "genai-deepstack-off")
     assert " not run " in line and "pip install pytest-qwen3vl[genai]" in line, line
     shutil.rmtree(blocker)
+
+
+def test_a_genai_builder_failure_is_not_run_never_fails(run_suite: RunSuite, checkpoint: Path, tmp_path: Path) -> None:
+    """A checkpoint genai's builder rejects (an architecture it does not know): our build failed, so
+    every row that needs the folder is 'not run' with the builder's reason, none 'fails'."""
+    unknown = variant(checkpoint, tmp_path / "unknown-architecture")
+    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    (unknown / "config.json").unlink()
+    (unknown / "config.json").write_text(json.dumps({**config, "architectures": ["Qwen3VLUnknownModel"]}))
+    result = run_suite("test_genai.py", "-k", "not grid_free", f"--qwen3vl-config={unknown}")
+    assert result.ret == 0, result.stdout.str()
+    for claim in ("genai-preprocessing", "genai-deepstack-off", "genai-other-grid"):
+        line = claim_line(result, claim)
+        assert " not run " in line and "onnxruntime-genai's builder failed" in line, line
 
 
 def test_grid_free_row_fails_for_a_fork_whose_rotary_frequencies_differ(run_suite: RunSuite, tmp_path: Path) -> None:

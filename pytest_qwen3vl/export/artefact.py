@@ -40,7 +40,6 @@ _DEEPSTACK = re.compile(r"^deepstack_(?:features_)?(\d+)$")
 MATCH_COSINE = 0.9
 # MLAS keeps a packed second copy of each Gemm/MatMul weight unless told not to: -34 % peak at 4B.
 SESSION_CONFIG = {"session.disable_prepacking": "1"}
-_ORT_NODE = re.compile(r"running (\w+) node\. Name:'([^']+)'")
 # Under whatever attribute the builder's wrapper keeps the vision model (``/model/``, ``/vision/``, none).
 _SCOPE = re.compile(r"^/(?:[\w.]+/)*?((?:blocks|deepstack_merger_list)\.\d+|patch_embed|merger)/")
 _SHAPE_PLUMBING = ("Shape", "Gather", "Unsqueeze", "Concat")
@@ -419,15 +418,10 @@ class GridRun:
 
 
 def ort_error(exc: BaseException) -> str:
-    """An ONNX Runtime failure in one line: ``ONNX Runtime: Reshape node /model/Reshape_7: <message>``."""
-    text = " ".join(str(exc).split())
-    match = _ORT_NODE.search(text)
-    message = text.split("Status Message:")[-1].strip()
-    message = message.split(" was false. ", 1)[-1]  # drop the source location and the failed check
-    if len(message) > 120:
-        message = message[:119] + "…"
-    where = f"{match.group(1)} node {match.group(2)}: " if match else ""
-    return f"ONNX Runtime: {where}{message}"
+    """An ONNX Runtime failure as a grid's verdict: ``ONNX Runtime: Reshape node /model/Reshape_7: <message>``."""
+    from pytest_qwen3vl.export.runtime import runtime_failure
+
+    return f"ONNX Runtime: {runtime_failure(exc)}"
 
 
 def measure(actual: Any, expected: Any, output: str, golden: str) -> OutputParity:
@@ -476,9 +470,11 @@ class GoldenRuns:
             import torch
 
             pixels, thw = self.inputs(grid)
+            from pytest_qwen3vl.model.outputs import deepstack, merged
+
             with torch.inference_mode():
-                pooled, deepstack = self.model(torch.from_numpy(pixels), torch.from_numpy(thw))
-            self._outputs[grid] = (pooled.numpy(), *(d.numpy() for d in deepstack))
+                outputs = self.model(torch.from_numpy(pixels), torch.from_numpy(thw))
+            self._outputs[grid] = (merged(outputs).numpy(), *(d.numpy() for d in deepstack(outputs)))
         return self._outputs[grid]
 
     def probes(self, grid: Grid) -> dict[str, np.ndarray]:
@@ -562,11 +558,11 @@ class ArtefactCheck:
     def session(self) -> onnxruntime.InferenceSession | None:
         """The ONNX Runtime session (external data next to the file loads with it), or None."""
         if self._session is None and self._load_error is None:
-            from pytest_qwen3vl.export.runtime import ort_session
+            from pytest_qwen3vl.export.runtime import ort_session, runtime_errors
 
             try:
                 self._session = ort_session(self.path, config=SESSION_CONFIG)
-            except Exception as exc:
+            except runtime_errors() as exc:
                 self._load_error = ort_error(exc)
         return self._session
 
@@ -591,10 +587,13 @@ class ArtefactCheck:
         if session is None:
             result: tuple[GridRun, dict[str, np.ndarray]] = (GridRun(grid, self._load_error), {})
         else:
+            from pytest_qwen3vl.export.runtime import runtime_errors
+
             names = [p.name for p in self.interface.outputs]
+            feeds = self.feeds(grid)  # outside the try: a fault in building them is ours, not the file's
             try:
-                values = dict(zip(names, session.run(names, self.feeds(grid)), strict=True))
-            except Exception as exc:
+                values = dict(zip(names, session.run(names, feeds), strict=True))
+            except runtime_errors() as exc:
                 result = (GridRun(grid, ort_error(exc)), {})
             else:
                 result = (self._compare(grid, values), values)
@@ -653,7 +652,7 @@ class ArtefactCheck:
         import onnx
         import onnx.utils
 
-        from pytest_qwen3vl.export.runtime import ort_session
+        from pytest_qwen3vl.export.runtime import failed_node, ort_session, runtime_errors
 
         model = onnx.load(str(self.path))
         probes = find_probes(model)
@@ -663,20 +662,21 @@ class ArtefactCheck:
         exposed = expose(model, list(probes.values()))
         outputs = list(probes.values())
         failure = None
+        feeds = self.feeds(grid)
         try:
             values = dict(zip(outputs, ort_session(exposed.SerializeToString(), config=SESSION_CONFIG).run(
-                outputs, self.feeds(grid)), strict=True))
-        except Exception as exc:
+                outputs, feeds), strict=True))
+        except runtime_errors() as exc:
             failure = ort_error(exc)
-            match = _ORT_NODE.search(" ".join(str(exc).split()))
-            upstream = _upstream(model, probes, match.group(2)) if match else []
+            node = failed_node(exc)
+            upstream = _upstream(model, probes, node[1]) if node else []
             values = {}
             if upstream:
                 wanted = [probes[p] for p in upstream]
                 stored = {t.name for t in model.graph.initializer}
                 inputs = [i.name for i in model.graph.input if i.name not in stored]
                 cut = onnx.utils.Extractor(exposed).extract_model(inputs, wanted)
-                cut_feeds = {k: v for k, v in self.feeds(grid).items() if k in {i.name for i in cut.graph.input}}
+                cut_feeds = {k: v for k, v in feeds.items() if k in {i.name for i in cut.graph.input}}
                 values = dict(zip(wanted, ort_session(cut.SerializeToString(), config=SESSION_CONFIG).run(
                     wanted, cut_feeds), strict=True))
         gold = self.golden.probes(grid)

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 # measured and optimum's 1e-5 absolute.
 PARITY_RTOL = 1e-5
 PARITY_ATOL = 1e-5
+# ONNX Runtime's reason as rows show it: enough for the node's complaint, short enough for a line
+# that lists several grids' failures.
+MESSAGE_CHARS = 160
+_NODE = re.compile(r"running (\w+) node\. Name:'([^']*)'")
 
 
 def default_threads() -> int:
@@ -122,10 +126,28 @@ def _numpy(value: Any) -> Any:
     return value
 
 
+def runtime_errors() -> tuple[type[Exception], ...]:
+    """What ONNX Runtime raises for a model it cannot load or run (its own classes, without a common
+    base): a verdict on a file catches only these, so a fault of ours never reads as the file's."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return (state.Fail, state.InvalidArgument, state.InvalidGraph, state.InvalidProtobuf, state.NoSuchFile,
+            state.NotImplemented, state.RuntimeException, state.EPFail)
+
+
+def failed_node(exc: BaseException) -> tuple[str, str] | None:
+    """The (op type, node name) ONNX Runtime's error names ("running X node. Name:'...'"), or None
+    when the error is not a node's failure (a load error, or not ONNX Runtime's)."""
+    node = _NODE.search(" ".join(str(exc).split()))
+    return (node.group(1), node.group(2)) if node else None
+
+
 def runtime_failure(exc: BaseException) -> str:
     """ONNX Runtime's error in one line: the failing node and the reason, without its source location."""
     text = " ".join(str(exc).split())
-    node = re.search(r"running (\w+) node\. Name:'([^']*)'", text)
     reason = text.rpartition("Status Message: ")[2]
     reason = reason.rpartition(" was false. ")[2] or reason
-    return f"{node.group(1)} node {node.group(2)}: {reason}" if node else f"{type(exc).__name__}: {reason}"
+    if len(reason) > MESSAGE_CHARS:
+        reason = reason[: MESSAGE_CHARS - 1] + "…"
+    node = failed_node(exc)
+    return f"{node[0]} node {node[1]}: {reason}" if node else f"{type(exc).__name__}: {reason}"

@@ -66,3 +66,11 @@ SWEEP: tuple[Grid, ...] = tuple(
         "1,16,16+1,16,16", "1,24,24+1,16,32",
     )
 )
+
+
+def other_grid(grid: Grid, step: int, floor: int = 0) -> Grid:
+    """``grid`` with its first image's H and W each moved by ``step`` patches: down where the result
+    stays above ``floor``, else up. A grid the trace did not see, with the same number of images."""
+    t, h, w = grid.images[0]
+    moved = (t, h - step if h - step > floor else h + step, w - step if w - step > floor else w + step)
+    return Grid((moved, *grid.images[1:]))
