@@ -123,7 +123,7 @@ def checkpoint_main(argv: Sequence[str] | None = None) -> int:
     """``qwen3vl-checkpoint --config tiny|2b|4b|8b --seed N [--vision-only] OUT_DIR``; returns the exit code."""
     from pytest_qwen3vl.model.configs import VISION_PRESETS
 
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="qwen3vl-checkpoint",
         description="Write a Qwen3-VL checkpoint folder laid out as a released one (config.json, "
         "model.safetensors, tokenizer, preprocessor_config.json) from a preset and a seed, offline. "
@@ -152,7 +152,7 @@ def genai_main(argv: Sequence[str] | None = None) -> int:
     """``qwen3vl-genai CHECKPOINT -o FOLDER [--vision FILE.onnx | --grid T,H,W]``; returns the exit code."""
     from pytest_qwen3vl.model.grids import Grid
 
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="qwen3vl-genai",
         description="Make an onnxruntime-genai model folder from a checkpoint folder: the text decoder by "
         "genai's own builder (fp32, CPU, embeddings excluded), the vision file, an embedding model, "
