@@ -3,8 +3,11 @@
 For each ``--workers`` value the suite runs once with a fresh export cache (cold), while the peak
 RSS of every process in the run is sampled, and once more on the cache it left (warm: every export
 reused, every failed export remembered). The necessary work is then timed in one fresh process:
-importing the libraries once, building both models, one eager forward each, every export the
-suite made (read from the cache's build log) and one ONNX Runtime run. Prints the ratios: cold
+importing the libraries once, building both models, one eager forward each on the run's grid and
+the sweep, every export the suite made (read from the cache's build log, recipes through their
+recipe), one ONNX Runtime run, the DeepStack gate of both files and the pipeline claims' whole-model
+forward. The onnxruntime-genai claims are not counted: run without the ``genai`` extra, or see
+``benchmarks/genai.py``. Prints the ratios: cold
 over all of it, warm over all of it but the exports.
 
     python benchmarks/suite.py                                   # tiny, 1x24x24, -n 1 and -n 2
@@ -29,40 +32,58 @@ NECESSARY = r"""
 import json, sys, time
 t0 = time.perf_counter()
 import torch, transformers.models.qwen3_vl.modeling_qwen3_vl, onnx, onnxruntime
+from pathlib import Path
 from pytest_qwen3vl.export.builder import export_vision
+from pytest_qwen3vl.export.gate import condition_of, measure_gate
+from pytest_qwen3vl.export.recipes import export_recipe
 from pytest_qwen3vl.export.runtime import ort_session, run_pooled
-from pytest_qwen3vl.model.inputs import make_inputs
 from pytest_qwen3vl.model.build import build_pair
 from pytest_qwen3vl.model.configs import resolve_config
-from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.model.grids import SWEEP, Grid
+from pytest_qwen3vl.model.inputs import make_inputs
+from pytest_qwen3vl.model.pipeline import build_full_model, golden_run, image_counts, make_prompt
 from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path, write_reference_modified
-config, grid_text, cache, builds = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+config, grid_text, cache, builds = sys.argv[1], sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4])
 t1 = time.perf_counter()
 golden = installed_golden_path()
+modified = write_reference_modified(golden, cache)
 spec = resolve_config(config, golden.parent)
-pair = build_pair(import_modeling_file(golden, "golden"),
-                  import_modeling_file(write_reference_modified(golden, __import__("pathlib").Path(cache)), "modified"),
-                  spec, 0)
+modules = {"golden": import_modeling_file(golden, "golden"), "modified": import_modeling_file(modified, "modified")}
+pair = build_pair(modules["golden"], modules["modified"], spec, 0)
 t2 = time.perf_counter()
-inputs = make_inputs(Grid.parse(grid_text), spec, 0)
-with torch.inference_mode():
-    pair.golden(*inputs.args); pair.modified(*inputs.args)
+grid = Grid.parse(grid_text)
+with torch.inference_mode():  # the eager claims: both models on the run's grid and the sweep
+    for g in dict.fromkeys((grid, *SWEEP)):
+        inputs = make_inputs(g, spec, 0)
+        pair.golden(*inputs.args); pair.modified(*inputs.args)
 t3 = time.perf_counter()
 first = None
-for i, parts in enumerate(builds):
+for i, parts in enumerate(builds):  # every export the run made, each once
     model = pair.golden if parts["model"] == "golden" else pair.modified
-    grid_inputs = make_inputs(Grid.parse(parts["grid"]), spec, 0)
-    path = f"{cache}/necessary-{i}.onnx"
+    path = cache / f"necessary-{i}.onnx"
     try:
-        export_vision(model, *grid_inputs.args, path, wrapper=parts["wrapper"], exporter=parts["exporter"])
+        if "recipe" in parts:
+            export_recipe(model, parts["recipe"], path, grid=Grid.parse(parts["grid"]), exporter=parts["exporter"],
+                          layout="stacked" if parts["wrapper"] == "stacked" else "split", seed=0)
+        else:
+            export_vision(model, *make_inputs(Grid.parse(parts["grid"]), spec, 0).args, path,
+                          wrapper=parts["wrapper"], exporter=parts["exporter"])
         first = first or path
     except Exception:  # a failing export (dynamo) is part of the work: its attempt was timed
         continue
 t4 = time.perf_counter()
+inputs = make_inputs(grid, spec, 0)
 run_pooled(ort_session(first), *inputs.args)
 t5 = time.perf_counter()
+for role, path in (("golden", golden), ("modified", modified)):  # the DeepStack gate of each file
+    measure_gate(condition_of(path), modules[role])
+t6 = time.perf_counter()
+whole = build_full_model(modules["golden"], spec, pair.golden, 0)  # the pipeline claims' golden forward
+ids = make_prompt(image_counts(inputs.grid_thw, spec.merge_size), whole.config, 0)
+golden_run(whole, ids, *inputs.args)
+t7 = time.perf_counter()
 print(json.dumps({"import": t1 - t0, "build": t2 - t1, "forward": t3 - t2, "exports": t4 - t3, "ort": t5 - t4,
-                  "total": t5 - t0}))
+                  "gate": t6 - t5, "pipeline": t7 - t6, "total": t7 - t0}))
 """
 
 
@@ -96,8 +117,10 @@ def peak_rss_gb(pid: int) -> float:
 
 def run_suite(workers: str, config: str, grid: str, cache: Path) -> tuple[float, float, str]:
     """Wall seconds, the largest process's peak RSS (GB) and pytest's last line."""
+    # The onnxruntime-genai claims have a benchmark of their own (benchmarks/genai.py).
     args = [sys.executable, "-m", "pytest", "conformance", "-q", "-p", "no:cacheprovider", "-n", workers,
-            f"--qwen3vl-config={config}", f"--qwen3vl-grid={grid}", f"--qwen3vl-cache-dir={cache}"]
+            "-m", "not qwen3vl_genai", f"--qwen3vl-config={config}", f"--qwen3vl-grid={grid}",
+            f"--qwen3vl-cache-dir={cache}"]
     start = time.perf_counter()
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = {"gb": 0.0}
