@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 from pytest_qwen3vl.source.files import installed_golden_path, reference_modified_text
 
@@ -32,6 +33,17 @@ class ModelVariant:
         if found != 1:
             raise ValueError(f"{self.name}: expected one {old.strip()!r} in the golden text, found {found}")
         return reference.replace(old, new)
+
+    def write(self, folder: Path) -> Path:
+        """This variant as ``folder/modeling_qwen3_vl.py``, for ``--qwen3vl-modified``."""
+        path = folder / "modeling_qwen3_vl.py"
+        path.write_text(self.text(), encoding="utf-8")
+        return path
+
+
+def variant_named(name: str) -> ModelVariant:
+    """The wrong variant of that name."""
+    return next(v for v in VARIANTS if v.name == name)
 
 
 @cache

@@ -47,12 +47,6 @@ def run(*argv: str) -> int:
         return int(exc.code or 0)
 
 
-def _fork_with_h_w_swapped(tmp_path: Path) -> Path:
-    path = tmp_path / "fork.py"
-    path.write_text(POS_EMBED_H_W_SWAPPED.text(), encoding="utf-8")
-    return path
-
-
 def _fork_that_does_not_import(tmp_path: Path) -> Path:
     path = tmp_path / "broken.py"
     text = installed_golden_path().read_text(encoding="utf-8")
@@ -90,7 +84,7 @@ def test_bad_input_is_one_line_with_exit_2(
         "deepstack-from-modified": ["--config", "tiny", "--recipe", "deepstack", "--modified",
                                     str(write_reference_modified(installed_golden_path(), tmp_path))],
         "grid-free-of-other-maths": ["--config", "tiny", "--recipe", "grid-free", "--modified",
-                                     str(_fork_with_h_w_swapped(tmp_path))],
+                                     str(POS_EMBED_H_W_SWAPPED.write(tmp_path))],
     }[case]
     assert run(*argv, *out) == 2
     lines = capsys.readouterr().err.splitlines()

@@ -16,8 +16,7 @@ from tests.test_model_claims import claim_rows, glob_literal
 
 def test_square_grid_run_still_catches_a_h_w_swap(run_suite: RunSuite, tmp_path: Path) -> None:
     variant = POS_EMBED_H_W_SWAPPED
-    modified = tmp_path / "modeling_qwen3_vl.py"
-    modified.write_text(variant.text(), encoding="utf-8")
+    modified = variant.write(tmp_path)
     result = run_suite(variant.module, "-k", variant.select, "--qwen3vl-grid=1,24,24", modified=modified)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"*{glob_literal(variant.expect)}*"])

@@ -206,12 +206,9 @@ def test_a_genai_builder_failure_is_not_run_never_fails(run_suite: RunSuite, che
 
 def test_grid_free_row_fails_for_a_fork_whose_rotary_frequencies_differ(run_suite: RunSuite, tmp_path: Path) -> None:
     """genai-grid-free compares genai's features of the fork's grid-free file with golden's: theta 2e4 is caught."""
-    from tests.model_variants import VARIANTS
+    from tests.model_variants import variant_named
 
-    variant_fork = next(v for v in VARIANTS if v.name == "theta-20000")
-    modified = tmp_path / "modeling_qwen3_vl.py"
-    modified.write_text(variant_fork.text(), encoding="utf-8")
-    result = run_suite("test_genai.py", "-k", "grid_free", modified=modified)
+    result = run_suite("test_genai.py", "-k", "grid_free", modified=variant_named("theta-20000").write(tmp_path))
     result.assert_outcomes(failed=1)
     line = claim_line(result, "genai-grid-free")
     assert " fails " in line and "from golden's on a 1x20x20 image" in line, line

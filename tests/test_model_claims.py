@@ -42,8 +42,7 @@ def imported_once() -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
 def test_wrong_file_fails_its_claim(run_suite: RunSuite, tmp_path: Path, variant: ModelVariant) -> None:
-    modified = tmp_path / "modeling_qwen3_vl.py"
-    modified.write_text(variant.text(), encoding="utf-8")
+    modified = variant.write(tmp_path)
     result = run_suite(variant.module, "-k", variant.select, GRID, modified=modified)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["FAILED *::*[[]*modified[]] - *"])

@@ -25,7 +25,7 @@ from pytest_qwen3vl.model.grids import SWEEP
 from pytest_qwen3vl.plugin.exports import SessionExports
 from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path, write_reference_modified
 from tests.conftest import RunSuite
-from tests.model_variants import POS_EMBED_H_W_SWAPPED, VARIANTS
+from tests.model_variants import POS_EMBED_H_W_SWAPPED, variant_named
 from tests.test_model_claims import claim_rows
 
 pytestmark = pytest.mark.qwen3vl_export
@@ -206,9 +206,7 @@ def test_wrong_replacement_is_caught_in_onnx_naming_the_grids(pair: VisionPair, 
 
 def test_grid_free_claim_fails_for_a_file_whose_rotary_frequencies_differ(run_suite: RunSuite, tmp_path: Path) -> None:
     """The claim compares your file's grid-free export with golden: theta 2e4 changes every rotary angle."""
-    variant = next(v for v in VARIANTS if v.name == "theta-20000")
-    modified = tmp_path / "modeling_qwen3_vl.py"
-    modified.write_text(variant.text(), encoding="utf-8")
+    modified = variant_named("theta-20000").write(tmp_path)
     result = run_suite("test_recipes.py", "-k", "one_grid_free_file", modified=modified)
     result.assert_outcomes(failed=1)
     row = claim_rows(result, "grid-free-export")
@@ -225,8 +223,7 @@ def test_grid_free_recipe_refuses_a_fork_whose_own_position_code_it_would_replac
     """The fork swaps H and W in ``fast_pos_embed_interpolate``, which the replacement stands in for: right on
     the square trace grid, so only the wide check grid shows the export would hold golden's maths, not the fork's."""
     golden = installed_golden_path()
-    fork = tmp_path / "fork.py"
-    fork.write_text(POS_EMBED_H_W_SWAPPED.text(), encoding="utf-8")
+    fork = POS_EMBED_H_W_SWAPPED.write(tmp_path)
     spec = resolve_config("tiny", golden.parent)
     model = build_pair(import_modeling_file(golden, "golden"), import_modeling_file(fork, "modified"), spec, 0).modified
     with pytest.raises(RecipeUnsupported) as raised:
@@ -240,8 +237,7 @@ def test_grid_free_recipe_refuses_a_fork_whose_own_position_code_it_would_replac
 def test_grid_free_claims_are_not_run_for_a_fork_whose_own_position_code_differs(
     run_suite: RunSuite, tmp_path: Path
 ) -> None:
-    modified = tmp_path / "modeling_qwen3_vl.py"
-    modified.write_text(POS_EMBED_H_W_SWAPPED.text(), encoding="utf-8")
+    modified = POS_EMBED_H_W_SWAPPED.write(tmp_path)
     result = run_suite("test_recipes.py", "-k", "one_grid_free_file", modified=modified)
     result.assert_outcomes(skipped=1)
     row = claim_rows(result, "grid-free-export")

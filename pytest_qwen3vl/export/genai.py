@@ -72,11 +72,7 @@ def make_genai_folder(checkpoint: Path, out: Path, *, vision: Path | None = None
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: exists and is not an empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    say("running onnxruntime-genai's model builder (fp32, cpu, exclude_embeds)")
-    run_builder(checkpoint, out)
-    say("writing embedding.onnx")
-    ids = special_ids(checkpoint)
-    write_embedding(checkpoint, out / EMBEDDING_FILE, ids["image_token_id"])
+    ids = decoder_and_embedding(checkpoint, out, say)
     if vision is None:
         say(f"exporting the checkpoint's vision tower at grid {(grid or Grid.parse('1,24,24')).id}")
         vision_name = export_checkpoint_vision(checkpoint, out / VISION_FILE, grid or Grid.parse("1,24,24"), seed)
@@ -286,7 +282,16 @@ def build_session_folder(checkpoint: Path, out: Path) -> None:
     missing = genai_missing()
     if missing:
         raise GenaiFolderError(missing)
-    run_builder(checkpoint.resolve(), out)
+    ids = decoder_and_embedding(checkpoint.resolve(), out, lambda _message: None)
+    write_configs(out, checkpoint, ids, None)
+
+
+def decoder_and_embedding(checkpoint: Path, out: Path, say: Progress) -> dict[str, int]:
+    """What every genai folder holds: the text decoder by genai's builder and the embedding model;
+    returns the checkpoint's special token ids."""
+    say("running onnxruntime-genai's model builder (fp32, cpu, exclude_embeds)")
+    run_builder(checkpoint, out)
+    say("writing embedding.onnx")
     ids = special_ids(checkpoint)
     write_embedding(checkpoint, out / EMBEDDING_FILE, ids["image_token_id"])
-    write_configs(out, checkpoint, ids, None)
+    return ids
