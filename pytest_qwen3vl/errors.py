@@ -70,5 +70,9 @@ class ExporterUnavailable(ExportFailed):
     remember = False  # installing the package changes no key part, so this must not be remembered
 
 
+class ProbeFailed(Qwen3VLError, RuntimeError):
+    """The process that probes a user's ONNX file failed: our fault, so no location and no verdict from it."""
+
+
 class OutputContractError(Qwen3VLError, TypeError):
     """A vision forward whose result is neither known output structure (4.57.6's tuple, 5.x's ModelOutput)."""

@@ -17,6 +17,7 @@ import pytest
 
 from pytest_qwen3vl.export.builder import export_vision
 from pytest_qwen3vl.export.cache import ArtifactCache, code_digest
+from pytest_qwen3vl.export.recipes import export_recipe
 from pytest_qwen3vl.model.build import VisionPair, build_pair
 from pytest_qwen3vl.model.configs import VISION_PRESETS, resolve_config
 from pytest_qwen3vl.model.grids import Grid
@@ -30,6 +31,7 @@ TRACE_GRID = Grid.parse("1,24,24")
 SWAPPED = {"deepstack_0": "deepstack_1", "deepstack_1": "deepstack_0"}
 RENAMED = {"pooled_embeds": "vision_embeds", "deepstack_0": "ds_a", "deepstack_1": "ds_b", "deepstack_2": "ds_c"}
 # fp32's limits, given to an fp16 file: it must fail them (measured rel L2 ~6e-4 against 1e-5).
+PERTURBED = "blocks.2.mlp.linear_fc2.bias"
 FP32_LIMITS = "--qwen3vl-onnx-tolerance=rel_l2=1e-5,max_rel=1e-4,cosine=0.99999999"
 
 
@@ -51,9 +53,24 @@ def _to_fp16(source: Path, target: Path) -> None:
 
 
 def _to_int8(source: Path, target: Path) -> None:
+    """7-bit int8 weights: full-range ones saturate ONNX Runtime's u8s8 kernels on x86 CPUs without
+    VNNI (measured on an AVX2 EPYC: relative L2 0.48, against 0.023 with ``reduce_range``)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, reduce_range=True)
+
+
+def _perturb_block(source: Path, target: Path) -> None:
+    """One block's MLP bias moved by seeded noise. Noise, not a constant: a uniform shift of the
+    residual stream is removed by the next LayerNorm, and the outputs would not change."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    init = next(i for i in model.graph.initializer if i.name.endswith(PERTURBED))
+    value = numpy_helper.to_array(init) + np.random.default_rng(0).normal(0.0, 0.5, tuple(init.dims))
+    init.CopyFrom(numpy_helper.from_array(value.astype(np.float32), init.name))
+    onnx.save_model(model, str(target))
 
 
 def _external(source: Path, target: Path) -> None:
@@ -91,6 +108,14 @@ class Files:
 
         return self._get(name, build)
 
+    def dynamo(self, name: str) -> Path:
+        """Golden's DeepStack recipe through the dynamo exporter: node names carry no module scopes,
+        only the ``pkg.torch.onnx.name_scopes`` metadata does."""
+        def build(path: Path) -> None:
+            export_recipe(self.pair(0).golden, "deepstack", path, grid=TRACE_GRID, exporter="dynamo", seed=0)
+
+        return self._get(name, build)
+
     def derived(self, name: str, source: Path, make: Callable[[Path, Path], None]) -> Path:
         return self._get(name, lambda path: make(source, path))
 
@@ -109,6 +134,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "seed1": made.export("seed1.onnx", seed=1),
         "external": made.derived("external.onnx", fp32, _external),
         "renamed": made.derived("renamed.onnx", deepstack, lambda s, t: _rename(s, t, RENAMED)),
+        "dynamo-drift": made.derived("dynamo-drift.onnx", made.dynamo("dynamo.onnx"), _perturb_block),
+        "torchscript-drift": made.derived("torchscript-drift.onnx", deepstack, _perturb_block),
     }
 
 
@@ -230,7 +257,7 @@ def _no_pixels(path: Path) -> Path:
 @pytest.mark.parametrize("prefix", ["/vision/", "/"], ids=["vision-attribute", "no-wrapper"])
 def test_module_scopes_are_found_under_any_wrapper_attribute(files: dict[str, Path], prefix: str) -> None:
     """A builder's wrapper may keep the tower as ``self.vision`` (or export it bare): probes are found alike."""
-    from pytest_qwen3vl.export.artefact import find_probes
+    from pytest_qwen3vl.export.probe import find_probes
 
     model = onnx.load(str(files["fp32"]), load_external_data=False)
     found = list(find_probes(model))
@@ -238,6 +265,33 @@ def test_module_scopes_are_found_under_any_wrapper_attribute(files: dict[str, Pa
         node.name = node.name.replace("/model/", prefix, 1)
     assert found and list(find_probes(model)) == found
     assert {"patch_embed", "pos_add", "merger"} <= set(found)
+
+
+def test_drift_is_located_in_either_exporters_graph(run_suite: RunSuite, files: dict[str, Path]) -> None:
+    """The same wrong block in a TorchScript and a dynamo file (its scopes only in node metadata), on
+    the grid both were traced at: both name blocks.2, the block whose weights were changed."""
+    result = run_suite("test_artefact.py", "-k", "where", *_onnx(files["torchscript-drift"], files["dynamo-drift"]),
+                       "--qwen3vl-grid=1,24,24")
+    where = claim_rows(result, "artefact-where")
+    for name in ("torchscript-drift.onnx", "dynamo-drift.onnx"):
+        assert f"{name}: 1x24x24: right through deepstack_merger_list.0, drift starts at blocks.2 (relative L2 0." \
+            in where, where
+    result.assert_outcomes(failed=2)
+
+
+def test_a_failed_probe_process_is_ours_not_a_location(tmp_path: Path) -> None:
+    """The child that probes a file fails (here: no model where it looks): ProbeFailed, and the
+    location says "not located" with the child's last error line, naming no module of the file."""
+    import numpy as np
+
+    from pytest_qwen3vl.errors import ProbeFailed
+    from pytest_qwen3vl.export.artefact import Location
+    from pytest_qwen3vl.export.probe import probe_in_child
+
+    with pytest.raises(ProbeFailed, match=r"^the probe process failed: .*Error"):
+        probe_in_child(tmp_path / "gone.onnx", {"pixel_values": np.zeros((4, 1536), np.float32)})
+    text = Location(TRACE_GRID, None, (), None, problem="the probe process failed: MemoryError").text()
+    assert text == "1x24x24: not located (the probe process failed: MemoryError)"
 
 
 @pytest.mark.qwen3vl_versions

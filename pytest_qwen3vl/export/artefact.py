@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.errors import ArtefactError, SettingsError
+from pytest_qwen3vl.errors import ArtefactError, ProbeFailed, SettingsError
+from pytest_qwen3vl.export.probe import SESSION_CONFIG
 from pytest_qwen3vl.model.grids import Grid
 
 if TYPE_CHECKING:
@@ -38,11 +39,6 @@ _DEEPSTACK = re.compile(r"^deepstack_(?:features_)?(\d+)$")
 # An output "is" a golden tensor only above this cosine; golden's tensors are nearly orthogonal to
 # each other (|cos| <= 0.01 measured), matched ones are above 0.9998 even for int8 files.
 MATCH_COSINE = 0.9
-# MLAS keeps a packed second copy of each Gemm/MatMul weight unless told not to: -34 % peak at 4B.
-SESSION_CONFIG = {"session.disable_prepacking": "1"}
-# Under whatever attribute the builder's wrapper keeps the vision model (``/model/``, ``/vision/``, none).
-_SCOPE = re.compile(r"^/(?:[\w.]+/)*?((?:blocks|deepstack_merger_list)\.\d+|patch_embed|merger)/")
-_SHAPE_PLUMBING = ("Shape", "Gather", "Unsqueeze", "Concat")
 _QUANT_OPS = frozenset({
     "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "MatMulInteger", "ConvInteger", "QLinearMatMul",
     "QLinearConv", "MatMulNBits", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "GatherBlockQuantized",
@@ -519,11 +515,17 @@ class Location:
     first_bad: str | None
     probes: tuple[tuple[str, float | None], ...]  # None: not computed (after the failing node)
     failure: str | None
+    problem: str | None = None  # ours: the probe process failed, so nothing is said of the file
 
     def text(self) -> str:
         shown = {name: value for name, value in self.probes}
+        if self.problem is not None:
+            return f"{self.grid.id}: not located ({self.problem})"
         if not self.probes:
-            return f"{self.grid.id}: not located: node names carry no module scopes (/<wrapper>/<module>/...)"
+            return (f"{self.grid.id}: not located: nodes carry no module scopes (TorchScript names "
+                    "/<wrapper>/<module>/..., or dynamo's name_scopes metadata)")
+        if self.first_bad is None and self.failure is None:
+            return f"{self.grid.id}: every module matches golden: the outputs are wired otherwise (order or names)"
         if self.first_bad is None:
             return f"{self.grid.id}: every module matches up to where the run stops ({self.failure})"
         before = [n for n, _ in self.probes[: [n for n, _ in self.probes].index(self.first_bad)]]
@@ -648,109 +650,36 @@ class ArtefactCheck:
     # ------------------------------------------------------------ where it goes wrong
 
     def locate(self, grid: Grid) -> Location:
-        """Probe the graph at module outputs on ``grid`` and name the first that leaves tolerance."""
-        import onnx
-        import onnx.utils
+        """Probe the graph at module outputs on ``grid`` (in a child process, ``export/probe.py``) and
+        name the first that leaves tolerance."""
+        from pytest_qwen3vl.export.probe import probe_in_child
 
-        from pytest_qwen3vl.export.runtime import failed_node, ort_session, runtime_errors
-
-        model = onnx.load(str(self.path))
-        probes = find_probes(model)
-        if not probes:
-            return Location(grid, None, (), None)
         self._session = None  # every grid's run is kept; at 4B one session less is ~1.4 GB less
-        exposed = expose(model, list(probes.values()))
-        outputs = list(probes.values())
-        failure = None
-        feeds = self.feeds(grid)
         try:
-            values = dict(zip(outputs, ort_session(exposed.SerializeToString(), config=SESSION_CONFIG).run(
-                outputs, feeds), strict=True))
-        except runtime_errors() as exc:
-            failure = ort_error(exc)
-            node = failed_node(exc)
-            upstream = _upstream(model, probes, node[1]) if node else []
-            values = {}
-            if upstream:
-                wanted = [probes[p] for p in upstream]
-                stored = {t.name for t in model.graph.initializer}
-                inputs = [i.name for i in model.graph.input if i.name not in stored]
-                cut = onnx.utils.Extractor(exposed).extract_model(inputs, wanted)
-                cut_feeds = {k: v for k, v in feeds.items() if k in {i.name for i in cut.graph.input}}
-                values = dict(zip(wanted, ort_session(cut.SerializeToString(), config=SESSION_CONFIG).run(
-                    wanted, cut_feeds), strict=True))
+            found = probe_in_child(self.path, self.feeds(grid))
+        except ProbeFailed as exc:
+            return Location(grid, None, (), None, problem=str(exc))
+        if not found.probes:
+            return Location(grid, None, (), None)
         gold = self.golden.probes(grid)
         rows: list[tuple[str, float | None]] = []
         first_bad = None
-        for name, value_name in probes.items():
-            if value_name not in values or name not in gold:
+        for name in found.probes:
+            if name not in found.values or name not in gold:
                 rows.append((name, None))
-                if failure is None and first_bad is None:
+                if found.failure is None and first_bad is None:
                     first_bad = name
                 continue
-            got, ref = values[value_name], gold[name]
+            got, ref = found.values[name], gold[name]
             rel = measure(got.reshape(ref.shape), ref, name, name).rel_l2 if got.size == ref.size else float("inf")
             rows.append((name, rel))
             if first_bad is None and rel > self.tolerance.rel_l2:
                 first_bad = name
-        if first_bad is None and failure is not None:
+        if first_bad is None and found.failure is not None:
             computed = [n for n, v in rows if v is not None]
             remaining = [n for n, v in rows if v is None]
             first_bad = remaining[0] if remaining and not computed else None
-        return Location(grid, first_bad, tuple(rows), failure)
-
-
-def find_probes(model: onnx.ModelProto) -> dict[str, str]:
-    """Probe name -> ONNX value, in graph order, from TorchScript scope names (``/model/blocks.0/...``):
-    a module's output is the last value its scope hands to math outside it (shape plumbing excluded);
-    ``pos_add`` is the scope-less Add that takes patch_embed's output."""
-    nodes = list(model.graph.node)
-    scope_of = {n.name: m.group(1) for n in nodes if (m := _SCOPE.match(n.name))}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in nodes:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    graph_outputs = {o.name for o in model.graph.output}
-    probes: dict[str, str] = {}
-    for node in nodes:
-        scope = scope_of.get(node.name)
-        if scope is None or node.op_type == "Constant":
-            continue
-        for out in node.output:
-            outside = [c for c in consumers.get(out, []) if scope_of.get(c.name) != scope]
-            if out in graph_outputs or any(c.op_type not in _SHAPE_PLUMBING for c in outside):
-                probes[scope] = out
-    if "patch_embed" in probes:
-        for consumer in consumers.get(probes["patch_embed"], []):
-            if consumer.op_type == "Add" and consumer.name not in scope_of:
-                probes["pos_add"] = consumer.output[0]
-    order = {value: i for i, node in enumerate(nodes) for value in node.output}
-    return dict(sorted(probes.items(), key=lambda kv: order[kv[1]]))
-
-
-def expose(model: onnx.ModelProto, values: list[str]) -> onnx.ModelProto:
-    """``model`` (changed in place: callers pass a fresh load, a copy would double a 4B file's
-    memory) with ``values`` added as graph outputs, element types from shape inference."""
-    import onnx
-
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
-    del inferred
-    present = {o.name for o in model.graph.output}
-    for name in values:
-        if name not in present:
-            model.graph.output.append(
-                onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
-    return model
-
-
-def _upstream(model: onnx.ModelProto, probes: Mapping[str, str], failed: str) -> list[str]:
-    """Probes whose values do not depend on the node ``failed``."""
-    tainted: set[str] = set()
-    for node in model.graph.node:
-        if node.name == failed or tainted.intersection(node.input):
-            tainted.update(node.output)
-    return [p for p, v in probes.items() if v not in tainted]
+        return Location(grid, first_bad, tuple(rows), found.failure)
 
 
 def served_line(check: ArtefactCheck, grids: Iterable[Grid]) -> tuple[bool, str]:

@@ -1,0 +1,197 @@
+"""Module outputs inside a user's ONNX file on one grid, for locating where it drifts from golden.
+
+A probe is the value a module scope of the graph (``patch_embed``, ``blocks.3``, ``merger``, ...)
+hands to the math outside it. Scopes are read from TorchScript node names (``/model/blocks.0/...``)
+or, for the dynamo exporter, from each node's ``pkg.torch.onnx.name_scopes`` metadata.
+
+The probed graph runs in a child process (``probe_in_child``): it needs a second copy of the
+file's weights (1.3 GB at the 4B's size), and in the check's own process that copy would sit
+beside the golden PyTorch model; allocators do not give such memory back reliably. Inside the
+child the weights are moved to a temporary external-data file before the session loads, so the
+child itself holds about one copy at a time.
+
+onnx, onnxruntime and numpy are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_qwen3vl.errors import ProbeFailed
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+
+# Under whatever attribute the builder's wrapper keeps the vision model (``/model/``, ``/vision/``, none).
+_SCOPE = re.compile(r"^/(?:[\w.]+/)*?((?:blocks|deepstack_merger_list)\.\d+|patch_embed|merger)/")
+# A dynamo node's module path (``model.blocks.0``, ``vision.merger``), outermost first in its name_scopes.
+_MODULE = re.compile(r"(?:[\w.]+\.)?((?:blocks|deepstack_merger_list)\.\d+|patch_embed|merger)")
+_NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+_SHAPE_PLUMBING = ("Shape", "Gather", "Unsqueeze", "Concat")
+# MLAS keeps a packed second copy of each Gemm/MatMul weight unless told not to: -34 % peak at 4B.
+SESSION_CONFIG = {"session.disable_prepacking": "1"}
+
+
+@dataclass
+class Probed:
+    """Probe names in graph order, the values computed for them, and ONNX Runtime's error if the run
+    stopped at a node (then only probes upstream of that node are computed)."""
+
+    probes: list[str] = field(default_factory=list)
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    failure: str | None = None
+
+
+def module_scope(node: onnx.NodeProto) -> str | None:
+    """The probed module a node belongs to, from its TorchScript name or its dynamo metadata."""
+    if match := _SCOPE.match(node.name):
+        return match.group(1)
+    for prop in node.metadata_props:
+        if prop.key == _NAME_SCOPES:
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return None
+            for scope in scopes if isinstance(scopes, list) else ():
+                if isinstance(scope, str) and (match := _MODULE.fullmatch(scope)):
+                    return match.group(1)
+    return None
+
+
+def find_probes(model: onnx.ModelProto) -> dict[str, str]:
+    """Probe name -> ONNX value, in graph order: a module's output is the last value its scope hands
+    to math outside it (shape plumbing excluded); ``pos_add`` is the scope-less Add that takes
+    patch_embed's output."""
+    nodes = list(model.graph.node)
+    scope_of = {n.name: scope for n in nodes if (scope := module_scope(n)) is not None}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in model.graph.output}
+    probes: dict[str, str] = {}
+    for node in nodes:
+        scope = scope_of.get(node.name)
+        if scope is None or node.op_type == "Constant":
+            continue
+        for out in node.output:
+            outside = [c for c in consumers.get(out, []) if scope_of.get(c.name) != scope]
+            if out in graph_outputs or any(c.op_type not in _SHAPE_PLUMBING for c in outside):
+                probes[scope] = out
+    if "patch_embed" in probes:
+        for consumer in consumers.get(probes["patch_embed"], []):
+            if consumer.op_type == "Add" and consumer.name not in scope_of:
+                probes["pos_add"] = consumer.output[0]
+    order = {value: i for i, node in enumerate(nodes) for value in node.output}
+    return dict(sorted(probes.items(), key=lambda kv: order[kv[1]]))
+
+
+def expose(model: onnx.ModelProto, values: Iterable[str]) -> onnx.ModelProto:
+    """``model`` (changed in place) with ``values`` added as graph outputs, element types from shape
+    inference. Shape inference copies the model: callers pass one whose weights are external."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    del inferred
+    present = {o.name for o in model.graph.output}
+    for name in values:
+        if name not in present:
+            model.graph.output.append(
+                onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
+    return model
+
+
+def upstream(model: onnx.ModelProto, probes: Mapping[str, str], failed: str) -> list[str]:
+    """Probes whose values do not depend on the node ``failed``."""
+    tainted: set[str] = set()
+    for node in model.graph.node:
+        if node.name == failed or tainted.intersection(node.input):
+            tainted.update(node.output)
+    return [p for p, v in probes.items() if v not in tainted]
+
+
+def probe(path: Path, feeds: Mapping[str, np.ndarray], folder: Path) -> Probed:
+    """Run ``path`` with its probes exposed on ``feeds``; ``folder`` takes the probed copy and its weights."""
+    import onnx
+    import onnx.utils
+
+    from pytest_qwen3vl.export.runtime import failed_node, ort_session, runtime_errors, runtime_failure
+
+    model = onnx.load(str(path))
+    probes = find_probes(model)
+    if not probes:
+        return Probed()
+    probed = folder / "probed.onnx"
+    onnx.save_model(model, str(probed), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="probed.onnx.data", size_threshold=1024)
+    del model  # its weights are now in the data file: one copy, on disk
+    light = expose(onnx.load(str(probed), load_external_data=False), probes.values())
+    onnx.save_model(light, str(probed))
+    wanted = list(probes.values())
+    by_value = {v: p for p, v in probes.items()}
+    try:
+        got = ort_session(probed, config=SESSION_CONFIG).run(wanted, dict(feeds))
+        return Probed(list(probes), {by_value[v]: a for v, a in zip(wanted, got, strict=True)})
+    except runtime_errors() as exc:
+        failure = f"ONNX Runtime: {runtime_failure(exc)}"
+        node = failed_node(exc)
+    kept = upstream(light, probes, node[1]) if node else []
+    if not kept:
+        return Probed(list(probes), {}, failure)
+    wanted = [probes[p] for p in kept]
+    stored = {t.name for t in light.graph.initializer}
+    inputs = [i.name for i in light.graph.input if i.name not in stored]
+    cut = onnx.utils.Extractor(light).extract_model(inputs, wanted)
+    cut_path = folder / "cut.onnx"  # beside probed.onnx.data, which its initializers name
+    onnx.save_model(cut, str(cut_path))
+    cut_feeds = {k: v for k, v in feeds.items() if k in {i.name for i in cut.graph.input}}
+    got = ort_session(cut_path, config=SESSION_CONFIG).run(wanted, cut_feeds)
+    return Probed(list(probes), {by_value[v]: a for v, a in zip(wanted, got, strict=True)}, failure)
+
+
+def probe_in_child(path: Path, feeds: Mapping[str, np.ndarray]) -> Probed:
+    """``probe`` in a child process; raises ``ProbeFailed`` when the child does not finish (our fault)."""
+    import numpy as np
+
+    with tempfile.TemporaryDirectory(prefix="qwen3vl-probe-") as tmp:
+        folder = Path(tmp)
+        np.savez(folder / "feeds.npz", **dict(feeds))  # type: ignore[arg-type]
+        done = subprocess.run([sys.executable, "-m", __name__, str(path), str(folder)], capture_output=True,
+                              text=True, check=False)
+        result = folder / "probed.json"
+        if done.returncode != 0 or not result.is_file():
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            why = lines[-1].strip() if lines else f"exit status {done.returncode}"
+            raise ProbeFailed(f"the probe process failed: {why}")
+        meta = json.loads(result.read_text())
+        with np.load(folder / "values.npz") as stored:
+            values = {name: stored[name] for name in stored.files}
+    return Probed(meta["probes"], values, meta["failure"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The child: ``python -m pytest_qwen3vl.export.probe FILE FOLDER`` reads FOLDER/feeds.npz and writes
+    FOLDER/values.npz and FOLDER/probed.json."""
+    import numpy as np
+
+    path, folder = (Path(a) for a in (argv or sys.argv[1:]))
+    with np.load(folder / "feeds.npz") as stored:
+        feeds: dict[str, Any] = {name: stored[name] for name in stored.files}
+    found = probe(path, feeds, folder)
+    np.savez(folder / "values.npz", **found.values)  # type: ignore[arg-type]
+    (folder / "probed.json").write_text(json.dumps({"probes": found.probes, "failure": found.failure}))
+
+
+if __name__ == "__main__":
+    main()
