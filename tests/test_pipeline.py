@@ -128,3 +128,22 @@ def test_checkpoint_without_language_model_is_a_config_error(golden_module: Any,
     spec = resolve_config(str(tmp_path), tmp_path)
     with pytest.raises(ConfigError, match="no language-model tensors"):
         pl.build_full_model(golden_module, spec, build_golden(golden_module, spec, 0), seed=0)
+
+
+def test_a_written_checkpoint_keeps_its_own_special_tokens(golden_module: Any, inputs: VisionInputs,
+                                                          tmp_path: Path) -> None:
+    """A ``qwen3vl-checkpoint`` folder names its tokenizer's ids in config.json; the whole model must
+    use them, not the released vocabulary's (151655 is outside a 1024-token vocabulary)."""
+    import json
+
+    from pytest_qwen3vl.model.write_checkpoint import write_checkpoint
+
+    folder = write_checkpoint(tmp_path / "ckpt", "tiny", 0)
+    saved = json.loads((folder / "config.json").read_text())
+    spec = resolve_config(str(folder), folder)
+    config = pl.pipeline_config(spec)
+    assert config.image_token_id == saved["image_token_id"] < config.text_config.vocab_size
+    model = pl.build_full_model(golden_module, spec, build_golden(golden_module, spec, 0), seed=0)
+    ids = pl.make_prompt(pl.image_counts(inputs.grid_thw, spec.merge_size), model.config, 0)
+    run = pl.golden_run(model, ids, *inputs.args)
+    assert int((ids == saved["image_token_id"]).sum()) == 64 and bool(run.logits.isfinite().all())

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from pytest_qwen3vl.model.configs import resolve_config
@@ -39,3 +43,44 @@ def test_4b_grid_free_export_serves_the_sweep(run_suite: RunSuite) -> None:
     result = run_suite("test_recipes.py", "-k", "one_grid_free_file", "--qwen3vl-config=4b")
     result.assert_outcomes(passed=1)
     assert "serves 9 of 9 grids" in claim_line(result, "grid-free-export")
+
+
+# Runs a command and prints, last, the peak RSS (KiB) of the largest process it waited for.
+_PEAK = r"""
+import resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+sys.stdout.write(done.stdout + done.stderr)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+PIPELINE_PEAK_GB = 20  # the aim for the 2B's pipeline claims with the language model loaded
+
+
+def _measured(*argv: str) -> tuple[str, float]:
+    """Output and the peak RSS in GB of ``argv``'s largest process, measured from outside."""
+    out = subprocess.run([sys.executable, "-c", _PEAK, *argv], capture_output=True, text=True, check=True).stdout
+    text, _, peak = out.rstrip().rpartition("\n")
+    return text, int(peak) / 1024**2
+
+
+def test_2b_checkpoint_pipeline_claims_with_the_language_model(tmp_path: Path) -> None:
+    """A 2B checkpoint folder in the released layout (language model in bfloat16, tied embeddings),
+    and the pipeline claims on it: the language model is loaded in bfloat16, DeepStack kept computes
+    golden, pooled-only does not, and no process of either command passes 20 GB."""
+    folder = tmp_path / "ckpt-2b"
+    written, write_gb = _measured(str(Path(sys.executable).with_name("qwen3vl-checkpoint")), "--config", "2b",
+                                  "--seed", "0", str(folder))
+    assert "language model in bfloat16" in written, written
+    ini = tmp_path / "pytest.ini"
+    ini.write_text("[pytest]\n")
+    output, run_gb = _measured(
+        sys.executable, "-m", "pytest", str(REPO / "conformance" / "test_pipeline.py"), "-q", "-n", "0",
+        "-p", "no:cacheprovider", f"--qwen3vl-config={folder}", "--qwen3vl-grid=1,24,24",
+        f"--qwen3vl-cache-dir={tmp_path / 'cache'}", "--rootdir", str(tmp_path), "-c", str(ini),
+    )
+    print(f"qwen3vl-checkpoint --config 2b: peak {write_gb:.2f} GB; pipeline claims: peak {run_gb:.2f} GB")
+    print("\n".join(line for line in output.splitlines() if "pipeline-" in line))
+    kept = next(line for line in output.splitlines() if "pipeline-deepstack-kept" in line)
+    like = next(line for line in output.splitlines() if "pipeline-like-golden" in line)
+    assert " holds " in kept and "language model in bfloat16" in kept, output
+    assert " erratum " in like, output
+    assert max(write_gb, run_gb) < PIPELINE_PEAK_GB, (write_gb, run_gb)

@@ -44,6 +44,11 @@ VISION_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+# The released text models' dimensions, from their config.json files (Qwen3-VL-2B/4B/8B-Instruct).
+_RELEASED_TEXT = {
+    "head_dim": 128, "vocab_size": 151936, "rms_norm_eps": 1e-6, "max_position_embeddings": 262144,
+    "rope_theta": 5000000.0, "rope_scaling": _ROPE,
+}
 TEXT_PRESETS: dict[str, dict[str, Any]] = {
     # Released head_dim and MRoPE layout, tiny everywhere else.
     "tiny": {
@@ -52,18 +57,25 @@ TEXT_PRESETS: dict[str, dict[str, Any]] = {
         "rope_scaling": _ROPE,
     },
     "2b": {
-        "hidden_size": 2048, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
-        "head_dim": 128, "rope_theta": 5000000.0, "rope_scaling": _ROPE,
+        **_RELEASED_TEXT, "hidden_size": 2048, "num_hidden_layers": 28, "num_attention_heads": 16,
+        "num_key_value_heads": 8, "intermediate_size": 6144, "tie_word_embeddings": True,
     },
     "4b": {
-        "hidden_size": 2560, "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
-        "head_dim": 128, "rope_theta": 5000000.0, "rope_scaling": _ROPE,
+        **_RELEASED_TEXT, "hidden_size": 2560, "num_hidden_layers": 36, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "intermediate_size": 9728, "tie_word_embeddings": True,
     },
     "8b": {
-        "hidden_size": 4096, "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
-        "head_dim": 128, "rope_theta": 5000000.0, "rope_scaling": _ROPE,
+        **_RELEASED_TEXT, "hidden_size": 4096, "num_hidden_layers": 36, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "intermediate_size": 12288, "tie_word_embeddings": False,
     },
 }
+# The whole model's special tokens in the released vocabulary; a smaller one (the tiny preset's 1024)
+# gets the same four at its top instead (``special_tokens``).
+RELEASED_TOKENS = {
+    "vision_start_token_id": 151652, "vision_end_token_id": 151653, "image_token_id": 151655, "video_token_id": 151656,
+}
+# Top-level fields of a whole model's config.json that the whole-model config keeps.
+_TOP_LEVEL = (*RELEASED_TOKENS, "tie_word_embeddings")
 
 _REQUIRED_VISION_KEYS = ("depth", "hidden_size", "num_heads", "out_hidden_size", "deepstack_visual_indexes")
 
@@ -77,6 +89,7 @@ class ModelSpec:
     text: dict[str, Any] | None = None
     source: Path | None = field(default=None, compare=False)
     checkpoint: Path | None = None
+    top: dict[str, Any] = field(default_factory=dict)  # special token ids, tie_word_embeddings
 
     @property
     def merge_size(self) -> int:
@@ -85,7 +98,8 @@ class ModelSpec:
     def key(self) -> str:
         """A canonical text of the config and weights' origin, for content-addressed caching."""
         weights = checkpoint_fingerprint(self.checkpoint) if self.checkpoint else "random"
-        return json.dumps({"vision": self.vision, "text": self.text, "weights": weights}, sort_keys=True)
+        return json.dumps({"vision": self.vision, "text": self.text, "top": self.top, "weights": weights},
+                          sort_keys=True)
 
 
 def resolve_config(value: str, base: Path) -> ModelSpec:
@@ -117,5 +131,39 @@ def resolve_config(value: str, base: Path) -> ModelSpec:
         )
     text = data.get("text_config")
     checkpoint = folder if folder is not None and weight_files(folder) else None
+    top = {k: data[k] for k in _TOP_LEVEL if k in data} if vision is not data else {}
     return ModelSpec(str(folder or path), dict(vision), dict(text) if isinstance(text, dict) else None, path,
-                     checkpoint)
+                     checkpoint, top)
+
+
+def special_tokens(vocab_size: int) -> dict[str, int]:
+    """The released special-token ids, or for a vocabulary too small to hold them the four ids below
+    its last (1019..1022 of the tiny preset's 1024)."""
+    if vocab_size > max(RELEASED_TOKENS.values()):
+        return dict(RELEASED_TOKENS)
+    return {name: vocab_size - 5 + i for i, name in enumerate(RELEASED_TOKENS)}
+
+
+def whole_config(spec: ModelSpec, tokens: dict[str, int] | None = None, text: dict[str, Any] | None = None) -> Any:
+    """A ``Qwen3VLConfig`` for the whole model of ``spec``, with ``tokens`` and ``text`` fields on top.
+
+    A checkpoint's text config and top-level fields are taken as they are; a preset's text config
+    gets the vision tower's ``out_hidden_size`` as its hidden size (the pooled embeddings replace
+    token embeddings, so the two must be equal), and the special tokens its vocabulary can hold.
+    """
+    import copy
+
+    from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
+
+    if spec.text is None:
+        raise ConfigError(f"{spec.name}: no text_config, so the whole model cannot be built")
+    vision, fields = copy.deepcopy(spec.vision), {**copy.deepcopy(spec.text), **(text or {})}
+    if spec.checkpoint is None:
+        fields["hidden_size"] = vision["out_hidden_size"]
+    top = {**special_tokens(int(fields.get("vocab_size", 151936))), **spec.top, **(tokens or {})}
+    tie = bool(top.pop("tie_word_embeddings", fields.get("tie_word_embeddings", False)))
+    fields["tie_word_embeddings"] = tie
+    if fields["hidden_size"] != vision["out_hidden_size"]:
+        raise ConfigError(f"{spec.name}: text hidden_size {fields['hidden_size']} != vision out_hidden_size "
+                          f"{vision['out_hidden_size']}")
+    return Qwen3VLConfig(vision_config=vision, text_config=fields, tie_word_embeddings=tie, **top)

@@ -23,21 +23,20 @@ torch and transformers are imported inside the functions.
 
 from __future__ import annotations
 
-import copy
+from contextlib import nullcontext
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from pytest_qwen3vl.errors import ConfigError
+from pytest_qwen3vl.model.api import no_init_weights
 from pytest_qwen3vl.model.build import share_weights
 from pytest_qwen3vl.model.checkpoint import load_language_weights
-from pytest_qwen3vl.model.configs import ModelSpec
+from pytest_qwen3vl.model.configs import ModelSpec, whole_config
 
 if TYPE_CHECKING:
     import torch
 
-# Special tokens of the tiny vocabulary (the presets' text vocab is 1024); a checkpoint's config wins.
-TOKENS = {"vision_start_token_id": 1019, "vision_end_token_id": 1020, "image_token_id": 1021, "video_token_id": 1022}
 TEXT_BEFORE, TEXT_AFTER = 6, 12  # text tokens around the image(s) in the prompt
 LAST = 4  # "the prompt's last positions" for top-1 agreement and KL
 BF16_FROM_PARAMS = 1.5e9  # the 2B has about 2.1 B parameters: from there on the language model runs in bfloat16
@@ -49,28 +48,12 @@ TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2}
 
 
 def pipeline_config(spec: ModelSpec) -> Any:
-    """A ``Qwen3VLConfig`` for the whole model: the spec's vision config and a text config that fits it.
-
-    A checkpoint's text config is taken as it is (its hidden size must be the vision tower's
-    ``out_hidden_size``); a preset's is fitted as the module docstring says.
-    """
-    from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
-
-    if spec.text is None:
-        raise ConfigError(f"{spec.name}: no text_config, so the whole model cannot be built")
-    vision, text = copy.deepcopy(spec.vision), copy.deepcopy(spec.text)
-    depth = len(vision["deepstack_visual_indexes"])
-    if spec.checkpoint is None:
-        text["hidden_size"] = vision["out_hidden_size"]
-        text["num_hidden_layers"] = max(int(text.get("num_hidden_layers", 0)), depth + 1)
-        tokens = TOKENS
-    else:
-        tokens = {}  # the checkpoint's own config.json names its special tokens
-    if text["hidden_size"] != vision["out_hidden_size"]:
-        raise ConfigError(
-            f"{spec.name}: text hidden_size {text['hidden_size']} != vision out_hidden_size {vision['out_hidden_size']}"
-        )
-    return Qwen3VLConfig(vision_config=vision, text_config=text, **tokens)
+    """A ``Qwen3VLConfig`` for the whole model (``configs.whole_config``); a preset's text model gets
+    more layers than DeepStack features, as the module docstring says."""
+    if spec.checkpoint is not None or spec.text is None:
+        return whole_config(spec)
+    depth = len(spec.vision["deepstack_visual_indexes"])
+    return whole_config(spec, text={"num_hidden_layers": max(int(spec.text.get("num_hidden_layers", 0)), depth + 1)})
 
 
 def language_dtype(golden: ModuleType, config: Any) -> torch.dtype:
@@ -83,22 +66,25 @@ def language_dtype(golden: ModuleType, config: Any) -> torch.dtype:
 
 
 def build_full_model(golden: ModuleType, spec: ModelSpec, vision: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Golden's whole model: ``vision``'s tensors, a language model seeded from ``seed`` (or loaded
-    from the spec's checkpoint, in ``language_dtype``), eval mode."""
+    """Golden's whole model around ``vision`` (the very module), with a language model seeded from
+    ``seed``, or the spec's checkpoint's loaded in ``language_dtype``; eval mode.
+
+    A checkpoint's language model is built in its dtype without a random initialisation (every
+    tensor is loaded), so a 2B model never exists in float32 beside the one loaded.
+    """
     import torch
 
     config = pipeline_config(spec)
-    with torch.random.fork_rng(devices=[]):
+    dtype = torch.float32 if spec.checkpoint is None else language_dtype(golden, config)
+    with torch.random.fork_rng(devices=[]), no_init_weights() if spec.checkpoint else nullcontext():
         torch.manual_seed(seed)
-        model = golden.Qwen3VLForConditionalGeneration._from_config(config, dtype=torch.float32)
+        model = golden.Qwen3VLForConditionalGeneration._from_config(config, dtype=dtype)
     unshared = share_weights(vision, model.model.visual)
     if unshared:
         raise ConfigError(f"{spec.name}: the vision tower does not fit the whole model: {unshared[:3]}")
+    model.model.visual = vision  # its non-persistent buffers too, computed in float32
     if spec.checkpoint is not None:
-        dtype = language_dtype(golden, config)
         load_language_weights(model, spec.checkpoint)
-        model.model.language_model.to(dtype)
-        model.lm_head.to(dtype)
     return model.eval()
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_qwen3vl.errors import ConfigError
-from pytest_qwen3vl.model.configs import TEXT_PRESETS, VISION_PRESETS, ModelSpec
+from pytest_qwen3vl.model.configs import TEXT_PRESETS, VISION_PRESETS, ModelSpec, whole_config
+from pytest_qwen3vl.model.pipeline import BF16_FROM_PARAMS
 from pytest_qwen3vl.model.references import (
     RELEASED_IMAGE_MEAN,
     RELEASED_IMAGE_STD,
@@ -51,34 +52,32 @@ CHAT_TEMPLATE = (
 # The text model's context: small, so genai's builder writes a small cos/sin cache (its default,
 # max_position_embeddings 128000, makes a 71 MB cache for a 1 MB decoder).
 CONTEXT_LENGTH = 4096
-# Default init (std 0.02) gives near-flat logits; text weights drawn wider separate greedy choices,
-# so a changed token is a changed model, not a tie broken differently.
+# Default init (std 0.02) gives a small model near-flat logits; text weights drawn wider separate
+# greedy choices, so a changed token is a changed model, not a tie broken differently. Not for the
+# released sizes: 28 layers drawn that wide are chaotic, and bfloat16 roundings alone then move the
+# 2B's outputs as much as dropping DeepStack does (relative L2 0.038 against 0.042); at the default
+# init they move them by 0.024 and dropping DeepStack by 0.5 (1x24x24, seed 0).
 TEXT_WEIGHT_STD = 0.08
 
 Progress = Callable[[str], None]
 
 
 def checkpoint_spec(name: str) -> ModelSpec:
-    """The preset's vision config and a text config that fits it and the tokenizer.
-
-    The text model's hidden size must equal the vision tower's ``out_hidden_size`` (the pooled
-    embeddings replace token embeddings); the tiny preset's text config is shrunk in other ways.
-    """
+    """The preset with the text context the checkpoint declares, and for tiny the tokenizer's vocabulary."""
     key = name.strip().lower()
     if key not in VISION_PRESETS:
         raise ConfigError(f"--config={name!r}: expected one of {', '.join(VISION_PRESETS)}")
-    vision = copy.deepcopy(VISION_PRESETS[key])
-    text = copy.deepcopy(TEXT_PRESETS[key])
-    text["hidden_size"] = vision["out_hidden_size"]
-    text["max_position_embeddings"] = CONTEXT_LENGTH
+    text = {**copy.deepcopy(TEXT_PRESETS[key]), "max_position_embeddings": CONTEXT_LENGTH}
     if key == "tiny":
         text["vocab_size"] = TOKENIZER_SIZE
-    return ModelSpec(key, vision, text)
+    return ModelSpec(key, copy.deepcopy(VISION_PRESETS[key]), text)
 
 
 def write_checkpoint(out: Path, name: str, seed: int, *, vision_only: bool = False,
                      progress: Progress | None = None) -> Path:
     """Write the checkpoint folder ``out`` (absent or empty) and return it."""
+    import torch
+
     say = progress or (lambda _message: None)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: exists and is not an empty folder")
@@ -98,6 +97,8 @@ def write_checkpoint(out: Path, name: str, seed: int, *, vision_only: bool = Fal
     else:
         say("building the language model")
         model = full_model(config, vision_state, seed)
+        if model.lm_head.weight.dtype == torch.bfloat16:
+            say("the language model in bfloat16, as released (the vision tower stays float32)")
         say("saving model.safetensors")
         model.save_pretrained(out, safe_serialization=True)
     write_preprocessor_config(out)
@@ -116,31 +117,31 @@ def golden_vision_state(spec: ModelSpec, seed: int) -> dict[str, torch.Tensor]:
 
 
 def full_config(spec: ModelSpec, ids: dict[str, int]) -> Any:
-    """``Qwen3VLConfig`` with the spec's configs and the tokenizer's special ids."""
-    from transformers import Qwen3VLConfig
-
-    text = {**copy.deepcopy(spec.text or {}), "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"]}
-    return Qwen3VLConfig(
-        vision_config=copy.deepcopy(spec.vision), text_config=text,
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-    )
+    """``configs.whole_config`` with the tokenizer's special ids (the preset's tying of embeddings)."""
+    tokens = {"image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
+              "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"]}
+    return whole_config(spec, tokens, text={"bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"]})
 
 
 def full_model(config: Any, vision_state: dict[str, torch.Tensor], seed: int) -> torch.nn.Module:
-    """``Qwen3VLForConditionalGeneration``: the golden vision tower and a seeded language model."""
+    """``Qwen3VLForConditionalGeneration``: the golden vision tower and a seeded language model; from
+    2B parameters on (``BF16_FROM_PARAMS``) at the default init and in bfloat16, as released."""
     import torch
     from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen3VLForConditionalGeneration._from_config(config, dtype=torch.float32).eval()
+        released_size = sum(p.numel() for p in model.parameters()) >= BF16_FROM_PARAMS
         with torch.no_grad():
             for name, parameter in model.named_parameters():
-                if not name.startswith("model.visual.") and parameter.dim() >= 2 and "norm" not in name:
+                if (not released_size and not name.startswith("model.visual.") and parameter.dim() >= 2
+                        and "norm" not in name):
                     parameter.normal_(0.0, TEXT_WEIGHT_STD)
     model.model.visual.load_state_dict(vision_state, strict=True)
+    if released_size:
+        model.model.language_model.to(torch.bfloat16)
+        model.lm_head.to(torch.bfloat16)
     text = config.text_config
     model.generation_config = GenerationConfig(
         bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id, pad_token_id=text.bos_token_id,
