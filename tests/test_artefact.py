@@ -134,7 +134,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "seed1": made.export("seed1.onnx", seed=1),
         "external": made.derived("external.onnx", fp32, _external),
         "renamed": made.derived("renamed.onnx", deepstack, lambda s, t: _rename(s, t, RENAMED)),
-        "dynamo-drift": made.derived("dynamo-drift.onnx", made.dynamo("dynamo.onnx"), _perturb_block),
+        "dynamo": (dynamo := made.dynamo("dynamo.onnx")),
+        "dynamo-drift": made.derived("dynamo-drift.onnx", dynamo, _perturb_block),
         "torchscript-drift": made.derived("torchscript-drift.onnx", deepstack, _perturb_block),
     }
 
@@ -277,6 +278,20 @@ def test_drift_is_located_in_either_exporters_graph(run_suite: RunSuite, files: 
         assert f"{name}: 1x24x24: right through deepstack_merger_list.0, drift starts at blocks.2 (relative L2 0." \
             in where, where
     result.assert_outcomes(failed=2)
+
+
+def test_tensors_the_dynamo_exporter_deduplicated_are_found_by_value(files: dict[str, Path], pair: VisionPair) -> None:
+    """The dynamo file keeps one of the equal LayerNorm tensors under one name: the others are found
+    by value, and a golden tensor that equals none of the file's (here doubled) is not."""
+    from pytest_qwen3vl.export.artefact import compare_weights
+
+    golden = {k: v.detach().numpy() for k, v in pair.golden.state_dict().items()}
+    found = compare_weights(files["dynamo"], golden)
+    assert (len(found.differ), len(found.by_value), found.missing) == (0, 24, []), found
+    assert "24 more equal a tensor of the file under another name" in found.text()
+    changed = {**golden, "blocks.3.norm1.weight": golden["blocks.3.norm1.weight"] * 2}
+    other = compare_weights(files["dynamo"], changed)
+    assert other.missing == ["blocks.3.norm1.weight"] and len(other.by_value) == 23, other
 
 
 def test_a_failed_probe_process_is_ours_not_a_location(tmp_path: Path) -> None:
