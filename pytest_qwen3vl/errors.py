@@ -6,6 +6,11 @@ pytest usage errors (exit 4) and the console scripts into exit code 2, without a
 
 from __future__ import annotations
 
+import re
+
+# A Python traceback's last line (``ValueError: ...``, ``onnx.onnx_cpp2py_export.checker.ValidationError: ...``).
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(?:Error|Exception|Exit|Interrupt)\b.*")
+
 
 class Qwen3VLError(Exception):
     """Base of every pytest-qwen3vl error: catch this to catch them all."""
@@ -76,3 +81,11 @@ class ProbeFailed(Qwen3VLError, RuntimeError):
 
 class OutputContractError(Qwen3VLError, TypeError):
     """A vision forward whose result is neither known output structure (4.57.6's tuple, 5.x's ModelOutput)."""
+
+
+def child_failure(output: str, returncode: int) -> str:
+    """What a failed child process said, in one line: its last exception line, else its last line
+    (a builder may print progress after the error), else its exit status."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    return (errors or lines or [f"exit status {returncode}"])[-1]

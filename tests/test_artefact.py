@@ -309,6 +309,26 @@ def test_a_failed_probe_process_is_ours_not_a_location(tmp_path: Path) -> None:
     assert text == "1x24x24: not located (the probe process failed: MemoryError)"
 
 
+@pytest.mark.parametrize(
+    ("output", "expect"),
+    [
+        ("Traceback (most recent call last):\n  File x\nValueError: bad shape\nwriting files... done\n",
+         "ValueError: bad shape"),
+        ("loading\nonnx.onnx_cpp2py_export.checker.ValidationError: no graph\n",
+         "onnx.onnx_cpp2py_export.checker.ValidationError: no graph"),
+        ("step 1\nstep 2 of 2\n", "step 2 of 2"),
+        ("", "exit status -9"),
+    ],
+    ids=["error-before-progress", "dotted-class", "no-exception", "killed-silently"],
+)
+def test_a_child_process_failure_is_said_in_its_error_line(output: str, expect: str) -> None:
+    """A failed child (the probe, genai's builder) is reported by its exception line, not by
+    whatever it printed last."""
+    from pytest_qwen3vl.errors import child_failure
+
+    assert child_failure(output, -9) == expect
+
+
 @pytest.mark.qwen3vl_versions
 def test_a_fault_of_ours_is_not_blamed_on_the_file(tmp_path: Path) -> None:
     """Only ONNX Runtime's errors about the model become a grid's verdict. Its Python binding takes no

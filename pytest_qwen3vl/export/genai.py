@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pytest_qwen3vl.errors import ConfigError, Qwen3VLError
+from pytest_qwen3vl.errors import ConfigError, Qwen3VLError, child_failure
 from pytest_qwen3vl.model.grids import Grid
 
 GENAI_INSTALL = "pip install pytest-qwen3vl[genai]"
@@ -92,8 +92,8 @@ def run_builder(checkpoint: Path, out: Path) -> None:
         ]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0 or not (out / CONFIG_FILE).is_file():
-        lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-        raise GenaiFolderError(f"onnxruntime-genai's builder failed: {lines[-1] if lines else done.returncode}")
+        why = child_failure(done.stderr + "\n" + done.stdout, done.returncode)
+        raise GenaiFolderError(f"onnxruntime-genai's builder failed: {why}")
 
 
 def special_ids(checkpoint: Path) -> dict[str, int]:

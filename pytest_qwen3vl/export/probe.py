@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.errors import ProbeFailed
+from pytest_qwen3vl.errors import ProbeFailed, child_failure
 
 if TYPE_CHECKING:
     import numpy as np
@@ -171,9 +171,7 @@ def probe_in_child(path: Path, feeds: Mapping[str, np.ndarray]) -> Probed:
                               text=True, check=False)
         result = folder / "probed.json"
         if done.returncode != 0 or not result.is_file():
-            lines = [line for line in done.stderr.splitlines() if line.strip()]
-            why = lines[-1].strip() if lines else f"exit status {done.returncode}"
-            raise ProbeFailed(f"the probe process failed: {why}")
+            raise ProbeFailed(f"the probe process failed: {child_failure(done.stderr, done.returncode)}")
         meta = json.loads(result.read_text())
         with np.load(folder / "values.npz") as stored:
             values = {name: stored[name] for name in stored.files}
