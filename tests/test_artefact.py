@@ -309,6 +309,35 @@ def test_a_failed_probe_process_is_ours_not_a_location(tmp_path: Path) -> None:
     assert text == "1x24x24: not located (the probe process failed: MemoryError)"
 
 
+def test_a_large_file_is_read_without_its_weights_in_a_child(tmp_path: Path) -> None:
+    """From ``CHILD_FROM_BYTES`` on the structure is parsed in a child process: names, types and dims
+    arrive, the weights' data does not; a large file that is no ONNX model is still a one-line
+    ArtefactError."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pytest_qwen3vl.errors import ArtefactError
+    from pytest_qwen3vl.export.probe import CHILD_FROM_BYTES, structure
+
+    rows = CHILD_FROM_BYTES // (4 * 1536) + 1
+    weight = numpy_helper.from_array(np.ones((1536, rows), np.float32), "proj.weight")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["pixel_values", "proj.weight"], ["pooled_embeds"])], "large",
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["n", 1536])],
+        [helper.make_tensor_value_info("pooled_embeds", TensorProto.FLOAT, ["n", rows])], [weight],
+    )
+    path = tmp_path / "large.onnx"
+    onnx.save_model(helper.make_model(graph), str(path))
+    assert path.stat().st_size >= CHILD_FROM_BYTES
+    slim = structure(path)
+    (init,) = slim.graph.initializer
+    assert (init.name, list(init.dims), init.data_type, init.raw_data) == ("proj.weight", [1536, rows], 1, b"")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\xff" * CHILD_FROM_BYTES)
+    with pytest.raises(ArtefactError, match=r"^--qwen3vl-onnx=.*junk.onnx: not an ONNX model \(\w+\)$"):
+        structure(junk)
+
+
 @pytest.mark.parametrize(
     ("output", "expect"),
     [

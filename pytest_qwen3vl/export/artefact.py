@@ -128,13 +128,11 @@ class Interface:
 
 
 def load_structure(path: Path) -> onnx.ModelProto:
-    """The model without its weights' data; ``ArtefactError`` when the file is not an ONNX model."""
-    import onnx
+    """The model without its weights' data (``probe.structure``); ``ArtefactError`` when the file is
+    not an ONNX model."""
+    from pytest_qwen3vl.export.probe import structure
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ArtefactError(f"--qwen3vl-onnx={path}: not an ONNX model ({type(exc).__name__})") from None
+    model = structure(path)
     if not model.ir_version or not model.graph.output:
         raise ArtefactError(f"--qwen3vl-onnx={path}: not an ONNX model (no graph outputs)")
     return model

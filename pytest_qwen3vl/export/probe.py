@@ -1,14 +1,16 @@
-"""Module outputs inside a user's ONNX file on one grid, for locating where it drifts from golden.
+"""What needs a user's ONNX file whole in memory, done where it costs the check nothing: its structure
+without the weights' data, and module outputs on one grid for locating where it drifts from golden.
 
 A probe is the value a module scope of the graph (``patch_embed``, ``blocks.3``, ``merger``, ...)
 hands to the math outside it. Scopes are read from TorchScript node names (``/model/blocks.0/...``)
 or, for the dynamo exporter, from each node's ``pkg.torch.onnx.name_scopes`` metadata.
 
-The probed graph runs in a child process (``probe_in_child``): it needs a second copy of the
-file's weights (1.3 GB at the 4B's size), and in the check's own process that copy would sit
-beside the golden PyTorch model; allocators do not give such memory back reliably. Inside the
-child the weights are moved to a temporary external-data file before the session loads, so the
-child itself holds about one copy at a time.
+Both need a copy of the file's weights in memory (1.3 GB at the 4B's size): a file with inline
+weights cannot be parsed without them. In the check's own process that copy would sit beside the
+golden PyTorch model, and allocators do not give such memory back reliably, so for a large file
+both run in a child process (``structure`` from ``CHILD_FROM_BYTES`` on, ``probe_in_child``
+always). Inside the probing child the weights are moved to a temporary external-data file before
+the session loads, so the child itself holds about one copy at a time.
 
 onnx, onnxruntime and numpy are imported inside the functions.
 """
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.errors import ProbeFailed, child_failure
+from pytest_qwen3vl.errors import ArtefactError, ProbeFailed, child_failure
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,6 +40,9 @@ _SCOPE = re.compile(r"^/(?:[\w.]+/)*?((?:blocks|deepstack_merger_list)\.\d+|patc
 _MODULE = re.compile(r"(?:[\w.]+\.)?((?:blocks|deepstack_merger_list)\.\d+|patch_embed|merger)")
 _NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 _SHAPE_PLUMBING = ("Shape", "Gather", "Unsqueeze", "Concat")
+NOT_ONNX = 3  # the structure child's exit status for a file that is no ONNX model
+# Files from this size on are read in a child process (a tiny export is 5 MB, a 4B one 1.3 GB).
+CHILD_FROM_BYTES = 64 << 20
 # MLAS keeps a packed second copy of each Gemm/MatMul weight unless told not to: -34 % peak at 4B.
 SESSION_CONFIG = {"session.disable_prepacking": "1"}
 
@@ -50,6 +55,47 @@ class Probed:
     probes: list[str] = field(default_factory=list)
     values: dict[str, np.ndarray] = field(default_factory=dict)
     failure: str | None = None
+
+
+def strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (changed in place) with every initializer's data dropped: names, types and dims stay."""
+    import onnx
+
+    for init in model.graph.initializer:
+        for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data",
+                     "string_data", "external_data"):
+            init.ClearField(name)
+        init.data_location = onnx.TensorProto.DEFAULT
+    return model
+
+
+def _parse(path: Path) -> onnx.ModelProto:
+    """``path`` without its external data; ``ArtefactError`` when it is no ONNX model."""
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ArtefactError(f"--qwen3vl-onnx={path}: not an ONNX model ({type(exc).__name__})") from None
+
+
+def structure(path: Path) -> onnx.ModelProto:
+    """The model without its weights' data (external data is not read), parsed in a child process
+    for a file of ``CHILD_FROM_BYTES`` or more. ``ArtefactError`` for a file that is no ONNX model,
+    ``ProbeFailed`` when the child fails otherwise."""
+    import onnx
+
+    if path.stat().st_size < CHILD_FROM_BYTES:
+        return strip_weights(_parse(path))
+    with tempfile.TemporaryDirectory(prefix="qwen3vl-structure-") as tmp:
+        slim = Path(tmp) / "structure.onnx"
+        done = subprocess.run([sys.executable, "-m", __name__, "structure", str(path), str(slim)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode == NOT_ONNX:
+            raise ArtefactError(done.stdout.strip())
+        if done.returncode != 0 or not slim.is_file():
+            raise ProbeFailed(f"reading the file's structure failed: {child_failure(done.stderr, done.returncode)}")
+        return onnx.load(str(slim))
 
 
 def module_scope(node: onnx.NodeProto) -> str | None:
@@ -167,8 +213,8 @@ def probe_in_child(path: Path, feeds: Mapping[str, np.ndarray]) -> Probed:
     with tempfile.TemporaryDirectory(prefix="qwen3vl-probe-") as tmp:
         folder = Path(tmp)
         np.savez(folder / "feeds.npz", **dict(feeds))  # type: ignore[arg-type]
-        done = subprocess.run([sys.executable, "-m", __name__, str(path), str(folder)], capture_output=True,
-                              text=True, check=False)
+        done = subprocess.run([sys.executable, "-m", __name__, "probe", str(path), str(folder)],
+                              capture_output=True, text=True, check=False)
         result = folder / "probed.json"
         if done.returncode != 0 or not result.is_file():
             raise ProbeFailed(f"the probe process failed: {child_failure(done.stderr, done.returncode)}")
@@ -179,11 +225,22 @@ def probe_in_child(path: Path, feeds: Mapping[str, np.ndarray]) -> Probed:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The child: ``python -m pytest_qwen3vl.export.probe FILE FOLDER`` reads FOLDER/feeds.npz and writes
-    FOLDER/values.npz and FOLDER/probed.json."""
+    """The child. ``python -m pytest_qwen3vl.export.probe structure FILE OUT`` writes FILE's structure
+    to OUT; ``... probe FILE FOLDER`` reads FOLDER/feeds.npz and writes FOLDER/values.npz and
+    FOLDER/probed.json."""
     import numpy as np
+    import onnx
 
-    path, folder = (Path(a) for a in (argv or sys.argv[1:]))
+    command, *paths = argv or sys.argv[1:]
+    path, folder = (Path(a) for a in paths)
+    if command == "structure":
+        try:
+            model = _parse(path)
+        except ArtefactError as exc:
+            print(exc)
+            raise SystemExit(NOT_ONNX) from None
+        onnx.save_model(strip_weights(model), str(folder))
+        return
     with np.load(folder / "feeds.npz") as stored:
         feeds: dict[str, Any] = {name: stored[name] for name in stored.files}
     found = probe(path, feeds, folder)
