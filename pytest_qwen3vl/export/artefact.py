@@ -316,8 +316,8 @@ class WeightComparison:
         deepstack = [k for k in self.missing if k.startswith("deepstack_merger_list.")]
         others = [k for k in self.missing if k not in deepstack]
         if self.by_value:
-            parts.append(f"{len(self.by_value)} more equal a tensor of the file under another name "
-                         "(deduplicated or folded by the exporter)")
+            parts.append(f"{len(self.by_value)} more equal a tensor of the file under another name or are zero "
+                         "(deduplicated, folded or dropped by the exporter)")
         if deepstack:
             parts.append("DeepStack not exported (its mergers' tensors are absent)")
         if others:
@@ -330,7 +330,8 @@ def compare_weights(path: Path, state: Mapping[str, Any], limit: float = 1e-3) -
     (the exporter deduplicates equal tensors), dequantized for ``quantize_dynamic`` files (2 %), as
     is or transposed, within ``limit`` relative L2 (fp16 weights differ by ~1e-4). A golden tensor
     with no initializer of its name is looked for by value among the float initializers of its
-    shape: the dynamo exporter keeps one of several equal LayerNorm tensors, under one name. Only
+    shape (the dynamo exporter keeps one of several equal LayerNorm tensors under one name), and an
+    all-zero one counts as found (optimizers drop the Add of a zero bias). Only
     tensors up to ``BY_VALUE_ELEMENTS`` are looked for so, which bounds the work on a 4B file."""
     import numpy as np
     import onnx
@@ -367,7 +368,9 @@ def compare_weights(path: Path, state: Mapping[str, Any], limit: float = 1e-3) -
         name = names.get(key)
         if name is None and ref.size <= BY_VALUE_ELEMENTS:
             shapes = {ref.shape, ref.shape[::-1]}
-            found = any(close(array(c), ref, limit) for shape in shapes for c in by_shape.get(shape, ()))
+            # an all-zero tensor needs no initializer: exporters drop the Add of a zero bias
+            candidates = (c for shape in shapes for c in by_shape.get(shape, ()))
+            found = not ref.any() or any(close(array(c), ref, limit) for c in candidates)
             (result.by_value if found else result.missing).append(key)
             continue
         if name is None:

@@ -158,19 +158,53 @@ def expose(model: onnx.ModelProto, values: Iterable[str]) -> onnx.ModelProto:
     return model
 
 
+def consumed(node: onnx.NodeProto) -> set[str]:
+    """Every value a node reads: its inputs and, for If, Loop and Scan, the outer values its
+    subgraphs read (names made inside them come along; they are unique, so that is harmless)."""
+    import onnx
+
+    names = set(node.input)
+    for attribute in node.attribute:
+        graphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
+        for graph in graphs:
+            for inner in graph.node:
+                names |= consumed(inner)
+    return names
+
+
 def upstream(model: onnx.ModelProto, probes: Mapping[str, str], failed: str) -> list[str]:
     """Probes whose values do not depend on the node ``failed``."""
     tainted: set[str] = set()
     for node in model.graph.node:
-        if node.name == failed or tainted.intersection(node.input):
+        if node.name == failed or tainted.intersection(consumed(node)):
             tainted.update(node.output)
     return [p for p, v in probes.items() if v not in tainted]
+
+
+def cut_to(model: onnx.ModelProto, outputs: Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``model`` (weights external, so small) with only what ``outputs`` need. Unlike
+    ``onnx.utils.Extractor`` it keeps the outer values a Loop's body reads (transformers 5's
+    TorchScript exports have such loops)."""
+    import onnx
+
+    wanted = set(outputs)
+    needed, keep = set(wanted), []
+    for node in reversed(model.graph.node):
+        if needed.intersection(node.output):
+            keep.append(node)
+            needed |= consumed(node)
+    graph = model.graph
+    cut = onnx.helper.make_graph(
+        list(reversed(keep)), graph.name, list(graph.input), [o for o in graph.output if o.name in wanted],
+        [i for i in graph.initializer if i.name in needed], value_info=list(graph.value_info),
+    )
+    return onnx.helper.make_model(cut, opset_imports=list(model.opset_import), ir_version=model.ir_version,
+                                  functions=list(model.functions))
 
 
 def probe(path: Path, feeds: Mapping[str, np.ndarray], folder: Path) -> Probed:
     """Run ``path`` with its probes exposed on ``feeds``; ``folder`` takes the probed copy and its weights."""
     import onnx
-    import onnx.utils
 
     from pytest_qwen3vl.export.runtime import failed_node, ort_session, runtime_errors, runtime_failure
 
@@ -196,13 +230,9 @@ def probe(path: Path, feeds: Mapping[str, np.ndarray], folder: Path) -> Probed:
     if not kept:
         return Probed(list(probes), {}, failure)
     wanted = [probes[p] for p in kept]
-    stored = {t.name for t in light.graph.initializer}
-    inputs = [i.name for i in light.graph.input if i.name not in stored]
-    cut = onnx.utils.Extractor(light).extract_model(inputs, wanted)
     cut_path = folder / "cut.onnx"  # beside probed.onnx.data, which its initializers name
-    onnx.save_model(cut, str(cut_path))
-    cut_feeds = {k: v for k, v in feeds.items() if k in {i.name for i in cut.graph.input}}
-    got = ort_session(cut_path, config=SESSION_CONFIG).run(wanted, cut_feeds)
+    onnx.save_model(cut_to(light, wanted), str(cut_path))
+    got = ort_session(cut_path, config=SESSION_CONFIG).run(wanted, dict(feeds))
     return Probed(list(probes), {by_value[v]: a for v, a in zip(wanted, got, strict=True)}, failure)
 
 
