@@ -16,10 +16,9 @@ from pytest_qwen3vl.errors import ExportFailed, OutputContractError
 from pytest_qwen3vl.export.builder import POOLED_OUTPUT
 from pytest_qwen3vl.export.gate import ONNX_EXPORTERS, judge_gate, words_table
 from pytest_qwen3vl.export.graph import CONSTANTS_BUCKET, graph_digest, graph_signature
-from pytest_qwen3vl.export.recipes import onnx_sweep
 from pytest_qwen3vl.export.runtime import PARITY_ATOL, PARITY_RTOL, parity, run_pooled, runtime_failure
 from pytest_qwen3vl.export.tracing import count_deepstack_calls, trace_hazards
-from pytest_qwen3vl.model.grids import SWEEP, other_grid
+from pytest_qwen3vl.model.grids import other_grid
 from pytest_qwen3vl.model.inputs import make_inputs
 from pytest_qwen3vl.model.outputs import merged
 from pytest_qwen3vl.plugin.snapshots import contract_document, document_changes, lowering_document
@@ -179,8 +178,7 @@ def test_golden_and_modified_pooled_exports_are_the_same_graph(qwen3vl_export, q
 
 @pytest.mark.qwen3vl_claim("dynamic-n")
 def test_first_axes_are_symbolic_but_an_export_holds_for_its_own_grid(
-    qwen3vl_export, qwen3vl_grid, qwen3vl_config, qwen3vl_settings, qwen3vl_modified_vision, qwen3vl_golden_vision,
-    qwen3vl_record,
+    qwen3vl_export, qwen3vl_grid, qwen3vl_config, qwen3vl_settings, qwen3vl_modified_vision, qwen3vl_record
 ):
     path = qwen3vl_export("modified", qwen3vl_grid)
     contract = graph_signature(path)["contract"]
@@ -213,7 +211,7 @@ def test_first_axes_are_symbolic_but_an_export_holds_for_its_own_grid(
     except ExportFailed as exc:
         grid_free_line = f"the grid-free recipe does not export: {exc.summary}"
     else:
-        served = onnx_sweep(qwen3vl_export.session(grid_free), qwen3vl_golden_vision, SWEEP, qwen3vl_settings.seed)
+        served = qwen3vl_export.sweep(grid_free)
         grid_free_line = f"grid-free recipe (qwen3vl-export): one file {served.line()} of the sweep"
     measured = (
         f"first axes symbolic ({', '.join(sorted(set(first_axes.values())))}); the {qwen3vl_grid.id} export on "

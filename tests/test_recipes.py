@@ -34,12 +34,17 @@ SQUARE = {"1x16x16", "1x24x24", "1x48x48", "2x16x16", "1x16x16+1x16x16"}
 NOT_SQUARE = {grid.id for grid in SWEEP} - SQUARE
 
 
+def session_exports(pair: VisionPair, cache: Path) -> SessionExports:
+    """What ``qwen3vl_export`` gives one process: the exports (and sweeps) of ``cache``, tiny config, seed 0."""
+    golden = installed_golden_path()
+    sources = {"golden": golden, "modified": write_reference_modified(golden, cache)}
+    return SessionExports(pair, sources, resolve_config("tiny", golden.parent), 0, cache / "exports")
+
+
 @pytest.fixture(scope="module")
 def exports(pair: VisionPair, shared_cache: Path) -> SessionExports:
     """The session's export cache: each recipe file is exported once for every test that asks."""
-    golden = installed_golden_path()
-    sources = {"golden": golden, "modified": write_reference_modified(golden, shared_cache)}
-    return SessionExports(pair, sources, resolve_config("tiny", golden.parent), 0, shared_cache / "exports")
+    return session_exports(pair, shared_cache)
 
 
 def swapped_pos_embed(self: Any, grid_thw: torch.Tensor) -> torch.Tensor:
@@ -143,6 +148,25 @@ def test_report_recipe_file_serves_only_the_grid_it_was_traced_at(exports: Sessi
     assert "ONNX Runtime fails at Reshape node" in result.line()
     metadata = {entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}
     assert metadata["qwen3vl.serves"] == "only the grid it was traced at (1x24x24)"
+
+
+def test_a_sweep_is_measured_once_then_read_from_the_cache(pair: VisionPair, shared_cache: Path) -> None:
+    """What the other xdist worker, or the next run, does: read the result, open no ONNX Runtime session."""
+    first, later = session_exports(pair, shared_cache), session_exports(pair, shared_cache)
+    measured = first.sweep(first.recipe("modified", "grid-free", DEFAULT_GRID))
+    read = later.sweep(later.recipe("modified", "grid-free", DEFAULT_GRID))
+    assert read == measured and not read.wrong, read.line()
+    assert first.sweeps.events["built"] + first.sweeps.events["reused"] == 1
+    assert later.sweeps.events == {"reused": 1}
+
+
+def test_a_sweep_with_a_wrong_grid_is_measured_again(pair: VisionPair, shared_cache: Path) -> None:
+    """The report recipe's file serves its own grid only: that verdict is never replayed from the cache."""
+    exports = session_exports(pair, shared_cache)
+    path = exports.recipe("modified", "report", DEFAULT_GRID)
+    once, again = exports.sweep(path), exports.sweep(path)
+    assert once == again and len(once.wrong) == len(SWEEP) - 1, once.line()
+    assert exports.sweeps.events == {"unpublished": 2}
 
 
 @pytest.mark.parametrize(

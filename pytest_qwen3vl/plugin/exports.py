@@ -5,7 +5,8 @@ for a (file, grid, wrapper, exporter) exports it under a file lock, the others w
 published file, and later runs with the same sources, config, seed and library versions export
 nothing. An export that fails (the dynamo exporter on this model) is remembered by the cache under
 the same key, so every later request gets the same one-line ``ExportFailed`` without paying for the
-attempt again, in this run and the next, until an input changes.
+attempt again, in this run and the next, until an input changes. What a file serves on the sweep
+(``sweep``) is measured once the same way and kept under ``<cache dir>/exports/sweeps``.
 
 torch, onnx and onnxruntime are imported only when an export, a session or a run needs them.
 """
@@ -16,7 +17,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,9 +25,26 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_qwen3vl.export.builder import DEFAULT_OPSET, EXPORTER_NAMES, WRAPPER_NAMES, export_vision
-from pytest_qwen3vl.export.cache import BUILT, DAMAGED, FAILED, REMEMBERED, REUSED, ArtifactCache, code_digest
-from pytest_qwen3vl.export.recipes import LAYOUTS, RECIPE_NAMES, RECIPES, export_recipe, wrapper_for
-from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.export.cache import (
+    BUILT,
+    DAMAGED,
+    FAILED,
+    REMEMBERED,
+    REUSED,
+    ArtifactCache,
+    Unpublished,
+    code_digest,
+)
+from pytest_qwen3vl.export.recipes import (
+    LAYOUTS,
+    RECIPE_NAMES,
+    RECIPES,
+    SweepResult,
+    export_recipe,
+    onnx_sweep,
+    wrapper_for,
+)
+from pytest_qwen3vl.model.grids import SWEEP, Grid
 from pytest_qwen3vl.source.files import sha256_file
 from pytest_qwen3vl.versions import library_versions
 
@@ -59,6 +77,7 @@ class SessionExports:
         on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.cache = ArtifactCache(cache_dir, on_event)
+        self.sweeps = ArtifactCache(cache_dir / "sweeps")
         self.opset = opset
         self._pair = pair
         self._spec = spec
@@ -118,6 +137,38 @@ class SessionExports:
                           seed=self._seed)
 
         return self.cache.get_or_create(parts, filename, build)
+
+    def sweep(self, path: Path, grids: Sequence[Grid] = SWEEP) -> SweepResult:
+        """``onnx_sweep`` of a file this cache published against golden on ``grids``, measured once per
+        (file content, golden file, config, seed, grids, library versions, our code): the other workers
+        and later runs read the result instead of running golden and ONNX Runtime on every grid again.
+
+        A result with a wrong grid is returned but not kept: a verdict against the file is measured
+        in the run that reports it.
+        """
+        parts = {
+            "kind": "onnx-sweep",
+            "file": self.cache.recorded_sha256(path),
+            "golden": self._digests["golden"],
+            "config": self._spec.key(),
+            "seed": str(self._seed),
+            "grids": " ".join(grid.text for grid in grids),
+            "libraries": json.dumps(library_versions(), sort_keys=True),
+            "code": code_digest(),
+        }
+
+        def build(result_path: Path) -> None:
+            result = onnx_sweep(self.session(path), self._pair.golden, grids, self._seed)
+            if result.wrong:
+                raise Unpublished(result)
+            result_path.write_text(result.to_json(), encoding="utf-8")
+
+        try:
+            kept = self.sweeps.get_or_create(parts, "sweep.json", build)
+        except Unpublished as wrong:
+            result: SweepResult = wrong.value
+            return result
+        return SweepResult.from_json(kept.read_text(encoding="utf-8"))
 
     def session(self, path: Path) -> onnxruntime.InferenceSession:
         """An ONNX Runtime session for an exported file, made once per file in this process."""
