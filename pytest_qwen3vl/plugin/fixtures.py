@@ -18,6 +18,7 @@ from pytest_qwen3vl.errors import SourceError
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.plugin.claims import ClaimRecorder
 from pytest_qwen3vl.plugin.settings import Settings, settings_of
+from pytest_qwen3vl.plugin.worker import MODELS_IMPORTED
 from pytest_qwen3vl.source import files as sources
 from pytest_qwen3vl.source.fingerprints import fork_mismatch
 
@@ -85,8 +86,9 @@ def qwen3vl_modified_path(qwen3vl_settings: Settings, qwen3vl_golden: sources.Go
     return qwen3vl_settings.modified
 
 
-def _import(path: Path, role: str) -> ModuleType:
+def _import(config: pytest.Config, path: Path, role: str) -> ModuleType:
     """Import, or fail the test with the file and line: no stack trace through the plugin."""
+    config.stash[MODELS_IMPORTED] = True
     try:
         return sources.import_modeling_file(path, role)
     except SourceError as exc:
@@ -95,15 +97,15 @@ def _import(path: Path, role: str) -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def qwen3vl_golden_module(qwen3vl_golden_path: Path) -> ModuleType:
+def qwen3vl_golden_module(pytestconfig: pytest.Config, qwen3vl_golden_path: Path) -> ModuleType:
     """The golden file imported inside ``transformers.models.qwen3_vl``."""
-    return _import(qwen3vl_golden_path, "golden")
+    return _import(pytestconfig, qwen3vl_golden_path, "golden")
 
 
 @pytest.fixture(scope="session")
-def qwen3vl_modified_module(qwen3vl_modified_path: Path) -> ModuleType:
+def qwen3vl_modified_module(pytestconfig: pytest.Config, qwen3vl_modified_path: Path) -> ModuleType:
     """The modified file imported inside ``transformers.models.qwen3_vl``; relative imports resolve."""
-    return _import(qwen3vl_modified_path, "modified")
+    return _import(pytestconfig, qwen3vl_modified_path, "modified")
 
 
 @pytest.fixture(scope="session")
