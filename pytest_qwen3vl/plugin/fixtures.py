@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from pytest_qwen3vl.export.gate import GateTable
     from pytest_qwen3vl.model.build import VisionPair
     from pytest_qwen3vl.model.configs import ModelSpec
+    from pytest_qwen3vl.model.eager import EagerRuns
     from pytest_qwen3vl.model.inputs import VisionInputs
     from pytest_qwen3vl.plugin.exports import SessionExports
     from pytest_qwen3vl.plugin.genai import SessionGenai
@@ -156,6 +157,19 @@ def qwen3vl_eager_inputs(qwen3vl_config: ModelSpec, qwen3vl_settings: Settings) 
     from pytest_qwen3vl.model.inputs import make_inputs
 
     return tuple(make_inputs(grid, qwen3vl_config, qwen3vl_settings.seed) for grid in qwen3vl_settings.eager_grids)
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_eager_runs(
+    qwen3vl_vision_pair: VisionPair, qwen3vl_eager_inputs: tuple[VisionInputs, ...]
+) -> EagerRuns:
+    """``qwen3vl_eager_runs(which, grid) -> EagerRun``: the "golden" or "modified" model's forward on an
+    eager grid, flag unset (``.outputs``, and ``.calls`` of the first block's attention), run once per
+    process for every claim that reads it."""
+    from pytest_qwen3vl.model.eager import EagerRuns
+
+    pair = qwen3vl_vision_pair
+    return EagerRuns({"golden": pair.golden, "modified": pair.modified}, qwen3vl_eager_inputs)
 
 
 @pytest.fixture
