@@ -5,8 +5,8 @@ for a (file, grid, wrapper, exporter) exports it under a file lock, the others w
 published file, and later runs with the same sources, config, seed and library versions export
 nothing. An export that fails (the dynamo exporter on this model) is remembered by the cache under
 the same key, so every later request gets the same one-line ``ExportFailed`` without paying for the
-attempt again, in this run and the next, until an input changes. What a file serves on the sweep
-(``sweep``) is measured once the same way and kept under ``<cache dir>/exports/sweeps``.
+attempt again, in this run and the next, until an input changes. What is measured on a published
+file (``sweep``, ``signature``, ``digest``) is kept the same way under ``<cache dir>/exports/measured``.
 
 torch, onnx and onnxruntime are imported only when an export, a session or a run needs them.
 """
@@ -77,7 +77,7 @@ class SessionExports:
         on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.cache = ArtifactCache(cache_dir, on_event)
-        self.sweeps = ArtifactCache(cache_dir / "sweeps")
+        self.measured = ArtifactCache(cache_dir / "measured")
         self.opset = opset
         self._pair = pair
         self._spec = spec
@@ -140,35 +140,59 @@ class SessionExports:
 
     def sweep(self, path: Path, grids: Sequence[Grid] = SWEEP) -> SweepResult:
         """``onnx_sweep`` of a file this cache published against golden on ``grids``, measured once per
-        (file content, golden file, config, seed, grids, library versions, our code): the other workers
-        and later runs read the result instead of running golden and ONNX Runtime on every grid again.
+        (file content, golden file, config, seed, grids): the other workers and later runs read the
+        result instead of running golden and ONNX Runtime on every grid again.
 
         A result with a wrong grid is returned but not kept: a verdict against the file is measured
         in the run that reports it.
         """
-        parts = {
-            "kind": "onnx-sweep",
-            "file": self.cache.recorded_sha256(path),
-            "golden": self._digests["golden"],
-            "config": self._spec.key(),
-            "seed": str(self._seed),
-            "grids": " ".join(grid.text for grid in grids),
-            "libraries": json.dumps(library_versions(), sort_keys=True),
-            "code": code_digest(),
-        }
 
-        def build(result_path: Path) -> None:
+        def measure() -> str:
             result = onnx_sweep(self.session(path), self._pair.golden, grids, self._seed)
             if result.wrong:
                 raise Unpublished(result)
-            result_path.write_text(result.to_json(), encoding="utf-8")
+            return result.to_json()
 
         try:
-            kept = self.sweeps.get_or_create(parts, "sweep.json", build)
+            return SweepResult.from_json(self._measured(
+                path, "onnx-sweep", measure, golden=self._digests["golden"], config=self._spec.key(),
+                seed=str(self._seed), grids=" ".join(grid.text for grid in grids),
+            ))
         except Unpublished as wrong:
             result: SweepResult = wrong.value
             return result
-        return SweepResult.from_json(kept.read_text(encoding="utf-8"))
+
+    def signature(self, path: Path) -> dict[str, Any]:
+        """``graph_signature`` of a file this cache published, measured once per file content: a warm
+        run reads it and never imports onnx (over a second per process)."""
+        from pytest_qwen3vl.export.graph import graph_signature
+
+        signature: dict[str, Any] = json.loads(
+            self._measured(path, "graph-signature", lambda: json.dumps(graph_signature(path)))
+        )
+        return signature
+
+    def digest(self, path: Path) -> str:
+        """``graph_digest`` of a file this cache published, measured once per file content."""
+        from pytest_qwen3vl.export.graph import graph_digest
+
+        return self._measured(path, "graph-digest", lambda: graph_digest(path))
+
+    def _measured(self, path: Path, kind: str, measure: Callable[[], str], **parts: str) -> str:
+        """What ``measure()`` says about a published file, kept in ``measured`` under (kind, the file's
+        sha256 from its verified manifest, ``parts``, library versions, our code)."""
+        key = {
+            "kind": kind,
+            "file": self.cache.recorded_sha256(path),
+            "libraries": json.dumps(library_versions(), sort_keys=True),
+            "code": code_digest(),
+            **parts,
+        }
+
+        def build(out: Path) -> None:
+            out.write_text(measure(), encoding="utf-8")
+
+        return self.measured.get_or_create(key, f"{kind}.txt", build).read_text(encoding="utf-8")
 
     def session(self, path: Path) -> onnxruntime.InferenceSession:
         """An ONNX Runtime session for an exported file, made once per file in this process."""

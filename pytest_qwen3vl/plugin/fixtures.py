@@ -198,9 +198,10 @@ def qwen3vl_export(
     one-line ``summary``; the cache remembers it, so asking again (in this run or a later one with
     the same inputs) raises it again without retrying. ``.recipe(which, name, grid)`` exports a
     recipe of ``qwen3vl-export`` the same way.
-    ``qwen3vl_export.session(path)`` is an ONNX Runtime session per file, ``.sweep(path)`` what the file
-    serves on the sweep against golden (measured once per file content and kept in the cache),
-    ``.builds`` the exports this process ran (``<cache dir>/exports/builds.log`` has every worker's).
+    ``qwen3vl_export.session(path)`` is an ONNX Runtime session per file; ``.sweep(path)`` what the file
+    serves on the sweep against golden, ``.signature(path)`` and ``.digest(path)`` its graph signature
+    and digest (each measured once per file content and kept in the cache); ``.builds`` the exports
+    this process ran (``<cache dir>/exports/builds.log`` has every worker's).
     """
     from pytest_qwen3vl.plugin.exports import TALLY_KEY, SessionExports
 
