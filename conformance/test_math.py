@@ -19,13 +19,13 @@ from pytest_qwen3vl.model.inputs import VisionInputs, make_inputs
 from pytest_qwen3vl.model.outputs import deepstack as deepstack_of
 from pytest_qwen3vl.model.outputs import merged
 from pytest_qwen3vl.model.references import (
+    AttentionReferences,
     Call,
     frame_lengths,
     interpolated_pos_embed,
     only_call,
     record_calls,
     rope_inv_freq,
-    vision_attention_reference,
     vision_cos_sin,
 )
 
@@ -71,10 +71,16 @@ def _check_block0_cos_sin(call: Call, grid: Grid, vision: Any, which: str) -> fl
     return err
 
 
+@pytest.fixture(scope="module")
+def attention_references() -> AttentionReferences:
+    """The float64 attention references, shared by golden's and modified's vision-rope on equal inputs."""
+    return AttentionReferences()
+
+
 @which_model
 @pytest.mark.qwen3vl_claim("vision-rope")
 def test_vision_rope_rotates_q_and_k(
-    request, which, qwen3vl_config, qwen3vl_eager_inputs, qwen3vl_eager_runs, qwen3vl_record
+    request, which, qwen3vl_config, qwen3vl_eager_inputs, qwen3vl_eager_runs, attention_references, qwen3vl_record
 ):
     """The first block's attention call of the forward the other eager claims read (flag unset)."""
 
@@ -95,7 +101,7 @@ def test_vision_rope_rotates_q_and_k(
         trig_err = _check_block0_cos_sin(call, qwen3vl_inputs.grid, vision, which)
         images = qwen3vl_inputs.grid.images
         cos, sin = vision_cos_sin(images, vision.spatial_merge_size, dim, THETA)
-        want_out = vision_attention_reference(
+        want_out = attention_references(
             model.blocks[0].attn, call.args[0], cos, sin, vision.num_heads, frame_lengths(images)
         )
         attn_err = _max_err(call.output, want_out) / want_out.abs().max().item()
