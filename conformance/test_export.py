@@ -18,7 +18,6 @@ from pytest_qwen3vl.export.builder import POOLED_OUTPUT
 from pytest_qwen3vl.export.gate import ONNX_EXPORTERS, judge_gate, words_table
 from pytest_qwen3vl.export.graph import CONSTANTS_BUCKET
 from pytest_qwen3vl.export.runtime import PARITY_ATOL, PARITY_RTOL, parity, run_pooled, runtime_failure
-from pytest_qwen3vl.export.tracing import count_deepstack_calls, trace_hazards
 from pytest_qwen3vl.model.grids import other_grid
 from pytest_qwen3vl.model.inputs import make_inputs
 from pytest_qwen3vl.model.outputs import merged
@@ -98,14 +97,12 @@ def test_modified_exported_with_the_flag_has_one_output(qwen3vl_export, qwen3vl_
 
 
 @pytest.mark.qwen3vl_claim("deepstack-not-traced")
-def test_deepstack_mergers_never_run_under_trace(
-    qwen3vl_modified_vision, qwen3vl_inputs, qwen3vl_export, qwen3vl_grid, qwen3vl_record
-):
-    with_flag = count_deepstack_calls(qwen3vl_modified_vision, *qwen3vl_inputs.args, trace=True, flag=True)
+def test_deepstack_mergers_never_run_under_trace(qwen3vl_export, qwen3vl_grid, qwen3vl_record):
+    with_flag = qwen3vl_export.deepstack_calls("modified", qwen3vl_grid, trace=True, flag=True)
     assert not any(with_flag), (
         f"while tracing with _skip_deepstack_export set, the modified DeepStack mergers ran {with_flag} times"
     )
-    without_flag = count_deepstack_calls(qwen3vl_modified_vision, *qwen3vl_inputs.args, trace=True, flag=None)
+    without_flag = qwen3vl_export.deepstack_calls("modified", qwen3vl_grid, trace=True, flag=None)
     assert not any(without_flag), (
         f"while tracing with the flag unset, the modified DeepStack mergers ran {without_flag} times "
         "(torch.jit.is_tracing() must skip them)"
@@ -255,11 +252,9 @@ def test_dynamo_exporter(qwen3vl_export, qwen3vl_grid, qwen3vl_record):
 
 
 @pytest.mark.qwen3vl_claim("trace-hazards")
-def test_the_change_adds_no_trace_hazard(
-    qwen3vl_golden_vision, qwen3vl_modified_vision, qwen3vl_inputs, qwen3vl_record
-):
-    golden = trace_hazards(qwen3vl_golden_vision, *qwen3vl_inputs.args)
-    modified = trace_hazards(qwen3vl_modified_vision, *qwen3vl_inputs.args)
+def test_the_change_adds_no_trace_hazard(qwen3vl_export, qwen3vl_grid, qwen3vl_record):
+    golden = qwen3vl_export.trace_hazards("golden", qwen3vl_grid)
+    modified = qwen3vl_export.trace_hazards("modified", qwen3vl_grid)
     known = {hazard.key for hazard in golden}
     added = [hazard for hazard in modified if hazard.key not in known]
     assert not added, "the modified file adds trace hazards: " + "; ".join(

@@ -72,3 +72,12 @@ class ExporterUnavailable(ExportFailed):
 
 class OutputContractError(Qwen3VLError, TypeError):
     """A vision forward whose result is neither known output structure (4.57.6's tuple, 5.x's ModelOutput)."""
+
+
+class ModelRaised(Qwen3VLError):
+    """The model under test raised while it was measured for a cached measurement: ``error`` is its own
+    exception, a fact about the file; a fault of the cache around it is never wrapped in this."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error = error

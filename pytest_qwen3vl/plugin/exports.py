@@ -13,6 +13,7 @@ torch, onnx and onnxruntime are imported only when an export, a session or a run
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_qwen3vl.errors import ModelRaised
 from pytest_qwen3vl.export.builder import DEFAULT_OPSET, EXPORTER_NAMES, WRAPPER_NAMES, export_vision
 from pytest_qwen3vl.export.cache import (
     BUILT,
@@ -45,12 +47,14 @@ from pytest_qwen3vl.export.recipes import (
     wrapper_for,
 )
 from pytest_qwen3vl.model.grids import SWEEP, Grid
+from pytest_qwen3vl.model.inputs import make_inputs
 from pytest_qwen3vl.source.files import sha256_file
 from pytest_qwen3vl.versions import library_versions
 
 if TYPE_CHECKING:
     import onnxruntime
 
+    from pytest_qwen3vl.export.tracing import TraceHazard
     from pytest_qwen3vl.model.build import VisionPair
     from pytest_qwen3vl.model.configs import ModelSpec
 
@@ -82,12 +86,13 @@ class SessionExports:
         self._pair = pair
         self._spec = spec
         self._seed = seed
+        self._sources = dict(sources)
         self._digests = {role: sha256_file(path) for role, path in sources.items()}
         self._sessions: dict[Path, onnxruntime.InferenceSession] = {}
         self._created = time.time()
 
-    def key_parts(self, which: str, grid: Grid, wrapper: str, exporter: str, recipe: str = "builder") -> dict[str, str]:
-        """What the export is made from. The golden file's hash is in every key: golden's
+    def model_parts(self, which: str, grid: Grid) -> dict[str, str]:
+        """What the model on a grid is made from. The golden file's hash is in every key: golden's
         initialisation draws the weights that the modified model shares."""
         sources = {"golden": self._digests["golden"]}
         if which == "modified":
@@ -98,12 +103,18 @@ class SessionExports:
             "config": self._spec.key(),
             "seed": str(self._seed),
             "grid": grid.text,
+            "libraries": json.dumps(library_versions(), sort_keys=True),
+            "code": code_digest(),
+        }
+
+    def key_parts(self, which: str, grid: Grid, wrapper: str, exporter: str, recipe: str = "builder") -> dict[str, str]:
+        """What the export is made from: the model on the grid, and how it is exported."""
+        return {
+            **self.model_parts(which, grid),
             "wrapper": wrapper,
             "exporter": exporter,
             "opset": str(self.opset),
-            "libraries": json.dumps(library_versions(), sort_keys=True),
             "recipe": recipe,
-            "code": code_digest(),
         }
 
     def __call__(self, which: str, grid: Grid, wrapper: str = "pooled", exporter: str = "torchscript") -> Path:
@@ -114,8 +125,6 @@ class SessionExports:
         model = getattr(self._pair, which)
 
         def build(path: Path) -> None:
-            from pytest_qwen3vl.model.inputs import make_inputs
-
             inputs = make_inputs(grid, self._spec, self._seed)
             export_vision(model, *inputs.args, path, wrapper=wrapper, exporter=exporter, opset=self.opset)
 
@@ -178,21 +187,67 @@ class SessionExports:
 
         return self._measured(path, "graph-digest", lambda: graph_digest(path))
 
+    def deepstack_calls(self, which: str, grid: Grid, *, trace: bool, flag: bool | None) -> list[int]:
+        """``count_deepstack_calls`` of a model on ``make_inputs(grid, spec, seed)``, eager or traced, with
+        ``flag``: measured once per (model's sources, config, seed, grid, case, library versions, code).
+
+        A model that raises raises ``ModelRaised`` with its exception, and is measured again on the
+        next request; anything else that goes wrong is the cache's, and propagates as it is.
+        """
+        from pytest_qwen3vl.export.tracing import count_deepstack_calls
+
+        _check(which=(which, ROLES))
+
+        def measure() -> str:
+            model = getattr(self._pair, which)
+            inputs = make_inputs(grid, self._spec, self._seed)
+            try:
+                counts = count_deepstack_calls(model, *inputs.args, trace=trace, flag=flag)
+            except Exception as exc:  # the model's own failure: the caller's verdict, never kept
+                raise Unpublished(exc) from exc
+            return json.dumps(counts)
+
+        parts = {**self.model_parts(which, grid), "trace": str(trace), "flag": str(flag)}
+        try:
+            kept: list[int] = json.loads(self._kept("deepstack-calls", parts, measure))
+        except Unpublished as raised:
+            raise ModelRaised(raised.value) from raised.value
+        return kept
+
+    def trace_hazards(self, which: str, grid: Grid) -> list[TraceHazard]:
+        """``trace_hazards`` of a model on ``make_inputs(grid, spec, seed)``, measured once per (model's
+        sources and their paths, config, seed, grid, library versions, code): the hazards name the files."""
+        from pytest_qwen3vl.export.tracing import TraceHazard, trace_hazards
+
+        _check(which=(which, ROLES))
+
+        def measure() -> str:
+            inputs = make_inputs(grid, self._spec, self._seed)
+            hazards = trace_hazards(getattr(self._pair, which), *inputs.args)
+            return json.dumps([dataclasses.asdict(hazard) for hazard in hazards])
+
+        paths = json.dumps({role: str(path.resolve()) for role, path in self._sources.items()}, sort_keys=True)
+        kept = json.loads(self._kept("trace-hazards", {**self.model_parts(which, grid), "paths": paths}, measure))
+        return [TraceHazard(**hazard) for hazard in kept]
+
     def _measured(self, path: Path, kind: str, measure: Callable[[], str], **parts: str) -> str:
-        """What ``measure()`` says about a published file, kept in ``measured`` under (kind, the file's
-        sha256 from its verified manifest, ``parts``, library versions, our code)."""
+        """What ``measure()`` says about a published file, kept under (kind, the file's sha256 from its
+        verified manifest, ``parts``, library versions, our code)."""
         key = {
-            "kind": kind,
             "file": self.cache.recorded_sha256(path),
             "libraries": json.dumps(library_versions(), sort_keys=True),
             "code": code_digest(),
             **parts,
         }
+        return self._kept(kind, key, measure)
+
+    def _kept(self, kind: str, parts: Mapping[str, str], measure: Callable[[], str]) -> str:
+        """``measure()``'s text, kept in ``measured`` under ``kind`` and ``parts``; made once per key."""
 
         def build(out: Path) -> None:
             out.write_text(measure(), encoding="utf-8")
 
-        return self.measured.get_or_create(key, f"{kind}.txt", build).read_text(encoding="utf-8")
+        return self.measured.get_or_create({"kind": kind, **parts}, f"{kind}.txt", build).read_text(encoding="utf-8")
 
     def session(self, path: Path) -> onnxruntime.InferenceSession:
         """An ONNX Runtime session for an exported file, made once per file in this process."""
