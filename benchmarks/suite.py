@@ -62,7 +62,7 @@ for i, parts in enumerate(builds):  # every export the run made, each once
     model = pair.golden if parts["model"] == "golden" else pair.modified
     path = cache / f"necessary-{i}.onnx"
     try:
-        if "recipe" in parts:
+        if parts["recipe"] != "builder":  # every key names its recipe; the builder's is export_vision
             export_recipe(model, parts["recipe"], path, grid=Grid.parse(parts["grid"]), exporter=parts["exporter"],
                           layout="stacked" if parts["wrapper"] == "stacked" else "split", seed=0)
         else:

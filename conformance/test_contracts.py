@@ -31,7 +31,7 @@ def _model(request: pytest.FixtureRequest, which: str) -> torch.nn.Module:
 @which_model
 @pytest.mark.qwen3vl_claim("output-contract")
 def test_forward_returns_pooled_and_deepstack_list(
-    request, which, qwen3vl_config, qwen3vl_eager_inputs, qwen3vl_golden_vision, qwen3vl_settings, qwen3vl_record
+    request, which, qwen3vl_config, qwen3vl_eager_inputs, qwen3vl_eager_runs, qwen3vl_settings, qwen3vl_record
 ):
     """On every eager grid the forward gives the merged embeddings and the DeepStack list, in golden's
     structure; what ``outputs[0]`` (the report's wrapper) then is, is measured once: the merged
@@ -46,10 +46,9 @@ def test_forward_returns_pooled_and_deepstack_list(
         rows = qwen3vl_inputs.grid.num_patches // vision.spatial_merge_size**2
         shape = (rows, vision.out_hidden_size)
         count = len(vision.deepstack_visual_indexes)
-        with torch.inference_mode(), deepstack_export_flag(model, None):
-            outputs = model(*qwen3vl_inputs.args)
-            if not kinds:  # golden's structure does not depend on the grid: read it on the first one
-                kinds["golden"] = structure(qwen3vl_golden_vision(*qwen3vl_inputs.args))
+        outputs = qwen3vl_eager_runs(which, qwen3vl_inputs.grid).outputs  # flag unset
+        if not kinds:  # golden's structure does not depend on the grid: read it on the first one
+            kinds["golden"] = structure(qwen3vl_eager_runs("golden", qwen3vl_inputs.grid).outputs)
         golden_kind = kinds["golden"]
         try:
             kind = structure(outputs)

@@ -4,6 +4,7 @@ The source claims judge the condition's text; these run the models, so a fork wh
 right but behaves otherwise (a flag set elsewhere, a tracing check that never fires) is caught. Each
 merger's calls are counted with forward hooks in eager mode and under ``torch.jit.trace``, with the
 flag absent, False and True, and compared with the truth table of the condition each side claims.
+Each count is measured once per file, config, seed and grid and kept in the cache like an export.
 
 The whole model does not export with torch.export, so the condition alone is also run under every
 exporter (``qwen3vl_gate``: torch.jit.trace, torch.export strict and non-strict, torch.onnx with
@@ -16,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-import torch
 
+from pytest_qwen3vl.errors import ModelRaised
 from pytest_qwen3vl.export.gate import (
     EXPORTERS,
     FLAGS,
@@ -26,9 +27,9 @@ from pytest_qwen3vl.export.gate import (
     judge_gate,
     words_table,
 )
-from pytest_qwen3vl.export.tracing import count_deepstack_calls
-from pytest_qwen3vl.model.inputs import VisionInputs
+from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.plugin.claims import ClaimRecorder
+from pytest_qwen3vl.plugin.exports import SessionExports
 from pytest_qwen3vl.source.diff import (
     DEEPSTACK_PLACE,
     EXPECTED_TABLE,
@@ -58,9 +59,10 @@ def _setting(trace: bool, flag: bool | None) -> str:
 
 
 def _judge(
-    model: torch.nn.Module, inputs: VisionInputs, cases: tuple[Case, ...], table: TruthTable, who: str
+    exports: SessionExports, grid: Grid, which: str, cases: tuple[Case, ...], table: TruthTable, who: str
 ) -> tuple[list[str], str]:
-    """Problems (one sentence per case that disagrees with ``table``) and the counts measured per case.
+    """Problems (one sentence per case that disagrees with ``table``) and the counts measured per case
+    (``qwen3vl_export.deepstack_calls``: each case measured once and kept in the cache).
 
     A merger at a DeepStack layer runs exactly once per forward where the table says "run", never
     where it says "skip"; anything else (twice, some but not all) is reported with the counts.
@@ -71,8 +73,9 @@ def _judge(
         combo = (True, bool(flag), trace)
         expected = table[combo]
         try:
-            counts = count_deepstack_calls(model, *inputs.args, trace=trace, flag=flag)
-        except Exception as exc:
+            counts = exports.deepstack_calls(which, grid, trace=trace, flag=flag)
+        except ModelRaised as raised:
+            exc = raised.error
             problems.append(f"{_setting(trace, flag)}, {who} raises {type(exc).__name__}: {exc}")
             measured.append(f"{_label(trace, flag)} {type(exc).__name__}")
             continue
@@ -92,11 +95,11 @@ def _judge(
 
 @pytest.mark.qwen3vl_claim("golden-deepstack-always")
 def test_golden_runs_every_merger_always(
-    qwen3vl_golden_vision: torch.nn.Module, qwen3vl_inputs: VisionInputs, qwen3vl_record: ClaimRecorder
+    qwen3vl_export: SessionExports, qwen3vl_grid: Grid, qwen3vl_record: ClaimRecorder
 ) -> None:
     # Golden's own condition is the expectation: it reads neither the flag nor tracing.
     table = deepstack_truth_table(GOLDEN_CONDITION)
-    problems, measured = _judge(qwen3vl_golden_vision, qwen3vl_inputs, GOLDEN_CASES, table, "golden")
+    problems, measured = _judge(qwen3vl_export, qwen3vl_grid, "golden", GOLDEN_CASES, table, "golden")
     if problems:
         pytest.fail(f"DeepStack in golden {DEEPSTACK_PLACE}: {'; '.join(problems)}", pytrace=False)
     qwen3vl_record.holds(f"mergers run per case: {measured}")
@@ -104,10 +107,10 @@ def test_golden_runs_every_merger_always(
 
 @pytest.mark.qwen3vl_claim("modified-deepstack-gated")
 def test_modified_runs_mergers_only_when_not_exporting(
-    qwen3vl_modified_vision: torch.nn.Module, qwen3vl_inputs: VisionInputs, qwen3vl_record: ClaimRecorder
+    qwen3vl_export: SessionExports, qwen3vl_grid: Grid, qwen3vl_record: ClaimRecorder
 ) -> None:
     problems, measured = _judge(
-        qwen3vl_modified_vision, qwen3vl_inputs, MODIFIED_CASES, EXPECTED_TABLE, "the modified model"
+        qwen3vl_export, qwen3vl_grid, "modified", MODIFIED_CASES, EXPECTED_TABLE, "the modified model"
     )
     if problems:
         pytest.fail(f"DeepStack in modified {DEEPSTACK_PLACE}: {'; '.join(problems)}", pytrace=False)

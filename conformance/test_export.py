@@ -1,7 +1,8 @@
 """Claims about the ONNX export, decided on the files a downstream builder's export call makes.
 
 Every file comes from the session-wide ``qwen3vl_export`` fixture, so each (model, grid, wrapper,
-exporter) is exported once per run, however many tests and xdist workers use it.
+exporter) is exported once per run, however many tests and xdist workers use it; its graph
+signature and digest are read from the same cache (``qwen3vl_export.signature``, ``.digest``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ import torch
 from pytest_qwen3vl.errors import ExportFailed, OutputContractError
 from pytest_qwen3vl.export.builder import POOLED_OUTPUT
 from pytest_qwen3vl.export.gate import ONNX_EXPORTERS, judge_gate, words_table
-from pytest_qwen3vl.export.graph import CONSTANTS_BUCKET, graph_digest, graph_signature
-from pytest_qwen3vl.export.recipes import onnx_sweep
+from pytest_qwen3vl.export.graph import CONSTANTS_BUCKET
 from pytest_qwen3vl.export.runtime import PARITY_ATOL, PARITY_RTOL, parity, run_pooled, runtime_failure
-from pytest_qwen3vl.export.tracing import count_deepstack_calls, trace_hazards
-from pytest_qwen3vl.model.grids import SWEEP, other_grid
+from pytest_qwen3vl.model.grids import other_grid
 from pytest_qwen3vl.model.inputs import make_inputs
 from pytest_qwen3vl.model.outputs import merged
 from pytest_qwen3vl.plugin.snapshots import contract_document, document_changes, lowering_document
@@ -63,8 +62,8 @@ def pytorch_pooled(model: torch.nn.Module, pixel_values: torch.Tensor, grid_thw:
 def test_golden_traced_as_is_has_pooled_plus_one_output_per_deepstack_layer(
     qwen3vl_export, qwen3vl_grid, qwen3vl_config, qwen3vl_record
 ):
-    everything = graph_signature(qwen3vl_export("golden", qwen3vl_grid, wrapper="all"))
-    pooled = graph_signature(qwen3vl_export("golden", qwen3vl_grid))
+    everything = qwen3vl_export.signature(qwen3vl_export("golden", qwen3vl_grid, wrapper="all"))
+    pooled = qwen3vl_export.signature(qwen3vl_export("golden", qwen3vl_grid))
     layers = len(qwen3vl_config.vision["deepstack_visual_indexes"])
     names = [output["name"] for output in outputs_of(everything)]
     assert len(names) == 1 + layers, (
@@ -83,7 +82,8 @@ def test_golden_traced_as_is_has_pooled_plus_one_output_per_deepstack_layer(
 
 @pytest.mark.qwen3vl_claim("modified-onnx-outputs")
 def test_modified_exported_with_the_flag_has_one_output(qwen3vl_export, qwen3vl_grid, qwen3vl_record):
-    names = [output["name"] for output in outputs_of(graph_signature(qwen3vl_export("modified", qwen3vl_grid)))]
+    path = qwen3vl_export("modified", qwen3vl_grid)
+    names = [output["name"] for output in outputs_of(qwen3vl_export.signature(path))]
     assert names == [POOLED_OUTPUT], (
         f"modified exported with the flag has {len(names)} ONNX outputs {names}, expected one, {POOLED_OUTPUT}"
     )
@@ -92,24 +92,22 @@ def test_modified_exported_with_the_flag_has_one_output(qwen3vl_export, qwen3vl_
     except ExportFailed as exc:
         raw = f"the forward's raw output does not export: {exc.summary}"
     else:
-        raw = f"the forward's raw output exports {len(outputs_of(graph_signature(whole)))} outputs"
+        raw = f"the forward's raw output exports {len(outputs_of(qwen3vl_export.signature(whole)))} outputs"
     qwen3vl_record.holds(f"1 output, {POOLED_OUTPUT}; {raw}")
 
 
 @pytest.mark.qwen3vl_claim("deepstack-not-traced")
-def test_deepstack_mergers_never_run_under_trace(
-    qwen3vl_modified_vision, qwen3vl_inputs, qwen3vl_export, qwen3vl_grid, qwen3vl_record
-):
-    with_flag = count_deepstack_calls(qwen3vl_modified_vision, *qwen3vl_inputs.args, trace=True, flag=True)
+def test_deepstack_mergers_never_run_under_trace(qwen3vl_export, qwen3vl_grid, qwen3vl_record):
+    with_flag = qwen3vl_export.deepstack_calls("modified", qwen3vl_grid, trace=True, flag=True)
     assert not any(with_flag), (
         f"while tracing with _skip_deepstack_export set, the modified DeepStack mergers ran {with_flag} times"
     )
-    without_flag = count_deepstack_calls(qwen3vl_modified_vision, *qwen3vl_inputs.args, trace=True, flag=None)
+    without_flag = qwen3vl_export.deepstack_calls("modified", qwen3vl_grid, trace=True, flag=None)
     assert not any(without_flag), (
         f"while tracing with the flag unset, the modified DeepStack mergers ran {without_flag} times "
         "(torch.jit.is_tracing() must skip them)"
     )
-    exported = graph_signature(qwen3vl_export("modified", qwen3vl_grid))
+    exported = qwen3vl_export.signature(qwen3vl_export("modified", qwen3vl_grid))
     leaked = sorted(name for name in initializer_names(exported) if DEEPSTACK in f".{name}")
     assert not leaked, f"the pooled export carries DeepStack weights: {leaked[:4]}"
     qwen3vl_record.holds(
@@ -135,7 +133,7 @@ def test_pooled_export_is_one_float32_matrix_of_out_hidden_size(
     qwen3vl_export, qwen3vl_grid, qwen3vl_config, qwen3vl_inputs, qwen3vl_record
 ):
     path = qwen3vl_export("modified", qwen3vl_grid)
-    outputs = outputs_of(graph_signature(path))
+    outputs = outputs_of(qwen3vl_export.signature(path))
     assert [output["name"] for output in outputs] == [POOLED_OUTPUT], (
         f"the export has outputs {[output['name'] for output in outputs]}, expected exactly one, {POOLED_OUTPUT}"
     )
@@ -160,13 +158,13 @@ def test_pooled_export_is_one_float32_matrix_of_out_hidden_size(
 def test_golden_and_modified_pooled_exports_are_the_same_graph(qwen3vl_export, qwen3vl_grid, qwen3vl_record):
     golden_path = qwen3vl_export("golden", qwen3vl_grid)
     modified_path = qwen3vl_export("modified", qwen3vl_grid)
-    golden, modified = graph_signature(golden_path), graph_signature(modified_path)
+    golden, modified = qwen3vl_export.signature(golden_path), qwen3vl_export.signature(modified_path)
     changes = document_changes(
         {**contract_document(golden), **lowering_document(golden)},
         {**contract_document(modified), **lowering_document(modified)},
     )
     assert not changes, f"the modified pooled export differs from golden's: {'; '.join(changes)}"
-    golden_digest, modified_digest = graph_digest(golden_path), graph_digest(modified_path)
+    golden_digest, modified_digest = qwen3vl_export.digest(golden_path), qwen3vl_export.digest(modified_path)
     assert golden_digest == modified_digest, (
         f"same signature, different graph (weights or wiring): sha256 golden {golden_digest[:12]}, "
         f"modified {modified_digest[:12]}"
@@ -179,11 +177,10 @@ def test_golden_and_modified_pooled_exports_are_the_same_graph(qwen3vl_export, q
 
 @pytest.mark.qwen3vl_claim("dynamic-n")
 def test_first_axes_are_symbolic_but_an_export_holds_for_its_own_grid(
-    qwen3vl_export, qwen3vl_grid, qwen3vl_config, qwen3vl_settings, qwen3vl_modified_vision, qwen3vl_golden_vision,
-    qwen3vl_record,
+    qwen3vl_export, qwen3vl_grid, qwen3vl_config, qwen3vl_settings, qwen3vl_modified_vision, qwen3vl_record
 ):
     path = qwen3vl_export("modified", qwen3vl_grid)
-    contract = graph_signature(path)["contract"]
+    contract = qwen3vl_export.signature(path)["contract"]
     first_axes = {value["name"]: (value["dims"] or [None])[0] for value in contract["inputs"] + contract["outputs"]}
     fixed = {name: axis for name, axis in first_axes.items() if not isinstance(axis, str)}
     assert not fixed, f"first axes not symbolic: {fixed}"
@@ -213,7 +210,7 @@ def test_first_axes_are_symbolic_but_an_export_holds_for_its_own_grid(
     except ExportFailed as exc:
         grid_free_line = f"the grid-free recipe does not export: {exc.summary}"
     else:
-        served = onnx_sweep(qwen3vl_export.session(grid_free), qwen3vl_golden_vision, SWEEP, qwen3vl_settings.seed)
+        served = qwen3vl_export.sweep(grid_free)
         grid_free_line = f"grid-free recipe (qwen3vl-export): one file {served.line()} of the sweep"
     measured = (
         f"first axes symbolic ({', '.join(sorted(set(first_axes.values())))}); the {qwen3vl_grid.id} export on "
@@ -250,16 +247,14 @@ def test_dynamo_exporter(qwen3vl_export, qwen3vl_grid, qwen3vl_record):
     """An expected failure while dynamo fails: the claims table shows ``ExportFailed``'s one-line
     summary. Once dynamo exports, the strict xfail fails the run, so the catalogue is brought up to date."""
     path = qwen3vl_export("modified", qwen3vl_grid, exporter="dynamo")
-    names = [output["name"] for output in outputs_of(graph_signature(path))]
+    names = [output["name"] for output in outputs_of(qwen3vl_export.signature(path))]
     qwen3vl_record.holds(f"exports, outputs {names}")
 
 
 @pytest.mark.qwen3vl_claim("trace-hazards")
-def test_the_change_adds_no_trace_hazard(
-    qwen3vl_golden_vision, qwen3vl_modified_vision, qwen3vl_inputs, qwen3vl_record
-):
-    golden = trace_hazards(qwen3vl_golden_vision, *qwen3vl_inputs.args)
-    modified = trace_hazards(qwen3vl_modified_vision, *qwen3vl_inputs.args)
+def test_the_change_adds_no_trace_hazard(qwen3vl_export, qwen3vl_grid, qwen3vl_record):
+    golden = qwen3vl_export.trace_hazards("golden", qwen3vl_grid)
+    modified = qwen3vl_export.trace_hazards("modified", qwen3vl_grid)
     known = {hazard.key for hazard in golden}
     added = [hazard for hazard in modified if hazard.key not in known]
     assert not added, "the modified file adds trace hazards: " + "; ".join(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_qwen3vl.export.graph import graph_signature
 from pytest_qwen3vl.plugin.snapshots import contract_document, describe_mismatch, lowering_document
 
 pytestmark = pytest.mark.qwen3vl_export
@@ -28,14 +27,14 @@ LOWERED = [
 
 @pytest.mark.parametrize(("which", "wrapper"), CASES)
 def test_contract(which, wrapper, qwen3vl_export, qwen3vl_grid, qwen3vl_snapshot):
-    document = contract_document(graph_signature(qwen3vl_export(which, qwen3vl_grid, wrapper)))
+    document = contract_document(qwen3vl_export.signature(qwen3vl_export(which, qwen3vl_grid, wrapper)))
     assert qwen3vl_snapshot == document, f"the export's contract changed: {describe_mismatch(qwen3vl_snapshot)}"
 
 
 @pytest.mark.qwen3vl_claim("export-graph-vs-golden")
 @pytest.mark.parametrize(("which", "wrapper"), LOWERED)
 def test_lowering(which, wrapper, qwen3vl_export, qwen3vl_grid, qwen3vl_lowering_snapshot):
-    document = lowering_document(graph_signature(qwen3vl_export(which, qwen3vl_grid, wrapper)))
+    document = lowering_document(qwen3vl_export.signature(qwen3vl_export(which, qwen3vl_grid, wrapper)))
     assert qwen3vl_lowering_snapshot == document, (
         f"the exported graph changed: {describe_mismatch(qwen3vl_lowering_snapshot)}"
     )

@@ -19,13 +19,13 @@ from pytest_qwen3vl.model.inputs import VisionInputs, make_inputs
 from pytest_qwen3vl.model.outputs import deepstack as deepstack_of
 from pytest_qwen3vl.model.outputs import merged
 from pytest_qwen3vl.model.references import (
+    AttentionReferences,
     Call,
     frame_lengths,
     interpolated_pos_embed,
     only_call,
     record_calls,
     rope_inv_freq,
-    vision_attention_reference,
     vision_cos_sin,
 )
 
@@ -71,9 +71,19 @@ def _check_block0_cos_sin(call: Call, grid: Grid, vision: Any, which: str) -> fl
     return err
 
 
+@pytest.fixture(scope="module")
+def attention_references() -> AttentionReferences:
+    """The float64 attention references, shared by golden's and modified's vision-rope on equal inputs."""
+    return AttentionReferences()
+
+
 @which_model
 @pytest.mark.qwen3vl_claim("vision-rope")
-def test_vision_rope_rotates_q_and_k(request, which, qwen3vl_config, qwen3vl_eager_inputs, qwen3vl_record):
+def test_vision_rope_rotates_q_and_k(
+    request, which, qwen3vl_config, qwen3vl_eager_inputs, qwen3vl_eager_runs, attention_references, qwen3vl_record
+):
+    """The first block's attention call of the forward the other eager claims read (flag unset)."""
+
     def check(qwen3vl_inputs: VisionInputs) -> str:
         model = _model(request, which)
         vision = vision_config(qwen3vl_config)
@@ -87,13 +97,11 @@ def test_vision_rope_rotates_q_and_k(request, which, qwen3vl_config, qwen3vl_eag
         assert inv_err < 1e-6, (
             f"{which}: inv_freq is not 1e4^(-2i/{dim}): {inv_freq.tolist()} vs {want.tolist()}"
         )
-        with record_calls(model, ["blocks.0.attn"]) as calls, torch.inference_mode():
-            model(*qwen3vl_inputs.args)
-        call = only_call(calls, "blocks.0.attn")
+        call = only_call(qwen3vl_eager_runs(which, qwen3vl_inputs.grid).calls, "blocks.0.attn")
         trig_err = _check_block0_cos_sin(call, qwen3vl_inputs.grid, vision, which)
         images = qwen3vl_inputs.grid.images
         cos, sin = vision_cos_sin(images, vision.spatial_merge_size, dim, THETA)
-        want_out = vision_attention_reference(
+        want_out = attention_references(
             model.blocks[0].attn, call.args[0], cos, sin, vision.num_heads, frame_lengths(images)
         )
         attn_err = _max_err(call.output, want_out) / want_out.abs().max().item()

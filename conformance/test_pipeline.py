@@ -45,8 +45,9 @@ def full_model(qwen3vl_golden_module, qwen3vl_config, qwen3vl_golden_vision, qwe
         pytest.skip(f"not run: {exc}")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def pipeline(full_model, qwen3vl_config, qwen3vl_inputs, qwen3vl_settings) -> Pipeline:
+    """Golden's whole-model forward on the prompt, once per grid for both claims (neither changes it)."""
     counts = pl.image_counts(qwen3vl_inputs.grid_thw, qwen3vl_config.merge_size)
     ids = pl.make_prompt(counts, full_model.config, qwen3vl_settings.seed)
     golden = pl.golden_run(full_model, ids, *qwen3vl_inputs.args)

@@ -10,13 +10,11 @@ from __future__ import annotations
 import pytest
 
 from pytest_qwen3vl.errors import ExportFailed, RecipeUnsupported
-from pytest_qwen3vl.export.recipes import onnx_sweep
-from pytest_qwen3vl.model.grids import SWEEP
 
 pytestmark = pytest.mark.qwen3vl_export
 
 
-def grid_free_sweep(qwen3vl_export, which, grid, golden, seed, exporter="torchscript"):
+def grid_free_sweep(qwen3vl_export, which, grid, exporter="torchscript"):
     """The grid-free file of ``which`` traced at ``grid``, checked on every sweep grid against golden."""
     try:
         path = qwen3vl_export.recipe(which, "grid-free", grid, exporter=exporter)
@@ -24,25 +22,19 @@ def grid_free_sweep(qwen3vl_export, which, grid, golden, seed, exporter="torchsc
         pytest.skip(f"not run: {exc.summary}")
     except ExportFailed as exc:
         pytest.fail(f"the grid-free recipe ({exporter}) does not export the {which} file: {exc.summary}", pytrace=False)
-    return onnx_sweep(qwen3vl_export.session(path), golden, SWEEP, seed)
+    return qwen3vl_export.sweep(path)
 
 
 @pytest.mark.qwen3vl_claim("grid-free-export")
-def test_one_grid_free_file_serves_every_sweep_grid(
-    qwen3vl_export, qwen3vl_grid, qwen3vl_golden_vision, qwen3vl_settings, qwen3vl_record
-):
-    result = grid_free_sweep(qwen3vl_export, "modified", qwen3vl_grid, qwen3vl_golden_vision, qwen3vl_settings.seed)
+def test_one_grid_free_file_serves_every_sweep_grid(qwen3vl_export, qwen3vl_grid, qwen3vl_record):
+    result = grid_free_sweep(qwen3vl_export, "modified", qwen3vl_grid)
     assert not result.wrong, f"the grid-free file of the modified model traced at {qwen3vl_grid.id} {result.line()}"
     worst = max(float(check.detail.rpartition(" ")[2]) for check in result.checks)
     qwen3vl_record.holds(f"one file traced at {qwen3vl_grid.id} {result.line()} (relative L2 at most {worst:.2g})")
 
 
 @pytest.mark.qwen3vl_claim("grid-free-dynamo")
-def test_grid_free_recipe_exports_with_dynamo_and_serves_every_sweep_grid(
-    qwen3vl_export, qwen3vl_grid, qwen3vl_golden_vision, qwen3vl_settings, qwen3vl_record
-):
-    result = grid_free_sweep(
-        qwen3vl_export, "modified", qwen3vl_grid, qwen3vl_golden_vision, qwen3vl_settings.seed, exporter="dynamo"
-    )
+def test_grid_free_recipe_exports_with_dynamo_and_serves_every_sweep_grid(qwen3vl_export, qwen3vl_grid, qwen3vl_record):
+    result = grid_free_sweep(qwen3vl_export, "modified", qwen3vl_grid, exporter="dynamo")
     assert not result.wrong, f"the dynamo grid-free file traced at {qwen3vl_grid.id} {result.line()}"
     qwen3vl_record.holds(f"exports (no data-dependent guard left); one file {result.line()}")

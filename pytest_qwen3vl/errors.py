@@ -83,6 +83,15 @@ class OutputContractError(Qwen3VLError, TypeError):
     """A vision forward whose result is neither known output structure (4.57.6's tuple, 5.x's ModelOutput)."""
 
 
+class ModelRaised(Qwen3VLError):
+    """The model under test raised while it was measured for a cached measurement: ``error`` is its own
+    exception, a fact about the file; a fault of the cache around it is never wrapped in this."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error = error
+
+
 def child_failure(output: str, returncode: int) -> str:
     """What a failed child process said, in one line: its last exception line, else its last line
     (a builder may print progress after the error), else its exit status."""

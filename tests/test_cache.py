@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_qwen3vl.errors import ExporterUnavailable, ExportFailed
-from pytest_qwen3vl.export.cache import ArtifactCache, cache_key
+from pytest_qwen3vl.export.cache import ArtifactCache, Unpublished, cache_key, file_digest
 from pytest_qwen3vl.versions import ABSENT, library_versions
 
 if TYPE_CHECKING:
@@ -168,6 +168,33 @@ def test_a_damaged_entry_is_rebuilt_never_returned(tmp_path: Path, harm: Callabl
     assert [b["status"] for b in later.builds()] == ["built", "damaged", "built"]
     assert later.builds()[1]["reason"]
     assert later.events == {"damaged": 1, "built": 1}
+
+
+def test_an_unpublished_result_comes_back_and_is_built_again(tmp_path: Path) -> None:
+    """A build that raises ``Unpublished`` hands its value to the caller; nothing is kept for the next one."""
+    cache = ArtifactCache(tmp_path)
+
+    def not_kept(path: Path) -> None:
+        path.write_text("a verdict every run measures")
+        raise Unpublished("serves 8 of 9 grids")
+
+    for _ in range(2):
+        with pytest.raises(Unpublished) as raised:
+            cache.get_or_create(PARTS, "sweep.json", not_kept)
+        assert raised.value.value == "serves 8 of 9 grids"
+    assert not cache.path_for(PARTS, "sweep.json").exists() and list(cache.staging.iterdir()) == []
+    assert [b["status"] for b in cache.builds()] == ["unpublished", "unpublished"]
+
+
+def test_the_recorded_sha256_is_the_files_and_only_for_a_verified_file(tmp_path: Path) -> None:
+    cache = ArtifactCache(tmp_path)
+    path = cache.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("whole"))
+    assert ArtifactCache(tmp_path).recorded_sha256(path) == file_digest(path)
+    _truncate(path)
+    with pytest.raises(ValueError, match="not a verified file"):
+        ArtifactCache(tmp_path).recorded_sha256(path)
+    with pytest.raises(ValueError, match="not a verified file"):
+        cache.recorded_sha256(tmp_path / "elsewhere.onnx")
 
 
 def test_damage_after_verification_in_the_same_process_is_noticed(tmp_path: Path) -> None:

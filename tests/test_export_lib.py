@@ -11,7 +11,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from pytest_qwen3vl.errors import ExporterUnavailable, ExportFailed
+from pytest_qwen3vl.errors import ExporterUnavailable, ExportFailed, ModelRaised
 from pytest_qwen3vl.export.builder import (
     ExportResult,
     _publish,
@@ -28,6 +28,7 @@ from pytest_qwen3vl.model.build import VisionPair
 from pytest_qwen3vl.model.configs import resolve_config
 from pytest_qwen3vl.model.grids import Grid, other_grid
 from pytest_qwen3vl.model.inputs import VisionInputs, make_inputs
+from tests.test_recipes import session_exports
 
 GRID = Grid.parse("1,4,4")
 
@@ -243,6 +244,38 @@ def test_deepstack_calls_counted_per_merger(
     assert count_deepstack_calls(model, *inputs.args, trace=trace, flag=flag) == expected
     assert_untouched(model)
     assert all(not merger._forward_hooks for merger in model.deepstack_merger_list)
+
+
+def test_counts_and_hazards_are_measured_once_then_read_from_the_cache(pair: VisionPair, tmp_path: Path) -> None:
+    """What another worker, or the next run, gets: the same lists, without tracing the model again."""
+    first, later = session_exports(pair, tmp_path), session_exports(pair, tmp_path)
+    args = make_inputs(GRID, resolve_config("tiny", Path()), 0).args
+    counts = first.deepstack_calls("modified", GRID, trace=True, flag=None)
+    hazards = first.trace_hazards("modified", GRID)
+    assert counts == count_deepstack_calls(pair.modified, *args, trace=True, flag=None) == [0, 0, 0]
+    assert hazards == trace_hazards(pair.modified, *args) and hazards
+    assert later.deepstack_calls("modified", GRID, trace=True, flag=None) == counts
+    assert later.trace_hazards("modified", GRID) == hazards
+    assert later.measured.events == {"reused": 2}
+    assert first.deepstack_calls("modified", GRID, trace=True, flag=True) == [0, 0, 0]  # another case, measured
+    assert first.measured.events == {"built": 3}
+
+
+def test_a_model_that_raises_while_counted_is_measured_again(
+    pair: VisionPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its exception is the verdict (ModelRaised carries it), and a verdict against the file is never kept."""
+    exports = session_exports(pair, tmp_path)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("merger exploded")
+
+    monkeypatch.setattr(pair.modified.merger, "forward", broken)
+    for _ in range(2):
+        with pytest.raises(ModelRaised) as raised:
+            exports.deepstack_calls("modified", GRID, trace=False, flag=None)
+        assert isinstance(raised.value.error, RuntimeError) and "merger exploded" in str(raised.value.error)
+    assert exports.measured.events == {"unpublished": 2}
 
 
 def test_runtime_errors_name_the_failing_node_and_only_onnx_runtimes_count() -> None:

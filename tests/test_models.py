@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from pytest_qwen3vl.model.build import VisionPair, build_pair, deepstack_export_flag
@@ -66,3 +68,20 @@ def test_export_flag_is_restored(pair: VisionPair) -> None:
             assert not hasattr(model, "_skip_deepstack_export")
         assert model._skip_deepstack_export is True
     assert "_skip_deepstack_export" not in model.__dict__
+
+
+def test_an_attention_reference_is_shared_only_on_equal_inputs_and_the_same_weights(pair: VisionPair) -> None:
+    """Golden's and modified's first attention share their weights: one float64 reference serves both."""
+    from pytest_qwen3vl.model.references import AttentionReferences, vision_attention_reference
+
+    references = AttentionReferences()
+    hidden = torch.randn(16, 64, generator=torch.Generator().manual_seed(0))
+    cos, sin = torch.ones(16, 16, dtype=torch.float64), torch.zeros(16, 16, dtype=torch.float64)
+    golden, modified = pair.golden.blocks[0].attn, pair.modified.blocks[0].attn
+    first = references(golden, hidden, cos, sin, 4, [16])
+    assert torch.equal(first, vision_attention_reference(golden, hidden, cos, sin, 4, [16]))
+    assert references(modified, hidden.clone(), cos, sin, 4, [16]) is first
+    assert references(modified, hidden + 1, cos, sin, 4, [16]) is not first
+    assert references(modified, hidden, cos, sin, 4, [8, 8]) is not first
+    copied = copy.deepcopy(golden)  # equal weights, but its own tensors: a file could change them
+    assert references(copied, hidden, cos, sin, 4, [16]) is not first

@@ -195,6 +195,32 @@ def test_unused_plugin_imports_nothing_heavy(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1)
 
 
+FREEZE_PROBE = """
+import gc
+from pathlib import Path
+
+def pytest_unconfigure(config):
+    if hasattr(config, "workerinput"):  # after the plugin's sessionfinish, as close to the exit as a hook gets
+        Path("frozen.txt").write_text(str(gc.get_freeze_count()))
+"""
+
+
+@pytest.mark.parametrize(("test", "frozen"), [
+    ("def test_models(qwen3vl_golden_module):\n    pass\n", True),
+    ("def test_nothing():\n    pass\n", False),
+], ids=["models-imported", "plugin-unused"])
+def test_an_xdist_worker_that_imported_the_models_freezes_what_survives(
+    pytester: pytest.Pytester, test: str, frozen: bool
+) -> None:
+    """So that its exit does not walk every object of torch and transformers again while the controller
+    waits; a worker that did not import them is left as it is."""
+    pytester.makeconftest(FREEZE_PROBE)
+    pytester.makepyfile(test)
+    result = pytester.runpytest_subprocess("-n", "1", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert (int((pytester.path / "frozen.txt").read_text()) > 0) is frozen
+
+
 def collected(result: pytest.RunResult) -> list[str]:
     return [line for line in result.outlines if "::" in line]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from types import MethodType
@@ -17,6 +18,7 @@ import torch
 from pytest_qwen3vl.errors import ExportFailed, RecipeUnsupported
 from pytest_qwen3vl.export import gridfree
 from pytest_qwen3vl.export.builder import export_vision
+from pytest_qwen3vl.export.graph import graph_digest, graph_signature
 from pytest_qwen3vl.export.recipes import DEFAULT_GRID, export_recipe, onnx_sweep, pytorch_sweep, trace_inputs
 from pytest_qwen3vl.export.runtime import ort_session
 from pytest_qwen3vl.model.build import VisionPair, build_pair
@@ -34,12 +36,17 @@ SQUARE = {"1x16x16", "1x24x24", "1x48x48", "2x16x16", "1x16x16+1x16x16"}
 NOT_SQUARE = {grid.id for grid in SWEEP} - SQUARE
 
 
+def session_exports(pair: VisionPair, cache: Path) -> SessionExports:
+    """What ``qwen3vl_export`` gives one process: the exports of ``cache`` and what was measured on them."""
+    golden = installed_golden_path()
+    sources = {"golden": golden, "modified": write_reference_modified(golden, cache)}
+    return SessionExports(pair, sources, resolve_config("tiny", golden.parent), 0, cache / "exports")
+
+
 @pytest.fixture(scope="module")
 def exports(pair: VisionPair, shared_cache: Path) -> SessionExports:
     """The session's export cache: each recipe file is exported once for every test that asks."""
-    golden = installed_golden_path()
-    sources = {"golden": golden, "modified": write_reference_modified(golden, shared_cache)}
-    return SessionExports(pair, sources, resolve_config("tiny", golden.parent), 0, shared_cache / "exports")
+    return session_exports(pair, shared_cache)
 
 
 def swapped_pos_embed(self: Any, grid_thw: torch.Tensor) -> torch.Tensor:
@@ -143,6 +150,37 @@ def test_report_recipe_file_serves_only_the_grid_it_was_traced_at(exports: Sessi
     assert "ONNX Runtime fails at Reshape node" in result.line()
     metadata = {entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}
     assert metadata["qwen3vl.serves"] == "only the grid it was traced at (1x24x24)"
+
+
+def test_a_sweep_is_measured_once_then_read_from_the_cache(pair: VisionPair, shared_cache: Path) -> None:
+    """What the other xdist worker, or the next run, does: read the result, open no ONNX Runtime session."""
+    first, later = session_exports(pair, shared_cache), session_exports(pair, shared_cache)
+    measured = first.sweep(first.recipe("modified", "grid-free", DEFAULT_GRID))
+    read = later.sweep(later.recipe("modified", "grid-free", DEFAULT_GRID))
+    assert read == measured and not read.wrong, read.line()
+    assert first.measured.events["built"] + first.measured.events["reused"] == 1
+    assert later.measured.events == {"reused": 1}
+
+
+def test_a_signature_and_digest_are_measured_once_then_read_from_the_cache(
+    pair: VisionPair, shared_cache: Path
+) -> None:
+    """Read back as measured, keys in the same order (snapshots compare the documents made from them)."""
+    first, later = session_exports(pair, shared_cache), session_exports(pair, shared_cache)
+    path = first.recipe("modified", "grid-free", DEFAULT_GRID)
+    signature, digest = first.signature(path), first.digest(path)
+    assert json.dumps(signature) == json.dumps(graph_signature(path)) and digest == graph_digest(path)
+    assert (later.signature(path), later.digest(path)) == (signature, digest)
+    assert later.measured.events == {"reused": 2}
+
+
+def test_a_sweep_with_a_wrong_grid_is_measured_again(pair: VisionPair, shared_cache: Path) -> None:
+    """The report recipe's file serves its own grid only: that verdict is never replayed from the cache."""
+    exports = session_exports(pair, shared_cache)
+    path = exports.recipe("modified", "report", DEFAULT_GRID)
+    once, again = exports.sweep(path), exports.sweep(path)
+    assert once == again and len(once.wrong) == len(SWEEP) - 1, once.line()
+    assert exports.measured.events == {"unpublished": 2}
 
 
 @pytest.mark.parametrize(

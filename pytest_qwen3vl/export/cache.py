@@ -17,8 +17,12 @@ this model) is remembered under the same key, which holds every input including 
 a later request raises the same failure without paying for the attempt, and any change of an
 input is another key, so a remembered failure cannot outlive its cause.
 
-Every build, whether it succeeded, failed or replaced a damaged entry, appends one JSON line to
-``<root>/builds.log`` (key, key parts, file name, status, seconds, pid, xdist worker, time).
+A build may also hand its result back without publishing it (``Unpublished``): a result that every
+run must measure afresh, such as a gate table with unmeasured cells or a sweep with a wrong grid.
+
+Every build, whether it succeeded, failed, was not published or replaced a damaged entry, appends
+one JSON line to ``<root>/builds.log`` (key, key parts, file name, status, seconds, pid, xdist
+worker, time).
 """
 
 from __future__ import annotations
@@ -43,6 +47,17 @@ _CHUNK = 1 << 20
 
 # What ``events`` counts: each a word of the summary line.
 BUILT, FAILED, DAMAGED, REMEMBERED, REUSED = "built", "failed", "damaged", "remembered", "reused"
+# A build's status in the log when it raised ``Unpublished``.
+UNPUBLISHED = "unpublished"
+
+
+class Unpublished(Exception):
+    """Raised by a build to hand ``value`` back to its caller without publishing anything: a result
+    that must be measured again in every run. ``get_or_create`` logs it and lets it through."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__("built, not published")
+        self.value = value
 
 
 def cache_key(key_parts: Mapping[str, str], filename: str) -> str:
@@ -143,7 +158,8 @@ class ArtifactCache:
 
         ``build`` must write ``path`` (a fresh folder's file); anything else it writes into that
         folder is published along with it. Its exceptions propagate and nothing is published; an
-        ``ExportFailed`` with ``remember`` set is also recorded and raised again on later requests.
+        ``ExportFailed`` with ``remember`` set is also recorded and raised again on later requests,
+        an ``Unpublished`` is built again on the next request.
         """
         from filelock import FileLock  # imported here: ~30 ms that a cache hit does not need
 
@@ -167,6 +183,14 @@ class ArtifactCache:
                 self._log(key, key_parts, filename, DAMAGED, 0.0, problem)
             self._build(key, key_parts, filename, build)
         return published
+
+    def recorded_sha256(self, published: Path) -> str:
+        """The sha256 of a file this cache published, as its manifest records it, once the file has
+        been checked against the manifest (once per process): a digest of a large file without reading it again."""
+        if not self._trusted(published, published.name):
+            raise ValueError(f"{published} is not a verified file of the cache at {self.root}")
+        entries = json.loads((published.parent / MANIFEST).read_text(encoding="utf-8"))["files"]
+        return str(entries[published.name]["sha256"])
 
     def builds(self) -> list[dict[str, Any]]:
         """Every build logged so far, oldest first (a torn last line, from a killed process, is skipped)."""
@@ -192,7 +216,8 @@ class ArtifactCache:
             self._discard(self.objects / key)
             os.replace(workdir, self.objects / key)
         except BaseException as exc:
-            self._log(key, key_parts, filename, FAILED, time.perf_counter() - started)
+            status = UNPUBLISHED if isinstance(exc, Unpublished) else FAILED
+            self._log(key, key_parts, filename, status, time.perf_counter() - started)
             shutil.rmtree(workdir, ignore_errors=True)
             if isinstance(exc, ExportFailed) and exc.remember:
                 self._remember(key, exc)

@@ -30,7 +30,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
 from pytest_qwen3vl.export.builder import quiet_logging
-from pytest_qwen3vl.export.cache import ArtifactCache, code_digest, file_digest
+from pytest_qwen3vl.export.cache import ArtifactCache, Unpublished, code_digest, file_digest
 from pytest_qwen3vl.source.diff import FLAG, MODES, find_deepstack_if, read_source
 from pytest_qwen3vl.versions import EXPORT_LIBRARIES, library_versions
 
@@ -258,14 +258,6 @@ def expected_predicates() -> dict[str, dict[str, bool]]:
     return {exporter: MODES[mode] for exporter, mode in EXPORTER_MODES.items()}
 
 
-class _Incomplete(Exception):
-    """A table with cells an exporter could not measure: returned, never cached."""
-
-    def __init__(self, table: GateTable) -> None:
-        super().__init__("incomplete gate table")
-        self.table = table
-
-
 def gate_table(
     test: str,
     module: ModuleType | Mapping[str, Any],
@@ -293,14 +285,15 @@ def gate_table(
 
     def build(path: Path) -> None:
         table = measure_gate(test, module)
-        if table.errors:
-            raise _Incomplete(table)
+        if table.errors:  # cells an exporter could not measure: returned, never cached
+            raise Unpublished(table)
         path.write_text(table.to_json(), encoding="utf-8")
 
     try:
         return GateTable.from_json(cache.get_or_create(parts, "gate.json", build).read_text(encoding="utf-8"))
-    except _Incomplete as incomplete:
-        return incomplete.table
+    except Unpublished as incomplete:
+        table: GateTable = incomplete.value
+        return table
 
 
 # Judging a file's table against the report's words and the report's own condition.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -210,6 +211,13 @@ class SweepResult:
     @property
     def wrong(self) -> list[GridCheck]:
         return [check for check in self.checks if not check.ok]
+
+    def to_json(self) -> str:
+        return json.dumps([[check.grid.text, check.ok, check.detail] for check in self.checks])
+
+    @classmethod
+    def from_json(cls, text: str) -> SweepResult:
+        return cls(tuple(GridCheck(Grid.parse(grid), bool(ok), str(detail)) for grid, ok, detail in json.loads(text)))
 
     def line(self) -> str:
         """``serves 9 of 9 grids`` or ``serves 5 of 9 grids; wrong on 1x16x40 (...), ...``."""

@@ -156,6 +156,35 @@ def vision_attention_reference(
     return out @ attn.proj.weight.double().T + attn.proj.bias.double()
 
 
+class AttentionReferences:
+    """``vision_attention_reference``, computed once per distinct input.
+
+    Golden and modified share their weights (the very tensors), so where the modified attention gets
+    golden's block input, the two vision-rope claims compare with one reference, the costliest part
+    of the claim (float64 attention over every patch pair). Inputs are compared with ``torch.equal``
+    and weights by identity: a file whose input or weights differ gets a reference of its own.
+    """
+
+    def __init__(self) -> None:
+        self._done: list[tuple[tuple[Any, ...], tuple[torch.Tensor, ...], torch.Tensor]] = []
+
+    def __call__(
+        self, attn: torch.nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+        num_heads: int, chunks: Sequence[int],
+    ) -> torch.Tensor:
+        import torch
+
+        fixed = (attn.qkv.weight, attn.qkv.bias, attn.proj.weight, attn.proj.bias, num_heads, tuple(chunks))
+        tensors = (hidden, cos, sin)
+        for known, seen, reference in self._done:
+            same_fixed = all(a is b for a, b in zip(known[:4], fixed[:4], strict=True)) and known[4:] == fixed[4:]
+            if same_fixed and all(torch.equal(a, b) for a, b in zip(seen, tensors, strict=True)):
+                return reference
+        reference = vision_attention_reference(attn, hidden, cos, sin, num_heads, chunks)
+        self._done.append((fixed, tensors, reference))
+        return reference
+
+
 def interpolated_pos_embed(table: torch.Tensor, images: Sequence[Image], merge_size: int) -> torch.Tensor:
     """The learned position table bilinearly resampled to each image's grid, in patch order, float64.
 

@@ -5,34 +5,56 @@ for a (file, grid, wrapper, exporter) exports it under a file lock, the others w
 published file, and later runs with the same sources, config, seed and library versions export
 nothing. An export that fails (the dynamo exporter on this model) is remembered by the cache under
 the same key, so every later request gets the same one-line ``ExportFailed`` without paying for the
-attempt again, in this run and the next, until an input changes.
+attempt again, in this run and the next, until an input changes. What is measured on a published
+file (``sweep``, ``signature``, ``digest``) is kept the same way under ``<cache dir>/exports/measured``.
 
 torch, onnx and onnxruntime are imported only when an export, a session or a run needs them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_qwen3vl.errors import ModelRaised
 from pytest_qwen3vl.export.builder import DEFAULT_OPSET, EXPORTER_NAMES, WRAPPER_NAMES, export_vision
-from pytest_qwen3vl.export.cache import BUILT, DAMAGED, FAILED, REMEMBERED, REUSED, ArtifactCache, code_digest
-from pytest_qwen3vl.export.recipes import LAYOUTS, RECIPE_NAMES, RECIPES, export_recipe, wrapper_for
-from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.export.cache import (
+    BUILT,
+    DAMAGED,
+    FAILED,
+    REMEMBERED,
+    REUSED,
+    ArtifactCache,
+    Unpublished,
+    code_digest,
+)
+from pytest_qwen3vl.export.recipes import (
+    LAYOUTS,
+    RECIPE_NAMES,
+    RECIPES,
+    SweepResult,
+    export_recipe,
+    onnx_sweep,
+    wrapper_for,
+)
+from pytest_qwen3vl.model.grids import SWEEP, Grid
+from pytest_qwen3vl.model.inputs import make_inputs
 from pytest_qwen3vl.source.files import sha256_file
 from pytest_qwen3vl.versions import library_versions
 
 if TYPE_CHECKING:
     import onnxruntime
 
+    from pytest_qwen3vl.export.tracing import TraceHazard
     from pytest_qwen3vl.model.build import VisionPair
     from pytest_qwen3vl.model.configs import ModelSpec
 
@@ -59,16 +81,18 @@ class SessionExports:
         on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.cache = ArtifactCache(cache_dir, on_event)
+        self.measured = ArtifactCache(cache_dir / "measured")
         self.opset = opset
         self._pair = pair
         self._spec = spec
         self._seed = seed
+        self._sources = dict(sources)
         self._digests = {role: sha256_file(path) for role, path in sources.items()}
         self._sessions: dict[Path, onnxruntime.InferenceSession] = {}
         self._created = time.time()
 
-    def key_parts(self, which: str, grid: Grid, wrapper: str, exporter: str, recipe: str = "builder") -> dict[str, str]:
-        """What the export is made from. The golden file's hash is in every key: golden's
+    def model_parts(self, which: str, grid: Grid) -> dict[str, str]:
+        """What the model on a grid is made from. The golden file's hash is in every key: golden's
         initialisation draws the weights that the modified model shares."""
         sources = {"golden": self._digests["golden"]}
         if which == "modified":
@@ -79,12 +103,18 @@ class SessionExports:
             "config": self._spec.key(),
             "seed": str(self._seed),
             "grid": grid.text,
+            "libraries": json.dumps(library_versions(), sort_keys=True),
+            "code": code_digest(),
+        }
+
+    def key_parts(self, which: str, grid: Grid, wrapper: str, exporter: str, recipe: str = "builder") -> dict[str, str]:
+        """What the export is made from: the model on the grid, and how it is exported."""
+        return {
+            **self.model_parts(which, grid),
             "wrapper": wrapper,
             "exporter": exporter,
             "opset": str(self.opset),
-            "libraries": json.dumps(library_versions(), sort_keys=True),
             "recipe": recipe,
-            "code": code_digest(),
         }
 
     def __call__(self, which: str, grid: Grid, wrapper: str = "pooled", exporter: str = "torchscript") -> Path:
@@ -95,8 +125,6 @@ class SessionExports:
         model = getattr(self._pair, which)
 
         def build(path: Path) -> None:
-            from pytest_qwen3vl.model.inputs import make_inputs
-
             inputs = make_inputs(grid, self._spec, self._seed)
             export_vision(model, *inputs.args, path, wrapper=wrapper, exporter=exporter, opset=self.opset)
 
@@ -118,6 +146,108 @@ class SessionExports:
                           seed=self._seed)
 
         return self.cache.get_or_create(parts, filename, build)
+
+    def sweep(self, path: Path, grids: Sequence[Grid] = SWEEP) -> SweepResult:
+        """``onnx_sweep`` of a file this cache published against golden on ``grids``, measured once per
+        (file content, golden file, config, seed, grids): the other workers and later runs read the
+        result instead of running golden and ONNX Runtime on every grid again.
+
+        A result with a wrong grid is returned but not kept: a verdict against the file is measured
+        in the run that reports it.
+        """
+
+        def measure() -> str:
+            result = onnx_sweep(self.session(path), self._pair.golden, grids, self._seed)
+            if result.wrong:
+                raise Unpublished(result)
+            return result.to_json()
+
+        try:
+            return SweepResult.from_json(self._measured(
+                path, "onnx-sweep", measure, golden=self._digests["golden"], config=self._spec.key(),
+                seed=str(self._seed), grids=" ".join(grid.text for grid in grids),
+            ))
+        except Unpublished as wrong:
+            result: SweepResult = wrong.value
+            return result
+
+    def signature(self, path: Path) -> dict[str, Any]:
+        """``graph_signature`` of a file this cache published, measured once per file content: a warm
+        run reads it and never imports onnx (over a second per process)."""
+        from pytest_qwen3vl.export.graph import graph_signature
+
+        signature: dict[str, Any] = json.loads(
+            self._measured(path, "graph-signature", lambda: json.dumps(graph_signature(path)))
+        )
+        return signature
+
+    def digest(self, path: Path) -> str:
+        """``graph_digest`` of a file this cache published, measured once per file content."""
+        from pytest_qwen3vl.export.graph import graph_digest
+
+        return self._measured(path, "graph-digest", lambda: graph_digest(path))
+
+    def deepstack_calls(self, which: str, grid: Grid, *, trace: bool, flag: bool | None) -> list[int]:
+        """``count_deepstack_calls`` of a model on ``make_inputs(grid, spec, seed)``, eager or traced, with
+        ``flag``: measured once per (model's sources, config, seed, grid, case, library versions, code).
+
+        A model that raises raises ``ModelRaised`` with its exception, and is measured again on the
+        next request; anything else that goes wrong is the cache's, and propagates as it is.
+        """
+        from pytest_qwen3vl.export.tracing import count_deepstack_calls
+
+        _check(which=(which, ROLES))
+
+        def measure() -> str:
+            model = getattr(self._pair, which)
+            inputs = make_inputs(grid, self._spec, self._seed)
+            try:
+                counts = count_deepstack_calls(model, *inputs.args, trace=trace, flag=flag)
+            except Exception as exc:  # the model's own failure: the caller's verdict, never kept
+                raise Unpublished(exc) from exc
+            return json.dumps(counts)
+
+        parts = {**self.model_parts(which, grid), "trace": str(trace), "flag": str(flag)}
+        try:
+            kept: list[int] = json.loads(self._kept("deepstack-calls", parts, measure))
+        except Unpublished as raised:
+            raise ModelRaised(raised.value) from raised.value
+        return kept
+
+    def trace_hazards(self, which: str, grid: Grid) -> list[TraceHazard]:
+        """``trace_hazards`` of a model on ``make_inputs(grid, spec, seed)``, measured once per (model's
+        sources and their paths, config, seed, grid, library versions, code): the hazards name the files."""
+        from pytest_qwen3vl.export.tracing import TraceHazard, trace_hazards
+
+        _check(which=(which, ROLES))
+
+        def measure() -> str:
+            inputs = make_inputs(grid, self._spec, self._seed)
+            hazards = trace_hazards(getattr(self._pair, which), *inputs.args)
+            return json.dumps([dataclasses.asdict(hazard) for hazard in hazards])
+
+        paths = json.dumps({role: str(path.resolve()) for role, path in self._sources.items()}, sort_keys=True)
+        kept = json.loads(self._kept("trace-hazards", {**self.model_parts(which, grid), "paths": paths}, measure))
+        return [TraceHazard(**hazard) for hazard in kept]
+
+    def _measured(self, path: Path, kind: str, measure: Callable[[], str], **parts: str) -> str:
+        """What ``measure()`` says about a published file, kept under (kind, the file's sha256 from its
+        verified manifest, ``parts``, library versions, our code)."""
+        key = {
+            "file": self.cache.recorded_sha256(path),
+            "libraries": json.dumps(library_versions(), sort_keys=True),
+            "code": code_digest(),
+            **parts,
+        }
+        return self._kept(kind, key, measure)
+
+    def _kept(self, kind: str, parts: Mapping[str, str], measure: Callable[[], str]) -> str:
+        """``measure()``'s text, kept in ``measured`` under ``kind`` and ``parts``; made once per key."""
+
+        def build(out: Path) -> None:
+            out.write_text(measure(), encoding="utf-8")
+
+        return self.measured.get_or_create({"kind": kind, **parts}, f"{kind}.txt", build).read_text(encoding="utf-8")
 
     def session(self, path: Path) -> onnxruntime.InferenceSession:
         """An ONNX Runtime session for an exported file, made once per file in this process."""

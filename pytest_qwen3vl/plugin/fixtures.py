@@ -18,6 +18,7 @@ from pytest_qwen3vl.errors import SourceError
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.plugin.claims import ClaimRecorder
 from pytest_qwen3vl.plugin.settings import Settings, settings_of
+from pytest_qwen3vl.plugin.worker import MODELS_IMPORTED
 from pytest_qwen3vl.source import files as sources
 from pytest_qwen3vl.source.fingerprints import fork_mismatch
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from pytest_qwen3vl.export.gate import GateTable
     from pytest_qwen3vl.model.build import VisionPair
     from pytest_qwen3vl.model.configs import ModelSpec
+    from pytest_qwen3vl.model.eager import EagerRuns
     from pytest_qwen3vl.model.inputs import VisionInputs
     from pytest_qwen3vl.plugin.exports import SessionExports
     from pytest_qwen3vl.plugin.genai import SessionGenai
@@ -85,8 +87,9 @@ def qwen3vl_modified_path(qwen3vl_settings: Settings, qwen3vl_golden: sources.Go
     return qwen3vl_settings.modified
 
 
-def _import(path: Path, role: str) -> ModuleType:
+def _import(config: pytest.Config, path: Path, role: str) -> ModuleType:
     """Import, or fail the test with the file and line: no stack trace through the plugin."""
+    config.stash[MODELS_IMPORTED] = True
     try:
         return sources.import_modeling_file(path, role)
     except SourceError as exc:
@@ -95,15 +98,15 @@ def _import(path: Path, role: str) -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def qwen3vl_golden_module(qwen3vl_golden_path: Path) -> ModuleType:
+def qwen3vl_golden_module(pytestconfig: pytest.Config, qwen3vl_golden_path: Path) -> ModuleType:
     """The golden file imported inside ``transformers.models.qwen3_vl``."""
-    return _import(qwen3vl_golden_path, "golden")
+    return _import(pytestconfig, qwen3vl_golden_path, "golden")
 
 
 @pytest.fixture(scope="session")
-def qwen3vl_modified_module(qwen3vl_modified_path: Path) -> ModuleType:
+def qwen3vl_modified_module(pytestconfig: pytest.Config, qwen3vl_modified_path: Path) -> ModuleType:
     """The modified file imported inside ``transformers.models.qwen3_vl``; relative imports resolve."""
-    return _import(qwen3vl_modified_path, "modified")
+    return _import(pytestconfig, qwen3vl_modified_path, "modified")
 
 
 @pytest.fixture(scope="session")
@@ -156,6 +159,19 @@ def qwen3vl_eager_inputs(qwen3vl_config: ModelSpec, qwen3vl_settings: Settings) 
     return tuple(make_inputs(grid, qwen3vl_config, qwen3vl_settings.seed) for grid in qwen3vl_settings.eager_grids)
 
 
+@pytest.fixture(scope="session")
+def qwen3vl_eager_runs(
+    qwen3vl_vision_pair: VisionPair, qwen3vl_eager_inputs: tuple[VisionInputs, ...]
+) -> EagerRuns:
+    """``qwen3vl_eager_runs(which, grid) -> EagerRun``: the "golden" or "modified" model's forward on an
+    eager grid, flag unset (``.outputs``, and ``.calls`` of the first block's attention), run once per
+    process for every claim that reads it."""
+    from pytest_qwen3vl.model.eager import EagerRuns
+
+    pair = qwen3vl_vision_pair
+    return EagerRuns({"golden": pair.golden, "modified": pair.modified}, qwen3vl_eager_inputs)
+
+
 @pytest.fixture
 def qwen3vl_record(request: pytest.FixtureRequest) -> ClaimRecorder:
     """Record what the test measured for the claim(s) of its ``qwen3vl_claim`` marker."""
@@ -182,7 +198,9 @@ def qwen3vl_export(
     one-line ``summary``; the cache remembers it, so asking again (in this run or a later one with
     the same inputs) raises it again without retrying. ``.recipe(which, name, grid)`` exports a
     recipe of ``qwen3vl-export`` the same way.
-    ``qwen3vl_export.session(path)`` is an ONNX Runtime session per file, ``.builds`` the exports
+    ``qwen3vl_export.session(path)`` is an ONNX Runtime session per file; ``.sweep(path)`` what the file
+    serves on the sweep against golden, ``.signature(path)`` and ``.digest(path)`` its graph signature
+    and digest (each measured once per file content and kept in the cache); ``.builds`` the exports
     this process ran (``<cache dir>/exports/builds.log`` has every worker's).
     """
     from pytest_qwen3vl.plugin.exports import TALLY_KEY, SessionExports

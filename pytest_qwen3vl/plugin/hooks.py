@@ -30,6 +30,7 @@ from pytest_qwen3vl.plugin.settings import (
     settings_from_pytest,
     settings_of,
 )
+from pytest_qwen3vl.plugin.worker import settle_before_exit
 from pytest_qwen3vl.source import files as sources
 
 # The fixtures live in their own module; pytest registers it with this plugin.
@@ -80,11 +81,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(ClaimReporter(config, settings), REPORTER_NAME)
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """xdist worker: hand this process's cache events to the controller."""
+    """xdist worker: hand this process's cache events to the controller, and settle before exiting."""
     output = getattr(session.config, "workeroutput", None)
     if output is not None and TALLY_KEY in session.config.stash:
         output[WORKER_OUTPUT] = dict(session.config.stash[TALLY_KEY].events)
+    settle_before_exit(session.config)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
