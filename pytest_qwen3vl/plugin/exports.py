@@ -6,7 +6,8 @@ published file, and later runs with the same sources, config, seed and library v
 nothing. An export that fails (the dynamo exporter on this model) is remembered by the cache under
 the same key, so every later request gets the same one-line ``ExportFailed`` without paying for the
 attempt again, in this run and the next, until an input changes. What is measured on a published
-file (``sweep``, ``signature``, ``digest``) is kept the same way under ``<cache dir>/exports/measured``.
+file (``sweep``, ``signature``, ``digest``) or on a model under ``torch.jit.trace``
+(``deepstack_calls``, ``trace_hazards``) is kept the same way under ``<cache dir>/exports/measured``.
 
 torch, onnx and onnxruntime are imported only when an export, a session or a run needs them.
 """

@@ -200,8 +200,10 @@ def qwen3vl_export(
     recipe of ``qwen3vl-export`` the same way.
     ``qwen3vl_export.session(path)`` is an ONNX Runtime session per file; ``.sweep(path)`` what the file
     serves on the sweep against golden, ``.signature(path)`` and ``.digest(path)`` its graph signature
-    and digest (each measured once per file content and kept in the cache); ``.builds`` the exports
-    this process ran (``<cache dir>/exports/builds.log`` has every worker's).
+    and digest (each measured once per file content and kept in the cache);
+    ``.deepstack_calls(which, grid, trace=..., flag=...)`` and ``.trace_hazards(which, grid)`` what
+    running or tracing a model does (measured once per model and grid, and kept); ``.builds`` the
+    exports this process ran (``<cache dir>/exports/builds.log`` has every worker's).
     """
     from pytest_qwen3vl.plugin.exports import TALLY_KEY, SessionExports
 
