@@ -160,7 +160,7 @@ def whole_config(spec: ModelSpec, tokens: dict[str, int] | None = None, text: di
     vision, fields = copy.deepcopy(spec.vision), {**copy.deepcopy(spec.text), **(text or {})}
     if spec.checkpoint is None:
         fields["hidden_size"] = vision["out_hidden_size"]
-    top = {**special_tokens(int(fields.get("vocab_size", 151936))), **spec.top, **(tokens or {})}
+    top = {**special_tokens(int(fields.get("vocab_size", _RELEASED_TEXT["vocab_size"]))), **spec.top, **(tokens or {})}
     tie = bool(top.pop("tie_word_embeddings", fields.get("tie_word_embeddings", False)))
     fields["tie_word_embeddings"] = tie
     if fields["hidden_size"] != vision["out_hidden_size"]:
