@@ -45,8 +45,8 @@ export_vision(pair.modified, *make_inputs(Grid.parse("1,24,24"), spec, seed).arg
 
 BARE = r"""
 import sys, torch
-from pytest_qwen3vl.export.artefact import SESSION_CONFIG
-from pytest_qwen3vl.export.runtime import ort_session
+
+from pytest_qwen3vl.runtimes.onnxruntime import LOW_MEMORY, ort_session
 from pytest_qwen3vl.model.build import build_golden
 from pytest_qwen3vl.model.configs import resolve_config
 from pytest_qwen3vl.model.grids import SWEEP
@@ -56,7 +56,7 @@ config, seed, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 golden = installed_golden_path()
 spec = resolve_config(config, golden.parent)
 model = build_golden(import_modeling_file(golden, "golden"), spec, seed)
-session = ort_session(path, config=SESSION_CONFIG)
+session = ort_session(path, config=LOW_MEMORY)
 names = [i.name for i in session.get_inputs()]
 for grid in SWEEP:
     x = make_inputs(grid, spec, seed)

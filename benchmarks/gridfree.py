@@ -13,10 +13,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from pytest_qwen3vl.export.recipes import DEFAULT_GRID, export_recipe, trace_inputs
-from pytest_qwen3vl.export.runtime import ort_session, run_outputs
+from pytest_qwen3vl.export.recipes import export_recipe
 from pytest_qwen3vl.model.build import build_golden
 from pytest_qwen3vl.model.configs import resolve_config
+from pytest_qwen3vl.model.grids import DEFAULT_GRID
+from pytest_qwen3vl.model.inputs import trace_inputs
+from pytest_qwen3vl.runtimes.onnxruntime import ort_session, run_outputs
 from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path
 
 

@@ -34,9 +34,9 @@ t0 = time.perf_counter()
 import torch, transformers.models.qwen3_vl.modeling_qwen3_vl, onnx, onnxruntime
 from pathlib import Path
 from pytest_qwen3vl.export.builder import export_vision
-from pytest_qwen3vl.export.gate import condition_of, measure_gate
+from pytest_qwen3vl.judge.gate import condition_of, measure_gate
 from pytest_qwen3vl.export.recipes import export_recipe
-from pytest_qwen3vl.export.runtime import ort_session, run_pooled
+from pytest_qwen3vl.runtimes.onnxruntime import ort_session, run_pooled
 from pytest_qwen3vl.model.build import build_pair
 from pytest_qwen3vl.model.configs import resolve_config
 from pytest_qwen3vl.model.grids import SWEEP, Grid

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_qwen3vl.export.artefact import compare_weights, misfits, served_line
+from pytest_qwen3vl.judge.finding import served_line
+from pytest_qwen3vl.judge.weights import compare_weights
 from pytest_qwen3vl.model.inputs import patch_dim
+from pytest_qwen3vl.onnxfile.weights import misfits
+from pytest_qwen3vl.plugin.settings import ONNX_OUTPUTS, flag, ini_key
 
 pytestmark = pytest.mark.qwen3vl_artefact
 
@@ -27,7 +30,8 @@ def test_interface(qwen3vl_artefact, qwen3vl_config, qwen3vl_artefact_golden, qw
     check = qwen3vl_artefact
     iface = check.interface
     if not iface.recognised:
-        pytest.fail(iface.mapping_hint(), pytrace=False)
+        pytest.fail(f"{iface.unrecognised_text()}; map them with {flag(ONNX_OUTPUTS)}={iface.mapping_example()} "
+                    f"(ini key {ini_key(ONNX_OUTPUTS)})", pytrace=False)
     problems = []
     width = patch_dim(qwen3vl_config)
     if iface.pixels.dims and isinstance(iface.pixels.dims[-1], int) and iface.pixels.dims[-1] != width:
@@ -37,7 +41,7 @@ def test_interface(qwen3vl_artefact, qwen3vl_config, qwen3vl_artefact_golden, qw
         if port is not None and port.dims and isinstance(port.dims[-1], int) and port.dims[-1] != out:
             problems.append(f"{port.name} is {port.dims[-1]} wide, the config's out_hidden_size {out}")
     shapes = {k: tuple(v.shape) for k, v in qwen3vl_artefact_golden.model.state_dict().items()}
-    problems += misfits(check.structure, shapes)
+    problems += misfits(check.facts.initializers, shapes)
     layers = qwen3vl_artefact_golden.deepstack_layers
     if len(iface.deepstack) > len(layers):
         problems.append(f"{len(iface.deepstack)} DeepStack outputs, the config has {len(layers)}")
@@ -61,7 +65,7 @@ def test_parity(qwen3vl_artefact, qwen3vl_grid, qwen3vl_record):
     if run.error is not None:
         pytest.fail(run.error, pytrace=False)
     measured = "; ".join([*run.problems, *(o.text() for o in run.outputs)])
-    if not run.passes(check.tolerance):
+    if not run.served:
         pytest.fail(f"outside the {check.tolerance_text}: {measured}", pytrace=False)
     qwen3vl_record.holds(f"{measured} ({check.tolerance_text})")
 
@@ -70,7 +74,7 @@ def test_parity(qwen3vl_artefact, qwen3vl_grid, qwen3vl_record):
 def test_grids_served(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record):
     check = qwen3vl_artefact
     _recognised(check)
-    served, line = served_line(check, qwen3vl_settings.grids)
+    served, line = served_line([check.run(g) for g in qwen3vl_settings.grids])
     if not served:
         pytest.fail(line, pytrace=False)
     qwen3vl_record.holds(f"{line}: {', '.join(g.id for g in qwen3vl_settings.grids)}")
@@ -87,7 +91,7 @@ def test_deepstack_outputs(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record):
     if not running:
         error = check.run(qwen3vl_settings.grids[0]).error
         pytest.fail(f"no grid runs, so DeepStack outputs cannot be matched: {error}", pytrace=False)
-    grid = next((g for g in running if check.run(g).passes(check.tolerance)), running[0])
+    grid = next((g for g in running if check.run(g).served), running[0])
     layers = check.golden.deepstack_layers
     found, wrong = [], []
     for match in check.deepstack_matches(grid):
@@ -118,7 +122,7 @@ def test_where_it_goes_wrong(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record)
     check = qwen3vl_artefact
     _recognised(check)
     grids = qwen3vl_settings.grids
-    bad = [g for g in grids if not check.run(g).passes(check.tolerance)]
+    bad = [g for g in grids if not check.run(g).served]
     if not bad:
         qwen3vl_record.holds(f"nothing goes wrong on {len(grids)} grid{'s' if len(grids) != 1 else ''}")
         return

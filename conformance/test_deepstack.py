@@ -19,7 +19,7 @@ from collections.abc import Callable
 import pytest
 
 from pytest_qwen3vl.errors import ModelRaised
-from pytest_qwen3vl.export.gate import (
+from pytest_qwen3vl.judge.gate import (
     EXPORTERS,
     FLAGS,
     GateTable,

@@ -9,21 +9,23 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
 from pytest_qwen3vl.errors import ExportFailed, OutputContractError
-from pytest_qwen3vl.export.builder import POOLED_OUTPUT
-from pytest_qwen3vl.export.gate import ONNX_EXPORTERS, judge_gate, words_table
-from pytest_qwen3vl.export.graph import CONSTANTS_BUCKET
-from pytest_qwen3vl.export.runtime import PARITY_ATOL, PARITY_RTOL, parity, run_pooled, runtime_failure
+from pytest_qwen3vl.judge.finding import served_line
+from pytest_qwen3vl.judge.gate import ONNX_EXPORTERS, judge_gate, words_table
+from pytest_qwen3vl.judge.tolerance import TOLERANCES, measure
 from pytest_qwen3vl.model.grids import other_grid
 from pytest_qwen3vl.model.inputs import make_inputs
 from pytest_qwen3vl.model.outputs import merged
+from pytest_qwen3vl.onnxfile.names import POOLED_OUTPUT
+from pytest_qwen3vl.onnxfile.signature import CONSTANTS_BUCKET
 from pytest_qwen3vl.plugin.snapshots import contract_document, document_changes, lowering_document
+from pytest_qwen3vl.runtimes.onnxruntime import run_pooled, runtime_errors, runtime_failure
 
 pytestmark = pytest.mark.qwen3vl_export
+FP32 = TOLERANCES["fp32"]
 
 REPORTED_GOLDEN_OUTPUTS = 3  # "3 (pooled + 2 deepstack) if traced as-is"
 REPORTED_OUT_HIDDEN = 2560  # "pooled_embeds in R^(num_merged_patches x 2560)"
@@ -189,29 +191,26 @@ def test_first_axes_are_symbolic_but_an_export_holds_for_its_own_grid(
     inputs = make_inputs(other, qwen3vl_config, qwen3vl_settings.seed)
     expected = pytorch_pooled(qwen3vl_modified_vision, *inputs.args).numpy()
     own = run_pooled(qwen3vl_export.session(qwen3vl_export("modified", other)), *inputs.args)
-    assert own.shape == expected.shape and np.allclose(own, expected, rtol=PARITY_RTOL, atol=PARITY_ATOL), (
+    assert own.shape == expected.shape and measure(own, expected, POOLED_OUTPUT, "PyTorch").within(FP32), (
         f"an export at {other.id} does not reproduce PyTorch on {other.id}"
     )
     try:
         foreign = run_pooled(qwen3vl_export.session(path), *inputs.args)
-    except Exception as exc:  # onnxruntime raises its own exception classes
+    except runtime_errors() as exc:
         generalises, outcome = False, f"ONNX Runtime fails at {runtime_failure(exc)}"
     else:
-        generalises = foreign.shape == expected.shape and np.allclose(
-            foreign, expected, rtol=PARITY_RTOL, atol=PARITY_ATOL
-        )
-        outcome = (
-            f"shape {foreign.shape}, PyTorch {expected.shape}"
-            if foreign.shape != expected.shape
-            else f"max abs {parity(foreign, expected).max_abs:.2g} from PyTorch"
-        )
+        if foreign.shape != expected.shape:
+            generalises, outcome = False, f"shape {foreign.shape}, PyTorch {expected.shape}"
+        else:
+            distance = measure(foreign, expected, POOLED_OUTPUT, "PyTorch")
+            generalises, outcome = distance.within(FP32), f"relative L2 {distance.rel_l2:.2g} from PyTorch"
     try:
         grid_free = qwen3vl_export.recipe("modified", "grid-free", qwen3vl_grid)
     except ExportFailed as exc:
         grid_free_line = f"the grid-free recipe does not export: {exc.summary}"
     else:
-        served = qwen3vl_export.sweep(grid_free)
-        grid_free_line = f"grid-free recipe (qwen3vl-export): one file {served.line()} of the sweep"
+        served = served_line(qwen3vl_export.sweep(grid_free))[1]
+        grid_free_line = f"grid-free recipe (qwen3vl-export): one file {served}"
     measured = (
         f"first axes symbolic ({', '.join(sorted(set(first_axes.values())))}); the {qwen3vl_grid.id} export on "
         f"{other.id}: {outcome}; a {other.id} export on {other.id} matches PyTorch; {grid_free_line}"
@@ -224,21 +223,15 @@ def test_first_axes_are_symbolic_but_an_export_holds_for_its_own_grid(
 def test_onnx_runtime_computes_what_pytorch_computes(
     qwen3vl_export, qwen3vl_grid, qwen3vl_modified_vision, qwen3vl_inputs, qwen3vl_record
 ):
-    """Tolerance: elementwise ``|ort - torch| <= atol + rtol * |torch|`` with rtol 1e-5, atol 1e-5
-    (see ``PARITY_RTOL``: about ten times the error measured on this machine)."""
+    """Tolerance: the fp32 row of the weight-type table (``judge/tolerance.py``), as for every file."""
     path = qwen3vl_export("modified", qwen3vl_grid)
     actual = run_pooled(qwen3vl_export.session(path), *qwen3vl_inputs.args)
     expected = pytorch_pooled(qwen3vl_modified_vision, *qwen3vl_inputs.args).numpy()
     assert actual.shape == expected.shape, f"ONNX Runtime gives {actual.shape}, PyTorch {expected.shape}"
-    errors = parity(actual, expected)
-    assert np.allclose(actual, expected, rtol=PARITY_RTOL, atol=PARITY_ATOL), (
-        f"ONNX Runtime's {POOLED_OUTPUT} differs from PyTorch's beyond rtol {PARITY_RTOL:g}, atol {PARITY_ATOL:g}: "
-        f"max abs {errors.max_abs:.2g}, relative L2 {errors.rel_l2:.2g}"
-    )
-    qwen3vl_record.holds(
-        f"max abs {errors.max_abs:.2g}, relative L2 {errors.rel_l2:.2g} "
-        f"(tolerance rtol {PARITY_RTOL:g}, atol {PARITY_ATOL:g})"
-    )
+    distance = measure(actual, expected, POOLED_OUTPUT, "PyTorch")
+    assert distance.within(FP32), f"ONNX Runtime's output is outside the fp32 tolerance ({FP32.text()}): " + (
+        distance.text())
+    qwen3vl_record.holds(f"{distance.text()} (fp32 tolerance: {FP32.text()})")
 
 
 @pytest.mark.qwen3vl_claim("dynamo-export")

@@ -75,8 +75,7 @@ def hf_inputs(image: Path) -> tuple[torch.Tensor, torch.Tensor]:
 def genai_folder(qwen3vl_genai) -> Path:
     """The session's genai folder; when we cannot make it (genai's builder failed, a checkpoint we
     cannot use) the row is not run: that is our build, not the file."""
-    from pytest_qwen3vl.errors import ConfigError
-    from pytest_qwen3vl.export.genai import GenaiFolderError
+    from pytest_qwen3vl.errors import ConfigError, GenaiFolderError
 
     try:
         return qwen3vl_genai.folder()
@@ -88,7 +87,7 @@ def vision_nodes(folder: Path, vision: Path | None) -> set[str]:
     """The node names of the vision file genai runs: ``vision``, or the one the folder's config names."""
     import onnx
 
-    from pytest_qwen3vl.export.genai import CONFIG_FILE
+    from pytest_qwen3vl.runtimes.genai_folder import CONFIG_FILE
 
     if vision is None:
         config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
@@ -100,9 +99,9 @@ def vision_nodes(folder: Path, vision: Path | None) -> set[str]:
 def case(qwen3vl_genai, qwen3vl_export, tmp_path_factory) -> Case:
     from transformers import AutoTokenizer
 
-    from pytest_qwen3vl.export.genai_run import genai_model, generate
     from pytest_qwen3vl.model.generation import IMAGE_PAD, IMAGE_PROMPT
     from pytest_qwen3vl.plugin.genai import write_image
+    from pytest_qwen3vl.runtimes.genai import genai_model, generate
 
     grid = qwen3vl_genai.grid
     image = write_image(tmp_path_factory.mktemp("genai") / f"{grid.id}.png", *image_side(grid), seed=0)
@@ -119,9 +118,9 @@ def case(qwen3vl_genai, qwen3vl_export, tmp_path_factory) -> Case:
 @pytest.mark.qwen3vl_claim("genai-preprocessing")
 @pytest.mark.parametrize("size", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
 def test_processor_matches_transformers(size, qwen3vl_genai, qwen3vl_export, tmp_path, qwen3vl_record):
-    from pytest_qwen3vl.export.genai_run import genai_model, preprocess
     from pytest_qwen3vl.model.generation import IMAGE_PROMPT
     from pytest_qwen3vl.plugin.genai import write_image
+    from pytest_qwen3vl.runtimes.genai import genai_model, preprocess
 
     image = write_image(tmp_path / "image.png", *size, seed=1)
     model = genai_model(genai_folder(qwen3vl_genai), vision_file(qwen3vl_genai, qwen3vl_export, qwen3vl_genai.grid))
@@ -216,10 +215,10 @@ def moved(grid: Grid) -> Grid:
 
 @pytest.mark.qwen3vl_claim("genai-other-grid")
 def test_other_image_size_fails_loudly(qwen3vl_genai, qwen3vl_export, qwen3vl_golden_vision, tmp_path, qwen3vl_record):
-    from pytest_qwen3vl.export.genai_run import genai_model, generate
-    from pytest_qwen3vl.export.runtime import failed_node, runtime_failure
     from pytest_qwen3vl.model.generation import IMAGE_PROMPT
     from pytest_qwen3vl.plugin.genai import write_image
+    from pytest_qwen3vl.runtimes.genai import genai_model, generate
+    from pytest_qwen3vl.runtimes.onnxruntime import failed_node, runtime_failure
 
     traced, other = qwen3vl_genai.grid, moved(qwen3vl_genai.grid)
     image = write_image(tmp_path / f"{other.id}.png", *image_side(other), seed=2)
@@ -248,9 +247,9 @@ def test_other_image_size_fails_loudly(qwen3vl_genai, qwen3vl_export, qwen3vl_go
 def test_grid_free_file_takes_other_sizes(qwen3vl_genai, qwen3vl_export, qwen3vl_golden_vision, tmp_path,
                                           qwen3vl_record):
     """The modified file exported with the grid-free recipe at the traced grid, fed the other size's image."""
-    from pytest_qwen3vl.export.genai_run import genai_model, generate
     from pytest_qwen3vl.model.generation import IMAGE_PROMPT
     from pytest_qwen3vl.plugin.genai import write_image
+    from pytest_qwen3vl.runtimes.genai import genai_model, generate
 
     if qwen3vl_genai.user_folder is not None:
         pytest.skip("not run: your genai folder's own vision file is checked by genai-other-grid")

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from pytest_qwen3vl.errors import ConfigError
-from pytest_qwen3vl.export.runtime import run_outputs, split_outputs
 from pytest_qwen3vl.model import pipeline as pl
+from pytest_qwen3vl.onnxfile.names import split_outputs
+from pytest_qwen3vl.runtimes.onnxruntime import run_outputs
 
 pytestmark = pytest.mark.qwen3vl_export
 

@@ -2,9 +2,11 @@
 
 The public API is imported lazily, so ``import pytest_qwen3vl`` costs no torch. The package reads
 in the direction the data flows: ``source`` (the golden and modified files, their diff), ``model``
-(configs, checkpoints, the shared-weight pair, inputs, float64 references), ``export`` (the
-builder-style export, the artefact cache, graph signatures, ONNX Runtime, tracing) and ``plugin``
-(pytest hooks, fixtures, settings, claims, report, snapshots). Each imports only those before it.
+(configs, checkpoints, the shared-weight pair, inputs, float64 references), ``onnxfile`` (reading a
+file: structure, interface, weight type, signature), ``export`` (making files), ``store`` (the
+verified cache), ``runtimes`` (running files), ``judge`` (tolerances, the sweep, a user's file, drift)
+and ``plugin`` (pytest hooks, fixtures, settings, claims, reports, snapshots). Each imports only
+those before it; ``errors``, ``versions`` and ``metrics`` sit below them all.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _API = {
     "Grid": "pytest_qwen3vl.model.grids",
@@ -37,13 +39,13 @@ _API = {
     "export_vision": "pytest_qwen3vl.export.builder",
     "ExportFailed": "pytest_qwen3vl.errors",
     "Qwen3VLError": "pytest_qwen3vl.errors",
-    "graph_signature": "pytest_qwen3vl.export.graph",
-    "graph_digest": "pytest_qwen3vl.export.graph",
-    "ort_session": "pytest_qwen3vl.export.runtime",
-    "run_pooled": "pytest_qwen3vl.export.runtime",
-    "parity": "pytest_qwen3vl.export.runtime",
-    "ArtifactCache": "pytest_qwen3vl.export.cache",
-    "write_report": "pytest_qwen3vl.plugin.report",
+    "graph_signature": "pytest_qwen3vl.onnxfile.signature",
+    "graph_digest": "pytest_qwen3vl.onnxfile.signature",
+    "ort_session": "pytest_qwen3vl.runtimes.onnxruntime",
+    "run_pooled": "pytest_qwen3vl.runtimes.onnxruntime",
+    "parity": "pytest_qwen3vl.metrics",
+    "ArtifactCache": "pytest_qwen3vl.store.cache",
+    "write_report": "pytest_qwen3vl.plugin.markdown",
 }
 
 __all__ = [
@@ -81,19 +83,20 @@ __all__ = [
 if TYPE_CHECKING:  # editors and type checkers see the names the lazy loader gives
     from pytest_qwen3vl.errors import ExportFailed, Qwen3VLError
     from pytest_qwen3vl.export.builder import export_vision
-    from pytest_qwen3vl.export.cache import ArtifactCache
-    from pytest_qwen3vl.export.graph import graph_digest, graph_signature
-    from pytest_qwen3vl.export.runtime import ort_session, parity, run_pooled
     from pytest_qwen3vl.export.tracing import count_deepstack_calls, trace_hazards
+    from pytest_qwen3vl.metrics import parity
     from pytest_qwen3vl.model.build import VisionPair, build_pair, deepstack_export_flag
     from pytest_qwen3vl.model.configs import ModelSpec, resolve_config
     from pytest_qwen3vl.model.grids import Grid
     from pytest_qwen3vl.model.inputs import VisionInputs, make_inputs
+    from pytest_qwen3vl.onnxfile.signature import graph_digest, graph_signature
     from pytest_qwen3vl.plugin.catalogue import CATALOGUE
-    from pytest_qwen3vl.plugin.report import write_report
+    from pytest_qwen3vl.plugin.markdown import write_report
     from pytest_qwen3vl.plugin.settings import Settings
+    from pytest_qwen3vl.runtimes.onnxruntime import ort_session, run_pooled
     from pytest_qwen3vl.source.diff import EXPECTED_TABLE, check_one_diff, deepstack_truth_table, describe_disagreements
     from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path, reference_modified_text
+    from pytest_qwen3vl.store.cache import ArtifactCache
 
 
 def __getattr__(name: str) -> Any:

@@ -150,7 +150,7 @@ def checkpoint_main(argv: Sequence[str] | None = None) -> int:
 
 def genai_main(argv: Sequence[str] | None = None) -> int:
     """``qwen3vl-genai CHECKPOINT -o FOLDER [--vision FILE.onnx | --grid T,H,W]``; returns the exit code."""
-    from pytest_qwen3vl.model.grids import Grid
+    from pytest_qwen3vl.model.grids import DEFAULT_GRID, Grid
 
     parser = _OneLineParser(
         prog="qwen3vl-genai",
@@ -161,10 +161,10 @@ def genai_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("checkpoint", metavar="CHECKPOINT", type=Path, help="checkpoint folder (qwen3vl-checkpoint)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="genai folder to write (absent or empty)")
     parser.add_argument("--vision", type=Path, help="your vision ONNX file (default: export the checkpoint's)")
-    parser.add_argument("--grid", default="1,24,24",
-                        help="grid T,H,W of the vision export when --vision is not given (default 1,24,24)")
+    parser.add_argument("--grid", default=DEFAULT_GRID.text,
+                        help=f"grid T,H,W of the vision export without --vision (default {DEFAULT_GRID.text})")
     args = parser.parse_args(argv)
-    from pytest_qwen3vl.export.genai import make_genai_folder
+    from pytest_qwen3vl.runtimes.genai_folder import make_genai_folder
 
     try:
         grid = Grid.parse(args.grid)
@@ -185,8 +185,9 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def _export_parser() -> argparse.ArgumentParser:
     from pytest_qwen3vl.export.builder import DEFAULT_OPSET, EXPORTER_NAMES
-    from pytest_qwen3vl.export.recipes import DEFAULT_GRID, LAYOUTS, RECIPE_NAMES
+    from pytest_qwen3vl.export.recipes import LAYOUTS, RECIPE_NAMES
     from pytest_qwen3vl.model.configs import VISION_PRESETS
+    from pytest_qwen3vl.model.grids import DEFAULT_GRID
 
     parser = _OneLineParser(
         prog="qwen3vl-export",
@@ -229,8 +230,8 @@ def _export(args: argparse.Namespace) -> int:
 
     try:
         spec = resolve_config(args.config, Path.cwd())
-    except ConfigError as exc:  # its message names the pytest option; this command's is --config
-        raise ConfigError(str(exc).replace("--qwen3vl-config", "--config")) from None
+    except ConfigError as exc:
+        raise ConfigError(f"--config={args.config!r}: {exc}") from None
     grid = Grid.parse(args.grid)
     grid.check_merge(spec.merge_size)
     if args.modified is not None and not args.modified.is_file():

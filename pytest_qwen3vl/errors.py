@@ -7,6 +7,7 @@ pytest usage errors (exit 4) and the console scripts into exit code 2, without a
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 # A Python traceback's last line (``ValueError: ...``, ``onnx.onnx_cpp2py_export.checker.ValidationError: ...``).
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(?:Error|Exception|Exit|Interrupt)\b.*")
@@ -44,6 +45,17 @@ class UnknownClaim(Qwen3VLError, ValueError):
     """A ``qwen3vl_claim`` marker naming no claim of the catalogue."""
 
 
+class ChoiceError(Qwen3VLError, ValueError):
+    """A value that is none of the names a function takes (a recipe, wrapper, exporter, layout)."""
+
+
+def choose(what: str, value: str, allowed: Sequence[str]) -> str:
+    """``value`` if it is one of ``allowed``, else ``ChoiceError`` naming them."""
+    if value not in allowed:
+        raise ChoiceError(f"{what} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
+
+
 class ExportFailed(Qwen3VLError, RuntimeError):
     """An export that raised. ``summary`` is one line: the root exception's class, its first line
     and, where it can be found, the model function that raised it; ``details`` keeps the full text.
@@ -73,6 +85,24 @@ class ExporterUnavailable(ExportFailed):
     """The exporter cannot run on this machine (a missing package): nothing is learnt about the model."""
 
     remember = False  # installing the package changes no key part, so this must not be remembered
+
+
+class RuntimeRefused(Qwen3VLError):
+    """A runtime's own error loading or running a file: a finding about the file on that runtime.
+    ``node`` is the (op type, node name) it failed at, where the runtime says."""
+
+    def __init__(self, message: str, node: tuple[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+class NotRunnable(Qwen3VLError):
+    """Claims that cannot run in this session (a missing library, a config they cannot use): the message
+    says why and what to do, and their rows read "not run", never a verdict."""
+
+
+class GenaiFolderError(Qwen3VLError):
+    """An onnxruntime-genai model folder that cannot be made: a missing library, or genai's builder failed."""
 
 
 class ProbeFailed(Qwen3VLError, RuntimeError):

@@ -1,1 +1,1 @@
-"""Export: the builder-style ONNX export, its artefact cache, graph signatures, ONNX Runtime and tracing."""
+"""Making files: the builder-style export, ``qwen3vl-export``'s recipes, wrappers, grid-free replacements, tracing."""

@@ -30,17 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.errors import ExporterUnavailable, ExportFailed
+from pytest_qwen3vl.errors import ExporterUnavailable, ExportFailed, choose
 from pytest_qwen3vl.model.build import deepstack_export_flag
+from pytest_qwen3vl.onnxfile.names import BUILDER_DEEPSTACK_PREFIX, INPUT_NAMES, POOLED_OUTPUT, STACKED_OUTPUT
 
 if TYPE_CHECKING:
     import torch
 
 WRAPPER_NAMES = ("pooled", "first", "all", "stacked", "tuple")
 EXPORTER_NAMES = ("torchscript", "dynamo")
-INPUT_NAMES = ("pixel_values", "image_grid_thw")
-POOLED_OUTPUT = "pooled_embeds"
-STACKED_OUTPUT = "deepstack_features"  # [D, num_merged_patches, out_hidden_size], from the "stacked" wrapper
 INPUT_AXES = {"pixel_values": {0: "num_patches"}, "image_grid_thw": {0: "num_images"}}
 OUTPUT_AXIS = {0: "num_merged_patches"}
 STACKED_AXIS = {1: "num_merged_patches"}
@@ -72,8 +70,7 @@ def make_wrapper(model: torch.nn.Module, wrapper: str) -> torch.nn.Module:
     """The module handed to the exporter for ``wrapper`` ("pooled", "first", "all" or "tuple")."""
     from pytest_qwen3vl.export.wrappers import WRAPPERS
 
-    if wrapper not in WRAPPERS:
-        raise ValueError(f"wrapper must be one of {', '.join(WRAPPER_NAMES)}, not {wrapper!r}")
+    choose("wrapper", wrapper, tuple(WRAPPERS))
     return WRAPPERS[wrapper](model)
 
 
@@ -114,7 +111,8 @@ def export_mode(model: torch.nn.Module, *, skip_deepstack: bool | None) -> Itera
 
 
 def output_names(
-    model: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor, wrapper: str, prefix: str = "deepstack_"
+    model: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor, wrapper: str,
+    prefix: str = BUILDER_DEEPSTACK_PREFIX,
 ) -> list[str]:
     """Names for the exporter: ``pooled_embeds``, then ``<prefix><i>`` for each traced DeepStack tensor.
 
@@ -156,7 +154,7 @@ def export_vision(
     wrapper: str = "pooled",
     exporter: str = "torchscript",
     opset: int = DEFAULT_OPSET,
-    deepstack_prefix: str = "deepstack_",
+    deepstack_prefix: str = BUILDER_DEEPSTACK_PREFIX,
 ) -> ExportResult:
     """Export the vision encoder to ``path`` (written atomically) and report how it went.
 
@@ -167,8 +165,7 @@ def export_vision(
     (``dynamo=False``; its deprecation warning is captured in the result) or "dynamo".
     Raises ``ExportFailed`` (``ExporterUnavailable`` when the exporter cannot run here).
     """
-    if exporter not in EXPORTER_NAMES:
-        raise ValueError(f"exporter must be one of {', '.join(EXPORTER_NAMES)}, not {exporter!r}")
+    choose("exporter", exporter, EXPORTER_NAMES)
     if exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
         raise ExporterUnavailable(exporter, "ModuleNotFoundError: the dynamo exporter needs onnxscript (not installed)")
     target = Path(path)

@@ -18,36 +18,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from pytest_qwen3vl.errors import ExportFailed, RecipeUnsupported
+from pytest_qwen3vl.errors import ExportFailed, RecipeUnsupported, choose
 from pytest_qwen3vl.export.builder import (
     DEFAULT_OPSET,
     EXPORTER_NAMES,
-    POOLED_OUTPUT,
-    STACKED_OUTPUT,
     ExportResult,
     export_mode,
     export_vision,
     traced_deepstack_count,
 )
-from pytest_qwen3vl.export.runtime import PARITY_ATOL, PARITY_RTOL
-from pytest_qwen3vl.model.grids import SWEEP, Grid
+from pytest_qwen3vl.export.equivalence import pytorch_sweep
+from pytest_qwen3vl.model.grids import DEFAULT_GRID, SWEEP, Grid
+from pytest_qwen3vl.model.inputs import trace_inputs
+from pytest_qwen3vl.onnxfile.names import RECIPE_DEEPSTACK_PREFIX
 
 if TYPE_CHECKING:
     import torch
 
-DEFAULT_GRID = Grid.parse("1,24,24")
 LAYOUTS = ("split", "stacked")
-DEEPSTACK_PREFIX = "deepstack_features_"
-# PyTorch under the replacements against golden's own forward: relative L2 per output. Measured on the
-# tiny config over the sweep: at most 3.5e-7 (eager attention against golden's default sdpa).
-PYTORCH_REL_L2 = 1e-6
 # The replacements against the model's OWN eager forward before a grid-free export, on the trace grid and
 # these sweep grids (wide, and two images of different grids): a file whose own positions or attention
 # differ from what the replacements compute would otherwise be exported as other maths. Looser than
@@ -102,9 +95,9 @@ def export_recipe(
     """
     from pytest_qwen3vl.export.gridfree import grid_free
 
-    chosen = _check_choice("recipe", recipe, RECIPE_NAMES)
-    _check_choice("layout", layout, LAYOUTS)
-    _check_choice("exporter", exporter, EXPORTER_NAMES)
+    chosen = choose("recipe", recipe, RECIPE_NAMES)
+    choose("layout", layout, LAYOUTS)
+    choose("exporter", exporter, EXPORTER_NAMES)
     spec = RECIPES[chosen]
     if spec.grid_free:
         _require_own_forward(model, grid, seed)
@@ -114,7 +107,7 @@ def export_recipe(
             _require_traced_deepstack(model, inputs[0])
         result = export_vision(
             model, *inputs, path, wrapper=wrapper_for(spec, layout), exporter=exporter, opset=opset,
-            deepstack_prefix=DEEPSTACK_PREFIX,
+            deepstack_prefix=RECIPE_DEEPSTACK_PREFIX,
         )
     label(result.path, spec, grid)
     return dataclasses.replace(result, recipe=chosen)
@@ -137,22 +130,6 @@ def label(path: Path, recipe: Recipe, grid: Grid) -> None:
     staging = path.with_name(f".{path.name}.label")
     onnx.save_model(model, str(staging))
     os.replace(staging, path)
-
-
-def _check_choice(what: str, value: str, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{what} must be one of {', '.join(allowed)}, not {value!r}")
-    return value
-
-
-def trace_inputs(model: torch.nn.Module, grid: Grid, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded ``pixel_values`` and ``grid_thw`` for ``grid``, sized from the model's own config."""
-    from pytest_qwen3vl.model.configs import ModelSpec
-    from pytest_qwen3vl.model.inputs import make_inputs
-
-    config = model.config
-    geometry = {key: getattr(config, key) for key in ("in_channels", "temporal_patch_size", "patch_size")}
-    return make_inputs(grid, ModelSpec("trace", geometry), seed).args
 
 
 def _require_own_forward(model: torch.nn.Module, grid: Grid, seed: int) -> None:
@@ -187,149 +164,3 @@ def _require_traced_deepstack(model: torch.nn.Module, pixel_values: torch.Tensor
             "condition skips while tracing (torch.jit.is_tracing()), so there is nothing to keep; "
             "export the golden file instead",
         )
-
-
-# ---------------------------------------------------------------------------------------------------
-# Which grids a file or a replacement serves
-
-
-@dataclass(frozen=True)
-class GridCheck:
-    """One grid of a sweep: whether the candidate reproduced golden there, and the figure or failure."""
-
-    grid: Grid
-    ok: bool
-    detail: str
-
-
-@dataclass(frozen=True)
-class SweepResult:
-    """A candidate's checks over a list of grids."""
-
-    checks: tuple[GridCheck, ...]
-
-    @property
-    def wrong(self) -> list[GridCheck]:
-        return [check for check in self.checks if not check.ok]
-
-    def to_json(self) -> str:
-        return json.dumps([[check.grid.text, check.ok, check.detail] for check in self.checks])
-
-    @classmethod
-    def from_json(cls, text: str) -> SweepResult:
-        return cls(tuple(GridCheck(Grid.parse(grid), bool(ok), str(detail)) for grid, ok, detail in json.loads(text)))
-
-    def line(self) -> str:
-        """``serves 9 of 9 grids`` or ``serves 5 of 9 grids; wrong on 1x16x40 (...), ...``."""
-        served = len(self.checks) - len(self.wrong)
-        text = f"serves {served} of {len(self.checks)} grids"
-        if self.wrong:
-            text += "; wrong on " + ", ".join(f"{check.grid.id} ({check.detail})" for check in self.wrong)
-        return text
-
-
-def golden_outputs(golden: torch.nn.Module, inputs: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
-    """Golden's eager forward as users run it: the pooled tensor, then each DeepStack tensor."""
-    import torch
-
-    from pytest_qwen3vl.export.wrappers import AllOutputsWrapper
-
-    with torch.no_grad():
-        return list(AllOutputsWrapper(golden)(*inputs))
-
-
-def pytorch_sweep(
-    model: torch.nn.Module,
-    golden: torch.nn.Module,
-    grids: Sequence[Grid],
-    seed: int,
-    replaced: Callable[[torch.nn.Module], contextlib.AbstractContextManager[Any]] | None = None,
-    rel_l2: float = PYTORCH_REL_L2,
-) -> SweepResult:
-    """``model``'s forward under ``replaced`` (default: ``grid_free``), eager attention as exported,
-    against golden's forward on each grid: every output within ``rel_l2`` relative L2. A model the
-    replacements do not know raises ``RecipeUnsupported``: that is no grid's fault."""
-    import torch
-
-    from pytest_qwen3vl.export.builder import eager_attention
-    from pytest_qwen3vl.export.gridfree import grid_free
-    from pytest_qwen3vl.export.runtime import parity
-    from pytest_qwen3vl.export.wrappers import AllOutputsWrapper
-
-    checks = []
-    for grid in grids:
-        inputs = trace_inputs(model, grid, seed)
-        expected = golden_outputs(golden, inputs)
-        try:
-            with torch.no_grad(), eager_attention(model), (replaced or grid_free)(model):
-                actual = list(AllOutputsWrapper(model)(*inputs))
-        except RecipeUnsupported:
-            raise
-        except Exception as exc:  # a wrong replacement may raise anything; the grid is what it is wrong on
-            checks.append(GridCheck(grid, False, f"raises {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"))
-            continue
-        if len(actual) != len(expected):
-            checks.append(GridCheck(grid, False, f"{len(actual)} outputs, golden {len(expected)}"))
-            continue
-        if any(a.shape != e.shape for a, e in zip(actual, expected, strict=True)):
-            checks.append(GridCheck(grid, False, f"shape {tuple(actual[0].shape)}, golden {tuple(expected[0].shape)}"))
-            continue
-        worst = max(parity(a, e).rel_l2 for a, e in zip(actual, expected, strict=True))
-        checks.append(GridCheck(grid, worst <= rel_l2, f"relative L2 {worst:.2g}"))
-    return SweepResult(tuple(checks))
-
-
-def expected_output(name: str, golden: list[Any]) -> Any:
-    """Golden's tensor for an output of a recipe's file, by its name; None for a name no recipe makes."""
-    import torch
-
-    if name == POOLED_OUTPUT:
-        return golden[0]
-    if name == STACKED_OUTPUT:
-        return torch.stack(golden[1:])
-    for prefix in (DEEPSTACK_PREFIX, "deepstack_"):
-        index = name.removeprefix(prefix)
-        if index != name and index.isdigit() and int(index) + 1 < len(golden):
-            return golden[int(index) + 1]
-    return None
-
-
-def onnx_sweep(
-    session: Any,
-    golden: torch.nn.Module,
-    grids: Sequence[Grid],
-    seed: int,
-    *,
-    rtol: float = PARITY_RTOL,
-    atol: float = PARITY_ATOL,
-) -> SweepResult:
-    """An ONNX Runtime session of a recipe's file against golden's forward on each grid.
-
-    Every output is compared with golden's tensor of the same name, elementwise as ``numpy.allclose``;
-    a grid on which ONNX Runtime raises is wrong, with the node it failed at.
-    """
-    import numpy as np
-
-    from pytest_qwen3vl.export.runtime import parity, run_outputs, runtime_failure
-
-    checks = []
-    for grid in grids:
-        inputs = trace_inputs(golden, grid, seed)
-        reference = golden_outputs(golden, inputs)
-        try:
-            outputs = run_outputs(session, *inputs)
-        except Exception as exc:  # onnxruntime raises its own exception classes
-            checks.append(GridCheck(grid, False, f"ONNX Runtime fails at {runtime_failure(exc)}"))
-            continue
-        problems, worst = [], 0.0
-        for name, actual in outputs.items():
-            expected = expected_output(name, reference)
-            if expected is None or actual.shape != tuple(expected.shape):
-                problems.append(f"{name} {actual.shape}, golden {None if expected is None else tuple(expected.shape)}")
-                continue
-            worst = max(worst, parity(actual, expected).rel_l2)
-            if not np.allclose(actual, expected.numpy(), rtol=rtol, atol=atol):
-                problems.append(f"{name} relative L2 {parity(actual, expected).rel_l2:.2g}")
-        checks.append(GridCheck(grid, not problems, "; ".join(problems) or f"relative L2 {worst:.2g}"))
-    return SweepResult(tuple(checks))
-

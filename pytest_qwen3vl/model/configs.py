@@ -1,4 +1,4 @@
-"""Model configs: the presets (tiny, 2b, 4b, 8b) and ``--qwen3vl-config`` resolved to a ``ModelSpec``.
+"""Model configs: the presets (tiny, 2b, 4b, 8b) and a named config or checkpoint folder resolved to a ``ModelSpec``.
 
 Presets are plain dicts, so settings can be checked at start-up without importing transformers.
 """
@@ -82,7 +82,7 @@ _REQUIRED_VISION_KEYS = ("depth", "hidden_size", "num_heads", "out_hidden_size",
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One resolved ``--qwen3vl-config``: the vision config (and text config, if any) as dicts."""
+    """One resolved model config: the vision config (and text config, if any) as dicts."""
 
     name: str
     vision: dict[str, Any]
@@ -103,7 +103,8 @@ class ModelSpec:
 
 
 def resolve_config(value: str, base: Path) -> ModelSpec:
-    """A preset name, or a path to a ``config.json`` (the whole model's or the vision tower's)."""
+    """A preset name, or a path to a ``config.json`` (the whole model's or the vision tower's) or to a
+    checkpoint folder. ``ConfigError`` messages do not name the option: the caller puts its own first."""
     name = value.strip()
     if name.lower() in VISION_PRESETS:
         key = name.lower()
@@ -116,18 +117,18 @@ def resolve_config(value: str, base: Path) -> ModelSpec:
         path = folder / "config.json"
     if not path.is_file():
         raise ConfigError(
-            f"--qwen3vl-config={value!r}: neither a preset ({', '.join(VISION_PRESETS)}) nor an existing config.json"
+            f"neither a preset ({', '.join(VISION_PRESETS)}) nor an existing checkpoint folder or config.json"
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"--qwen3vl-config: {path} is not valid JSON: {exc}") from None
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"--qwen3vl-config: {path} holds no JSON object")
+        raise ConfigError(f"{path} holds no JSON object")
     vision = data.get("vision_config", data)
     if not isinstance(vision, dict) or (missing := [k for k in _REQUIRED_VISION_KEYS if k not in vision]):
         raise ConfigError(
-            f"--qwen3vl-config: {path} is no Qwen3-VL config: vision config lacks {', '.join(missing or ['keys'])}"
+            f"{path} is no Qwen3-VL config: vision config lacks {', '.join(missing or ['keys'])}"
         )
     text = data.get("text_config")
     checkpoint = folder if folder is not None and weight_files(folder) else None

@@ -75,12 +75,3 @@ def teacher_forced_logits(model: torch.nn.Module, prompt: list[int], continuatio
     logits = _forward(model, prompt + continuation, pixels, grid)
     result: np.ndarray = logits[len(prompt) - 1: len(prompt) + len(continuation) - 1].numpy()
     return result
-
-
-def greedy_tokens(model: torch.nn.Module, prompt: list[int], pixels: torch.Tensor, grid: torch.Tensor,
-                  steps: int) -> list[int]:
-    """Greedy tokens, the whole sequence recomputed at every step (no cache to get wrong)."""
-    ids = list(prompt)
-    for _ in range(steps):
-        ids.append(int(_forward(model, ids, pixels, grid)[-1].argmax()))
-    return ids[len(prompt):]

@@ -56,6 +56,8 @@ class Grid:
 
 
 SWEEP_NAME = "sweep"
+# The report's grid: 384x384 images, what the builder traces at and every run uses unless told otherwise.
+DEFAULT_GRID = Grid.parse("1,24,24")
 # Grids the released image processor can emit (h * w >= 256 patches, H and W multiples of 2), chosen
 # to break what a square grid cannot: a small and a large square, wide and tall, odd merged sizes
 # (9 x 11), a video (T = 2), and two images in one call with the same and with different grids.

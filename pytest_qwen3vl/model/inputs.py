@@ -41,3 +41,13 @@ def make_inputs(grid: Grid, spec: ModelSpec, seed: int) -> VisionInputs:
     pixel_values = torch.randn(grid.num_patches, patch_dim(spec), generator=generator, dtype=torch.float32)
     grid_thw = torch.tensor(grid.images, dtype=torch.int64)
     return VisionInputs(grid, pixel_values, grid_thw)
+
+
+def trace_inputs(model: torch.nn.Module, grid: Grid, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded ``pixel_values`` and ``grid_thw`` for ``grid``, sized from the model's own config: what a
+    file made from ``model`` is traced and checked on."""
+    from pytest_qwen3vl.model.configs import ModelSpec
+
+    config = model.config
+    geometry = {key: getattr(config, key) for key in ("in_channels", "temporal_patch_size", "patch_size")}
+    return make_inputs(grid, ModelSpec("trace", geometry), seed).args

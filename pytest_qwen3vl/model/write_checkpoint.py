@@ -66,7 +66,7 @@ def checkpoint_spec(name: str) -> ModelSpec:
     """The preset with the text context the checkpoint declares, and for tiny the tokenizer's vocabulary."""
     key = name.strip().lower()
     if key not in VISION_PRESETS:
-        raise ConfigError(f"--config={name!r}: expected one of {', '.join(VISION_PRESETS)}")
+        raise ConfigError(f"no preset {name!r}: expected one of {', '.join(VISION_PRESETS)}")
     text = {**copy.deepcopy(TEXT_PRESETS[key]), "max_position_embeddings": CONTEXT_LENGTH}
     if key == "tiny":
         text["vocab_size"] = TOKENIZER_SIZE

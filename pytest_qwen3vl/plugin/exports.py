@@ -18,44 +18,26 @@ import dataclasses
 import json
 import os
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_qwen3vl.errors import ModelRaised
+from pytest_qwen3vl.errors import ModelRaised, choose
 from pytest_qwen3vl.export.builder import DEFAULT_OPSET, EXPORTER_NAMES, WRAPPER_NAMES, export_vision
-from pytest_qwen3vl.export.cache import (
-    BUILT,
-    DAMAGED,
-    FAILED,
-    REMEMBERED,
-    REUSED,
-    ArtifactCache,
-    Unpublished,
-    code_digest,
-)
-from pytest_qwen3vl.export.recipes import (
-    LAYOUTS,
-    RECIPE_NAMES,
-    RECIPES,
-    SweepResult,
-    export_recipe,
-    onnx_sweep,
-    wrapper_for,
-)
+from pytest_qwen3vl.export.recipes import LAYOUTS, RECIPE_NAMES, RECIPES, export_recipe, wrapper_for
 from pytest_qwen3vl.model.grids import SWEEP, Grid
 from pytest_qwen3vl.model.inputs import make_inputs
 from pytest_qwen3vl.source.files import sha256_file
+from pytest_qwen3vl.store.cache import MAKING, ArtifactCache, CacheTally, Unpublished, code_digest
 from pytest_qwen3vl.versions import library_versions
 
 if TYPE_CHECKING:
     import onnxruntime
 
     from pytest_qwen3vl.export.tracing import TraceHazard
+    from pytest_qwen3vl.judge.finding import Finding
     from pytest_qwen3vl.model.build import VisionPair
     from pytest_qwen3vl.model.configs import ModelSpec
 
@@ -120,7 +102,9 @@ class SessionExports:
 
     def __call__(self, which: str, grid: Grid, wrapper: str = "pooled", exporter: str = "torchscript") -> Path:
         """The published ONNX file; raises ``ExportFailed`` (tried once, then remembered by the cache)."""
-        _check(which=(which, ROLES), wrapper=(wrapper, WRAPPER_NAMES), exporter=(exporter, EXPORTER_NAMES))
+        for what, value, allowed in (("which", which, ROLES), ("wrapper", wrapper, WRAPPER_NAMES),
+                                     ("exporter", exporter, EXPORTER_NAMES)):
+            choose(what, value, allowed)
         parts = self.key_parts(which, grid, wrapper, exporter)
         filename = f"{which}-{wrapper}-{exporter}-{grid.id}.onnx"
         model = getattr(self._pair, which)
@@ -135,8 +119,9 @@ class SessionExports:
         self, which: str, name: str, grid: Grid, *, layout: str = "split", exporter: str = "torchscript"
     ) -> Path:
         """The ONNX file of recipe ``name`` traced at ``grid``; raises ``ExportFailed`` as ``__call__`` does."""
-        _check(which=(which, ROLES), name=(name, RECIPE_NAMES), layout=(layout, LAYOUTS),
-               exporter=(exporter, EXPORTER_NAMES))
+        for what, value, allowed in (("which", which, ROLES), ("name", name, RECIPE_NAMES),
+                                     ("layout", layout, LAYOUTS), ("exporter", exporter, EXPORTER_NAMES)):
+            choose(what, value, allowed)
         wrapper = wrapper_for(RECIPES[name], layout)
         parts = self.key_parts(which, grid, wrapper, exporter, recipe=name)
         filename = f"{which}-{name}-{wrapper}-{exporter}-{grid.id}.onnx"
@@ -148,45 +133,52 @@ class SessionExports:
 
         return self.cache.get_or_create(parts, filename, build)
 
-    def sweep(self, path: Path, grids: Sequence[Grid] = SWEEP) -> SweepResult:
-        """``onnx_sweep`` of a file this cache published against golden on ``grids``, measured once per
-        (file content, golden file, config, seed, grids): the other workers and later runs read the
-        result instead of running golden and ONNX Runtime on every grid again.
+    def sweep(self, path: Path, grids: Sequence[Grid] = SWEEP) -> list[Finding]:
+        """What a file this cache published does on each of ``grids`` on ONNX Runtime against golden
+        (``judge/sweep.py``), measured once per (file content, golden file, config, seed, grids, judging
+        code): the other workers and later runs read the findings instead of running golden and ONNX
+        Runtime on every grid again.
 
-        A result with a wrong grid is returned but not kept: a verdict against the file is measured
-        in the run that reports it.
+        Findings with a grid not served are returned but not kept: a verdict against the file is
+        measured in the run that reports it.
         """
+        from pytest_qwen3vl.judge.finding import Finding
+        from pytest_qwen3vl.judge.golden import GoldenRuns
+        from pytest_qwen3vl.judge.sweep import sweep
+        from pytest_qwen3vl.runtimes.onnxruntime import OnnxRuntimeCPU
 
         def measure() -> str:
-            result = onnx_sweep(self.session(path), self._pair.golden, grids, self._seed)
-            if result.wrong:
-                raise Unpublished(result)
-            return result.to_json()
+            golden = GoldenRuns(self._pair.golden, self._spec, self._seed)
+            findings = sweep(path, OnnxRuntimeCPU(), golden, grids)
+            if not all(f.served for f in findings):
+                raise Unpublished(findings)
+            return json.dumps([f.to_dict() for f in findings])
 
         try:
-            return SweepResult.from_json(self._measured(
-                path, "onnx-sweep", measure, golden=self._digests["golden"], config=self._spec.key(),
-                seed=str(self._seed), grids=" ".join(grid.text for grid in grids),
-            ))
+            return [Finding.from_dict(data) for data in json.loads(self._measured(
+                path, "onnx-sweep", measure, code=code_digest(*MAKING, "onnxfile", "runtimes", "judge"),
+                golden=self._digests["golden"], config=self._spec.key(), seed=str(self._seed),
+                grids=" ".join(grid.text for grid in grids),
+            ))]
         except Unpublished as wrong:
-            result: SweepResult = wrong.value
-            return result
+            findings: list[Finding] = wrong.value
+            return findings
 
     def signature(self, path: Path) -> dict[str, Any]:
         """``graph_signature`` of a file this cache published, measured once per file content: a warm
         run reads it and never imports onnx (over a second per process)."""
-        from pytest_qwen3vl.export.graph import graph_signature
+        from pytest_qwen3vl.onnxfile.signature import graph_signature
 
-        signature: dict[str, Any] = json.loads(
-            self._measured(path, "graph-signature", lambda: json.dumps(graph_signature(path)))
-        )
+        signature: dict[str, Any] = json.loads(self._measured(
+            path, "graph-signature", lambda: json.dumps(graph_signature(path)), code=code_digest("onnxfile")
+        ))
         return signature
 
     def digest(self, path: Path) -> str:
         """``graph_digest`` of a file this cache published, measured once per file content."""
-        from pytest_qwen3vl.export.graph import graph_digest
+        from pytest_qwen3vl.onnxfile.signature import graph_digest
 
-        return self._measured(path, "graph-digest", lambda: graph_digest(path))
+        return self._measured(path, "graph-digest", lambda: graph_digest(path), code=code_digest("onnxfile"))
 
     def deepstack_calls(self, which: str, grid: Grid, *, trace: bool, flag: bool | None) -> list[int]:
         """``count_deepstack_calls`` of a model on ``make_inputs(grid, spec, seed)``, eager or traced, with
@@ -197,7 +189,7 @@ class SessionExports:
         """
         from pytest_qwen3vl.export.tracing import count_deepstack_calls
 
-        _check(which=(which, ROLES))
+        choose("which", which, ROLES)
 
         def measure() -> str:
             model = getattr(self._pair, which)
@@ -220,7 +212,7 @@ class SessionExports:
         sources and their paths, config, seed, grid, library versions, code): the hazards name the files."""
         from pytest_qwen3vl.export.tracing import TraceHazard, trace_hazards
 
-        _check(which=(which, ROLES))
+        choose("which", which, ROLES)
 
         def measure() -> str:
             inputs = make_inputs(grid, self._spec, self._seed)
@@ -231,13 +223,13 @@ class SessionExports:
         kept = json.loads(self._kept("trace-hazards", {**self.model_parts(which, grid), "paths": paths}, measure))
         return [TraceHazard(**hazard) for hazard in kept]
 
-    def _measured(self, path: Path, kind: str, measure: Callable[[], str], **parts: str) -> str:
+    def _measured(self, path: Path, kind: str, measure: Callable[[], str], *, code: str, **parts: str) -> str:
         """What ``measure()`` says about a published file, kept under (kind, the file's sha256 from its
-        verified manifest, ``parts``, library versions, our code)."""
+        verified manifest, ``parts``, library versions, ``code``: the digest of the code that measures)."""
         key = {
             "file": self.cache.recorded_sha256(path),
             "libraries": json.dumps(library_versions(), sort_keys=True),
-            "code": code_digest(),
+            "code": code,
             **parts,
         }
         return self._kept(kind, key, measure)
@@ -253,7 +245,7 @@ class SessionExports:
     def session(self, path: Path) -> onnxruntime.InferenceSession:
         """An ONNX Runtime session for an exported file, made once per file in this process."""
         if path not in self._sessions:
-            from pytest_qwen3vl.export.runtime import ort_session
+            from pytest_qwen3vl.runtimes.onnxruntime import ort_session
 
             self._sessions[path] = ort_session(path)
         return self._sessions[path]
@@ -266,41 +258,6 @@ class SessionExports:
         total is the log's lines written during the run.
         """
         return [b for b in self.cache.builds() if b["pid"] == os.getpid() and b["time"] >= self._created]
-
-
-def _check(**choices: tuple[str, tuple[str, ...]]) -> None:
-    for name, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
-
-
-@dataclass
-class CacheTally:
-    """What the export cache did in this run: events counted in each process, summed on the controller.
-
-    Under xdist each worker sends its tally through ``config.workeroutput``; the controller adds them
-    up in ``pytest_testnodedown``, so the summary needs no clock and no log parsing.
-    """
-
-    events: Counter[str] = field(default_factory=Counter)
-
-    def add(self, event: str) -> None:
-        self.events[event] += 1
-
-    def merge(self, other: Mapping[str, int]) -> None:
-        self.events.update(other)
-
-    def line(self) -> str | None:
-        """``qwen3vl exports this run: 4 built, 2 failed, 1 damaged entry rebuilt, ...`` or None."""
-        words = (
-            (BUILT, "built", "built"),
-            (FAILED, "failed", "failed"),
-            (DAMAGED, "damaged entry rebuilt", "damaged entries rebuilt"),
-            (REMEMBERED, "failure remembered", "failures remembered"),
-            (REUSED, "reused", "reused"),
-        )
-        parts = [f"{self.events[e]} {one if self.events[e] == 1 else many}" for e, one, many in words if self.events[e]]
-        return f"qwen3vl exports this run: {', '.join(parts)}" if parts else None
 
 
 TALLY_KEY = pytest.StashKey[CacheTally]()

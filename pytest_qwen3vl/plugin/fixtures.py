@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     import torch
     from syrupy.assertion import SnapshotAssertion
 
-    from pytest_qwen3vl.export.artefact import ArtefactCheck, GoldenRuns
-    from pytest_qwen3vl.export.gate import GateTable
+    from pytest_qwen3vl.judge.artefact import ArtefactCheck
+    from pytest_qwen3vl.judge.gate import GateTable
+    from pytest_qwen3vl.judge.golden import GoldenRuns
     from pytest_qwen3vl.model.build import VisionPair
     from pytest_qwen3vl.model.configs import ModelSpec
     from pytest_qwen3vl.model.eager import EagerRuns
@@ -119,8 +120,8 @@ def qwen3vl_vision_pair(
     """Golden and modified vision models sharing parameters and persistent buffers."""
     import torch
 
-    from pytest_qwen3vl.export.runtime import default_threads
     from pytest_qwen3vl.model.build import build_pair
+    from pytest_qwen3vl.runtimes.onnxruntime import default_threads
 
     # xdist workers share the cores: without this each takes all of them and they thrash.
     torch.set_num_threads(default_threads())
@@ -225,8 +226,9 @@ def qwen3vl_genai(pytestconfig: pytest.Config, qwen3vl_settings: Settings, qwen3
     cannot give a whole model. ``.folder()`` and ``.checkpoint()`` are made once per run in the
     content-addressed cache under ``<cache dir>/genai``; ``.reference()`` is transformers' model.
     """
+    from pytest_qwen3vl.errors import NotRunnable
     from pytest_qwen3vl.plugin.exports import TALLY_KEY
-    from pytest_qwen3vl.plugin.genai import NotRunnable, SessionGenai
+    from pytest_qwen3vl.plugin.genai import SessionGenai
 
     genai = SessionGenai(qwen3vl_settings, qwen3vl_golden_path, on_event=pytestconfig.stash[TALLY_KEY].add)
     try:
@@ -250,8 +252,8 @@ def qwen3vl_gate(
     """``qwen3vl_gate(which) -> GateTable``: the DeepStack condition of "golden", "modified" or
     "reference" (the report's condition in golden's module) run under each exporter, flag unset,
     False and True. Measured once per condition text, library versions and file (``<cache dir>/gates``)."""
-    from pytest_qwen3vl.export.cache import ArtifactCache
-    from pytest_qwen3vl.export.gate import condition_of, gate_table
+    from pytest_qwen3vl.judge.gate import condition_of, gate_table
+    from pytest_qwen3vl.store.cache import ArtifactCache
 
     cache = ArtifactCache(qwen3vl_settings.cache_dir / "gates")
     tables: dict[str, GateTable] = {}
@@ -299,10 +301,9 @@ def qwen3vl_lowering_snapshot(snapshot: SnapshotAssertion) -> SnapshotAssertion:
 
 @pytest.fixture(scope="session")
 def qwen3vl_onnx_file(qwen3vl_settings: Settings) -> Path:
-    """The ``--qwen3vl-onnx`` file of the current test: the plugin parametrizes it once per file."""
-    if not qwen3vl_settings.onnx:
-        pytest.skip("no --qwen3vl-onnx file given")
-    return qwen3vl_settings.onnx[0]
+    """The ``--qwen3vl-onnx`` file of the current test. The plugin parametrizes it once per file
+    (``pytest_generate_tests``), which replaces this body; it runs only where that did not happen."""
+    pytest.skip("no --qwen3vl-onnx file given")
 
 
 @pytest.fixture(scope="session")
@@ -310,7 +311,7 @@ def qwen3vl_artefact_golden(
     qwen3vl_golden_vision: torch.nn.Module, qwen3vl_config: ModelSpec, qwen3vl_settings: Settings
 ) -> GoldenRuns:
     """Golden's outputs and module activations per grid, computed once per process for every file."""
-    from pytest_qwen3vl.export.artefact import GoldenRuns
+    from pytest_qwen3vl.judge.golden import GoldenRuns
 
     return GoldenRuns(qwen3vl_golden_vision, qwen3vl_config, qwen3vl_settings.seed)
 
@@ -319,10 +320,9 @@ def qwen3vl_artefact_golden(
 def qwen3vl_artefact(
     qwen3vl_onnx_file: Path, qwen3vl_artefact_golden: GoldenRuns, qwen3vl_settings: Settings
 ) -> ArtefactCheck:
-    """The current ``--qwen3vl-onnx`` file against golden: interface, weight type, tolerance, and
-    ``run(grid)`` / ``locate(grid)`` computed once per grid in this process."""
-    from pytest_qwen3vl.export.artefact import ArtefactCheck
+    """The current ``--qwen3vl-onnx`` file against golden: interface, weight type, tolerance (all read
+    once, at start-up), and ``run(grid)`` / ``locate(grid)`` computed once per grid in this process."""
+    from pytest_qwen3vl.judge.artefact import ArtefactCheck
 
-    return ArtefactCheck(
-        qwen3vl_onnx_file, qwen3vl_artefact_golden, qwen3vl_settings.onnx_outputs, dict(qwen3vl_settings.onnx_tolerance)
-    )
+    facts = next(f for f in qwen3vl_settings.onnx_files if f.path == qwen3vl_onnx_file)
+    return ArtefactCheck(facts, qwen3vl_artefact_golden, dict(qwen3vl_settings.onnx_tolerance))

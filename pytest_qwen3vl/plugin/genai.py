@@ -18,12 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.errors import Qwen3VLError
-from pytest_qwen3vl.export.cache import ArtifactCache, code_digest
-from pytest_qwen3vl.export.genai import CONFIG_FILE, build_session_folder, genai_missing
+from pytest_qwen3vl.errors import NotRunnable
 from pytest_qwen3vl.model.checkpoint import checkpoint_fingerprint
-from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.model.grids import DEFAULT_GRID, Grid
+from pytest_qwen3vl.plugin.settings import CONFIG, GENAI_FOLDER, flag
+from pytest_qwen3vl.runtimes.genai_folder import CONFIG_FILE, build_session_folder, genai_missing
 from pytest_qwen3vl.source.files import sha256_file
+from pytest_qwen3vl.store.cache import MAKING, ArtifactCache, code_digest
 from pytest_qwen3vl.versions import EXPORT_LIBRARIES, library_versions
 
 if TYPE_CHECKING:
@@ -35,13 +36,9 @@ if TYPE_CHECKING:
 GENAI_LIBRARIES = (*EXPORT_LIBRARIES, "onnxruntime-genai", "onnx-ir", "tokenizers", "safetensors")
 # The grid of the report's pipeline (384x384 images); used when the run's grid is one the released
 # image processor cannot emit for a single image.
-PIPELINE_GRID = Grid.parse("1,24,24")
+PIPELINE_GRID = DEFAULT_GRID
 # The released processor's pixel budget in patches (65536 and 16777216 pixels, 16x16 pixels a patch).
 MIN_PATCHES, MAX_PATCHES = 256, 65536
-
-
-class NotRunnable(Qwen3VLError):
-    """The runtime claims cannot run here; the message says why and what to do."""
 
 
 def genai_grid(grid: Grid) -> Grid:
@@ -74,11 +71,11 @@ class SessionGenai:
         if missing:
             raise NotRunnable(f"not run: {missing}")
         if self.spec.checkpoint is None and self.user_folder is not None:
-            raise NotRunnable("not run: --qwen3vl-genai-folder needs --qwen3vl-config=<the checkpoint folder it "
+            raise NotRunnable(f"not run: {flag(GENAI_FOLDER)} needs {flag(CONFIG)}=<the checkpoint folder it "
                               "was made from>")
         if self.spec.checkpoint is None and self.spec.name != "tiny":
             raise NotRunnable(f"not run: the genai claims build a whole model; use the tiny config or "
-                              f"--qwen3vl-config=<checkpoint folder>, not {self.spec.name}")
+                              f"{flag(CONFIG)}=<checkpoint folder>, not {self.spec.name}")
         if self.spec.checkpoint is not None:
             folder = self.spec.checkpoint
             if not (folder / "tokenizer.json").is_file() or not (folder / "preprocessor_config.json").is_file():
@@ -96,7 +93,7 @@ class SessionGenai:
             "seed": str(self.settings.seed),
             "golden": self._golden_digest,
             "libraries": json.dumps(library_versions(GENAI_LIBRARIES), sort_keys=True),
-            "recipe": code_digest(),
+            "recipe": code_digest(*MAKING, "runtimes"),
         }
 
         def build(path: Path) -> None:
@@ -112,7 +109,7 @@ class SessionGenai:
         parts = {
             "checkpoint": f"{checkpoint}:{checkpoint_fingerprint(checkpoint)}",
             "libraries": json.dumps(library_versions(GENAI_LIBRARIES), sort_keys=True),
-            "recipe": code_digest(),
+            "recipe": code_digest(*MAKING, "runtimes"),
         }
 
         def build(path: Path) -> None:

@@ -15,12 +15,12 @@ from pytest_qwen3vl.plugin.claims import (
     claim_ids,
     file_ids,
 )
-from pytest_qwen3vl.plugin.exports import TALLY_KEY, WORKER_OUTPUT, CacheTally
-from pytest_qwen3vl.plugin.reporter import REPORTER_NAME, ClaimReporter
+from pytest_qwen3vl.plugin.exports import TALLY_KEY, WORKER_OUTPUT
 from pytest_qwen3vl.plugin.settings import (
     FLAGS,
     GRID,
     ONNX,
+    ONNX_WORKERINPUT,
     OPTIONS,
     REPEATABLE,
     RUN_SLOW,
@@ -30,8 +30,10 @@ from pytest_qwen3vl.plugin.settings import (
     settings_from_pytest,
     settings_of,
 )
+from pytest_qwen3vl.plugin.summary import REPORTER_NAME, ClaimReporter
 from pytest_qwen3vl.plugin.worker import settle_before_exit
 from pytest_qwen3vl.source import files as sources
+from pytest_qwen3vl.store.cache import CacheTally
 
 # The fixtures live in their own module; pytest registers it with this plugin.
 pytest_plugins = ["pytest_qwen3vl.plugin.fixtures"]
@@ -79,6 +81,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[TALLY_KEY] = CacheTally()
     add_suite(config, settings.suite, modified_named=settings.modified is not None)
     config.pluginmanager.register(ClaimReporter(config, settings), REPORTER_NAME)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: object) -> None:
+    """xdist controller: hand each worker the ``--qwen3vl-onnx`` files it read, so no worker reads them again."""
+    settings = settings_of(node.config)  # type: ignore[attr-defined]
+    node.workerinput[ONNX_WORKERINPUT] = [facts.to_dict() for facts in settings.onnx_files]  # type: ignore[attr-defined]
 
 
 @pytest.hookimpl(trylast=True)

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_qwen3vl.errors import GridError, SettingsError
-from pytest_qwen3vl.model.grids import SWEEP, SWEEP_NAME, Grid
+from pytest_qwen3vl.model.grids import DEFAULT_GRID, SWEEP, SWEEP_NAME, Grid
 
 if TYPE_CHECKING:
-    from pytest_qwen3vl.export.artefact import OutputMap
     from pytest_qwen3vl.model.configs import ModelSpec
+    from pytest_qwen3vl.onnxfile.interface import FileFacts, OutputMap
 
 PREFIX = "qwen3vl"
 
@@ -40,18 +40,19 @@ ONNX_TOLERANCE = "onnx_tolerance"
 FLAGS = (RUN_SLOW,)
 REPEATABLE = (GRID, ONNX)
 
-DEFAULT_GRID = "1,24,24"
+
 DEFAULT_CONFIG = "tiny"
 DEFAULT_SEED = 0
 
 OPTIONS: dict[str, str] = {
     GRID: "image grid T,H,W (several images: 1,24,24+1,20,20), or 'sweep' for the named set of grids; "
     "repeat the option for several grids "
-    f"(default {DEFAULT_GRID})",
+    f"(default {DEFAULT_GRID.text})",
     MODIFIED: "the modified modeling_qwen3_vl.py to check (default: golden with the report's one change)",
     GOLDEN: "the golden modeling_qwen3_vl.py (default: the installed transformers' file; "
     "a named file must be a verified version's)",
-    CONFIG: f"model config: tiny, 2b, 4b, 8b or a config.json (default {DEFAULT_CONFIG})",
+    CONFIG: "model config: a preset (tiny, 2b, 4b, 8b: random weights), the checkpoint folder the file was exported "
+    f"from (config.json and weights), or a bare config.json (default {DEFAULT_CONFIG})",
     SEED: f"seed of the random weights and inputs (default {DEFAULT_SEED})",
     CACHE_DIR: "where exports and the reference modified file are kept (default .pytest_cache/d/qwen3vl)",
     REPORT: "write the report again as Markdown to this path, from what the run measured",
@@ -96,9 +97,14 @@ class Settings:
     run_slow: bool
     explicit: bool
     genai_folder: Path | None = None
-    onnx: tuple[Path, ...] = ()
+    onnx_files: tuple[FileFacts, ...] = ()  # each --qwen3vl-onnx file as read once, at start-up
     onnx_outputs: OutputMap | None = None
     onnx_tolerance: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def onnx(self) -> tuple[Path, ...]:
+        """The ``--qwen3vl-onnx`` files, in the order given."""
+        return tuple(facts.path for facts in self.onnx_files)
 
     @property
     def export_cache(self) -> Path:
@@ -175,17 +181,28 @@ def _existing(name: str, value: str | None, base: Path, exists: Callable[[Path],
     return path.resolve()
 
 
-def onnx_files(values: list[str], base: Path, mapping: OutputMap | None) -> tuple[Path, ...]:
-    """Each ``--qwen3vl-onnx`` must exist, be an ONNX model and take pixel values: else a usage error."""
-    from pytest_qwen3vl.export.artefact import check_file
+# Where the controller hands the files it read to xdist workers (``config.workerinput``).
+ONNX_WORKERINPUT = "qwen3vl_onnx_files"
 
-    paths: list[Path] = []
+
+def onnx_files(values: list[str], base: Path, mapping: OutputMap | None,
+               handed: list[dict[str, Any]] | None = None) -> tuple[FileFacts, ...]:
+    """Each ``--qwen3vl-onnx`` must exist, be an ONNX model and take pixel values: else a usage error.
+    Each file is read once per run: an xdist worker takes what the controller read (``handed``)."""
+    from pytest_qwen3vl.errors import ArtefactError
+    from pytest_qwen3vl.onnxfile.interface import FileFacts, read_file
+
+    if handed is not None:
+        return tuple(FileFacts.from_dict(data) for data in handed)
+    files: list[FileFacts] = []
     for value in values:
         path = existing_file(ONNX, value, base)
-        if path is not None and path not in paths:
-            check_file(path, mapping)
-            paths.append(path)
-    return tuple(paths)
+        if path is not None and path not in [facts.path for facts in files]:
+            try:
+                files.append(read_file(path, mapping))
+            except ArtefactError as exc:
+                raise SettingsError(f"{flag(ONNX)}={exc}") from None
+    return tuple(files)
 
 
 def _value(config: pytest.Config, name: str) -> tuple[Any, Path]:
@@ -220,12 +237,12 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
     from pytest_qwen3vl.source.files import installed_golden_path
 
     raw_grids, _ = _value(config, GRID)
-    grids = parse_grids(list(raw_grids or []) or [DEFAULT_GRID])
+    grids = parse_grids(list(raw_grids or []) or [DEFAULT_GRID.text])
     raw_config, config_base = _value(config, CONFIG)
     try:
         model = resolve_config(str(raw_config or DEFAULT_CONFIG), config_base)
     except ConfigError as exc:
-        raise SettingsError(str(exc)) from None
+        raise SettingsError(f"{flag(CONFIG)}={raw_config!r}: {exc}") from None
     for grid in grids:
         try:
             grid.check_merge(model.merge_size)
@@ -248,12 +265,19 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
     suite = str(raw_suite or AUTO).strip().lower()
     if suite not in MODES:
         raise SettingsError(f"{flag(SUITE)}={raw_suite!r}: expected one of {', '.join(MODES)}")
-    from pytest_qwen3vl.export.artefact import OutputMap, parse_tolerance
+    from pytest_qwen3vl.judge.tolerance import parse_tolerance
+    from pytest_qwen3vl.onnxfile.interface import OutputMap
 
     raw_outputs, _ = _value(config, ONNX_OUTPUTS)
-    mapping = OutputMap.parse(str(raw_outputs)) if raw_outputs else None
     raw_tolerance, _ = _value(config, ONNX_TOLERANCE)
-    tolerance = parse_tolerance(str(raw_tolerance)) if raw_tolerance else {}
+    try:
+        mapping = OutputMap.parse(str(raw_outputs)) if raw_outputs else None
+    except SettingsError as exc:
+        raise SettingsError(f"{flag(ONNX_OUTPUTS)}={exc}") from None
+    try:
+        tolerance = parse_tolerance(str(raw_tolerance)) if raw_tolerance else {}
+    except SettingsError as exc:
+        raise SettingsError(f"{flag(ONNX_TOLERANCE)}={exc}") from None
     raw_onnx, onnx_base = _value(config, ONNX)
     raw_report, report_base = _value(config, REPORT)
     raw_snapshots, snapshots_base = _value(config, SNAPSHOT_DIR)
@@ -270,7 +294,8 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
         run_slow=_truthy(_value(config, RUN_SLOW)[0]),
         explicit=explicitly_set(config),
         genai_folder=existing_folder(GENAI_FOLDER, *_value(config, GENAI_FOLDER)),
-        onnx=onnx_files(list(raw_onnx or []), onnx_base, mapping),
+        onnx_files=onnx_files(list(raw_onnx or []), onnx_base, mapping,
+                              getattr(config, "workerinput", {}).get(ONNX_WORKERINPUT)),
         onnx_outputs=mapping,
         onnx_tolerance=tuple(tolerance.items()),
     )

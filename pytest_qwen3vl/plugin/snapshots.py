@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from syrupy.data import SnapshotCollections
 from syrupy.extensions.json import JSONSnapshotExtension
 
-from pytest_qwen3vl.export.graph import CONSTANTS_BUCKET
+from pytest_qwen3vl.onnxfile.signature import CONSTANTS_BUCKET
 from pytest_qwen3vl.plugin.settings import SNAPSHOT_DIR, flag, settings_of
 from pytest_qwen3vl.versions import ABSENT, library_versions
 

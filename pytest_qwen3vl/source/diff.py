@@ -35,11 +35,10 @@ TruthTable = dict[Combination, bool]
 ModeTable = dict[tuple[str, bool], bool]  # (mode, flag set) -> runs DeepStack, at a DeepStack layer
 
 # The predicates a condition may read, as each way of running the model sets them (measured with
-# torch 2.13 and transformers 4.57.6; ``pytest_qwen3vl.export.gate`` measures them again, and a
+# torch 2.13 and transformers 4.57.6; ``pytest_qwen3vl.judge.gate`` measures them again, and a
 # self-test keeps this table in step). The report's eight combinations are eager and
 # ``torch.jit.trace`` (the TorchScript ONNX exporter); ``torch.export`` stands for
 # ``torch.export.export`` (strict and non-strict) and ``torch.onnx.export(dynamo=True)``.
-PREDICATES = ("tracing", "exporting", "compiling")
 MODES: dict[str, dict[str, bool]] = {
     "eager": {"tracing": False, "exporting": False, "compiling": False},
     "torch.jit.trace": {"tracing": True, "exporting": False, "compiling": False},

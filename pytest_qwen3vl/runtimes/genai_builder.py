@@ -1,6 +1,6 @@
 """Run onnxruntime-genai's model builder under the transformers the suite runs on.
 
-``python -m pytest_qwen3vl.export.genai_builder ARGS`` takes the builder's own arguments. The only
+``python -m pytest_qwen3vl.runtimes.genai_builder ARGS`` takes the builder's own arguments. The only
 place that bridges the two versions: the builder (``onnxruntime_genai/models/builders/base.py`` in
 0.18) imports, at module level, two classes that only transformers 5 has, and uses them only as
 values of its architecture table for Qwen3.5 models. A placeholder class under each name lets the

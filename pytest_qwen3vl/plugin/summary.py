@@ -35,16 +35,19 @@ class ClaimReporter:
         if not self.board.ran_any():
             return
         rows = self.board.rows(hide=() if self.settings.onnx else (ARTEFACT_SECTION,))
+        selected = [row for row in rows if row.tests]
         terminalreporter.section("qwen3vl claims")
-        for line in render_table(rows):
+        for line in render_table(selected):
             terminalreporter.write_line(line)
-        counts = ", ".join(f"{n} {status}" for status, n in summary_counts(rows).items())
+        counts = ", ".join(f"{n} {status}" for status, n in summary_counts(selected).items())
         terminalreporter.write_line(f"qwen3vl claims: {counts}")
+        if len(selected) < len(rows):  # a run narrowed with -m or -k: the rest were not asked for
+            terminalreporter.write_line(f"qwen3vl claims not selected in this run: {len(rows) - len(selected)}")
         cache_line = terminalreporter.config.stash[TALLY_KEY].line()
         if cache_line:
             terminalreporter.write_line(f"{cache_line} (log: {self.settings.export_cache / 'builds.log'})")
         if self.settings.report is not None and not hasattr(terminalreporter.config, "workerinput"):
-            from pytest_qwen3vl.plugin.report import write_report
+            from pytest_qwen3vl.plugin.markdown import write_report
 
             path = write_report(self.settings.report, rows, self.settings)
             terminalreporter.write_line(f"qwen3vl report written to {path}")

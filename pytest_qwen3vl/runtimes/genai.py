@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.export.genai import vision_overlay
+from pytest_qwen3vl.runtimes.genai_folder import vision_overlay
 
 if TYPE_CHECKING:
     import numpy as np

@@ -1,16 +1,9 @@
-"""What needs a user's ONNX file whole in memory, done where it costs the check nothing: its structure
-without the weights' data, and module outputs on one grid for locating where it drifts from golden.
+"""Where a grid goes wrong: the file's module outputs exposed as extra outputs on a copy of its
+graph, run in a child process, and compared with golden's activations one by one.
 
-A probe is the value a module scope of the graph (``patch_embed``, ``blocks.3``, ``merger``, ...)
-hands to the math outside it. Scopes are read from TorchScript node names (``/model/blocks.0/...``)
-or, for the dynamo exporter, from each node's ``pkg.torch.onnx.name_scopes`` metadata.
-
-Both need a copy of the file's weights in memory (1.3 GB at the 4B's size): a file with inline
-weights cannot be parsed without them. In the check's own process that copy would sit beside the
-golden PyTorch model, and allocators do not give such memory back reliably, so for a large file
-both run in a child process (``structure`` from ``CHILD_FROM_BYTES`` on, ``probe_in_child``
-always). Inside the probing child the weights are moved to a temporary external-data file before
-the session loads, so the child itself holds about one copy at a time.
+The probed copy is a second copy of the weights, so the child moves them to a temporary
+external-data file before it opens its session: the check's own process never holds them. A child
+that fails is our fault: the row says "not located" with its error line, never a verdict.
 
 onnx, onnxruntime and numpy are imported inside the functions.
 """
@@ -28,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.errors import ArtefactError, ProbeFailed, child_failure
+from pytest_qwen3vl.errors import ProbeFailed, RuntimeRefused, child_failure
+from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.runtimes.onnxruntime import LOW_MEMORY, OnnxRuntimeCPU
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,11 +35,34 @@ _SCOPE = re.compile(r"^/(?:[\w.]+/)*?((?:blocks|deepstack_merger_list)\.\d+|patc
 _MODULE = re.compile(r"(?:[\w.]+\.)?((?:blocks|deepstack_merger_list)\.\d+|patch_embed|merger)")
 _NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 _SHAPE_PLUMBING = ("Shape", "Gather", "Unsqueeze", "Concat")
-NOT_ONNX = 3  # the structure child's exit status for a file that is no ONNX model
-# Files from this size on are read in a child process (a tiny export is 5 MB, a 4B one 1.3 GB).
-CHILD_FROM_BYTES = 64 << 20
-# MLAS keeps a packed second copy of each Gemm/MatMul weight unless told not to: -34 % peak at 4B.
-SESSION_CONFIG = {"session.disable_prepacking": "1"}
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a grid goes wrong: the first probe outside tolerance, and each probe's relative L2."""
+
+    grid: Grid
+    first_bad: str | None
+    probes: tuple[tuple[str, float | None], ...]  # None: not computed (after the failing node)
+    failure: str | None
+    problem: str | None = None  # ours: the probe process failed, so nothing is said of the file
+
+    def text(self) -> str:
+        shown = {name: value for name, value in self.probes}
+        if self.problem is not None:
+            return f"{self.grid.id}: not located ({self.problem})"
+        if not self.probes:
+            return (f"{self.grid.id}: not located: nodes carry no module scopes (TorchScript names "
+                    "/<wrapper>/<module>/..., or dynamo's name_scopes metadata)")
+        if self.first_bad is None and self.failure is None:
+            return f"{self.grid.id}: every module matches golden: the outputs are wired otherwise (order or names)"
+        if self.first_bad is None:
+            return f"{self.grid.id}: every module matches up to where the run stops ({self.failure})"
+        before = [n for n, _ in self.probes[: [n for n, _ in self.probes].index(self.first_bad)]]
+        ok = f"right through {before[-1]}, " if before else ""
+        value = shown[self.first_bad]
+        drift = "not computed" if value is None else f"relative L2 {value:.2g}"
+        return f"{self.grid.id}: {ok}drift starts at {self.first_bad} ({drift})"
 
 
 @dataclass
@@ -55,47 +73,6 @@ class Probed:
     probes: list[str] = field(default_factory=list)
     values: dict[str, np.ndarray] = field(default_factory=dict)
     failure: str | None = None
-
-
-def strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` (changed in place) with every initializer's data dropped: names, types and dims stay."""
-    import onnx
-
-    for init in model.graph.initializer:
-        for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data",
-                     "string_data", "external_data"):
-            init.ClearField(name)
-        init.data_location = onnx.TensorProto.DEFAULT
-    return model
-
-
-def _parse(path: Path) -> onnx.ModelProto:
-    """``path`` without its external data; ``ArtefactError`` when it is no ONNX model."""
-    import onnx
-
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ArtefactError(f"--qwen3vl-onnx={path}: not an ONNX model ({type(exc).__name__})") from None
-
-
-def structure(path: Path) -> onnx.ModelProto:
-    """The model without its weights' data (external data is not read), parsed in a child process
-    for a file of ``CHILD_FROM_BYTES`` or more. ``ArtefactError`` for a file that is no ONNX model,
-    ``ProbeFailed`` when the child fails otherwise."""
-    import onnx
-
-    if path.stat().st_size < CHILD_FROM_BYTES:
-        return strip_weights(_parse(path))
-    with tempfile.TemporaryDirectory(prefix="qwen3vl-structure-") as tmp:
-        slim = Path(tmp) / "structure.onnx"
-        done = subprocess.run([sys.executable, "-m", __name__, "structure", str(path), str(slim)],
-                              capture_output=True, text=True, check=False)
-        if done.returncode == NOT_ONNX:
-            raise ArtefactError(done.stdout.strip())
-        if done.returncode != 0 or not slim.is_file():
-            raise ProbeFailed(f"reading the file's structure failed: {child_failure(done.stderr, done.returncode)}")
-        return onnx.load(str(slim))
 
 
 def module_scope(node: onnx.NodeProto) -> str | None:
@@ -206,8 +183,6 @@ def probe(path: Path, feeds: Mapping[str, np.ndarray], folder: Path) -> Probed:
     """Run ``path`` with its probes exposed on ``feeds``; ``folder`` takes the probed copy and its weights."""
     import onnx
 
-    from pytest_qwen3vl.export.runtime import failed_node, ort_session, runtime_errors, runtime_failure
-
     model = onnx.load(str(path))
     probes = find_probes(model)
     if not probes:
@@ -220,20 +195,52 @@ def probe(path: Path, feeds: Mapping[str, np.ndarray], folder: Path) -> Probed:
     onnx.save_model(light, str(probed))
     wanted = list(probes.values())
     by_value = {v: p for p, v in probes.items()}
+    runtime = OnnxRuntimeCPU(config=LOW_MEMORY)
     try:
-        got = ort_session(probed, config=SESSION_CONFIG).run(wanted, dict(feeds))
-        return Probed(list(probes), {by_value[v]: a for v, a in zip(wanted, got, strict=True)})
-    except runtime_errors() as exc:
-        failure = f"ONNX Runtime: {runtime_failure(exc)}"
-        node = failed_node(exc)
+        got = runtime.load(probed).run(feeds, wanted)
+        return Probed(list(probes), {by_value[v]: got[v] for v in wanted})
+    except RuntimeRefused as exc:
+        failure, node = str(exc), exc.node
     kept = upstream(light, probes, node[1]) if node else []
     if not kept:
         return Probed(list(probes), {}, failure)
     wanted = [probes[p] for p in kept]
     cut_path = folder / "cut.onnx"  # beside probed.onnx.data, which its initializers name
     onnx.save_model(cut_to(light, wanted), str(cut_path))
-    got = ort_session(cut_path, config=SESSION_CONFIG).run(wanted, dict(feeds))
-    return Probed(list(probes), {by_value[v]: a for v, a in zip(wanted, got, strict=True)}, failure)
+    got = runtime.load(cut_path).run(feeds, wanted)
+    return Probed(list(probes), {by_value[v]: got[v] for v in wanted}, failure)
+
+
+def locate(path: Path, feeds: Mapping[str, np.ndarray], golden: Mapping[str, np.ndarray], grid: Grid,
+           rel_l2: float) -> Location:
+    """Probe ``path`` at module outputs on ``feeds`` in a child process and name the first module whose
+    output leaves ``rel_l2`` against ``golden``'s activations of the same name."""
+    from pytest_qwen3vl.judge.tolerance import measure
+
+    try:
+        found = probe_in_child(path, feeds)
+    except ProbeFailed as exc:
+        return Location(grid, None, (), None, problem=str(exc))
+    if not found.probes:
+        return Location(grid, None, (), None)
+    rows: list[tuple[str, float | None]] = []
+    first_bad = None
+    for name in found.probes:
+        if name not in found.values or name not in golden:
+            rows.append((name, None))
+            if found.failure is None and first_bad is None:
+                first_bad = name
+            continue
+        got, ref = found.values[name], golden[name]
+        rel = measure(got.reshape(ref.shape), ref, name, name).rel_l2 if got.size == ref.size else float("inf")
+        rows.append((name, rel))
+        if first_bad is None and rel > rel_l2:
+            first_bad = name
+    if first_bad is None and found.failure is not None:
+        computed = [n for n, v in rows if v is not None]
+        remaining = [n for n, v in rows if v is None]
+        first_bad = remaining[0] if remaining and not computed else None
+    return Location(grid, first_bad, tuple(rows), found.failure)
 
 
 def probe_in_child(path: Path, feeds: Mapping[str, np.ndarray]) -> Probed:
@@ -243,7 +250,7 @@ def probe_in_child(path: Path, feeds: Mapping[str, np.ndarray]) -> Probed:
     with tempfile.TemporaryDirectory(prefix="qwen3vl-probe-") as tmp:
         folder = Path(tmp)
         np.savez(folder / "feeds.npz", **dict(feeds))  # type: ignore[arg-type]
-        done = subprocess.run([sys.executable, "-m", __name__, "probe", str(path), str(folder)],
+        done = subprocess.run([sys.executable, "-m", __name__, str(path), str(folder)],
                               capture_output=True, text=True, check=False)
         result = folder / "probed.json"
         if done.returncode != 0 or not result.is_file():
@@ -255,22 +262,11 @@ def probe_in_child(path: Path, feeds: Mapping[str, np.ndarray]) -> Probed:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The child. ``python -m pytest_qwen3vl.export.probe structure FILE OUT`` writes FILE's structure
-    to OUT; ``... probe FILE FOLDER`` reads FOLDER/feeds.npz and writes FOLDER/values.npz and
-    FOLDER/probed.json."""
+    """The child. ``python -m pytest_qwen3vl.judge.locate FILE FOLDER`` reads FOLDER/feeds.npz and
+    writes FOLDER/values.npz and FOLDER/probed.json."""
     import numpy as np
-    import onnx
 
-    command, *paths = argv or sys.argv[1:]
-    path, folder = (Path(a) for a in paths)
-    if command == "structure":
-        try:
-            model = _parse(path)
-        except ArtefactError as exc:
-            print(exc)
-            raise SystemExit(NOT_ONNX) from None
-        onnx.save_model(strip_weights(model), str(folder))
-        return
+    path, folder = (Path(a) for a in (argv or sys.argv[1:]))
     with np.load(folder / "feeds.npz") as stored:
         feeds: dict[str, Any] = {name: stored[name] for name in stored.files}
     found = probe(path, feeds, folder)

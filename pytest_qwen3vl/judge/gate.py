@@ -30,8 +30,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
 from pytest_qwen3vl.export.builder import quiet_logging
-from pytest_qwen3vl.export.cache import ArtifactCache, Unpublished, code_digest, file_digest
 from pytest_qwen3vl.source.diff import FLAG, MODES, find_deepstack_if, read_source
+from pytest_qwen3vl.store.cache import ArtifactCache, Unpublished, code_digest, file_digest
 from pytest_qwen3vl.versions import EXPORT_LIBRARIES, library_versions
 
 if TYPE_CHECKING:
@@ -171,7 +171,7 @@ def run_under(module: torch.nn.Module, exporter: str, x: torch.Tensor, folder: P
     import numpy as np
     import torch
 
-    from pytest_qwen3vl.export.runtime import ort_session
+    from pytest_qwen3vl.runtimes.onnxruntime import ort_session
 
     with _quiet(), torch.no_grad():
         if exporter == "eager":
@@ -280,7 +280,7 @@ def gate_table(
         "condition": test,
         "libraries": json.dumps(library_versions(EXPORT_LIBRARIES), sort_keys=True),
         "source": file_digest(source),
-        "recipe": code_digest("export.gate", "source.diff"),
+        "recipe": code_digest("judge.gate", "source.diff"),
     }
 
     def build(path: Path) -> None:

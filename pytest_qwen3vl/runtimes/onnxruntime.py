@@ -1,4 +1,4 @@
-"""ONNX Runtime as a downstream runtime loads it, and how far its outputs are from PyTorch's.
+"""ONNX Runtime on the CPU, as a downstream runtime loads it: the reference runtime of every verdict.
 
 onnxruntime and numpy are imported inside the functions.
 """
@@ -7,26 +7,25 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.export.builder import POOLED_OUTPUT
+from pytest_qwen3vl.errors import RuntimeRefused
+from pytest_qwen3vl.metrics import as_numpy
+from pytest_qwen3vl.onnxfile.names import POOLED_OUTPUT
+from pytest_qwen3vl.runtimes.base import Runtime, Session
 
 if TYPE_CHECKING:
     import numpy as np
     import onnxruntime
 
-# ONNX Runtime against PyTorch, float32, elementwise as numpy.allclose. Measured with torch 2.13 and
-# onnxruntime 1.32 on the tiny config at 1x24x24 and 1x8x8+1x4x4: max abs 8.3e-7, relative L2 7.4e-7
-# (at the real 4B dimensions: max abs 9e-7). Ten times that, an order of magnitude above what was
-# measured and optimum's 1e-5 absolute.
-PARITY_RTOL = 1e-5
-PARITY_ATOL = 1e-5
 # ONNX Runtime's reason as rows show it: enough for the node's complaint, short enough for a line
 # that lists several grids' failures.
 MESSAGE_CHARS = 160
 _NODE = re.compile(r"running (\w+) node\. Name:'([^']*)'")
+# MLAS keeps a packed second copy of each Gemm/MatMul weight unless told not to: -34 % peak at 4B.
+LOW_MEMORY = {"session.disable_prepacking": "1"}
 
 
 def default_threads() -> int:
@@ -42,7 +41,7 @@ def ort_session(
     """A CPU session with default graph optimisations, as a downstream runtime would load it.
 
     ``onnx_path`` may also be a serialized model; ``config`` holds session config entries
-    (``session.disable_prepacking``: MLAS otherwise keeps a second, packed copy of every weight).
+    (``LOW_MEMORY``: MLAS otherwise keeps a second, packed copy of every weight).
     """
     import onnxruntime
 
@@ -60,7 +59,7 @@ def run_outputs(session: onnxruntime.InferenceSession, pixel_values: Any, grid_t
     """Every output by name; the inputs (torch tensors or arrays) feed the session's inputs in order."""
     specs = session.get_inputs()
     values = (pixel_values, grid_thw)[: len(specs)]
-    feeds = {spec.name: _numpy(value) for spec, value in zip(specs, values, strict=True)}
+    feeds = {spec.name: as_numpy(value) for spec, value in zip(specs, values, strict=True)}
     names = [spec.name for spec in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds), strict=True))
 
@@ -69,61 +68,6 @@ def run_pooled(session: onnxruntime.InferenceSession, pixel_values: Any, grid_th
     """The ``pooled_embeds`` output (the first output if none has that name)."""
     outputs = run_outputs(session, pixel_values, grid_thw)
     return outputs.get(POOLED_OUTPUT, next(iter(outputs.values())))
-
-
-def split_outputs(outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """``pooled_embeds`` and the DeepStack features in layer order, from either layout: one output
-    per layer (``deepstack_<i>`` or ``deepstack_features_<i>``), or one stacked ``deepstack_features``
-    [D, N, H]. A file without DeepStack outputs gives an empty list."""
-    import re
-
-    pooled = outputs[POOLED_OUTPUT]
-    if "deepstack_features" in outputs:
-        return pooled, list(outputs["deepstack_features"])
-    split = {}
-    for name, value in outputs.items():
-        if match := re.fullmatch(r"deepstack_(?:features_)?(\d+)", name):
-            split[int(match[1])] = value
-    return pooled, [split[i] for i in sorted(split)]
-
-
-@dataclass(frozen=True)
-class Parity:
-    """How far a runtime's output is from the reference.
-
-    ``max_rel`` is the largest absolute error over the largest reference magnitude, which stays
-    meaningful where single reference values are near zero; ``rel_l2`` is ``|a - e| / |e|`` in L2.
-    """
-
-    max_abs: float
-    max_rel: float
-    rel_l2: float
-
-
-def parity(actual: Any, expected: Any) -> Parity:
-    """Errors of ``actual`` against ``expected`` (arrays or tensors of the same shape), in float64."""
-    import numpy as np
-
-    a = np.asarray(_numpy(actual), dtype=np.float64)
-    e = np.asarray(_numpy(expected), dtype=np.float64)
-    if a.shape != e.shape:
-        raise ValueError(f"shapes differ: actual {a.shape}, expected {e.shape}")
-    diff = np.abs(a - e)
-    max_abs = float(diff.max(initial=0.0))
-    scale = float(np.abs(e).max(initial=0.0))
-    norm = float(np.linalg.norm(e))
-    return Parity(
-        max_abs=max_abs,
-        max_rel=max_abs / scale if scale else max_abs,
-        rel_l2=float(np.linalg.norm(a - e)) / norm if norm else float(np.linalg.norm(a - e)),
-    )
-
-
-def _numpy(value: Any) -> Any:
-    """A torch tensor as a numpy array (without importing torch); anything else as it is."""
-    if hasattr(value, "detach"):
-        return value.detach().cpu().numpy()
-    return value
 
 
 def runtime_errors() -> tuple[type[Exception], ...]:
@@ -151,3 +95,38 @@ def runtime_failure(exc: BaseException) -> str:
         reason = reason[: MESSAGE_CHARS - 1] + "…"
     node = failed_node(exc)
     return f"{node[0]} node {node[1]}: {reason}" if node else f"{type(exc).__name__}: {reason}"
+
+
+def refused(exc: BaseException) -> RuntimeRefused:
+    """ONNX Runtime's own error as the runtime interface's refusal."""
+    return RuntimeRefused(f"ONNX Runtime: {runtime_failure(exc)}", failed_node(exc))
+
+
+class _OrtSession(Session):
+    def __init__(self, session: onnxruntime.InferenceSession) -> None:
+        self.session = session
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        names = list(outputs) if outputs else [o.name for o in self.session.get_outputs()]
+        try:
+            values = self.session.run(names, dict(feeds))
+        except runtime_errors() as exc:
+            raise refused(exc) from exc
+        return dict(zip(names, values, strict=True))
+
+
+class OnnxRuntimeCPU(Runtime):
+    """ONNX Runtime's CPU provider at its default optimisation level, fp32 arithmetic."""
+
+    name = "onnxruntime"
+    precision = "fp32"
+
+    def __init__(self, config: Mapping[str, str] | None = None, threads: int | None = None) -> None:
+        self.config = dict(config or {})
+        self.threads = threads
+
+    def load(self, path: Path) -> Session:
+        try:
+            return _OrtSession(ort_session(path, threads=self.threads, config=self.config))
+        except runtime_errors() as exc:
+            raise refused(exc) from exc

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pytest_qwen3vl.errors import ConfigError, Qwen3VLError, child_failure
-from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.errors import ConfigError, GenaiFolderError, child_failure
+from pytest_qwen3vl.model.grids import DEFAULT_GRID, Grid
 
 GENAI_INSTALL = "pip install pytest-qwen3vl[genai]"
 # Modules the folder and the runtime need; onnx_ir is imported by genai's builder without being
@@ -40,10 +40,6 @@ CONFIG_FILE = "genai_config.json"
 EMBEDDING_OPSET = 17
 
 Progress = Callable[[str], None]
-
-
-class GenaiFolderError(Qwen3VLError):
-    """The genai folder could not be made (the builder failed, a file is missing): one line."""
 
 
 def genai_missing() -> str | None:
@@ -74,8 +70,8 @@ def make_genai_folder(checkpoint: Path, out: Path, *, vision: Path | None = None
     out.mkdir(parents=True, exist_ok=True)
     ids = decoder_and_embedding(checkpoint, out, say)
     if vision is None:
-        say(f"exporting the checkpoint's vision tower at grid {(grid or Grid.parse('1,24,24')).id}")
-        vision_name = export_checkpoint_vision(checkpoint, out / VISION_FILE, grid or Grid.parse("1,24,24"), seed)
+        say(f"exporting the checkpoint's vision tower at grid {(grid or DEFAULT_GRID).id}")
+        vision_name = export_checkpoint_vision(checkpoint, out / VISION_FILE, grid or DEFAULT_GRID, seed)
     else:
         vision_name = copy_vision(vision, out)
     write_configs(out, checkpoint, ids, vision_name)
@@ -84,10 +80,10 @@ def make_genai_folder(checkpoint: Path, out: Path, *, vision: Path | None = None
 
 
 def run_builder(checkpoint: Path, out: Path) -> None:
-    """genai's builder in a child process (``export/genai_builder.py`` bridges the transformers version)."""
+    """genai's builder in a child process (``runtimes/genai_builder.py`` bridges the transformers version)."""
     with tempfile.TemporaryDirectory(prefix="qwen3vl-genai-builder.") as cache:
         command = [
-            sys.executable, "-m", "pytest_qwen3vl.export.genai_builder", "-i", str(checkpoint), "-o", str(out),
+            sys.executable, "-m", "pytest_qwen3vl.runtimes.genai_builder", "-i", str(checkpoint), "-o", str(out),
             "-p", "fp32", "-e", "cpu", "-c", cache, "--extra_options", "exclude_embeds=true",
         ]
         done = subprocess.run(command, capture_output=True, text=True, check=False)

@@ -36,6 +36,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,24 +67,27 @@ def cache_key(key_parts: Mapping[str, str], filename: str) -> str:
     return hashlib.sha256(document.encode("utf-8")).hexdigest()
 
 
-# What an artefact is made by: everything below the pytest glue.
-_CODE = ("errors.py", "versions.py", "source", "model", "export")
+# What changes a made file (an export, a reference file): the making code and everything below it.
+# Judging, running and plugin code is not in it, so an edit there never discards a cached export.
+MAKING = ("errors.py", "versions.py", "source", "model", "export")
 
 
 @functools.cache
-def code_digest(*modules: str) -> str:
-    """The plugin's version and a hash of the code an artefact is made by: the named modules
-    (``"export.gate"``, relative to the package), or with none named every file of ``source/``,
-    ``model/`` and ``export/`` with ``errors.py`` and ``versions.py``. An artefact made by changed
-    code must not be reused, nor its remembered failure."""
+def code_digest(*parts: str) -> str:
+    """The plugin's version and a hash of the code a cached thing is made or measured by: the named
+    folders or modules (``"judge"``, ``"judge.gate"``, ``"errors.py"``, relative to the package),
+    ``MAKING`` when none are named. Something made by changed code must not be reused, nor its
+    remembered failure."""
     from pytest_qwen3vl import __version__
 
     package = Path(__file__).resolve().parents[1]
-    if modules:
-        files = [package / f"{module.replace('.', '/')}.py" for module in modules]
-    else:
-        files = sorted(f for name in _CODE for f in ((package / name).rglob("*") if (package / name).is_dir()
-                       else [package / name]) if f.suffix in (".py", ".json"))
+    files: list[Path] = []
+    for part in parts or MAKING:
+        folder = package / part.replace(".", "/")
+        if folder.is_dir():
+            files.extend(sorted(f for f in folder.rglob("*") if f.suffix in (".py", ".json")))
+        else:
+            files.append(package / part if part.endswith(".py") else folder.with_suffix(".py"))
     digest = hashlib.sha256(__version__.encode())
     for path in files:
         digest.update(path.relative_to(package).as_posix().encode())
@@ -296,3 +300,32 @@ class ArtifactCache:
         self.root.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("a", encoding="utf-8") as log:
             log.write(json.dumps(record) + "\n")
+
+
+@dataclass
+class CacheTally:
+    """What the export cache did in this run: events counted in each process, summed on the controller.
+
+    Under xdist each worker sends its tally through ``config.workeroutput``; the controller adds them
+    up in ``pytest_testnodedown``, so the summary needs no clock and no log parsing.
+    """
+
+    events: Counter[str] = field(default_factory=Counter)
+
+    def add(self, event: str) -> None:
+        self.events[event] += 1
+
+    def merge(self, other: Mapping[str, int]) -> None:
+        self.events.update(other)
+
+    def line(self) -> str | None:
+        """``qwen3vl exports this run: 4 built, 2 failed, 1 damaged entry rebuilt, ...`` or None."""
+        words = (
+            (BUILT, "built", "built"),
+            (FAILED, "failed", "failed"),
+            (DAMAGED, "damaged entry rebuilt", "damaged entries rebuilt"),
+            (REMEMBERED, "failure remembered", "failures remembered"),
+            (REUSED, "reused", "reused"),
+        )
+        parts = [f"{self.events[e]} {one if self.events[e] == 1 else many}" for e, one, many in words if self.events[e]]
+        return f"qwen3vl exports this run: {', '.join(parts)}" if parts else None

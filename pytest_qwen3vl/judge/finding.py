@@ -1,0 +1,81 @@
+"""One shape for what a file did on one grid, and one place that words it.
+
+Every row about serving (a recipe's file on the sweep, a user's file under ``--qwen3vl-onnx``) is
+made of ``Finding`` records and worded by ``served_line``: a grid is *served* when the runtime ran
+it and every output is within the tolerance, *refused* when the runtime raised (its own error), and
+*wrong* when it ran and answered outside the tolerance, the worse finding, so it is listed first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pytest_qwen3vl.judge.tolerance import OutputParity, Tolerance
+from pytest_qwen3vl.model.grids import Grid
+
+SERVED, REFUSED, WRONG = "served", "refused", "wrong"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One file on one grid on one runtime (``runtime`` names it and its precision, ``onnxruntime:fp32``)."""
+
+    file: str
+    runtime: str
+    grid: Grid
+    tolerance: Tolerance
+    error: str | None = None  # the runtime's own refusal
+    outputs: tuple[OutputParity, ...] = ()
+    problems: tuple[str, ...] = ()  # outputs that could not be compared (shape, absent, extra)
+
+    @property
+    def status(self) -> str:
+        if self.error is not None:
+            return REFUSED
+        if self.problems or not all(o.within(self.tolerance) for o in self.outputs):
+            return WRONG
+        return SERVED
+
+    @property
+    def served(self) -> bool:
+        return self.status == SERVED
+
+    def reason(self) -> str:
+        """Why the grid is not served, in a few words; empty when it is."""
+        if self.error is not None:
+            return self.error
+        if self.problems:
+            return self.problems[0]
+        worst = [o for o in self.outputs if not o.within(self.tolerance)]
+        return max(worst, key=lambda o: o.rel_l2).reason() if worst else ""
+
+    def worst_rel_l2(self) -> float:
+        return max((o.rel_l2 for o in self.outputs), default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "runtime": self.runtime, "grid": self.grid.text,
+                "tolerance": asdict(self.tolerance), "error": self.error,
+                "outputs": [asdict(o) for o in self.outputs], "problems": list(self.problems)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Finding:
+        return cls(data["file"], data["runtime"], Grid.parse(data["grid"]), Tolerance(**data["tolerance"]),
+                   data["error"], tuple(OutputParity(**o) for o in data["outputs"]), tuple(data["problems"]))
+
+
+def served_line(findings: Sequence[Finding]) -> tuple[bool, str]:
+    """``serves 7 of 9 grids; wrong on 2x24x12 (pooled_embeds relative L2 0.96); refuses 1x20x20 (ONNX
+    Runtime: ...)`` and whether every grid is served."""
+    wrong = [f for f in findings if f.status == WRONG]
+    refused = [f for f in findings if f.status == REFUSED]
+    served = len(findings) - len(wrong) - len(refused)
+    line = f"serves {served} of {len(findings)} grid{'s' if len(findings) != 1 else ''}"
+    if wrong:
+        line += "; wrong on " + ", ".join(f"{f.grid.id} ({f.reason()})" for f in wrong)
+    if refused:
+        line += "; refuses " + ", ".join(f"{f.grid.id} ({f.reason()})" for f in refused)
+    if served and not wrong and not refused and findings:
+        line += f" (worst relative L2 {max(f.worst_rel_l2() for f in findings):.2g})"
+    return not (wrong or refused), line

@@ -1,0 +1,1 @@
+"""Reading an ONNX file without running it: its structure, interface, weight type and graph signature."""

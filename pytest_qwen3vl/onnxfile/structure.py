@@ -1,0 +1,86 @@
+"""An ONNX file's structure without its weights' data: what start-up, the interface and the weight
+type read, for any size of file.
+
+A file with inline weights cannot be parsed without them; from ``CHILD_FROM_BYTES`` on it is parsed
+in a child process that writes back the structure alone, so the check's own process never holds a
+second copy of a large file's weights. onnx is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pytest_qwen3vl.errors import ArtefactError, ProbeFailed, child_failure
+
+if TYPE_CHECKING:
+    import onnx
+
+NOT_ONNX = 3  # the child's exit status for a file that is no ONNX model
+# Files from this size on are read in a child process (a tiny export is 5 MB, a 4B one 1.3 GB).
+CHILD_FROM_BYTES = 64 << 20
+
+
+def strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (changed in place) with every initializer's data dropped: names, types and dims stay."""
+    import onnx
+
+    for init in model.graph.initializer:
+        for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data",
+                     "string_data", "external_data"):
+            init.ClearField(name)
+        init.data_location = onnx.TensorProto.DEFAULT
+    return model
+
+
+def _parse(path: Path) -> onnx.ModelProto:
+    """``path`` without its external data; ``ArtefactError`` when it is no ONNX model."""
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ArtefactError(f"{path}: not an ONNX model ({type(exc).__name__})") from None
+
+
+def structure(path: Path) -> onnx.ModelProto:
+    """The model without its weights' data (external data is not read), parsed in a child process
+    for a file of ``CHILD_FROM_BYTES`` or more. ``ArtefactError`` for a file that is no ONNX model,
+    ``ProbeFailed`` when the child fails otherwise."""
+    import onnx
+
+    if path.stat().st_size < CHILD_FROM_BYTES:
+        model = strip_weights(_parse(path))
+    else:
+        with tempfile.TemporaryDirectory(prefix="qwen3vl-structure-") as tmp:
+            slim = Path(tmp) / "structure.onnx"
+            done = subprocess.run([sys.executable, "-m", __name__, str(path), str(slim)],
+                                  capture_output=True, text=True, check=False)
+            if done.returncode == NOT_ONNX:
+                raise ArtefactError(done.stdout.strip())
+            if done.returncode != 0 or not slim.is_file():
+                raise ProbeFailed(f"reading the file's structure failed: {child_failure(done.stderr, done.returncode)}")
+            model = onnx.load(str(slim))
+    if not model.ir_version or not model.graph.output:
+        raise ArtefactError(f"{path}: not an ONNX model (no graph outputs)")
+    return model
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The child: ``python -m pytest_qwen3vl.onnxfile.structure FILE OUT`` writes FILE's structure to OUT."""
+    import onnx
+
+    path, out = (Path(a) for a in (argv or sys.argv[1:]))
+    try:
+        model = _parse(path)
+    except ArtefactError as exc:
+        print(exc)
+        raise SystemExit(NOT_ONNX) from None
+    onnx.save_model(strip_weights(model), str(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The interface a runtime offers the judge: load a file or say why not, run it on named inputs.
+
+A runtime's own refusal (a file it cannot load, a node it cannot run) is ``RuntimeRefused``: a
+finding about the file on that runtime. Anything else a runtime raises is a fault of ours or of the
+machine and propagates as it is, so it never reads as a verdict.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+class Session(ABC):
+    """A loaded file, run as often as needed."""
+
+    @abstractmethod
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """``outputs`` (default: every output) by name; raises ``RuntimeRefused`` when the runtime refuses."""
+
+
+class Runtime(ABC):
+    """One runtime at one setting: ``name`` and ``precision`` are what a row says ran."""
+
+    name: str
+    precision: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.precision}"
+
+    @abstractmethod
+    def load(self, path: Path) -> Session:
+        """The file loaded (external data next to it loads with it); ``RuntimeRefused`` when it does not load."""
