@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import re
 import sys
 import time
@@ -131,12 +132,9 @@ def checkpoint_main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("out", metavar="OUT_DIR", type=Path, help="folder to write (absent or empty)")
     parser.add_argument("--config", default="tiny", choices=list(VISION_PRESETS), help="preset (default tiny)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights (default 0)")
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of the weights, 0 to 2**32-1 (default 0)")
     parser.add_argument("--vision-only", action="store_true", help="write only the vision tower's tensors")
     args = parser.parse_args(argv)
-    if args.seed < 0:
-        print(f"qwen3vl-checkpoint: --seed={args.seed}: must be >= 0", file=sys.stderr)
-        return 2
     from pytest_qwen3vl.model.write_checkpoint import write_checkpoint
 
     try:
@@ -176,6 +174,31 @@ def genai_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _seed(text: str) -> int:
+    """``--seed``: the rule of every entry point (``model.inputs.check_seed``), as argparse's one-line error."""
+    from pytest_qwen3vl.model.inputs import check_seed
+
+    try:
+        return check_seed(text)
+    except Qwen3VLError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _opset(text: str) -> int:
+    """``--opset``: an opset the installed onnx knows and the exporters take (from 14, scaled dot-product
+    attention's lowering); an out-of-range one otherwise fails deep in the exporter with a graph dump."""
+    import onnx
+
+    newest = int(onnx.defs.onnx_opset_version())
+    try:
+        opset = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not an integer") from None
+    if not 14 <= opset <= newest:
+        raise argparse.ArgumentTypeError(f"{opset}: must be from 14 to {newest} (the installed onnx's newest)")
+    return opset
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """Usage errors as one line (``prog: error: ...``), exit code 2, like every other bad input."""
 
@@ -198,12 +221,12 @@ def _export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True,
                         help=f"{'|'.join(VISION_PRESETS)} (random weights), a checkpoint folder or a config.json")
     parser.add_argument("--modified", type=Path, help="a modified modeling_qwen3_vl.py (default: golden's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of random weights and trace inputs")
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of random weights and trace inputs, 0 to 2**32-1")
     parser.add_argument("--recipe", required=True, choices=RECIPE_NAMES)
     parser.add_argument("--layout", choices=LAYOUTS,
                         help="deepstack only: one output per layer (split, the default) or one [D, N, H] (stacked)")
     parser.add_argument("--grid", default=DEFAULT_GRID.text, help="T,H,W the export is traced at")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument("--opset", type=_opset, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--exporter", choices=EXPORTER_NAMES, default="torchscript")
     parser.add_argument("-o", "--output", required=True, type=Path, help="the .onnx file to write")
     return parser
@@ -234,10 +257,15 @@ def _export(args: argparse.Namespace) -> int:
         raise ConfigError(f"--config={args.config!r}: {exc}") from None
     grid = Grid.parse(args.grid)
     grid.check_merge(spec.merge_size)
+    grid.check_memory(int(spec.vision.get("num_heads", 16)))
     if args.modified is not None and not args.modified.is_file():
         raise SourceError(f"--modified: {args.modified} does not exist")
     if not args.output.parent.is_dir():
         raise SourceError(f"-o: folder {args.output.parent} does not exist")
+    if args.output.is_dir():
+        raise SourceError(f"-o: {args.output} is a folder; name the .onnx file to write")
+    if not os.access(args.output.parent, os.W_OK):
+        raise SourceError(f"-o: folder {args.output.parent} is not writable")
     golden = installed_golden_path()
     check_golden(golden)
 

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from pytest_qwen3vl.errors import GridError
+
+# The released image processor's pixel budget (longest_edge 16777216 pixels, 16x16 pixels a patch):
+# no image it emits has more patches than this. A larger grid is a typo, never a user's input.
+MAX_PATCHES = 16777216 // (16 * 16)
+# Eager attention holds a few (scores, softmax, their product's inputs) float32 [heads, n, n] tensors
+# for an image of n patches at once.
+_ATTENTION_COPIES = 3
 
 
 @dataclass(frozen=True)
@@ -22,11 +30,14 @@ class Grid:
         images = []
         for part in text.split("+"):
             fields = [f.strip() for f in part.split(",")]
-            if len(fields) != 3 or not all(f.isdigit() for f in fields):
+            if len(fields) != 3 or not all(f.isascii() and f.isdigit() for f in fields):
                 raise GridError(f"{text!r}: {part.strip()!r} is not three positive integers T,H,W")
             t, h, w = (int(f) for f in fields)
             if min(t, h, w) <= 0:
                 raise GridError(f"{text!r}: T, H and W must be positive, got {part.strip()}")
+            if h * w > MAX_PATCHES:
+                raise GridError(f"{text!r}: {h}x{w} = {h * w} patches is beyond the released image processor's "
+                                f"budget of {MAX_PATCHES} patches an image (16777216 pixels)")
             images.append((t, h, w))
         return cls(tuple(images))
 
@@ -38,6 +49,16 @@ class Grid:
                     f"{self.text}: H and W must be divisible by the merge size "
                     f"{merge_size}, got {t},{h},{w}"
                 )
+
+    def check_memory(self, heads: int, available: int | None = None) -> None:
+        """Refuse a grid whose eager attention alone would not fit in this machine's memory, before any
+        work: its largest image's [heads, n, n] float32 tensors, a few at once."""
+        largest = max(t * h * w for t, h, w in self.images)
+        need = _ATTENTION_COPIES * heads * largest * largest * 4
+        have = available if available is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if need > have:
+            raise GridError(f"{self.text}: eager attention on {largest} patches with {heads} heads needs about "
+                            f"{need / 2**30:.0f} GiB, this machine has {have / 2**30:.0f} GiB")
 
     @property
     def id(self) -> str:

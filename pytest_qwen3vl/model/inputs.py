@@ -13,6 +13,23 @@ if TYPE_CHECKING:
     from pytest_qwen3vl.model.configs import ModelSpec
 
 
+# torch generators take seeds of 64 bits; numpy's and most users' tools 32. One rule for every entry point.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(value: str | int) -> int:
+    """A seed as an integer from 0 to ``MAX_SEED``; ``SettingsError`` otherwise (callers name their option)."""
+    from pytest_qwen3vl.errors import SettingsError
+
+    try:
+        seed = int(str(value).strip())
+    except ValueError:
+        raise SettingsError(f"{value!r}: not an integer") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise SettingsError(f"{value!r}: must be from 0 to {MAX_SEED}")
+    return seed
+
+
 @dataclass(frozen=True)
 class VisionInputs:
     """What a downstream builder feeds the vision encoder for one call."""

@@ -150,14 +150,13 @@ def parse_grids(values: list[str]) -> tuple[Grid, ...]:
 
 
 def parse_seed(value: str | int) -> int:
-    """The seed must be a non-negative integer: torch generators take nothing else."""
+    """The seed: an integer from 0 to 2**32-1, the rule of every entry point (``model.inputs.check_seed``)."""
+    from pytest_qwen3vl.model.inputs import check_seed
+
     try:
-        seed = int(str(value).strip())
-    except ValueError:
-        raise SettingsError(f"{flag(SEED)}={value!r}: not an integer") from None
-    if seed < 0:
-        raise SettingsError(f"{flag(SEED)}={value!r}: must be >= 0")
-    return seed
+        return check_seed(value)
+    except SettingsError as exc:
+        raise SettingsError(f"{flag(SEED)}={exc}") from None
 
 
 def existing_file(name: str, value: str | None, base: Path) -> Path | None:
@@ -246,6 +245,7 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
     for grid in grids:
         try:
             grid.check_merge(model.merge_size)
+            grid.check_memory(int(model.vision.get("num_heads", 16)))
         except GridError as exc:
             raise SettingsError(f"{flag(GRID)}={exc}") from None
     raw_seed, _ = _value(config, SEED)
