@@ -17,6 +17,7 @@ from pytest_qwen3vl.plugin.claims import (
 )
 from pytest_qwen3vl.plugin.exports import TALLY_KEY, WORKER_OUTPUT
 from pytest_qwen3vl.plugin.settings import (
+    CACHE_WORKERINPUT,
     FLAGS,
     GRID,
     ONNX,
@@ -88,6 +89,7 @@ def pytest_configure_node(node: object) -> None:
     """xdist controller: hand each worker the ``--qwen3vl-onnx`` files it read, so no worker reads them again."""
     settings = settings_of(node.config)  # type: ignore[attr-defined]
     node.workerinput[ONNX_WORKERINPUT] = [facts.to_dict() for facts in settings.onnx_files]  # type: ignore[attr-defined]
+    node.workerinput[CACHE_WORKERINPUT] = [str(settings.cache_dir), settings.cache_fallback]  # type: ignore[attr-defined]
 
 
 @pytest.hookimpl(trylast=True)
@@ -97,6 +99,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if output is not None and TALLY_KEY in session.config.stash:
         output[WORKER_OUTPUT] = dict(session.config.stash[TALLY_KEY].events)
     settle_before_exit(session.config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The controller removes the private cache it made for this session (workers share it until then)."""
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings is not None and settings.cache_fallback is not None and not hasattr(config, "workerinput"):
+        import shutil
+
+        shutil.rmtree(settings.cache_dir, ignore_errors=True)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:

@@ -100,6 +100,7 @@ class Settings:
     onnx_files: tuple[FileFacts, ...] = ()  # each --qwen3vl-onnx file as read once, at start-up
     onnx_outputs: OutputMap | None = None
     onnx_tolerance: tuple[tuple[str, float], ...] = ()
+    cache_fallback: str | None = None  # why the named cache folder is not used (a private one is)
 
     @property
     def onnx(self) -> tuple[Path, ...]:
@@ -182,6 +183,27 @@ def _existing(name: str, value: str | None, base: Path, exists: Callable[[Path],
 
 # Where the controller hands the files it read to xdist workers (``config.workerinput``).
 ONNX_WORKERINPUT = "qwen3vl_onnx_files"
+# Where it hands them the cache folder it chose, with the reason when it is a private one.
+CACHE_WORKERINPUT = "qwen3vl_cache"
+
+
+def usable_cache(wanted: Path, handed: list[str | None] | None = None) -> tuple[Path, str | None]:
+    """``wanted`` if a file can be written there, else a private temporary folder for this session and
+    why: the cache is an optimisation, so a read-only, full or mistyped cache folder must never turn
+    into a verdict. An xdist worker takes the controller's choice (``handed``), so workers share it."""
+    import tempfile
+
+    if handed is not None:
+        return Path(str(handed[0])), handed[1]
+    try:
+        wanted.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=wanted, prefix=".qwen3vl-write-check-"):
+            pass
+        return wanted, None
+    except OSError as exc:
+        why = "a file, not a folder" if wanted.exists() and not wanted.is_dir() else exc.strerror or type(exc).__name__
+        reason = f"{wanted} is not usable ({why})"
+    return Path(tempfile.mkdtemp(prefix="qwen3vl-cache-")), reason
 
 
 def onnx_files(values: list[str], base: Path, mapping: OutputMap | None,
@@ -257,10 +279,8 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
         except SourceError:
             golden = None
     raw_cache, cache_base = _value(config, CACHE_DIR)
-    if raw_cache:
-        cache_dir = (cache_base / str(raw_cache)).resolve()
-    else:
-        cache_dir = config.rootpath / ".pytest_cache" / "d" / PREFIX
+    wanted = (cache_base / str(raw_cache)).resolve() if raw_cache else config.rootpath / ".pytest_cache" / "d" / PREFIX
+    cache_dir, cache_fallback = usable_cache(wanted, getattr(config, "workerinput", {}).get(CACHE_WORKERINPUT))
     raw_suite, _ = _value(config, SUITE)
     suite = str(raw_suite or AUTO).strip().lower()
     if suite not in MODES:
@@ -288,6 +308,7 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
         model=model,
         seed=seed,
         cache_dir=cache_dir,
+        cache_fallback=cache_fallback,
         suite=suite,
         report=(report_base / str(raw_report)).resolve() if raw_report else None,
         snapshot_dir=(snapshots_base / str(raw_snapshots)).resolve() if raw_snapshots else snapshots_dir(),

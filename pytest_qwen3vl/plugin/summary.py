@@ -43,6 +43,9 @@ class ClaimReporter:
         terminalreporter.write_line(f"qwen3vl claims: {counts}")
         if len(selected) < len(rows):  # a run narrowed with -m or -k: the rest were not asked for
             terminalreporter.write_line(f"qwen3vl claims not selected in this run: {len(rows) - len(selected)}")
+        if self.settings.cache_fallback is not None:
+            terminalreporter.write_line(f"qwen3vl cache: {self.settings.cache_fallback}; this session used a "
+                                        f"private cache at {self.settings.cache_dir}")
         cache_line = terminalreporter.config.stash[TALLY_KEY].line()
         if cache_line:
             terminalreporter.write_line(f"{cache_line} (log: {self.settings.export_cache / 'builds.log'})")
