@@ -4,7 +4,6 @@ claims table equals a clean run's, and the summary line says what was rebuilt.""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CONFORMANCE, RunSuite
-from tests.test_cache import _delete_keep_folder, _flip_a_middle_byte, _truncate
+from tests.helpers import claim_status, delete_keep_folder, flip_a_middle_byte, truncate
 
 # The export claims that read the modified and golden pooled files; dynamo is left out (remembered).
 SELECT = ("test_export.py", "-k", "onnx_runtime_computes or same_graph or one_float32")
@@ -26,18 +25,14 @@ MODIFIED_POOLED = "modified-pooled-torchscript-1x24x24.onnx"
 
 def statuses(result: pytest.RunResult) -> dict[str, str]:
     """Each claim's status word from the table."""
-    found = {}
-    for claim in CLAIMS:
-        line = next(line for line in result.outlines if re.match(rf"\s*\d+ {re.escape(claim)}\s", line))
-        found[claim] = line.split()[2]
-    return found
+    return {claim: claim_status(result, claim) for claim in CLAIMS}
 
 
 def published(cache: Path, filename: str) -> Path:
     return next((cache / "exports" / "objects").glob(f"*/{filename}"))
 
 
-@pytest.mark.parametrize("harm", [_truncate, _flip_a_middle_byte, _delete_keep_folder],
+@pytest.mark.parametrize("harm", [truncate, flip_a_middle_byte, delete_keep_folder],
                          ids=["truncated", "byte-flipped", "file-deleted"])
 def test_a_damaged_export_is_rebuilt_and_the_verdicts_stay(
     run_suite: RunSuite, tmp_path: Path, harm: Callable[[Path], None]

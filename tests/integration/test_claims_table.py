@@ -7,19 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RunSuite
-from tests.test_plugin import modified_copy
-
-MERGER_LINE = "        x = self.linear_fc2(self.act_fn(self.linear_fc1(x)))\n"
-
-
-def claim_line(result: pytest.RunResult, claim: str) -> str:
-    """The claim's row of the table, with its continuation lines joined."""
-    lines = result.outlines
-    start = next(i for i, line in enumerate(lines) if f" {claim} " in line and "qwen3vl claims" not in line)
-    end = start + 1
-    while end < len(lines) and lines[end].startswith("   ") and not lines[end][:4].strip():
-        end += 1
-    return " | ".join(lines[start:end])
+from tests.helpers import MERGER_LINE, claim_row, modified_copy
 
 
 @pytest.mark.parametrize("workers", [None, "2"], ids=["serial", "xdist"])
@@ -29,10 +17,10 @@ def test_table_is_complete(run_suite: RunSuite, workers: str | None) -> None:
                        subprocess=bool(workers))
     result.assert_outcomes(passed=2)  # outputs are compared on the sweep's grids and the run's, in one test
     result.stdout.fnmatch_lines(["*= qwen3vl claims =*", "*# claim*status*statement*measured*"])
-    line = claim_line(result, "runtime-equivalence")
+    line = claim_row(result, "runtime-equivalence")
     assert " holds " in line
     assert "holds on 10 grids (1x16x16, 1x24x24, " in line and ", 1x8x8+1x4x4); pooled (64, 2560)" in line
-    assert " not run " in claim_line(result, "golden-onnx-outputs")
+    assert " not run " in claim_row(result, "golden-onnx-outputs")
 
 
 def test_wrong_merger_arithmetic_fails_runtime_equivalence(run_suite: RunSuite, tmp_path: Path) -> None:
@@ -41,7 +29,7 @@ def test_wrong_merger_arithmetic_fails_runtime_equivalence(run_suite: RunSuite, 
     result = run_suite("test_runtime.py", modified=wrong)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["fails on 9 of 9 grids: 1x16x16: pooled embeddings differ from golden: max abs *"])
-    line = claim_line(result, "runtime-equivalence")
+    line = claim_row(result, "runtime-equivalence")
     assert " fails " in line and "pooled embeddings differ from golden" in line
 
 
@@ -78,4 +66,4 @@ def test_modified_file_that_does_not_import(run_suite: RunSuite, tmp_path: Path,
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines([f"*modified modeling file does not import: {message}"])
     assert "pytest_qwen3vl/plugin/fixtures.py" not in result.stdout.str()
-    assert " fails " in claim_line(result, "runtime-equivalence")
+    assert " fails " in claim_row(result, "runtime-equivalence")

@@ -9,7 +9,6 @@ deselects it where the registry cannot be reached.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from pytest_qwen3vl.source.files import installed_golden_path, reference_modified_text
 from pytest_qwen3vl.versions import transformers_version
 from tests.conftest import REPO
-from tests.test_claims_table import MERGER_LINE
+from tests.helpers import MERGER_LINE, claim_row, claim_status, claim_statuses
 
 pytestmark = pytest.mark.network
 
@@ -75,7 +74,7 @@ def test_installed_suite_passes_beside_the_repos_own_tests(venv: Path, tmp_path:
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "PASSED tests/test_own.py::test_own" in result.stdout
     assert "qwen3vl claims:" in result.stdout
-    assert not re.findall(r"^\s*\d+ \S+\s+fails\s", result.stdout, flags=re.MULTILINE), "a claim fails"
+    assert "fails" not in claim_statuses(result.stdout).values(), "a claim fails"
     assert "PASSED test_runtime.py::test_outputs_bit_identical" in result.stdout
 
 
@@ -84,7 +83,7 @@ def test_wrong_fork_fails_and_the_table_names_the_claim(venv: Path, tmp_path: Pa
     repo = make_repo(tmp_path / "repo", wrong)
     result = run(venv / "bin" / "pytest", "--qwen3vl-grid=1,24,24", "-n", "2", "-p", "no:cacheprovider", cwd=repo)
     assert result.returncode == 1, result.stdout[-4000:]
-    assert re.search(r"^\s*\d+ runtime-equivalence\s+fails\s", result.stdout, flags=re.MULTILINE)
+    assert claim_status(result.stdout, "runtime-equivalence") == "fails", result.stdout[-4000:]
 
 
 def test_repo_naming_no_modified_file_collects_nothing_extra(venv: Path, tmp_path: Path) -> None:
@@ -134,9 +133,9 @@ def test_a_repo_checks_the_file_its_own_builder_exports(venv: Path, tmp_path: Pa
                  "--qwen3vl-config=ckpt", "--qwen3vl-onnx=vision.onnx", "--qwen3vl-grid=1,24,24",
                  "--qwen3vl-grid=1,16,16", cwd=repo)
     table = result.stdout
-    assert re.search(r"^\s*\d+ artefact-interface\s+holds\s", table, flags=re.MULTILINE), table[-4000:]
-    parity = re.search(r"^\s*\d+ artefact-parity\s+fails\s.*1x16x16", table, flags=re.MULTILINE | re.DOTALL)
-    assert parity, table[-4000:]
-    assert "serves 1 of 2 grids" in table, table[-4000:]
+    assert claim_status(table, "artefact-interface") == "holds", table[-4000:]
+    parity = claim_row(table, "artefact-parity")
+    assert claim_status(table, "artefact-parity") == "fails" and "1x16x16" in parity, parity
+    assert "serves 1 of 2 grids" in claim_row(table, "artefact-grids"), table[-4000:]
     # The builder's wrapper keeps the tower as ``vision``: the drift is still located by module.
-    assert "drift starts at pos_add" in table, table[-4000:]
+    assert "drift starts at pos_add" in claim_row(table, "artefact-where"), table[-4000:]

@@ -18,8 +18,8 @@ from pytest_qwen3vl.model.inputs import make_inputs
 from pytest_qwen3vl.model.outputs import deepstack
 from pytest_qwen3vl.source.files import installed_golden_path
 from tests.conftest import RunSuite
+from tests.helpers import claim_row, glob_literal
 from tests.model_variants import POS_EMBED_H_W_SWAPPED
-from tests.test_model_claims import claim_rows, glob_literal
 
 
 def test_square_grid_run_still_catches_a_h_w_swap(run_suite: RunSuite, tmp_path: Path) -> None:
@@ -28,13 +28,13 @@ def test_square_grid_run_still_catches_a_h_w_swap(run_suite: RunSuite, tmp_path:
     result = run_suite(variant.module, "-k", variant.select, "--qwen3vl-grid=1,24,24", modified=modified)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"*{glob_literal(variant.expect)}*"])
-    assert " fails " in claim_rows(result, variant.claim)
+    assert " fails " in claim_row(result, variant.claim)
 
 
 def test_golden_rows_name_every_sweep_grid(run_suite: RunSuite) -> None:
     result = run_suite("test_runtime.py", "-k", "bit_identical", "--qwen3vl-grid=1,24,24")
     result.assert_outcomes(passed=1)
-    row = claim_rows(result, "runtime-equivalence")
+    row = claim_row(result, "runtime-equivalence")
     assert f"holds on {len(SWEEP)} grids ({', '.join(g.id for g in SWEEP)})" in row, row
 
 

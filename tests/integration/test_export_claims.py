@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qwen3vl.export.cache import ArtifactCache
 from pytest_qwen3vl.plugin.bundled import snapshots_dir
 from pytest_qwen3vl.plugin.snapshots import versions_label
+from pytest_qwen3vl.store.cache import ArtifactCache
 from tests.conftest import RunSuite
-from tests.test_claims_table import MERGER_LINE, claim_line
-from tests.test_plugin import modified_copy
+from tests.helpers import MERGER_LINE, claim_row, modified_copy
 from tests.variants import VARIANTS, golden_text
 
 EXPORT_MODULES = ("test_export.py", "test_export_snapshots.py")
@@ -30,7 +29,7 @@ POOLED_CONTRACT = "test_contract[modified-pooled-tiny-1x24x24].json"
 
 
 def rows(result: pytest.RunResult, *claims: str) -> dict[str, str]:
-    return {claim: claim_line(result, claim) for claim in claims}
+    return {claim: claim_row(result, claim) for claim in claims}
 
 
 def test_pre_merger_states_packed_into_outputs0_give_two_outputs(run_suite: RunSuite, tmp_path: Path) -> None:
@@ -186,4 +185,4 @@ def test_mismatch_names_the_part_and_other_versions_skip(run_suite: RunSuite, sn
         # the other verified transformers version's lowering is shipped too
         "(snapshots exist for: torch-0.0.1_onnx-0.0.1, torch-*_transformers-*); record one with --snapshot-update",
     ])
-    assert " fails " in claim_line(result, "export-pooled-embeds")
+    assert " fails " in claim_row(result, "export-pooled-embeds")

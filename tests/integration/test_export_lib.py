@@ -21,14 +21,15 @@ from pytest_qwen3vl.export.builder import (
     make_wrapper,
     output_names,
 )
-from pytest_qwen3vl.export.graph import graph_digest, graph_signature
-from pytest_qwen3vl.export.runtime import failed_node, ort_session, parity, run_pooled, runtime_errors, runtime_failure
 from pytest_qwen3vl.export.tracing import count_deepstack_calls, enclosing_function, trace_hazards
+from pytest_qwen3vl.metrics import parity
 from pytest_qwen3vl.model.build import VisionPair
 from pytest_qwen3vl.model.configs import resolve_config
-from pytest_qwen3vl.model.grids import Grid, other_grid
+from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.model.inputs import VisionInputs, make_inputs
-from tests.test_recipes import session_exports
+from pytest_qwen3vl.onnxfile.signature import graph_digest, graph_signature
+from pytest_qwen3vl.runtimes.onnxruntime import ort_session, run_pooled
+from tests.helpers import session_exports
 
 GRID = Grid.parse("1,4,4")
 
@@ -276,30 +277,3 @@ def test_a_model_that_raises_while_counted_is_measured_again(
             exports.deepstack_calls("modified", GRID, trace=False, flag=None)
         assert isinstance(raised.value.error, RuntimeError) and "merger exploded" in str(raised.value.error)
     assert exports.measured.events == {"unpublished": 2}
-
-
-def test_runtime_errors_name_the_failing_node_and_only_onnx_runtimes_count() -> None:
-    """A node's failure names the node; a bad feed is ONNX Runtime's too but names none; a plain
-    RuntimeError (not ONNX Runtime's error classes) is not one of them."""
-    graph = helper.make_graph(
-        [helper.make_node("Reshape", ["x", "shape"], ["y"], name="the_reshape")], "reshape",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "shape")],
-    )
-    session = ort_session(helper.make_model(graph).SerializeToString())
-    with pytest.raises(runtime_errors()) as node_failure:
-        session.run(None, {"x": np.zeros(5, dtype=np.float32)})
-    assert failed_node(node_failure.value) == ("Reshape", "the_reshape")
-    assert runtime_failure(node_failure.value).startswith("Reshape node the_reshape: "), node_failure.value
-    with pytest.raises(runtime_errors()) as bad_feed:
-        session.run(None, {"x": np.zeros((5, 1), dtype=np.float32)})
-    assert failed_node(bad_feed.value) is None
-    assert runtime_failure(bad_feed.value).startswith("InvalidArgument: "), bad_feed.value
-    assert not isinstance(RuntimeError("running Add node. Name:'a'"), runtime_errors())
-
-
-def test_other_grid_moves_the_first_image_down_above_the_floor_else_up() -> None:
-    assert other_grid(Grid.parse("1,24,24+1,16,16"), 4) == Grid.parse("1,20,20+1,16,16")
-    assert other_grid(Grid.parse("2,4,40"), 4) == Grid.parse("2,8,36")
-    assert other_grid(Grid.parse("1,20,24"), 4, floor=16) == Grid.parse("1,24,20")

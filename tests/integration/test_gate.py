@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from pytest_qwen3vl.cli import diff_main
-from pytest_qwen3vl.export.cache import ArtifactCache
-from pytest_qwen3vl.export.gate import (
+from pytest_qwen3vl.judge.gate import (
     EXPORTERS,
     FLAGS,
     ONNX_EXPORTERS,
@@ -32,6 +31,7 @@ from pytest_qwen3vl.source.files import (
     import_modeling_file,
     installed_golden_path,
 )
+from pytest_qwen3vl.store.cache import ArtifactCache
 from tests.variants import VARIANTS, golden_text
 
 IS_EXPORTING = MODIFIED_CONDITION[:-1] + " or torch.compiler.is_exporting())"

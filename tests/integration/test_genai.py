@@ -23,19 +23,19 @@ import torch
 og = pytest.importorskip("onnxruntime_genai")
 
 from pytest_qwen3vl.cli import checkpoint_main, genai_main  # noqa: E402
-from pytest_qwen3vl.export.genai import (  # noqa: E402
+from pytest_qwen3vl.model.build import build_golden  # noqa: E402
+from pytest_qwen3vl.model.configs import resolve_config  # noqa: E402
+from pytest_qwen3vl.model.grids import Grid  # noqa: E402
+from pytest_qwen3vl.model.write_checkpoint import checkpoint_spec, golden_vision_state, write_checkpoint  # noqa: E402
+from pytest_qwen3vl.runtimes.genai_builder import BUILDER_MODULE, MISSING_NAMES  # noqa: E402
+from pytest_qwen3vl.runtimes.genai_folder import (  # noqa: E402
     VISION_FILE,
     embedding_model,
     make_genai_folder,
     write_embedding,
 )
-from pytest_qwen3vl.export.genai_builder import BUILDER_MODULE, MISSING_NAMES  # noqa: E402
-from pytest_qwen3vl.model.build import build_golden  # noqa: E402
-from pytest_qwen3vl.model.configs import resolve_config  # noqa: E402
-from pytest_qwen3vl.model.grids import Grid  # noqa: E402
-from pytest_qwen3vl.model.write_checkpoint import checkpoint_spec, golden_vision_state, write_checkpoint  # noqa: E402
 from tests.conftest import RunSuite  # noqa: E402
-from tests.test_claims_table import claim_line  # noqa: E402
+from tests.helpers import claim_row  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -101,14 +101,14 @@ def test_genai_cli_needs_a_checkpoint(tmp_path: Path, capsys) -> None:
 
 
 def test_builder_needs_exactly_the_placeholder_names() -> None:
-    """The bridge in export/genai_builder.py: without it the builder does not import, with it it does."""
+    """The bridge in runtimes/genai_builder.py: without it the builder does not import, with it it does."""
     import transformers
 
     assert [name for name in MISSING_NAMES if hasattr(transformers, name)] == [], "no longer missing: drop them"
     bare = subprocess.run([sys.executable, "-c", f"import {BUILDER_MODULE}"], capture_output=True, text=True)
     assert bare.returncode != 0 and "Qwen3_5" in bare.stderr.strip().splitlines()[-1]
     bridged = subprocess.run(
-        [sys.executable, "-c", "from pytest_qwen3vl.export.genai_builder import add_placeholders as a; a(); "
+        [sys.executable, "-c", "from pytest_qwen3vl.runtimes.genai_builder import add_placeholders as a; a(); "
          f"import {BUILDER_MODULE}"], capture_output=True, text=True,
     )
     assert bridged.returncode == 0, bridged.stderr.strip().splitlines()[-1:]
@@ -134,7 +134,7 @@ def test_embedding_puts_features_in_order_and_takes_none() -> None:
 def _genai_rows(run_suite: RunSuite, checkpoint: Path, folder: Path) -> dict[str, str]:
     result = run_suite("test_genai.py", f"--qwen3vl-config={checkpoint}", f"--qwen3vl-genai-folder={folder}")
     claims = ("genai-image-features", "genai-deepstack-off", "genai-like-golden", "genai-other-grid")
-    return {claim: claim_line(result, claim) for claim in claims}
+    return {claim: claim_row(result, claim) for claim in claims}
 
 
 def test_vision_file_from_other_weights_is_named(run_suite: RunSuite, checkpoint, good_folder, tmp_path) -> None:
@@ -185,7 +185,7 @@ def test_without_genai_the_rows_say_how_to_install(run_suite: RunSuite, tmp_path
         else:
             os.environ["PYTHONPATH"] = saved
     assert result.ret == 0
-    line = claim_line(result, "genai-deepstack-off")
+    line = claim_row(result, "genai-deepstack-off")
     assert " not run " in line and "pip install pytest-qwen3vl[genai]" in line, line
     shutil.rmtree(blocker)
 
@@ -200,7 +200,7 @@ def test_a_genai_builder_failure_is_not_run_never_fails(run_suite: RunSuite, che
     result = run_suite("test_genai.py", "-k", "not grid_free", f"--qwen3vl-config={unknown}")
     assert result.ret == 0, result.stdout.str()
     for claim in ("genai-preprocessing", "genai-deepstack-off", "genai-other-grid"):
-        line = claim_line(result, claim)
+        line = claim_row(result, claim)
         assert " not run " in line and "onnxruntime-genai's builder failed" in line, line
 
 
@@ -210,5 +210,5 @@ def test_grid_free_row_fails_for_a_fork_whose_rotary_frequencies_differ(run_suit
 
     result = run_suite("test_genai.py", "-k", "grid_free", modified=variant_named("theta-20000").write(tmp_path))
     result.assert_outcomes(failed=1)
-    line = claim_line(result, "genai-grid-free")
+    line = claim_row(result, "genai-grid-free")
     assert " fails " in line and "from golden's on a 1x20x20 image" in line, line

@@ -7,31 +7,16 @@ marks the claim ``fails``.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 
 from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path
 from tests.conftest import RunSuite
+from tests.helpers import claim_row, glob_literal
 from tests.model_variants import VARIANTS, ModelVariant
 
 GRID = "--qwen3vl-grid=1,8,8"
-
-
-def glob_literal(text: str) -> str:
-    """``text`` as an fnmatch pattern: brackets match themselves, ``*`` stays a wildcard."""
-    return re.sub(r"[][]", lambda m: f"[{m.group()}]", text)
-
-
-def claim_rows(result: pytest.RunResult, claim: str) -> str:
-    """The claim's row of the claims table with its continuation lines, joined."""
-    lines = result.outlines
-    start = next(i for i, line in enumerate(lines) if line[:4].strip().isdigit() and line[4:].startswith(f"{claim} "))
-    end = start + 1
-    while end < len(lines) and lines[end].startswith(" " * 10):
-        end += 1
-    return " | ".join(lines[start:end])
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,14 +32,14 @@ def test_wrong_file_fails_its_claim(run_suite: RunSuite, tmp_path: Path, variant
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["FAILED *::*[[]*modified[]] - *"])
     result.stdout.fnmatch_lines([f"*{glob_literal(variant.expect)}*"])
-    row = claim_rows(result, variant.claim)
+    row = claim_row(result, variant.claim)
     assert " fails " in row, row
 
 
 def test_preprocessing_claims_show_the_measured_grids(run_suite: RunSuite) -> None:
     result = run_suite("test_preprocessing.py")
     result.assert_outcomes(passed=2)
-    grid_row = claim_rows(result, "grid-from-size")
+    grid_row = claim_row(result, "grid-from-size")
     assert " erratum " in grid_row, grid_row
     assert "400x400 -> (1, 24, 24)" in grid_row and "report says: 400x400 -> (1, 25, 25)" in grid_row, grid_row
-    assert " holds " in claim_rows(result, "pipeline-384")
+    assert " holds " in claim_row(result, "pipeline-384")

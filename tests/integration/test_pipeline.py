@@ -18,12 +18,13 @@ from safetensors.torch import load_file, save_file
 
 from pytest_qwen3vl.errors import ConfigError
 from pytest_qwen3vl.export.builder import export_vision
-from pytest_qwen3vl.export.runtime import ort_session, run_outputs, split_outputs
 from pytest_qwen3vl.model import pipeline as pl
 from pytest_qwen3vl.model.build import VisionPair, build_golden
 from pytest_qwen3vl.model.configs import resolve_config
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.model.inputs import VisionInputs, make_inputs
+from pytest_qwen3vl.onnxfile.names import split_outputs
+from pytest_qwen3vl.runtimes.onnxruntime import ort_session, run_outputs
 from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path
 
 GRID = Grid.parse("1,16,16")

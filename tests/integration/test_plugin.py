@@ -9,6 +9,7 @@ import pytest
 
 from pytest_qwen3vl.source.files import installed_golden_path
 from pytest_qwen3vl.versions import transformers_version
+from tests.helpers import modified_copy
 
 SHOW_SETTINGS = """
 import json
@@ -25,17 +26,6 @@ def test_show(qwen3vl_settings):
 def shown_settings(result: pytest.RunResult) -> dict:
     line = next(line for line in result.outlines if "SETTINGS=" in line)
     return json.loads(line.partition("SETTINGS=")[2])
-
-
-def modified_copy(tmp: Path, old: str, new: str, name: str = "modeling_qwen3_vl.py") -> Path:
-    """The reference modified text with one more edit, written to ``tmp/name``."""
-    from pytest_qwen3vl.source.files import reference_modified_text
-
-    text = reference_modified_text(installed_golden_path().read_text(encoding="utf-8"))
-    assert text.count(old) == 1, f"{old!r} must occur once in the golden text"
-    path = tmp / name
-    path.write_text(text.replace(old, new), encoding="utf-8")
-    return path
 
 
 def test_defaults(pytester: pytest.Pytester) -> None:
@@ -130,7 +120,7 @@ BAD_INPUTS = {
     "grid-odd": (["--qwen3vl-grid=1,23,24"], "divisible by the merge size 2"),
     "modified-missing": (["--qwen3vl-modified=nowhere/modeling_qwen3_vl.py"], "--qwen3vl-modified: no such file"),
     "golden-missing": (["--qwen3vl-golden=nowhere.py"], "--qwen3vl-golden: no such file"),
-    "config-unknown": (["--qwen3vl-config=16b"], "neither a preset"),
+    "config-unknown": (["--qwen3vl-config=16b"], "--qwen3vl-config='16b': neither a preset (tiny, 2b, 4b, 8b) nor"),
     "seed-bad": (["--qwen3vl-seed=abc"], "not an integer"),
 }
 
@@ -162,7 +152,7 @@ def test_invalid_config_json_is_a_usage_error(pytester: pytest.Pytester) -> None
     pytester.makepyfile("def test_nothing():\n    pass\n")
     result = pytester.runpytest("--qwen3vl-config=config.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: --qwen3vl-config: *config.json is not valid JSON*"])
+    result.stderr.fnmatch_lines(["ERROR: --qwen3vl-config='config.json': *config.json is not valid JSON*"])
 
 
 def test_unknown_claim_id_is_a_usage_error(pytester: pytest.Pytester) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from pytest_qwen3vl.model.configs import resolve_config
 from tests.conftest import REPO, RunSuite
-from tests.test_claims_table import claim_line
+from tests.helpers import claim_row
 
 pytestmark = pytest.mark.qwen3vl_slow
 
@@ -28,7 +28,7 @@ def test_preset_runs_the_runtime_claim_at_released_size(run_suite: RunSuite, nam
     assert {k: spec.vision[k] for k in RELEASED[name]} == RELEASED[name]
     result = run_suite("test_runtime.py", "test_contracts.py", f"--qwen3vl-config={name}", "--qwen3vl-grid=1,8,8")
     result.assert_outcomes(passed=8)
-    line = claim_line(result, "runtime-equivalence")
+    line = claim_row(result, "runtime-equivalence")
     assert " holds " in line and f"pooled (16, {RELEASED[name]['out_hidden_size']})" in line, line
 
 
@@ -42,7 +42,7 @@ def test_4b_grid_free_export_serves_the_sweep(run_suite: RunSuite) -> None:
     """One grid-free export at the 4B's dimensions, traced at 1x24x24, checked on all nine sweep grids."""
     result = run_suite("test_recipes.py", "-k", "one_grid_free_file", "--qwen3vl-config=4b")
     result.assert_outcomes(passed=1)
-    assert "serves 9 of 9 grids" in claim_line(result, "grid-free-export")
+    assert "serves 9 of 9 grids" in claim_row(result, "grid-free-export")
 
 
 # Runs a command and prints, last, the peak RSS (KiB) of the largest process it waited for.

@@ -18,29 +18,24 @@ import torch
 from pytest_qwen3vl.errors import ExportFailed, RecipeUnsupported
 from pytest_qwen3vl.export import gridfree
 from pytest_qwen3vl.export.builder import export_vision
-from pytest_qwen3vl.export.graph import graph_digest, graph_signature
-from pytest_qwen3vl.export.recipes import DEFAULT_GRID, export_recipe, onnx_sweep, pytorch_sweep, trace_inputs
-from pytest_qwen3vl.export.runtime import ort_session
+from pytest_qwen3vl.export.equivalence import pytorch_sweep
+from pytest_qwen3vl.export.recipes import export_recipe
+from pytest_qwen3vl.judge.finding import served_line
 from pytest_qwen3vl.model.build import VisionPair, build_pair
 from pytest_qwen3vl.model.configs import resolve_config
-from pytest_qwen3vl.model.grids import SWEEP
+from pytest_qwen3vl.model.grids import DEFAULT_GRID, SWEEP
+from pytest_qwen3vl.model.inputs import trace_inputs
+from pytest_qwen3vl.onnxfile.signature import graph_digest, graph_signature
 from pytest_qwen3vl.plugin.exports import SessionExports
-from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path, write_reference_modified
+from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path
 from tests.conftest import RunSuite
+from tests.helpers import claim_row, line_of, not_served, session_exports, sweep_file
 from tests.model_variants import POS_EMBED_H_W_SWAPPED, variant_named
-from tests.test_model_claims import claim_rows
 
 pytestmark = pytest.mark.qwen3vl_export
 
 SQUARE = {"1x16x16", "1x24x24", "1x48x48", "2x16x16", "1x16x16+1x16x16"}
 NOT_SQUARE = {grid.id for grid in SWEEP} - SQUARE
-
-
-def session_exports(pair: VisionPair, cache: Path) -> SessionExports:
-    """What ``qwen3vl_export`` gives one process: the exports of ``cache`` and what was measured on them."""
-    golden = installed_golden_path()
-    sources = {"golden": golden, "modified": write_reference_modified(golden, cache)}
-    return SessionExports(pair, sources, resolve_config("tiny", golden.parent), 0, cache / "exports")
 
 
 @pytest.fixture(scope="module")
@@ -137,17 +132,22 @@ def test_grid_free_file_reproduces_golden_on_every_sweep_grid(exports: SessionEx
     inputs = {value.name: value.shape for value in session.get_inputs()}
     assert inputs == {"pixel_values": ["num_patches", 1536], "image_grid_thw": ["num_images", 3]}
     assert [value.name for value in session.get_outputs()] == ["pooled_embeds"]
-    result = onnx_sweep(session, pair.golden, SWEEP, 0)
-    assert not result.wrong, result.line()
+    findings = sweep_file(path, pair.golden, SWEEP)
+    served, line = served_line(findings)
+    assert served and len(findings) == len(SWEEP), line
     metadata = {entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}
     assert metadata["qwen3vl.recipe"] == "grid-free" and metadata["qwen3vl.serves"] == "every grid"
 
 
 def test_report_recipe_file_serves_only_the_grid_it_was_traced_at(exports: SessionExports, pair: VisionPair) -> None:
     path = exports.recipe("modified", "report", DEFAULT_GRID)
-    result = onnx_sweep(exports.session(path), pair.golden, SWEEP, 0)
-    assert [check.grid.id for check in result.checks if check.ok] == [DEFAULT_GRID.id], result.line()
-    assert "ONNX Runtime fails at Reshape node" in result.line()
+    findings = sweep_file(path, pair.golden, SWEEP)
+    served, line = served_line(findings)
+    assert not served and [f.grid.id for f in findings if f.served] == [DEFAULT_GRID.id], line
+    # every other grid stops in ONNX Runtime: the trace baked 1x24x24's shapes into the graph
+    assert {f.status for f in findings if not f.served} == {"refused"}, line
+    assert line.startswith(f"serves 1 of {len(SWEEP)} grids; refuses 1x16x16 (ONNX Runtime: "), line
+    assert "1x16x40 (ONNX Runtime: Reshape node " in line, line
     metadata = {entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}
     assert metadata["qwen3vl.serves"] == "only the grid it was traced at (1x24x24)"
 
@@ -157,7 +157,7 @@ def test_a_sweep_is_measured_once_then_read_from_the_cache(pair: VisionPair, sha
     first, later = session_exports(pair, shared_cache), session_exports(pair, shared_cache)
     measured = first.sweep(first.recipe("modified", "grid-free", DEFAULT_GRID))
     read = later.sweep(later.recipe("modified", "grid-free", DEFAULT_GRID))
-    assert read == measured and not read.wrong, read.line()
+    assert read == measured and len(read) == len(SWEEP) and not not_served(read), line_of(read)
     assert first.measured.events["built"] + first.measured.events["reused"] == 1
     assert later.measured.events == {"reused": 1}
 
@@ -179,7 +179,7 @@ def test_a_sweep_with_a_wrong_grid_is_measured_again(pair: VisionPair, shared_ca
     exports = session_exports(pair, shared_cache)
     path = exports.recipe("modified", "report", DEFAULT_GRID)
     once, again = exports.sweep(path), exports.sweep(path)
-    assert once == again and len(once.wrong) == len(SWEEP) - 1, once.line()
+    assert once == again and len(not_served(once)) == len(SWEEP) - 1, line_of(once)
     assert exports.measured.events == {"unpublished": 2}
 
 
@@ -198,12 +198,15 @@ def test_deepstack_recipe_matches_golden_per_output(
     assert [output.name for output in session.get_outputs()] == names
     if layout == "stacked":
         assert session.get_outputs()[1].shape == [3, "num_merged_patches", 2560]
-    result = onnx_sweep(session, pair.golden, SWEEP, 0)
-    assert not result.wrong, result.line()
+    findings = sweep_file(path, pair.golden, SWEEP)
+    served, line = served_line(findings)
+    assert served and len(findings) == len(SWEEP), line
+    assert all(len(f.outputs) == 4 for f in findings), line  # pooled and each DeepStack output compared
 
 
 def test_deepstack_check_catches_two_outputs_swapped(exports: SessionExports, pair: VisionPair, tmp_path: Path) -> None:
-    """The per-output check compares by name: a file with two DeepStack outputs swapped fails on every grid."""
+    """The per-output check compares by name: a file with two DeepStack outputs swapped is wrong on every
+    grid, outside the tolerance on exactly the two swapped outputs."""
     model = onnx.load(str(exports.recipe("golden", "deepstack", DEFAULT_GRID)))
     first, second = model.graph.output[1], model.graph.output[2]
     renames = {first.name: second.name, second.name: first.name}
@@ -212,8 +215,13 @@ def test_deepstack_check_catches_two_outputs_swapped(exports: SessionExports, pa
     first.name, second.name = second.name, first.name
     path = tmp_path / "swapped.onnx"
     onnx.save_model(model, str(path))
-    result = onnx_sweep(ort_session(path), pair.golden, SWEEP[:2], 0)
-    assert len(result.wrong) == 2 and "deepstack_features_0 relative L2" in result.line(), result.line()
+    findings = sweep_file(path, pair.golden, SWEEP[:2])
+    served, line = served_line(findings)
+    assert not served and [f.status for f in findings] == ["wrong", "wrong"], line
+    for finding in findings:
+        outside = {o.output for o in finding.outputs if not o.within(finding.tolerance)}
+        assert outside == {"deepstack_features_0", "deepstack_features_1"}, line
+    assert "; wrong on " in line and "deepstack_features_" in line and "relative L2" in line, line
 
 
 def test_deepstack_recipe_refuses_the_modified_file(pair: VisionPair, tmp_path: Path) -> None:
@@ -237,9 +245,11 @@ def test_wrong_replacement_is_caught_in_onnx_naming_the_grids(pair: VisionPair, 
     path = tmp_path / "wrong.onnx"
     with wrong_grid_free(pair.modified):
         export_vision(pair.modified, *trace_inputs(pair.modified, DEFAULT_GRID, 0), path)
-    result = onnx_sweep(ort_session(path), pair.golden, SWEEP, 0)
-    assert {check.grid.id for check in result.wrong} == NOT_SQUARE, result.line()
-    assert "1x16x40 (pooled_embeds relative L2" in result.line()
+    findings = sweep_file(path, pair.golden, SWEEP)
+    line = line_of(findings)
+    assert {f.grid.id for f in not_served(findings)} == NOT_SQUARE, line
+    assert {f.status for f in not_served(findings)} == {"wrong"}, line  # it runs: only the numbers show it
+    assert "wrong on " in line and "1x16x40 (pooled_embeds relative L2" in line, line
 
 
 def test_grid_free_claim_fails_for_a_file_whose_rotary_frequencies_differ(run_suite: RunSuite, tmp_path: Path) -> None:
@@ -247,7 +257,7 @@ def test_grid_free_claim_fails_for_a_file_whose_rotary_frequencies_differ(run_su
     modified = variant_named("theta-20000").write(tmp_path)
     result = run_suite("test_recipes.py", "-k", "one_grid_free_file", modified=modified)
     result.assert_outcomes(failed=1)
-    row = claim_rows(result, "grid-free-export")
+    row = claim_row(result, "grid-free-export")
     assert " fails " in row and "serves 0 of 9 grids; wrong on 1x16x16 (pooled_embeds relative L2" in row, row
 
 
@@ -278,5 +288,5 @@ def test_grid_free_claims_are_not_run_for_a_fork_whose_own_position_code_differs
     modified = POS_EMBED_H_W_SWAPPED.write(tmp_path)
     result = run_suite("test_recipes.py", "-k", "one_grid_free_file", modified=modified)
     result.assert_outcomes(skipped=1)
-    row = claim_rows(result, "grid-free-export")
+    row = claim_row(result, "grid-free-export")
     assert "not run: the file's own forward differs from the grid-free replacement on 1x16x40" in row, row

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RunSuite
-from tests.test_claims_table import MERGER_LINE
-from tests.test_plugin import modified_copy
+from tests.helpers import MERGER_LINE, modified_copy
 
 
 @pytest.mark.parametrize("workers", [None, "2"], ids=["serial", "xdist"])

@@ -17,7 +17,7 @@ from pytest_qwen3vl.source.files import GOLDEN_IF_LINE
 from pytest_qwen3vl.source.goldens import REPORT_VERSION
 from pytest_qwen3vl.versions import transformers_version
 from tests.conftest import RunSuite
-from tests.test_claims_table import claim_line
+from tests.helpers import claim_row
 from tests.variants import PLACE, VARIANTS, Variant, golden_text
 
 # These self-tests run on every verified transformers version (CI's second environment has 5.23.0).
@@ -108,7 +108,7 @@ def test_variant_fails_exactly_the_right_claims(run_suite: RunSuite, tmp_path: P
     modified = tmp_path / "modeling_qwen3_vl.py"
     modified.write_text(variant.make(golden_text()), encoding="utf-8")
     result = run_suite(*MODULES, GRID, modified=modified)
-    rows = {claim: claim_line(result, claim) for claim in CLAIMS}
+    rows = {claim: claim_row(result, claim) for claim in CLAIMS}
     if variant.harmless:
         expected: dict[str, str] = {}
     elif variant.name in FAILURES:

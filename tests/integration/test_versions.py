@@ -18,18 +18,18 @@ import pytest
 import torch
 
 from pytest_qwen3vl.export.builder import export_mode, export_vision
-from pytest_qwen3vl.export.graph import graph_signature
-from pytest_qwen3vl.export.runtime import ort_session, run_pooled
 from pytest_qwen3vl.model.build import VisionPair
 from pytest_qwen3vl.model.configs import resolve_config
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.model.inputs import make_inputs
 from pytest_qwen3vl.model.outputs import MODEL_OUTPUT, merged, pre_merger, structure
+from pytest_qwen3vl.onnxfile.signature import graph_signature
+from pytest_qwen3vl.runtimes.onnxruntime import ort_session, run_pooled
 from pytest_qwen3vl.source.files import check_golden, installed_golden_path, reference_modified_text, sha256_file
 from pytest_qwen3vl.source.fingerprints import fingerprints, known_fingerprints, version_mismatch, vote
 from pytest_qwen3vl.source.goldens import KNOWN_GOLDENS, REPORT_VERSION
 from tests.conftest import RunSuite
-from tests.test_claims_table import claim_line
+from tests.helpers import claim_row
 
 pytestmark = pytest.mark.qwen3vl_versions
 
@@ -80,7 +80,7 @@ def test_report_wrapper_exports_what_outputs_0_is(pair: VisionPair, tmp_path: Pa
 def test_output_contract_row_names_what_outputs_0_is(run_suite: RunSuite) -> None:
     result = run_suite("test_contracts.py", "-k", "forward_returns", f"--qwen3vl-grid={GRID}")
     result.assert_outcomes(passed=2)
-    row = claim_line(result, "output-contract")
+    row = claim_row(result, "output-contract")
     if _installed() == REPORT_VERSION:
         assert " holds " in row and "outputs[0], which the report's wrapper exports, is the merged embeddings" in row
     else:
@@ -116,7 +116,7 @@ def test_fork_of_another_version_gets_one_line_in_the_suite(run_suite: RunSuite,
     result = run_suite("test_source.py", "test_runtime.py", f"--qwen3vl-grid={GRID}", modified=fork)
     message = f"made from transformers {version}, checked against installed {_installed()}: "
     for claim in ("one-diff", "deepstack-condition", "deepstack-body", "runtime-equivalence"):
-        row = claim_line(result, claim)
+        row = claim_row(result, claim)
         assert " fails " in row and message in row, row
     assert "changed at" not in result.stdout.str(), "the versions' differences were listed as changes"
 

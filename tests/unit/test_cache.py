@@ -13,8 +13,17 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_qwen3vl.errors import ExporterUnavailable, ExportFailed
-from pytest_qwen3vl.export.cache import ArtifactCache, Unpublished, cache_key, file_digest
+from pytest_qwen3vl.store.cache import (
+    MAKING,
+    ArtifactCache,
+    CacheTally,
+    Unpublished,
+    cache_key,
+    code_digest,
+    file_digest,
+)
 from pytest_qwen3vl.versions import ABSENT, library_versions
+from tests.helpers import delete_keep_folder, flip_a_middle_byte, lose_the_manifest, truncate
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -137,25 +146,7 @@ def test_a_killed_builder_leaves_no_published_file(tmp_path: Path) -> None:
     assert [b["status"] for b in cache.builds()] == ["built"]
 
 
-def _truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[:-3])
-
-
-def _flip_a_middle_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-def _delete_keep_folder(path: Path) -> None:
-    path.unlink()
-
-
-def _lose_the_manifest(path: Path) -> None:
-    (path.parent / "manifest.json").unlink()
-
-
-@pytest.mark.parametrize("harm", [_truncate, _flip_a_middle_byte, _delete_keep_folder, _lose_the_manifest],
+@pytest.mark.parametrize("harm", [truncate, flip_a_middle_byte, delete_keep_folder, lose_the_manifest],
                          ids=["truncated", "byte-flipped", "file-deleted", "manifest-lost"])
 def test_a_damaged_entry_is_rebuilt_never_returned(tmp_path: Path, harm: Callable[[Path], None]) -> None:
     cache = ArtifactCache(tmp_path)
@@ -190,7 +181,7 @@ def test_the_recorded_sha256_is_the_files_and_only_for_a_verified_file(tmp_path:
     cache = ArtifactCache(tmp_path)
     path = cache.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("whole"))
     assert ArtifactCache(tmp_path).recorded_sha256(path) == file_digest(path)
-    _truncate(path)
+    truncate(path)
     with pytest.raises(ValueError, match="not a verified file"):
         ArtifactCache(tmp_path).recorded_sha256(path)
     with pytest.raises(ValueError, match="not a verified file"):
@@ -201,7 +192,7 @@ def test_damage_after_verification_in_the_same_process_is_noticed(tmp_path: Path
     """Verification is remembered by size and mtime: a file changed afterwards is checked again."""
     cache = ArtifactCache(tmp_path)
     path = cache.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("whole"))
-    _truncate(path)
+    truncate(path)
     assert cache.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("whole")).read_text() == "whole"
     assert cache.events["damaged"] == 1
 
@@ -255,3 +246,21 @@ def test_a_torn_log_line_from_a_killed_process_is_skipped(tmp_path: Path) -> Non
     with cache.log_path.open("a") as log:
         log.write('{"key": "half a li')
     assert [b["status"] for b in cache.builds()] == ["built"]
+
+
+def test_the_code_digest_of_a_made_file_covers_the_making_code_only() -> None:
+    """An edit to the judging, running, storing or plugin code must not discard every cached export."""
+    assert code_digest() == code_digest(*MAKING)
+    assert not {"judge", "runtimes", "store", "plugin", "onnxfile"} & set(MAKING), MAKING
+    assert {"export", "model", "source"} <= set(MAKING), MAKING
+    digests = {code_digest(), code_digest("judge"), code_digest("judge.gate"), code_digest("onnxfile"),
+               code_digest("errors.py")}
+    assert len(digests) == 5 and all(len(d) == 16 for d in digests)
+
+
+def test_the_tally_words_what_the_cache_did_summed_over_workers() -> None:
+    tally = CacheTally()
+    assert tally.line() is None
+    tally.add("built")
+    tally.merge({"built": 1, "reused": 3, "damaged": 1})
+    assert tally.line() == "qwen3vl exports this run: 2 built, 1 damaged entry rebuilt, 3 reused"

@@ -10,8 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pytest_qwen3vl.export.graph import CONSTANTS_BUCKET, graph_digest, graph_signature, group_initializers
-from pytest_qwen3vl.export.runtime import default_threads, ort_session, parity, run_outputs, run_pooled
+from pytest_qwen3vl.metrics import parity
+from pytest_qwen3vl.onnxfile.signature import CONSTANTS_BUCKET, graph_digest, graph_signature, group_initializers
+from pytest_qwen3vl.runtimes.onnxruntime import default_threads, ort_session, run_outputs, run_pooled
 
 
 def _vision_like(path: Path, *, bias: float = 0.5, doc: str = "") -> Path:

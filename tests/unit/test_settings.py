@@ -9,7 +9,7 @@ import pytest
 
 from pytest_qwen3vl.errors import ConfigError, SettingsError
 from pytest_qwen3vl.model.configs import VISION_PRESETS, resolve_config
-from pytest_qwen3vl.model.grids import SWEEP, Grid
+from pytest_qwen3vl.model.grids import SWEEP, Grid, other_grid
 from pytest_qwen3vl.plugin.settings import parse_grids, parse_seed
 
 
@@ -119,3 +119,9 @@ def test_sweep_names_the_processor_grids_once_each() -> None:
         assert all(h * w >= 256 for _, h, w in grid.images), f"{grid.id}: below the processor's pixel budget"
     ids = {grid.id for grid in grids}
     assert {"1x16x40", "1x40x16", "2x16x16", "1x16x16+1x16x16", "1x24x24+1x16x32", "1x18x22"} <= ids
+
+
+def test_other_grid_moves_the_first_image_down_above_the_floor_else_up() -> None:
+    assert other_grid(Grid.parse("1,24,24+1,16,16"), 4) == Grid.parse("1,20,20+1,16,16")
+    assert other_grid(Grid.parse("2,4,40"), 4) == Grid.parse("2,8,36")
+    assert other_grid(Grid.parse("1,20,24"), 4, floor=16) == Grid.parse("1,24,20")

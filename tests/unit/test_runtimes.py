@@ -1,0 +1,84 @@
+"""The runtime interface on ONNX Runtime's CPU: a file loads or the runtime says why not, runs on named
+inputs, and only the runtime's own errors become a refusal (a finding about the file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from pytest_qwen3vl.errors import RuntimeRefused
+from pytest_qwen3vl.runtimes.base import Runtime
+from pytest_qwen3vl.runtimes.onnxruntime import (
+    LOW_MEMORY,
+    OnnxRuntimeCPU,
+    failed_node,
+    ort_session,
+    runtime_errors,
+    runtime_failure,
+)
+from tests.helpers import tiny_encoder
+
+PIXELS = np.arange(8, dtype=np.float32).reshape(2, 4)
+GRID = np.array([[1, 1, 2]], dtype=np.int64)
+
+
+def test_a_file_runs_on_named_inputs_and_gives_the_outputs_asked_for(tmp_path: Path) -> None:
+    runtime = OnnxRuntimeCPU(config=LOW_MEMORY, threads=1)
+    assert isinstance(runtime, Runtime) and runtime.label == "onnxruntime:fp32"
+    session = runtime.load(tiny_encoder(tmp_path / "f.onnx", ("pooled_embeds", "deepstack_0")))
+    every = session.run({"pixel_values": PIXELS, "image_grid_thw": GRID})
+    assert list(every) == ["pooled_embeds", "deepstack_0"]
+    np.testing.assert_array_equal(every["pooled_embeds"], PIXELS)
+    assert list(session.run({"pixel_values": PIXELS, "image_grid_thw": GRID}, ["deepstack_0"])) == ["deepstack_0"]
+
+
+def test_a_node_that_fails_is_a_refusal_naming_the_node(tmp_path: Path) -> None:
+    session = OnnxRuntimeCPU(threads=1).load(tiny_encoder(tmp_path / "f.onnx", patches=4))
+    with pytest.raises(RuntimeRefused) as raised:
+        session.run({"pixel_values": PIXELS, "image_grid_thw": GRID})
+    assert raised.value.node == ("Reshape", "the_reshape")
+    assert str(raised.value).startswith("ONNX Runtime: Reshape node the_reshape: "), raised.value
+
+
+def test_a_file_that_does_not_load_is_a_refusal(tmp_path: Path) -> None:
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"not a model")
+    with pytest.raises(RuntimeRefused, match=r"^ONNX Runtime: \w+: "):
+        OnnxRuntimeCPU(threads=1).load(path)
+
+
+def test_a_fault_of_ours_is_no_refusal(tmp_path: Path) -> None:
+    """A feed of the wrong rank is ONNX Runtime's InvalidArgument (a refusal); a feed that is no array at
+    all never reaches the model: that error is ours and propagates as it is."""
+    session = OnnxRuntimeCPU(threads=1).load(tiny_encoder(tmp_path / "f.onnx"))
+    with pytest.raises(RuntimeRefused, match=r"^ONNX Runtime: InvalidArgument: "):
+        session.run({"pixel_values": PIXELS[0], "image_grid_thw": GRID})
+    with pytest.raises(Exception) as raised:
+        session.run({"pixel_values": object(), "image_grid_thw": GRID})  # type: ignore[dict-item]
+    assert not isinstance(raised.value, RuntimeRefused), raised.value
+
+
+def test_runtime_errors_name_the_failing_node_and_only_onnx_runtimes_count() -> None:
+    """A node's failure names the node; a bad feed is ONNX Runtime's too but names none; a plain
+    RuntimeError (not ONNX Runtime's error classes) is not one of them."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"], name="the_reshape")], "reshape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "shape")],
+    )
+    session = ort_session(helper.make_model(graph).SerializeToString())
+    with pytest.raises(runtime_errors()) as node_failure:
+        session.run(None, {"x": np.zeros(5, dtype=np.float32)})
+    assert failed_node(node_failure.value) == ("Reshape", "the_reshape")
+    assert runtime_failure(node_failure.value).startswith("Reshape node the_reshape: "), node_failure.value
+    with pytest.raises(runtime_errors()) as bad_feed:
+        session.run(None, {"x": np.zeros((5, 1), dtype=np.float32)})
+    assert failed_node(bad_feed.value) is None
+    assert runtime_failure(bad_feed.value).startswith("InvalidArgument: "), bad_feed.value
+    assert not isinstance(RuntimeError("running Add node. Name:'a'"), runtime_errors())
+
+
