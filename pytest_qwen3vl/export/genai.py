@@ -106,15 +106,14 @@ def special_ids(checkpoint: Path) -> dict[str, int]:
 
 
 def embedding_table(checkpoint: Path) -> Any:
-    """The language model's token embedding matrix (float32 numpy) from the checkpoint's safetensors."""
-    from safetensors import safe_open
+    """The language model's token embedding matrix (float32 numpy) from the checkpoint's weights."""
+    from pytest_qwen3vl.model.checkpoint import checkpoint_weights, read_tensors
 
     name = "model.language_model.embed_tokens.weight"
-    for path in sorted(checkpoint.glob("*.safetensors")):
-        with safe_open(str(path), framework="np") as handle:
-            if name in handle.keys():  # noqa: SIM118 - safe_open has no __contains__
-                return handle.get_tensor(name).astype("float32")
-    raise ConfigError(f"{checkpoint}: no {name} (a --vision-only checkpoint has no language model)")
+    found = read_tensors(checkpoint_weights(checkpoint), (name,))
+    if name not in found:
+        raise ConfigError(f"{checkpoint}: no {name} (a --vision-only checkpoint has no language model)")
+    return found[name].float().numpy()
 
 
 def embedding_model(table: Any, image_token_id: int, *, reverse_images: bool = False) -> Any:
