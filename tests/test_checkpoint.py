@@ -35,6 +35,7 @@ from pytest_qwen3vl.model.configs import (
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.model.inputs import make_inputs
 from pytest_qwen3vl.model.outputs import merged
+from pytest_qwen3vl.model.write_checkpoint import write_checkpoint
 from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path
 from tests.conftest import RunSuite
 
@@ -284,3 +285,27 @@ def test_checkpoint_of_another_shape_is_refused(tmp_path: Path, golden_module) -
     (tmp_path / "config.json").write_text(json.dumps({"vision_config": VISION_PRESETS["tiny"]}))
     with pytest.raises(ConfigError, match=r"do not fit the config: size mismatch for merger\.linear_fc2\.bias"):
         build_golden(golden_module, resolve_config(str(tmp_path), Path("/")), seed=0)
+
+
+class Interrupted(Exception):
+    """Raised from a progress callback: the command stops there, as under Ctrl-C or a full disk."""
+
+
+def stop_at(step: str):
+    def progress(message: str) -> None:
+        if message.startswith(step):
+            raise Interrupted(message)
+
+    return progress
+
+
+def test_an_interrupted_checkpoint_leaves_nothing_and_the_retry_writes_it(tmp_path: Path) -> None:
+    out = tmp_path / "ckpt"
+    with pytest.raises(Interrupted):
+        write_checkpoint(out, "tiny", 0, progress=stop_at("saving model.safetensors"))
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "empty").mkdir()
+    for target in (out, tmp_path / "empty"):
+        assert write_checkpoint(target, "tiny", 0, vision_only=True) == target
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in target.iterdir()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "empty"]

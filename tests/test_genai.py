@@ -35,6 +35,7 @@ from pytest_qwen3vl.model.configs import resolve_config  # noqa: E402
 from pytest_qwen3vl.model.grids import Grid  # noqa: E402
 from pytest_qwen3vl.model.write_checkpoint import checkpoint_spec, golden_vision_state, write_checkpoint  # noqa: E402
 from tests.conftest import RunSuite  # noqa: E402
+from tests.test_checkpoint import Interrupted, stop_at  # noqa: E402
 from tests.test_claims_table import claim_line  # noqa: E402
 
 
@@ -92,6 +93,12 @@ def test_checkpoint_cli_bad_input_is_one_line_exit_2(argv: list[str], tmp_path: 
     assert checkpoint_main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("qwen3vl-checkpoint: "), err
+
+
+def test_an_interrupted_genai_folder_leaves_nothing(checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(Interrupted):  # after genai's builder has written the decoder
+        make_genai_folder(checkpoint, tmp_path / "genai", progress=stop_at("writing embedding.onnx"))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_genai_cli_needs_a_checkpoint(tmp_path: Path, capsys) -> None:

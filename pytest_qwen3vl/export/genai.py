@@ -27,6 +27,7 @@ from typing import Any
 
 from pytest_qwen3vl.errors import ConfigError, Qwen3VLError, child_failure
 from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.model.write_checkpoint import staged_folder
 
 GENAI_INSTALL = "pip install pytest-qwen3vl[genai]"
 # Modules the folder and the runtime need; onnx_ir is imported by genai's builder without being
@@ -69,16 +70,15 @@ def make_genai_folder(checkpoint: Path, out: Path, *, vision: Path | None = None
             raise ConfigError(f"{checkpoint}: no {name} (make one with qwen3vl-checkpoint)")
     if vision is not None and not vision.is_file():
         raise ConfigError(f"--vision: no such file: {vision}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out}: exists and is not an empty folder")
-    out.mkdir(parents=True, exist_ok=True)
-    ids = decoder_and_embedding(checkpoint, out, say)
-    if vision is None:
-        say(f"exporting the checkpoint's vision tower at grid {(grid or Grid.parse('1,24,24')).id}")
-        vision_name = export_checkpoint_vision(checkpoint, out / VISION_FILE, grid or Grid.parse("1,24,24"), seed)
-    else:
-        vision_name = copy_vision(vision, out)
-    write_configs(out, checkpoint, ids, vision_name)
+    with staged_folder(out) as staging:
+        ids = decoder_and_embedding(checkpoint, staging, say)
+        if vision is None:
+            say(f"exporting the checkpoint's vision tower at grid {(grid or Grid.parse('1,24,24')).id}")
+            vision_name = export_checkpoint_vision(checkpoint, staging / VISION_FILE, grid or Grid.parse("1,24,24"),
+                                                   seed)
+        else:
+            vision_name = copy_vision(vision, staging)
+        write_configs(staging, checkpoint, ids, vision_name)
     say(f"wrote {out}")
     return out
 
