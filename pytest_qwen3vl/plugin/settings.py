@@ -51,7 +51,7 @@ OPTIONS: dict[str, str] = {
     MODIFIED: "the modified modeling_qwen3_vl.py to check (default: golden with the report's one change)",
     GOLDEN: "the golden modeling_qwen3_vl.py (default: the installed transformers' file; "
     "a named file must be a verified version's)",
-    CONFIG: f"model config: tiny, 2b, 4b, 8b or a config.json (default {DEFAULT_CONFIG})",
+    CONFIG: f"model config: tiny, 2b, 4b, 8b, a checkpoint folder or a config.json (default {DEFAULT_CONFIG})",
     SEED: f"seed of the random weights and inputs (default {DEFAULT_SEED})",
     CACHE_DIR: "where exports and the reference modified file are kept (default .pytest_cache/d/qwen3vl)",
     REPORT: "write the report again as Markdown to this path, from what the run measured",
