@@ -38,6 +38,7 @@ from pytest_qwen3vl.model.outputs import merged
 from pytest_qwen3vl.model.write_checkpoint import write_checkpoint
 from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path
 from tests.conftest import RunSuite
+from tests.test_claims_table import claim_line
 
 # Cheap enough to run again under transformers 5, which saves only safetensors itself.
 pytestmark = pytest.mark.qwen3vl_versions
@@ -261,7 +262,10 @@ def test_suite_runs_on_a_sharded_bin_folder(run_suite: RunSuite, folders) -> Non
     result.stdout.fnmatch_lines([f"qwen3vl config: {folder}; weights: the checkpoint's {shards} bin shards; *"])
 
 
-def test_export_command_exports_the_bin_folders_weights(folders, model, tmp_path: Path, capsys) -> None:
+def test_export_command_exports_the_bin_folders_weights_and_the_file_holds(
+    run_suite: RunSuite, folders, model, tmp_path: Path, capsys
+) -> None:
+    """Issue 19's case: golden held seeded weights, and the correct file was told "weights differ"."""
     import onnxruntime
 
     folder, out, grid = folders["bin"], tmp_path / "vision.onnx", Grid.parse("1,4,4")
@@ -273,6 +277,10 @@ def test_export_command_exports_the_bin_folders_weights(folders, model, tmp_path
     with torch.no_grad():
         expected = merged(model.model.visual(*inputs.args))
     torch.testing.assert_close(torch.from_numpy(got[0]), expected, rtol=1e-4, atol=1e-5)
+    result = run_suite("test_artefact.py", f"--qwen3vl-config={folder}", f"--qwen3vl-onnx={out}",
+                       f"--qwen3vl-grid={grid.text}")
+    for claim in ("artefact-parity", "artefact-grids", "artefact-where"):
+        assert " holds " in claim_line(result, claim), claim_line(result, claim)
 
 
 def test_export_command_refuses_a_truncated_bin_in_one_line(folders, tmp_path: Path, capsys) -> None:
