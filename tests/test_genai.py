@@ -35,7 +35,7 @@ from pytest_qwen3vl.model.configs import resolve_config  # noqa: E402
 from pytest_qwen3vl.model.grids import Grid  # noqa: E402
 from pytest_qwen3vl.model.write_checkpoint import checkpoint_spec, golden_vision_state, write_checkpoint  # noqa: E402
 from tests.conftest import RunSuite  # noqa: E402
-from tests.test_checkpoint import Interrupted, stop_at  # noqa: E402
+from tests.test_checkpoint import Interrupted, lfs_pointer, stop_at  # noqa: E402
 from tests.test_claims_table import claim_line  # noqa: E402
 
 
@@ -99,6 +99,15 @@ def test_an_interrupted_genai_folder_leaves_nothing(checkpoint: Path, tmp_path: 
     with pytest.raises(Interrupted):  # after genai's builder has written the decoder
         make_genai_folder(checkpoint, tmp_path / "genai", progress=stop_at("writing embedding.onnx"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_genai_cli_refuses_a_checkpoint_of_lfs_pointers_in_one_line(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    folder = Path(shutil.copytree(checkpoint, tmp_path / "clone"))
+    lfs_pointer(folder / "model.safetensors")
+    assert genai_main([str(folder), "-o", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (f"qwen3vl-genai: {folder}/model.safetensors: a git-lfs pointer, not the file: "
+                                       f"run `git lfs pull` in {folder}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clone"]
 
 
 def test_genai_cli_needs_a_checkpoint(tmp_path: Path, capsys) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_qwen3vl.errors import ConfigError, Qwen3VLError, child_failure
+from pytest_qwen3vl.model.checkpoint import checkpoint_weights
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.model.write_checkpoint import staged_folder
 
@@ -68,6 +69,7 @@ def make_genai_folder(checkpoint: Path, out: Path, *, vision: Path | None = None
     for name in ("config.json", "tokenizer.json", "preprocessor_config.json"):
         if not (checkpoint / name).is_file():
             raise ConfigError(f"{checkpoint}: no {name} (make one with qwen3vl-checkpoint)")
+    checkpoint_weights(checkpoint)  # weights that cannot be read are one line here, not the builder's failure
     if vision is not None and not vision.is_file():
         raise ConfigError(f"--vision: no such file: {vision}")
     with staged_folder(out) as staging:
@@ -107,7 +109,7 @@ def special_ids(checkpoint: Path) -> dict[str, int]:
 
 def embedding_table(checkpoint: Path) -> Any:
     """The language model's token embedding matrix (float32 numpy) from the checkpoint's weights."""
-    from pytest_qwen3vl.model.checkpoint import checkpoint_weights, read_tensors
+    from pytest_qwen3vl.model.checkpoint import read_tensors
 
     name = "model.language_model.embed_tokens.weight"
     found = read_tensors(checkpoint_weights(checkpoint), (name,))
