@@ -247,7 +247,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     """Resolve the inputs (all checked before torch is imported), build the model, export it."""
-    from pytest_qwen3vl.model.configs import resolve_config
+    from pytest_qwen3vl.model.configs import resolve_config, weights_origin
     from pytest_qwen3vl.model.grids import Grid
     from pytest_qwen3vl.source.files import check_golden
 
@@ -272,7 +272,8 @@ def _export(args: argparse.Namespace) -> int:
     _progress = _progress_of("qwen3vl-export")
     started = time.perf_counter()
     role = "modified" if args.modified else "golden"
-    _progress(f"building the {spec.name} vision model ({role}: {args.modified or golden})")
+    _progress(f"building the {spec.name} vision model ({role}: {args.modified or golden}; "
+              f"weights: {weights_origin(spec, args.seed)})")
     model = _build(spec, golden, args.modified, args.seed)
     _progress(f"built in {time.perf_counter() - started:.1f} s")
 

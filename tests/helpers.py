@@ -9,7 +9,7 @@ the model claims).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -189,3 +189,23 @@ def delete_keep_folder(path: Path) -> None:
 
 def lose_the_manifest(path: Path) -> None:
     (path.parent / "manifest.json").unlink()
+
+
+def lfs_pointer(path: Path) -> None:
+    """Replace a weights file by what a clone without ``git lfs pull`` holds: a git-lfs pointer."""
+    size = path.stat().st_size
+    path.write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{'0' * 64}\nsize {size}\n")
+
+
+class Interrupted(Exception):
+    """Raised from a progress callback: the command stops there, as under Ctrl-C or a full disk."""
+
+
+def stop_at(step: str) -> Callable[[str], None]:
+    """A progress callback that interrupts the command at the step whose message starts with ``step``."""
+
+    def progress(message: str) -> None:
+        if message.startswith(step):
+            raise Interrupted(message)
+
+    return progress

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_qwen3vl.errors import ConfigError
-from pytest_qwen3vl.model.checkpoint import checkpoint_fingerprint, weight_files
+from pytest_qwen3vl.model.checkpoint import checkpoint_fingerprint, checkpoint_weights, find_weights
 
 # Interface dimensions shared by every released Qwen3-VL vision tower.
 _INTERFACE = {
@@ -103,8 +103,10 @@ class ModelSpec:
 
 
 def resolve_config(value: str, base: Path) -> ModelSpec:
-    """A preset name, or a path to a ``config.json`` (the whole model's or the vision tower's) or to a
-    checkpoint folder. ``ConfigError`` messages do not name the option: the caller puts its own first."""
+    """A preset name, a path to a ``config.json`` (the whole model's or the vision tower's), or a
+    checkpoint folder: its weights (checked readable here, so a damaged folder is a usage error) or,
+    for a folder that holds no weights file at all, its config with seeded weights. ``ConfigError``
+    messages do not name the option: the caller puts its own first."""
     name = value.strip()
     if name.lower() in VISION_PRESETS:
         key = name.lower()
@@ -131,10 +133,20 @@ def resolve_config(value: str, base: Path) -> ModelSpec:
             f"{path} is no Qwen3-VL config: vision config lacks {', '.join(missing or ['keys'])}"
         )
     text = data.get("text_config")
-    checkpoint = folder if folder is not None and weight_files(folder) else None
+    checkpoint = folder if folder is not None and find_weights(folder) else None
     top = {k: data[k] for k in _TOP_LEVEL if k in data} if vision is not data else {}
     return ModelSpec(str(folder or path), dict(vision), dict(text) if isinstance(text, dict) else None, path,
                      checkpoint, top)
+
+
+def weights_origin(spec: ModelSpec, seed: int) -> str:
+    """Where golden's weights come from, said where a user reads it (the header, qwen3vl-export's
+    progress): a folder without weights gets seeded ones, and that must not pass unnoticed."""
+    if spec.checkpoint is not None:
+        return f"the checkpoint's {checkpoint_weights(spec.checkpoint).describe()}"
+    if spec.source is not None and Path(spec.name).is_dir():
+        return f"random (seed {seed}): {spec.name} holds no weights file"
+    return f"random (seed {seed})"
 
 
 def special_tokens(vocab_size: int) -> dict[str, int]:

@@ -10,10 +10,14 @@ the plugin's session and from this folder agree; ``--qwen3vl-config=FOLDER`` loa
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
+import shutil
 import sysconfig
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,31 +83,52 @@ def write_checkpoint(out: Path, name: str, seed: int, *, vision_only: bool = Fal
     import torch
 
     say = progress or (lambda _message: None)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out}: exists and is not an empty folder")
     spec = checkpoint_spec(name)
-    out.mkdir(parents=True, exist_ok=True)
-    say("training the tokenizer")
-    ids = write_tokenizer(out)
-    config = full_config(spec, ids)
-    say(f"building the {spec.name} golden vision tower (seed {seed})")
-    vision_state = golden_vision_state(spec, seed)
-    if vision_only:
-        from safetensors.torch import save_file
+    with staged_folder(out) as staging:
+        say("training the tokenizer")
+        ids = write_tokenizer(staging)
+        config = full_config(spec, ids)
+        say(f"building the {spec.name} golden vision tower (seed {seed})")
+        vision_state = golden_vision_state(spec, seed)
+        if vision_only:
+            from safetensors.torch import save_file
 
-        config.save_pretrained(out)
-        save_file({f"model.visual.{k}": v.contiguous() for k, v in vision_state.items()},
-                  str(out / "model.safetensors"), metadata={"format": "pt"})
-    else:
-        say("building the language model")
-        model = full_model(config, vision_state, seed)
-        if model.lm_head.weight.dtype == torch.bfloat16:
-            say("the language model in bfloat16, as released (the vision tower stays float32)")
-        say("saving model.safetensors")
-        model.save_pretrained(out, safe_serialization=True)
-    write_preprocessor_config(out)
+            config.save_pretrained(staging)
+            save_file({f"model.visual.{k}": v.contiguous() for k, v in vision_state.items()},
+                      str(staging / "model.safetensors"), metadata={"format": "pt"})
+        else:
+            say("building the language model")
+            model = full_model(config, vision_state, seed)
+            if model.lm_head.weight.dtype == torch.bfloat16:
+                say("the language model in bfloat16, as released (the vision tower stays float32)")
+            say("saving model.safetensors")
+            model.save_pretrained(staging, safe_serialization=True)
+        write_preprocessor_config(staging)
     say(f"wrote {out}")
     return out
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A new sibling of ``out`` to write into, renamed to ``out`` when the block ends well, removed
+    when it does not: a failed or interrupted command leaves no partial ``out`` for its retry to refuse.
+
+    ``out`` must be absent or an empty folder.
+    """
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out}: exists and is not an empty folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as exc:
+        raise ConfigError(f"{out}: cannot be written: {exc.strerror or exc}") from None
+    try:
+        yield staging
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def golden_vision_state(spec: ModelSpec, seed: int) -> dict[str, torch.Tensor]:

@@ -111,13 +111,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    from pytest_qwen3vl.model.configs import weights_origin
+
     settings = settings_of(config)
     if not settings.explicit:
         return None
+    # A preset's weights are always seeded; where a folder or config.json was named, say whose they are.
+    weights = f"weights: {weights_origin(settings.model, settings.seed)}; " if settings.model.source else ""
     return [
         f"qwen3vl golden: {sources.golden_label(settings.golden)} {settings.golden}",
         f"qwen3vl modified: {settings.modified_label}",
-        f"qwen3vl config: {settings.model.name}; grids: {', '.join(g.id for g in settings.grids)}; "
+        f"qwen3vl config: {settings.model.name}; {weights}grids: {', '.join(g.id for g in settings.grids)}; "
         f"seed: {settings.seed}",
         *(f"qwen3vl onnx: {path}" for path in settings.onnx),
     ]

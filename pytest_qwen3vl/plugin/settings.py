@@ -52,7 +52,7 @@ OPTIONS: dict[str, str] = {
     GOLDEN: "the golden modeling_qwen3_vl.py (default: the installed transformers' file; "
     "a named file must be a verified version's)",
     CONFIG: "model config: a preset (tiny, 2b, 4b, 8b: random weights), the checkpoint folder the file was exported "
-    f"from (config.json and weights), or a bare config.json (default {DEFAULT_CONFIG})",
+    f"from (safetensors or pytorch_model.bin, sharded or not), or a bare config.json (default {DEFAULT_CONFIG})",
     SEED: f"seed of the random weights and inputs (default {DEFAULT_SEED})",
     CACHE_DIR: "where exports and the reference modified file are kept (default .pytest_cache/d/qwen3vl)",
     REPORT: "write the report again as Markdown to this path, from what the run measured",

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from pytest_qwen3vl.errors import ConfigError, GenaiFolderError, child_failure
+from pytest_qwen3vl.model.checkpoint import checkpoint_weights
 from pytest_qwen3vl.model.grids import DEFAULT_GRID, Grid
+from pytest_qwen3vl.model.write_checkpoint import staged_folder
 
 GENAI_INSTALL = "pip install pytest-qwen3vl[genai]"
 # Modules the folder and the runtime need; onnx_ir is imported by genai's builder without being
@@ -63,18 +65,17 @@ def make_genai_folder(checkpoint: Path, out: Path, *, vision: Path | None = None
     for name in ("config.json", "tokenizer.json", "preprocessor_config.json"):
         if not (checkpoint / name).is_file():
             raise ConfigError(f"{checkpoint}: no {name} (make one with qwen3vl-checkpoint)")
+    checkpoint_weights(checkpoint)  # weights that cannot be read are one line here, not the builder's failure
     if vision is not None and not vision.is_file():
         raise ConfigError(f"--vision: no such file: {vision}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out}: exists and is not an empty folder")
-    out.mkdir(parents=True, exist_ok=True)
-    ids = decoder_and_embedding(checkpoint, out, say)
-    if vision is None:
-        say(f"exporting the checkpoint's vision tower at grid {(grid or DEFAULT_GRID).id}")
-        vision_name = export_checkpoint_vision(checkpoint, out / VISION_FILE, grid or DEFAULT_GRID, seed)
-    else:
-        vision_name = copy_vision(vision, out)
-    write_configs(out, checkpoint, ids, vision_name)
+    with staged_folder(out) as staging:
+        ids = decoder_and_embedding(checkpoint, staging, say)
+        if vision is None:
+            say(f"exporting the checkpoint's vision tower at grid {(grid or DEFAULT_GRID).id}")
+            vision_name = export_checkpoint_vision(checkpoint, staging / VISION_FILE, grid or DEFAULT_GRID, seed)
+        else:
+            vision_name = copy_vision(vision, staging)
+        write_configs(staging, checkpoint, ids, vision_name)
     say(f"wrote {out}")
     return out
 
@@ -102,15 +103,14 @@ def special_ids(checkpoint: Path) -> dict[str, int]:
 
 
 def embedding_table(checkpoint: Path) -> Any:
-    """The language model's token embedding matrix (float32 numpy) from the checkpoint's safetensors."""
-    from safetensors import safe_open
+    """The language model's token embedding matrix (float32 numpy) from the checkpoint's weights."""
+    from pytest_qwen3vl.model.checkpoint import read_tensors
 
     name = "model.language_model.embed_tokens.weight"
-    for path in sorted(checkpoint.glob("*.safetensors")):
-        with safe_open(str(path), framework="np") as handle:
-            if name in handle.keys():  # noqa: SIM118 - safe_open has no __contains__
-                return handle.get_tensor(name).astype("float32")
-    raise ConfigError(f"{checkpoint}: no {name} (a --vision-only checkpoint has no language model)")
+    found = read_tensors(checkpoint_weights(checkpoint), (name,))
+    if name not in found:
+        raise ConfigError(f"{checkpoint}: no {name} (a --vision-only checkpoint has no language model)")
+    return found[name].float().numpy()
 
 
 def embedding_model(table: Any, image_token_id: int, *, reverse_images: bool = False) -> Any:

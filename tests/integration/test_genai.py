@@ -35,7 +35,7 @@ from pytest_qwen3vl.runtimes.genai_folder import (  # noqa: E402
     write_embedding,
 )
 from tests.conftest import RunSuite  # noqa: E402
-from tests.helpers import claim_row  # noqa: E402
+from tests.helpers import Interrupted, claim_row, lfs_pointer, stop_at  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,21 @@ def test_checkpoint_cli_bad_input_is_one_line_exit_2(argv: list[str], tmp_path: 
     assert checkpoint_main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("qwen3vl-checkpoint: "), err
+
+
+def test_an_interrupted_genai_folder_leaves_nothing(checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(Interrupted):  # after genai's builder has written the decoder
+        make_genai_folder(checkpoint, tmp_path / "genai", progress=stop_at("writing embedding.onnx"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_genai_cli_refuses_a_checkpoint_of_lfs_pointers_in_one_line(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    folder = Path(shutil.copytree(checkpoint, tmp_path / "clone"))
+    lfs_pointer(folder / "model.safetensors")
+    assert genai_main([str(folder), "-o", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (f"qwen3vl-genai: {folder}/model.safetensors: a git-lfs pointer, not the file: "
+                                       f"run `git lfs pull` in {folder}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clone"]
 
 
 def test_genai_cli_needs_a_checkpoint(tmp_path: Path, capsys) -> None:
