@@ -84,12 +84,17 @@ def test_vision_only_checkpoint_holds_only_the_tower(tmp_path: Path) -> None:
     assert (tmp_path / "v" / "tokenizer.json").is_file() and (tmp_path / "v" / "preprocessor_config.json").is_file()
 
 
-@pytest.mark.parametrize("argv", [["--seed", "-1", "OUT"], ["OUT_EXISTS"]], ids=["negative-seed", "not-empty"])
+@pytest.mark.parametrize("argv", [["--seed", "-1", "OUT"], ["--seed", "4294967296", "OUT"], ["OUT_EXISTS"]],
+                         ids=["negative-seed", "seed-above-32-bits", "not-empty"])
 def test_checkpoint_cli_bad_input_is_one_line_exit_2(argv: list[str], tmp_path: Path, capsys) -> None:
     (tmp_path / "OUT_EXISTS").mkdir()
     (tmp_path / "OUT_EXISTS" / "file").write_text("x")
     args = [str(tmp_path / a) if a.startswith("OUT") else a for a in argv]
-    assert checkpoint_main(args) == 2
+    try:
+        code = checkpoint_main(args)
+    except SystemExit as exc:  # argparse's own one-line usage error
+        code = exc.code
+    assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("qwen3vl-checkpoint: "), err
 
