@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     import torch
 
 # PyTorch under the replacements against golden's own forward: relative L2 per output. Measured on the
-# tiny config over the sweep: at most 3.5e-7 (eager attention against golden's default sdpa).
-PYTORCH_REL_L2 = 1e-6
+# tiny config over the sweep: at most 3.5e-7 idle and 2.2e-6 once under load (eager attention against
+# golden's default sdpa, thread counts differ); a wrong replacement is off by more than 0.1.
+PYTORCH_REL_L2 = 1e-5
 
 
 @dataclass(frozen=True)

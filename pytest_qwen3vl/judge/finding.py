@@ -78,4 +78,4 @@ def served_line(findings: Sequence[Finding]) -> tuple[bool, str]:
         line += "; refuses " + ", ".join(f"{f.grid.id} ({f.reason()})" for f in refused)
     if served and not wrong and not refused and findings:
         line += f" (worst relative L2 {max(f.worst_rel_l2() for f in findings):.2g})"
-    return not (wrong or refused), line
+    return bool(findings) and not (wrong or refused), line  # no grid judged proves nothing

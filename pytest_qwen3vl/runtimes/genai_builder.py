@@ -5,7 +5,7 @@ place that bridges the two versions: the builder (``onnxruntime_genai/models/bui
 0.18) imports, at module level, two classes that only transformers 5 has, and uses them only as
 values of its architecture table for Qwen3.5 models. A placeholder class under each name lets the
 module import; Qwen3-VL never reaches them. Under transformers 5 the names exist and nothing is
-added. ``tests/test_genai.py`` checks, under 4.57.6, that these are exactly the names missing, so
+added. ``tests/integration/test_genai.py`` checks, under 4.57.6, that these are exactly the names missing, so
 the bridge goes when transformers or the builder changes.
 """
 

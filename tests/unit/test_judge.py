@@ -89,6 +89,10 @@ def test_served_line_says_wrong_grids_then_refused_ones() -> None:
         False, "serves 0 of 1 grid; wrong on 2x1x1 (pooled_embeds relative L2 1)")
 
 
+def test_a_file_judged_on_no_grid_is_not_served() -> None:
+    assert served_line([]) == (False, "serves 0 of 0 grids")
+
+
 def test_served_line_of_every_grid_served_gives_the_worst_figure() -> None:
     close = PIXELS * (1 + 3e-7)
     served, line = served_line([_finding(SERVED_GRID), _finding(WRONG_GRID, actual=close)])
