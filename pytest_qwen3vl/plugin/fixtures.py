@@ -81,7 +81,8 @@ def qwen3vl_modified_path(qwen3vl_settings: Settings, qwen3vl_golden: sources.Go
     """
     if qwen3vl_settings.modified is None:
         return sources.write_reference_modified(qwen3vl_golden.path, qwen3vl_settings.cache_dir)
-    mismatch = fork_mismatch(qwen3vl_settings.modified, qwen3vl_golden.version)
+    golden = qwen3vl_golden
+    mismatch = fork_mismatch(qwen3vl_settings.modified, golden.path, golden.version, golden.family)
     if mismatch:
         pytest.fail(f"{qwen3vl_settings.modified}: {mismatch}", pytrace=False)
     return qwen3vl_settings.modified
