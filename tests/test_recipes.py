@@ -40,7 +40,8 @@ def session_exports(pair: VisionPair, cache: Path) -> SessionExports:
     """What ``qwen3vl_export`` gives one process: the exports of ``cache`` and what was measured on them."""
     golden = installed_golden_path()
     sources = {"golden": golden, "modified": write_reference_modified(golden, cache)}
-    return SessionExports(pair, sources, resolve_config("tiny", golden.parent), 0, cache / "exports")
+    models = {"golden": pair.golden, "modified": pair.modified}
+    return SessionExports(models, sources, resolve_config("tiny", golden.parent), 0, cache / "exports")
 
 
 @pytest.fixture(scope="module")
