@@ -15,6 +15,7 @@ from pytest_qwen3vl.model.checkpoint import shards_holding
 from pytest_qwen3vl.model.configs import TEXT_PRESETS, VISION_PRESETS, resolve_config
 from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path
 from tests.conftest import RunSuite
+from tests.test_claims_table import claim_line
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +80,18 @@ def test_suite_runs_on_a_checkpoint_folder(run_suite: RunSuite, sharded: Path) -
     result = run_suite("test_runtime.py", f"--qwen3vl-config={sharded}")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([f"qwen3vl config: {sharded};*"])
+
+
+def test_a_text_config_written_by_transformers_5_is_read_by_any_version(run_suite: RunSuite, tmp_path: Path) -> None:
+    """A 5.x checkpoint's text config holds ``rope_parameters`` where 4.57.6 reads ``rope_theta`` and
+    ``rope_scaling``: text-mrope reads it on either version (4.57.6 failed in the rotary embedding with
+    "AttributeError: 'NoneType' object has no attribute 'get'")."""
+    preset = TEXT_PRESETS["tiny"]
+    text = {key: value for key, value in preset.items() if key not in ("rope_theta", "rope_scaling")}
+    text["rope_parameters"] = {**preset["rope_scaling"], "rope_theta": preset["rope_theta"]}
+    config = {"model_type": "qwen3_vl", "vision_config": VISION_PRESETS["tiny"], "text_config": text}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    result = run_suite("test_mrope.py", f"--qwen3vl-config={tmp_path / 'config.json'}")
+    result.assert_outcomes(passed=4)
+    assert " holds " in claim_line(result, "text-mrope")
+    assert "AttributeError" not in result.stdout.str()
