@@ -31,10 +31,9 @@ def deepstack_diff(qwen3vl_golden_path: Path, qwen3vl_modified_path: Path) -> Di
     """Both files parsed and judged once per module by ``check_one_diff``; the tests read its verdicts.
     An unreadable or unparsable file fails with file and line."""
     try:
-        golden, modified = read_source(qwen3vl_golden_path), read_source(qwen3vl_modified_path)
+        report = check_one_diff(read_source(qwen3vl_golden_path), read_source(qwen3vl_modified_path))
     except SourceError as exc:
         pytest.fail(f"cannot compare the modeling files: {exc}", pytrace=False)
-    report = check_one_diff(golden, modified)
     if report.target is None:
         pytest.fail(report.problems[0], pytrace=False)
     return report
