@@ -60,9 +60,10 @@ def image_side(grid: Grid) -> tuple[int, int]:
     return 16 * h, 16 * w
 
 
-def vision_file(qwen3vl_genai, qwen3vl_export, grid: Grid) -> Path | None:
-    """The report's file (modified, pooled, traced at ``grid``), or None: the user's folder's own."""
-    return None if qwen3vl_genai.user_folder is not None else qwen3vl_export("modified", grid)
+def vision_file(qwen3vl_genai, qwen3vl_export, grid: Grid, which: str = "modified") -> Path | None:
+    """The report's file (modified, pooled, traced at ``grid``; golden's for a claim about golden alone),
+    or None: the user's folder's own."""
+    return None if qwen3vl_genai.user_folder is not None else qwen3vl_export(which, grid)
 
 
 def hf_inputs(image: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,8 +124,9 @@ def test_processor_matches_transformers(size, qwen3vl_genai, qwen3vl_export, tmp
     from pytest_qwen3vl.runtimes.genai import genai_model, preprocess
 
     image = write_image(tmp_path / "image.png", *size, seed=1)
-    model = genai_model(genai_folder(qwen3vl_genai), vision_file(qwen3vl_genai, qwen3vl_export, qwen3vl_genai.grid))
-    named = preprocess(model, image, IMAGE_PROMPT)
+    # The processor runs before any vision file: golden's serves, so the modified file plays no part.
+    vision = vision_file(qwen3vl_genai, qwen3vl_export, qwen3vl_genai.grid, "golden")
+    named = preprocess(genai_model(genai_folder(qwen3vl_genai), vision), image, IMAGE_PROMPT)
     pixels, grid = hf_inputs(image)
     assert named["image_grid_thw"].tolist() == grid.tolist(), (
         f"{size[0]}x{size[1]}: genai's grid {named['image_grid_thw'].tolist()}, transformers' {grid.tolist()}"

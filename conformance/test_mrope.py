@@ -31,9 +31,11 @@ def _config(spec) -> Any:
     """A ``Qwen3VLConfig`` from the spec's text and vision dicts (text: released head_dim and mrope_section)."""
     from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
 
+    from pytest_qwen3vl.model.api import text_fields
+
     if spec.text is None:
         pytest.skip(f"config {spec.name} has no text config")
-    return Qwen3VLConfig(text_config=copy.deepcopy(spec.text), vision_config=copy.deepcopy(spec.vision))
+    return Qwen3VLConfig(text_config=text_fields(copy.deepcopy(spec.text)), vision_config=copy.deepcopy(spec.vision))
 
 
 def _prompt(config: Any, text_runs: tuple[int, ...], grids: tuple[tuple[int, int, int], ...]) -> list[int]:

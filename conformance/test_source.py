@@ -16,7 +16,6 @@ import pytest
 from pytest_qwen3vl.errors import SourceError
 from pytest_qwen3vl.plugin.claims import ClaimRecorder
 from pytest_qwen3vl.source.diff import (
-    DEEPSTACK_PLACE,
     EXPECTED_TABLE,
     Change,
     DiffReport,
@@ -32,18 +31,17 @@ def deepstack_diff(qwen3vl_golden_path: Path, qwen3vl_modified_path: Path) -> Di
     """Both files parsed and judged once per module by ``check_one_diff``; the tests read its verdicts.
     An unreadable or unparsable file fails with file and line."""
     try:
-        golden, modified = read_source(qwen3vl_golden_path), read_source(qwen3vl_modified_path)
+        report = check_one_diff(read_source(qwen3vl_golden_path), read_source(qwen3vl_modified_path))
     except SourceError as exc:
         pytest.fail(f"cannot compare the modeling files: {exc}", pytrace=False)
-    report = check_one_diff(golden, modified)
     if report.target is None:
-        pytest.fail(f"{golden.label} has no `if {GOLDEN_CONDITION}:` in {DEEPSTACK_PLACE}", pytrace=False)
+        pytest.fail(report.problems[0], pytrace=False)
     return report
 
 
 def _expected_place(report: DiffReport) -> str:
     assert report.target is not None
-    return f"{DEEPSTACK_PLACE} (golden line {report.target.lineno})"
+    return f"{report.family.deepstack_place} (golden line {report.target.lineno})"
 
 
 def _summary(change: Change) -> str:
@@ -72,7 +70,8 @@ def _replaced_message(diff: DiffReport, replaced: Change) -> str:
 def test_golden_is_transformers_4_57_6(qwen3vl_golden: GoldenFile, qwen3vl_record: ClaimRecorder) -> None:
     """The fixture has refused any file that is neither a verified version's nor the installed one;
     which version it is decides holds (the report's 4.57.6) or erratum (another version)."""
-    status = "verified" if qwen3vl_golden.verified else "unverified: no measured version has this sha256"
+    golden = qwen3vl_golden
+    status = "verified" if golden.verified else f"not a verified version: {golden.coverage.line()}"
     qwen3vl_record.claim(
         reported=REPORT_VERSION,
         measured=qwen3vl_golden.version,
@@ -135,6 +134,6 @@ def test_deepstack_body_is_golden(deepstack_diff: DiffReport, qwen3vl_record: Cl
             pytrace=False,
         )
     qwen3vl_record.holds(
-        f"{len(target.body)} statements as golden's, at {DEEPSTACK_PLACE} "
+        f"{len(target.body)} statements as golden's, at {deepstack_diff.family.deepstack_place} "
         f"golden:{target.body[0].lineno}-{target.body[-1].end_lineno}"
     )

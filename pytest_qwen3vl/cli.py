@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from pytest_qwen3vl.errors import ConfigError, Qwen3VLError, SourceError
 from pytest_qwen3vl.source.diff import Change, DiffReport, check_one_diff
-from pytest_qwen3vl.source.files import GoldenFile, check_golden, installed_golden_path
+from pytest_qwen3vl.source.files import GoldenFile, check_golden, default_golden, installed_golden_path
 from pytest_qwen3vl.source.fingerprints import fork_mismatch
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ def diff_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     try:
-        golden = args.golden or installed_golden_path()
+        golden = args.golden or default_golden(args.modified)
         report = check_one_diff(golden, args.modified)
     except SourceError as exc:
         print(exc, file=sys.stderr)
@@ -99,7 +99,7 @@ def diff_main(argv: Sequence[str] | None = None) -> int:
     known, warning = _golden_check(golden)
     if warning:
         print(warning, file=sys.stderr)
-    mismatch = fork_mismatch(args.modified, known.version) if known else None
+    mismatch = fork_mismatch(args.modified, golden, known.version, known.family) if known else None
     if mismatch:
         line = f"FAIL: {args.modified} was {mismatch}"
         print(json.dumps({"error": line, "conforms": False}) if args.json else line)

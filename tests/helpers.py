@@ -113,7 +113,8 @@ def session_exports(pair: VisionPair, cache: Path) -> SessionExports:
 
     golden = installed_golden_path()
     sources = {"golden": golden, "modified": write_reference_modified(golden, cache)}
-    return SessionExports(pair, sources, resolve_config("tiny", golden.parent), 0, cache / "exports")
+    models = {"golden": pair.golden, "modified": pair.modified}
+    return SessionExports(models, sources, resolve_config("tiny", golden.parent), 0, cache / "exports")
 
 
 def sweep_file(path: Path, golden: torch.nn.Module, grids: Sequence[Grid], seed: int = 0) -> list[Finding]:

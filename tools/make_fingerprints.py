@@ -1,8 +1,9 @@
-"""Write pytest_qwen3vl/source/fingerprints.json: the function hashes of each known golden file.
+"""Write pytest_qwen3vl/source/fingerprints.json: each family's definitions, per transformers version.
 
-Run it once per transformers version, in an environment where that version is installed (the
-installed file is used), or name the files: ``python tools/make_fingerprints.py [PATH ...]``.
-Each file must be a known version's, by sha256; its entry is replaced, the others are kept.
+Run it once per transformers version, in an environment where that version is installed from the
+registry (``pip install "transformers==X"``): it reads each family's installed modeling file and
+the helpers those files import from elsewhere in transformers, and replaces that version's entries;
+the other versions' are kept. Only hashes are stored, never the files.
 """
 
 from __future__ import annotations
@@ -10,28 +11,46 @@ from __future__ import annotations
 import ast
 import json
 import sys
-from pathlib import Path
 
-from pytest_qwen3vl.source.files import installed_golden_path, sha256_file
-from pytest_qwen3vl.source.fingerprints import DATA, fingerprints
-from pytest_qwen3vl.source.goldens import KNOWN_GOLDENS, known_versions, version_of_digest
+from packaging.version import Version
+
+from pytest_qwen3vl.errors import SourceError
+from pytest_qwen3vl.source.coverage import AREAS
+from pytest_qwen3vl.source.families import FAMILIES
+from pytest_qwen3vl.source.files import installed_golden_path, sha256_file, transformers_dir
+from pytest_qwen3vl.source.fingerprints import DATA, DefinitionIndex
+from pytest_qwen3vl.versions import transformers_version
 
 
-def main(argv: list[str]) -> int:
-    paths = [Path(arg) for arg in argv] or [installed_golden_path()]
-    data = json.loads(DATA.read_text(encoding="utf-8")) if DATA.is_file() else {}
-    for path in paths:
-        version = version_of_digest(sha256_file(path))
-        if version is None:
-            print(f"{path}: not a known golden file ({known_versions()})", file=sys.stderr)
-            return 2
-        data[version] = fingerprints(ast.parse(path.read_text(encoding="utf-8")))
-        print(f"{version}: {len(data[version])} functions from {path}")
-    ordered = {version: dict(sorted(data[version].items())) for version in KNOWN_GOLDENS if version in data}
+def main() -> int:
+    version = transformers_version()
+    if version is None:
+        print("transformers is not installed", file=sys.stderr)
+        return 2
+    data: dict[str, dict[str, dict[str, object]]] = (
+        json.loads(DATA.read_text(encoding="utf-8")) if DATA.is_file() else {}
+    )
+    for family in FAMILIES.values():
+        try:
+            path = installed_golden_path(family)
+        except SourceError as exc:
+            print(f"{family.name}: skipped ({exc})")
+            continue
+        index = DefinitionIndex(ast.parse(path.read_text(encoding="utf-8")), family, transformers_dir())
+        for roots in AREAS.values():
+            index.closure(roots(family))  # adds the helpers the areas reach to index.hashes
+        data.setdefault(family.name, {})[version] = {
+            "sha256": sha256_file(path),
+            "definitions": dict(sorted(index.hashes.items())),
+        }
+        print(f"{family.name} {version}: {len(index.hashes)} definitions from {path}")
+    ordered = {
+        family: {v: data[family][v] for v in sorted(data[family], key=Version)} for family in FAMILIES if family in data
+    }
     DATA.write_text(json.dumps(ordered, indent=0, separators=(",", ":")) + "\n", encoding="utf-8")
-    print(f"wrote {DATA} ({DATA.stat().st_size} bytes, versions {', '.join(ordered)})")
+    print(f"wrote {DATA} ({DATA.stat().st_size} bytes)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -48,6 +48,22 @@ def text_rope(text_config: Any) -> tuple[float, list[int]]:
     return float(text_config.rope_theta), list(text_config.rope_scaling["mrope_section"])
 
 
+def text_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """A config.json's text fields as the installed transformers reads them: a 5.x checkpoint's
+    ``rope_parameters`` become 4.57.6's ``rope_theta`` and ``rope_scaling`` where the text config takes
+    no ``rope_parameters`` (4.57.6 would otherwise read ``rope_scaling`` None and fail in the rotary
+    embedding). Fields already in the installed form are returned as they are."""
+    from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLTextConfig
+
+    parameters = fields.get("rope_parameters")
+    takes = "rope_parameters" in inspect.signature(Qwen3VLTextConfig.__init__).parameters
+    if takes or not isinstance(parameters, dict) or "rope_scaling" in fields:
+        return fields
+    rest = {key: value for key, value in fields.items() if key != "rope_parameters"}
+    scaling = {key: value for key, value in parameters.items() if key != "rope_theta"}
+    return {**rest, "rope_theta": parameters.get("rope_theta", rest.get("rope_theta")), "rope_scaling": scaling}
+
+
 def rope_index(
     model: Any, input_ids: torch.Tensor, image_grid_thw: torch.Tensor, attention_mask: torch.Tensor, image_token_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,7 +56,12 @@ def build_golden(module: ModuleType, spec: ModelSpec, seed: int) -> torch.nn.Mod
 
 def build_pair(golden_module: ModuleType, modified_module: ModuleType, spec: ModelSpec, seed: int) -> VisionPair:
     """Both vision models; modified takes golden's parameters and persistent buffers as they are."""
-    golden = build_golden(golden_module, spec, seed)
+    return pair_with(build_golden(golden_module, spec, seed), modified_module, spec)
+
+
+def pair_with(golden: torch.nn.Module, modified_module: ModuleType, spec: ModelSpec) -> VisionPair:
+    """The modified file's vision model next to an already built golden one, sharing its weights: the
+    golden model exists (and golden's claims run) whether or not the modified file can be built."""
     with no_init_weights():
         modified = modified_module.Qwen3VLVisionModel(vision_config(spec))
     unshared = share_weights(golden, modified)

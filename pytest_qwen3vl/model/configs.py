@@ -168,9 +168,11 @@ def whole_config(spec: ModelSpec, tokens: dict[str, int] | None = None, text: di
 
     from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
 
+    from pytest_qwen3vl.model.api import text_fields
+
     if spec.text is None:
         raise ConfigError(f"{spec.name}: no text_config, so the whole model cannot be built")
-    vision, fields = copy.deepcopy(spec.vision), {**copy.deepcopy(spec.text), **(text or {})}
+    vision, fields = copy.deepcopy(spec.vision), text_fields({**copy.deepcopy(spec.text), **(text or {})})
     if spec.checkpoint is None:
         fields["hidden_size"] = vision["out_hidden_size"]
     top = {**special_tokens(int(fields.get("vocab_size", _RELEASED_TEXT["vocab_size"]))), **spec.top, **(tokens or {})}

@@ -44,7 +44,7 @@ class EagerRuns:
     next claim that asks sees it raise too."""
 
     def __init__(self, models: Mapping[str, torch.nn.Module], inputs: Sequence[VisionInputs]) -> None:
-        self._models = dict(models)
+        self._models = models  # not copied: a model may be made on first use (the modified one)
         self._inputs = {x.grid: x for x in inputs}
         self._runs: dict[tuple[str, Grid], EagerRun] = {}
 

@@ -8,7 +8,7 @@ into every report and xdist ships reports to the controller, so the board is com
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -148,9 +148,10 @@ class ClaimBoard:
             for text in texts or [""]:
                 self.outcomes.setdefault(claim_id, []).append((report.nodeid, status, text, reported))
 
-    def rows(self, hide: Iterable[str] = ()) -> list[ClaimRow]:
+    def rows(self, hide: Iterable[str] = (), notes: Mapping[str, str] | None = None) -> list[ClaimRow]:
         """One row per catalogue claim, in the report's order, less the sections in ``hide`` (the
-        "Your export" section is shown only when a run names files to judge)."""
+        "Your export" section is shown only when a run names files to judge). ``notes`` adds a line to
+        the row of each claim that ran (why it is unverified on this golden file)."""
         hidden = set(hide)
         rows = []
         for claim in CATALOGUE:
@@ -172,6 +173,9 @@ class ClaimBoard:
                     row.reported.append(reported)
                 if nodeid not in row.tests:
                     row.tests.append(nodeid)
+            note = (notes or {}).get(claim.id)
+            if note and row.status != NOT_RUN:
+                row.measured.append(note)
             rows.append(row)
         return rows
 

@@ -35,10 +35,10 @@ from pytest_qwen3vl.versions import library_versions
 
 if TYPE_CHECKING:
     import onnxruntime
+    import torch
 
     from pytest_qwen3vl.export.tracing import TraceHazard
     from pytest_qwen3vl.judge.finding import Finding
-    from pytest_qwen3vl.model.build import VisionPair
     from pytest_qwen3vl.model.configs import ModelSpec
 
 ROLES = ("golden", "modified")
@@ -54,8 +54,8 @@ class SessionExports:
 
     def __init__(
         self,
-        pair: VisionPair,
-        sources: dict[str, Path],
+        models: Mapping[str, torch.nn.Module],
+        sources: Mapping[str, Path],
         spec: ModelSpec,
         seed: int,
         cache_dir: Path,
@@ -66,20 +66,22 @@ class SessionExports:
         self.cache = ArtifactCache(cache_dir, on_event)
         self.measured = ArtifactCache(cache_dir / "measured")
         self.opset = opset
-        self._pair = pair
+        # Read on first use, not copied: the modified side is made (or fails, in one line) only for the
+        # claims that ask for it, so golden's claims never depend on the modified file.
+        self._models = models
         self._spec = spec
         self._seed = seed
-        self._sources = dict(sources)
-        self._digests = {role: sha256_file(path) for role, path in sources.items()}
+        self._sources = sources
+        self._digests: dict[str, str] = {}
         self._sessions: dict[Path, onnxruntime.InferenceSession] = {}
         self._created = time.time()
 
     def model_parts(self, which: str, grid: Grid) -> dict[str, str]:
         """What the model on a grid is made from. The golden file's hash is in every key: golden's
         initialisation draws the weights that the modified model shares."""
-        sources = {"golden": self._digests["golden"]}
+        sources = {"golden": self._digest("golden")}
         if which == "modified":
-            sources["modified"] = self._digests["modified"]
+            sources["modified"] = self._digest("modified")
         return {
             "model": which,
             "sources": json.dumps(sources, sort_keys=True),
@@ -89,6 +91,11 @@ class SessionExports:
             "libraries": json.dumps(library_versions(), sort_keys=True),
             "code": code_digest(),
         }
+
+    def _digest(self, role: str) -> str:
+        if role not in self._digests:
+            self._digests[role] = sha256_file(self._sources[role])
+        return self._digests[role]
 
     def key_parts(self, which: str, grid: Grid, wrapper: str, exporter: str, recipe: str = "builder") -> dict[str, str]:
         """What the export is made from: the model on the grid, and how it is exported."""
@@ -107,7 +114,7 @@ class SessionExports:
             choose(what, value, allowed)
         parts = self.key_parts(which, grid, wrapper, exporter)
         filename = f"{which}-{wrapper}-{exporter}-{grid.id}.onnx"
-        model = getattr(self._pair, which)
+        model = self._models[which]  # made (or failed, in one line) before the cache is touched
 
         def build(path: Path) -> None:
             inputs = make_inputs(grid, self._spec, self._seed)
@@ -125,7 +132,7 @@ class SessionExports:
         wrapper = wrapper_for(RECIPES[name], layout)
         parts = self.key_parts(which, grid, wrapper, exporter, recipe=name)
         filename = f"{which}-{name}-{wrapper}-{exporter}-{grid.id}.onnx"
-        model = getattr(self._pair, which)
+        model = self._models[which]
 
         def build(path: Path) -> None:
             export_recipe(model, name, path, grid=grid, opset=self.opset, layout=layout, exporter=exporter,
@@ -148,7 +155,7 @@ class SessionExports:
         from pytest_qwen3vl.runtimes.onnxruntime import OnnxRuntimeCPU
 
         def measure() -> str:
-            golden = GoldenRuns(self._pair.golden, self._spec, self._seed)
+            golden = GoldenRuns(self._models["golden"], self._spec, self._seed)
             findings = sweep(path, OnnxRuntimeCPU(), golden, grids)
             if not all(f.served for f in findings):
                 raise Unpublished(findings)
@@ -157,7 +164,7 @@ class SessionExports:
         try:
             return [Finding.from_dict(data) for data in json.loads(self._measured(
                 path, "onnx-sweep", measure, code=code_digest(*MAKING, "onnxfile", "runtimes", "judge"),
-                golden=self._digests["golden"], config=self._spec.key(), seed=str(self._seed),
+                golden=self._digest("golden"), config=self._spec.key(), seed=str(self._seed),
                 grids=" ".join(grid.text for grid in grids),
             ))]
         except Unpublished as wrong:
@@ -190,9 +197,9 @@ class SessionExports:
         from pytest_qwen3vl.export.tracing import count_deepstack_calls
 
         choose("which", which, ROLES)
+        model = self._models[which]  # made (or failed, in one line) before the cache is touched
 
         def measure() -> str:
-            model = getattr(self._pair, which)
             inputs = make_inputs(grid, self._spec, self._seed)
             try:
                 counts = count_deepstack_calls(model, *inputs.args, trace=trace, flag=flag)
@@ -213,10 +220,11 @@ class SessionExports:
         from pytest_qwen3vl.export.tracing import TraceHazard, trace_hazards
 
         choose("which", which, ROLES)
+        model = self._models[which]
 
         def measure() -> str:
             inputs = make_inputs(grid, self._spec, self._seed)
-            hazards = trace_hazards(getattr(self._pair, which), *inputs.args)
+            hazards = trace_hazards(model, *inputs.args)
             return json.dumps([dataclasses.asdict(hazard) for hazard in hazards])
 
         paths = json.dumps({role: str(path.resolve()) for role, path in self._sources.items()}, sort_keys=True)

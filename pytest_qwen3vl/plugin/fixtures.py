@@ -7,10 +7,10 @@ set a flag or an attention implementation restore it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import pytest
 
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from pytest_qwen3vl.model.inputs import VisionInputs
     from pytest_qwen3vl.plugin.exports import SessionExports
     from pytest_qwen3vl.plugin.genai import SessionGenai
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -73,69 +75,148 @@ def qwen3vl_golden_path(qwen3vl_golden: sources.GoldenFile) -> Path:
     return qwen3vl_golden.path
 
 
-@pytest.fixture(scope="session")
-def qwen3vl_modified_path(qwen3vl_settings: Settings, qwen3vl_golden: sources.GoldenFile) -> Path:
-    """The user's modified file, or the reference change written to the cache.
+class ModifiedSide:
+    """The modified file, checked, imported and built on first use, with golden's weights.
 
-    A fork made from another known transformers version than golden's fails here in one line:
-    every comparison with golden would otherwise list the versions' differences as its changes.
+    Golden's claims never ask for it, so a modified file that is of another version or does not
+    import fails only the claims that need it, each with the same one line.
     """
-    if qwen3vl_settings.modified is None:
-        return sources.write_reference_modified(qwen3vl_golden.path, qwen3vl_settings.cache_dir)
-    mismatch = fork_mismatch(qwen3vl_settings.modified, qwen3vl_golden.version)
-    if mismatch:
-        pytest.fail(f"{qwen3vl_settings.modified}: {mismatch}", pytrace=False)
-    return qwen3vl_settings.modified
+
+    def __init__(self, config: pytest.Config, settings: Settings, golden: sources.GoldenFile) -> None:
+        self._config = config
+        self._settings = settings
+        self._golden = golden
+        self._made: dict[str, object] = {}
+        self._problems: dict[str, str] = {}  # per step (path, module, pair): why it cannot be made
+
+    def _fail_if(self, step: str) -> None:
+        if step in self._problems:
+            pytest.fail(self._problems[step], pytrace=False)
+
+    def path(self) -> Path:
+        """The user's modified file, or the reference change written to the cache. A fork made from
+        another transformers version than golden's fails here: every comparison with golden would
+        otherwise list the versions' differences as its changes."""
+        self._fail_if("path")
+        settings, golden = self._settings, self._golden
+        if settings.modified is None:
+            return sources.write_reference_modified(golden.path, settings.cache_dir)
+        mismatch = fork_mismatch(settings.modified, golden.path, golden.version, golden.family)
+        if mismatch:
+            self._problems["path"] = f"{settings.modified}: {mismatch}"
+            self._fail_if("path")
+        return settings.modified
+
+    def module(self) -> ModuleType:
+        """The modified file imported inside its family's package; relative imports resolve."""
+        path = self.path()
+        self._fail_if("module")
+        if "module" not in self._made:
+            self._config.stash[MODELS_IMPORTED] = True
+            try:
+                self._made["module"] = sources.import_modeling_file(path, "modified")
+            except SourceError as exc:
+                self._problems["module"] = f"the modified file does not import ({exc})"
+                self._fail_if("module")
+        return cast(ModuleType, self._made["module"])
+
+    def pair(self, golden: torch.nn.Module, spec: ModelSpec) -> VisionPair:
+        """The modified vision model beside ``golden``, sharing its parameters and persistent buffers."""
+        from pytest_qwen3vl.model.build import pair_with
+
+        module = self.module()
+        self._fail_if("pair")
+        if "pair" not in self._made:
+            try:
+                self._made["pair"] = pair_with(golden, module, spec)
+            except Exception as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+                self._problems["pair"] = f"cannot build the modified vision model of {spec.name}: {problem}"
+                self._fail_if("pair")
+        return cast("VisionPair", self._made["pair"])
 
 
-def _import(config: pytest.Config, path: Path, role: str) -> ModuleType:
-    """Import, or fail the test with the file and line: no stack trace through the plugin."""
-    config.stash[MODELS_IMPORTED] = True
-    try:
-        return sources.import_modeling_file(path, role)
-    except SourceError as exc:
-        problem = str(exc)
-    pytest.fail(f"{role} modeling file does not import: {problem}", pytrace=False)
+class Roles(Mapping[str, T]):
+    """``{"golden": ..., "modified": ...}`` whose modified value is made on first use."""
+
+    def __init__(self, golden: T, modified: Callable[[], T]) -> None:
+        self._golden = golden
+        self._modified = modified
+
+    def __getitem__(self, role: str) -> T:
+        if role == "golden":
+            return self._golden
+        if role == "modified":
+            return self._modified()
+        raise KeyError(role)
+
+    def __contains__(self, role: object) -> bool:
+        return role in ("golden", "modified")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("golden", "modified"))
+
+    def __len__(self) -> int:
+        return 2
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_modified_side(
+    pytestconfig: pytest.Config, qwen3vl_settings: Settings, qwen3vl_golden: sources.GoldenFile
+) -> ModifiedSide:
+    """The modified file made on first use: ``.path()``, ``.module()``, ``.pair(golden, spec)``."""
+    return ModifiedSide(pytestconfig, qwen3vl_settings, qwen3vl_golden)
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_modified_path(qwen3vl_modified_side: ModifiedSide) -> Path:
+    """The user's modified file, or the reference change written to the cache; a fork made from another
+    known transformers version than golden's fails here in one line."""
+    return qwen3vl_modified_side.path()
 
 
 @pytest.fixture(scope="session")
 def qwen3vl_golden_module(pytestconfig: pytest.Config, qwen3vl_golden_path: Path) -> ModuleType:
-    """The golden file imported inside ``transformers.models.qwen3_vl``."""
-    return _import(pytestconfig, qwen3vl_golden_path, "golden")
+    """The golden file imported inside its family's package (``transformers.models.qwen3_vl``)."""
+    pytestconfig.stash[MODELS_IMPORTED] = True
+    try:
+        return sources.import_modeling_file(qwen3vl_golden_path, "golden")
+    except SourceError as exc:
+        problem = str(exc)
+    pytest.fail(f"golden modeling file does not import: {problem}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
-def qwen3vl_modified_module(pytestconfig: pytest.Config, qwen3vl_modified_path: Path) -> ModuleType:
-    """The modified file imported inside ``transformers.models.qwen3_vl``; relative imports resolve."""
-    return _import(pytestconfig, qwen3vl_modified_path, "modified")
+def qwen3vl_modified_module(qwen3vl_modified_side: ModifiedSide) -> ModuleType:
+    """The modified file imported inside its family's package; relative imports resolve."""
+    return qwen3vl_modified_side.module()
 
 
 @pytest.fixture(scope="session")
-def qwen3vl_vision_pair(
-    qwen3vl_golden_module: ModuleType,
-    qwen3vl_modified_module: ModuleType,
-    qwen3vl_config: ModelSpec,
-    qwen3vl_settings: Settings,
-) -> VisionPair:
-    """Golden and modified vision models sharing parameters and persistent buffers."""
+def qwen3vl_golden_vision(
+    qwen3vl_golden_module: ModuleType, qwen3vl_config: ModelSpec, qwen3vl_settings: Settings
+) -> torch.nn.Module:
+    """Golden ``Qwen3VLVisionModel``: eval, float32, CPU, seeded random weights (or the checkpoint's)."""
     import torch
 
-    from pytest_qwen3vl.model.build import build_pair
+    from pytest_qwen3vl.model.build import build_golden
     from pytest_qwen3vl.runtimes.onnxruntime import default_threads
 
     # xdist workers share the cores: without this each takes all of them and they thrash.
     torch.set_num_threads(default_threads())
     try:
-        return build_pair(qwen3vl_golden_module, qwen3vl_modified_module, qwen3vl_config, qwen3vl_settings.seed)
+        return build_golden(qwen3vl_golden_module, qwen3vl_config, qwen3vl_settings.seed)
     except Exception as exc:
         problem = f"{type(exc).__name__}: {exc}"
-    pytest.fail(f"cannot build the vision models of {qwen3vl_config.name}: {problem}", pytrace=False)
+    pytest.fail(f"cannot build the golden vision model of {qwen3vl_config.name}: {problem}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
-def qwen3vl_golden_vision(qwen3vl_vision_pair: VisionPair) -> torch.nn.Module:
-    """Golden ``Qwen3VLVisionModel``: eval, float32, CPU, seeded random weights."""
-    return qwen3vl_vision_pair.golden
+def qwen3vl_vision_pair(
+    qwen3vl_golden_vision: torch.nn.Module, qwen3vl_modified_side: ModifiedSide, qwen3vl_config: ModelSpec
+) -> VisionPair:
+    """Golden and modified vision models sharing parameters and persistent buffers."""
+    return qwen3vl_modified_side.pair(qwen3vl_golden_vision, qwen3vl_config)
 
 
 @pytest.fixture(scope="session")
@@ -162,15 +243,19 @@ def qwen3vl_eager_inputs(qwen3vl_config: ModelSpec, qwen3vl_settings: Settings) 
 
 @pytest.fixture(scope="session")
 def qwen3vl_eager_runs(
-    qwen3vl_vision_pair: VisionPair, qwen3vl_eager_inputs: tuple[VisionInputs, ...]
+    qwen3vl_golden_vision: torch.nn.Module,
+    qwen3vl_modified_side: ModifiedSide,
+    qwen3vl_config: ModelSpec,
+    qwen3vl_eager_inputs: tuple[VisionInputs, ...],
 ) -> EagerRuns:
     """``qwen3vl_eager_runs(which, grid) -> EagerRun``: the "golden" or "modified" model's forward on an
     eager grid, flag unset (``.outputs``, and ``.calls`` of the first block's attention), run once per
     process for every claim that reads it."""
     from pytest_qwen3vl.model.eager import EagerRuns
 
-    pair = qwen3vl_vision_pair
-    return EagerRuns({"golden": pair.golden, "modified": pair.modified}, qwen3vl_eager_inputs)
+    golden = qwen3vl_golden_vision
+    models = Roles(golden, lambda: qwen3vl_modified_side.pair(golden, qwen3vl_config).modified)
+    return EagerRuns(models, qwen3vl_eager_inputs)
 
 
 @pytest.fixture
@@ -182,9 +267,9 @@ def qwen3vl_record(request: pytest.FixtureRequest) -> ClaimRecorder:
 @pytest.fixture(scope="session")
 def qwen3vl_export(
     pytestconfig: pytest.Config,
-    qwen3vl_vision_pair: VisionPair,
+    qwen3vl_golden_vision: torch.nn.Module,
+    qwen3vl_modified_side: ModifiedSide,
     qwen3vl_golden_path: Path,
-    qwen3vl_modified_path: Path,
     qwen3vl_config: ModelSpec,
     qwen3vl_settings: Settings,
 ) -> SessionExports:
@@ -208,9 +293,10 @@ def qwen3vl_export(
     """
     from pytest_qwen3vl.plugin.exports import TALLY_KEY, SessionExports
 
+    golden, side = qwen3vl_golden_vision, qwen3vl_modified_side
     return SessionExports(
-        qwen3vl_vision_pair,
-        {"golden": qwen3vl_golden_path, "modified": qwen3vl_modified_path},
+        Roles(golden, lambda: side.pair(golden, qwen3vl_config).modified),
+        Roles(qwen3vl_golden_path, side.path),
         qwen3vl_config,
         qwen3vl_settings.seed,
         qwen3vl_settings.export_cache,
@@ -245,9 +331,8 @@ GATE_ROLES = ("golden", "modified", "reference")
 def qwen3vl_gate(
     qwen3vl_settings: Settings,
     qwen3vl_golden_path: Path,
-    qwen3vl_modified_path: Path,
     qwen3vl_golden_module: ModuleType,
-    qwen3vl_modified_module: ModuleType,
+    qwen3vl_modified_side: ModifiedSide,
 ) -> Callable[[str], GateTable]:
     """``qwen3vl_gate(which) -> GateTable``: the DeepStack condition of "golden", "modified" or
     "reference" (the report's condition in golden's module) run under each exporter, flag unset,
@@ -262,8 +347,9 @@ def qwen3vl_gate(
         if which not in GATE_ROLES:
             raise ValueError(f"which must be one of {', '.join(GATE_ROLES)}, not {which!r}")
         if which not in tables:
-            path = qwen3vl_modified_path if which == "modified" else qwen3vl_golden_path
-            module = qwen3vl_modified_module if which == "modified" else qwen3vl_golden_module
+            modified = which == "modified"
+            path = qwen3vl_modified_side.path() if modified else qwen3vl_golden_path
+            module = qwen3vl_modified_side.module() if modified else qwen3vl_golden_module
             if which == "reference":
                 test = sources.MODIFIED_CONDITION
             else:

@@ -75,7 +75,13 @@ def pytest_configure(config: pytest.Config) -> None:
             if settings.golden is None:
                 sources.installed_golden_path()  # raises why: no transformers, or one without Qwen3-VL
                 raise SettingsError(sources.TRANSFORMERS_MISSING)
-            sources.check_golden(settings.golden)
+            golden = sources.check_golden(settings.golden)
+            if settings.modified is not None and sources.file_family(settings.modified) != golden.family:
+                family = sources.file_family(settings.modified)
+                raise SourceError(
+                    f"{settings.modified} is a {family.name} file and golden {settings.golden} a {golden.family.name} "
+                    f"one: name transformers' {family.relative_path} as the golden file, or leave it to the default"
+                )
     except (SettingsError, SourceError) as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SETTINGS_KEY] = settings

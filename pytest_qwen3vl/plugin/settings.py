@@ -255,7 +255,7 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
     from pytest_qwen3vl.errors import ConfigError, SourceError
     from pytest_qwen3vl.model.configs import resolve_config
     from pytest_qwen3vl.plugin.bundled import AUTO, MODES, snapshots_dir
-    from pytest_qwen3vl.source.files import installed_golden_path
+    from pytest_qwen3vl.source.files import default_golden
 
     raw_grids, _ = _value(config, GRID)
     grids = parse_grids(list(raw_grids or []) or [DEFAULT_GRID.text])
@@ -273,9 +273,10 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
     raw_seed, _ = _value(config, SEED)
     seed = parse_seed(raw_seed if raw_seed not in (None, "") else DEFAULT_SEED)
     golden = existing_file(GOLDEN, *_value(config, GOLDEN))
+    modified = existing_file(MODIFIED, *_value(config, MODIFIED))
     if golden is None:
         try:
-            golden = installed_golden_path()
+            golden = default_golden(modified)  # the installed file of the modified file's family
         except SourceError:
             golden = None
     raw_cache, cache_base = _value(config, CACHE_DIR)
@@ -304,7 +305,7 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
     return Settings(
         grids=grids,
         golden=golden,
-        modified=existing_file(MODIFIED, *_value(config, MODIFIED)),
+        modified=modified,
         model=model,
         seed=seed,
         cache_dir=cache_dir,

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_qwen3vl.plugin.catalogue import ARTEFACT_SECTION
+from pytest_qwen3vl.errors import SourceError
+from pytest_qwen3vl.plugin.catalogue import ARTEFACT_SECTION, CATALOGUE
 from pytest_qwen3vl.plugin.claims import ClaimBoard, render_table, summary_counts
 from pytest_qwen3vl.plugin.exports import TALLY_KEY, WORKER_OUTPUT
 from pytest_qwen3vl.plugin.settings import Settings
+from pytest_qwen3vl.source.files import check_golden
 
 REPORTER_NAME = "qwen3vl-claims"
 
@@ -22,6 +24,20 @@ class ClaimReporter:
         self.config = config
         self.settings = settings
 
+    def unverified(self) -> dict[str, str]:
+        """``{claim id: why it is unverified}`` for the claims whose definitions differ from every
+        verified version's (none on a verified golden file)."""
+        if self.settings.golden is None:
+            return {}
+        try:
+            golden = check_golden(self.settings.golden)
+        except SourceError:
+            return {}  # the golden-version row says why the file was refused
+        if golden.verified:
+            return {}
+        found = {claim.id: golden.coverage.unverified(claim.reads) for claim in CATALOGUE if claim.reads}
+        return {claim_id: note for claim_id, note in found.items() if note}
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.board.add_report(report)
 
@@ -34,7 +50,7 @@ class ClaimReporter:
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if not self.board.ran_any():
             return
-        rows = self.board.rows(hide=() if self.settings.onnx else (ARTEFACT_SECTION,))
+        rows = self.board.rows(hide=() if self.settings.onnx else (ARTEFACT_SECTION,), notes=self.unverified())
         selected = [row for row in rows if row.tests]
         terminalreporter.section("qwen3vl claims")
         for line in render_table(selected):

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, cast
 
 from pytest_qwen3vl.errors import SourceError, UndecidableCondition
-from pytest_qwen3vl.source.files import GOLDEN_CONDITION, MODIFIED_CONDITION, PACKAGE
+from pytest_qwen3vl.source.families import QWEN3_VL, Family, family_of
+from pytest_qwen3vl.source.files import GOLDEN_CONDITION, MODIFIED_CONDITION
 
-DEEPSTACK_CLASS = "Qwen3VLVisionModel"
-DEEPSTACK_PLACE = f"{DEEPSTACK_CLASS}.forward"
+# Qwen3-VL's place, for messages about the report's file; a family's own is ``Family.deepstack_place``.
+DEEPSTACK_PLACE = QWEN3_VL.deepstack_place
 FLAG = "_skip_deepstack_export"
 # The inputs of the DeepStack condition, in the order of a truth-table key.
 INPUTS = ("layer_in_indexes", "flag_set", "tracing")
@@ -221,17 +222,17 @@ def _header_span(node: ast.AST, source: Source) -> tuple[int, int]:
     return start, end
 
 
-def _resolve(module: str | None, level: int) -> str:
-    """The absolute module of an import, relative ones taken inside ``transformers.models.qwen3_vl``."""
+def _resolve(module: str | None, level: int, package: str) -> str:
+    """The absolute module of an import, relative ones taken inside ``package``."""
     if level == 0:
         return module or ""
-    parts = PACKAGE.split(".")
+    parts = package.split(".")
     if level > len(parts):
         return "." * level + (module or "")
     return ".".join([*parts[: len(parts) - level + 1], *([module] if module else [])])
 
 
-def _bindings(nodes: Sequence[ast.AST]) -> dict[str, str]:
+def _bindings(nodes: Sequence[ast.AST], package: str) -> dict[str, str]:
     """Name -> dotted object that a run of import statements binds."""
     bound: dict[str, str] = {}
     for node in nodes:
@@ -239,7 +240,7 @@ def _bindings(nodes: Sequence[ast.AST]) -> dict[str, str]:
             for alias in node.names:
                 bound[alias.asname or alias.name.split(".")[0]] = alias.name
         elif isinstance(node, ast.ImportFrom):
-            base = _resolve(node.module, node.level)
+            base = _resolve(node.module, node.level, package)
             for alias in node.names:
                 bound[alias.asname or alias.name] = f"{base}.{alias.name}"
     return bound
@@ -252,9 +253,10 @@ def _is_docstring(node: ast.AST) -> bool:
 class _Differ:
     """Walks both trees body by body and collects ``Change`` objects in golden order."""
 
-    def __init__(self, golden: Source, modified: Source) -> None:
+    def __init__(self, golden: Source, modified: Source, package: str) -> None:
         self.golden = golden
         self.modified = modified
+        self.package = package
         self.changes: list[Change] = []
 
     def body(self, gs: list[Any], ms: list[Any], place: str, within: tuple[ast.AST, ...]) -> None:
@@ -302,7 +304,7 @@ class _Differ:
         kind = "added" if not gs else "removed" if not ms else "changed"
         note = ""
         if gs and ms and all(isinstance(n, ast.Import | ast.ImportFrom) for n in [*gs, *ms]):
-            kind, note = _import_kind(gs, ms)
+            kind, note = _import_kind(gs, ms, self.package)
         elif all(_is_docstring(n) for n in [*gs, *ms]):
             note = "docstring"
         elif len(gs) + len(ms) == 1 and isinstance(node := (gs or ms)[0], _DEFS):
@@ -326,9 +328,9 @@ class _Differ:
         return Change(place, kind, g_span, m_span, g_text, m_text, note, gs, ms, within, header)
 
 
-def _import_kind(gs: Sequence[ast.AST], ms: Sequence[ast.AST]) -> tuple[str, str]:
+def _import_kind(gs: Sequence[ast.AST], ms: Sequence[ast.AST], package: str) -> tuple[str, str]:
     """``import`` when both runs bind the same names to the same objects, else ``changed``."""
-    g, m = _bindings(gs), _bindings(ms)
+    g, m = _bindings(gs, package), _bindings(ms, package)
     if g == m:
         return "import", "rewritten, binds the same objects: " + ", ".join(f"{k}={v}" for k, v in g.items())
     differ = sorted(k for k in g.keys() | m.keys() if g.get(k) != m.get(k))
@@ -338,8 +340,9 @@ def _import_kind(gs: Sequence[ast.AST], ms: Sequence[ast.AST]) -> tuple[str, str
 
 
 def diff_sources(golden: Source, modified: Source) -> list[Change]:
-    """Every change from ``golden`` to ``modified``, in golden order."""
-    differ = _Differ(golden, modified)
+    """Every change from ``golden`` to ``modified``, in golden order (relative imports are resolved in
+    golden's family package)."""
+    differ = _Differ(golden, modified, (family_of(golden.tree) or QWEN3_VL).package)
     differ.body(golden.tree.body, modified.tree.body, "<module>", ())
     return differ.changes
 
@@ -511,6 +514,7 @@ class DiffReport:
     modified: str
     changes: list[Change]
     problems: list[str]
+    family: Family = QWEN3_VL  # golden's: which class holds the DeepStack ``if``
     condition: str | None = None  # the modified DeepStack test, when it changed
     truth_table: TruthTable | None = None
     target: ast.If | None = field(default=None, repr=False)  # golden's DeepStack ``if``
@@ -572,13 +576,15 @@ class DiffReport:
 
 
 def find_deepstack_if(tree: ast.Module, *, any_test: bool = False) -> ast.If | None:
-    """The ``if layer_num in self.deepstack_visual_indexes:`` inside ``Qwen3VLVisionModel.forward``.
+    """The ``if layer_num in self.deepstack_visual_indexes:`` inside the vision class's forward
+    (``Qwen3VLVisionModel.forward``, or the family's: ``Qwen3VLMoeVisionModel.forward``, ...).
 
     With ``any_test`` the ``if`` is found by its body instead (the first ``if`` whose body reads
     ``deepstack_merger_list``), whatever its test: that is how a fork's changed ``if`` is found.
     """
+    family = family_of(tree)
     for cls in tree.body:
-        if isinstance(cls, ast.ClassDef) and cls.name == DEEPSTACK_CLASS:
+        if family is not None and isinstance(cls, ast.ClassDef) and cls.name == family.vision_class:
             for method in cls.body:
                 if isinstance(method, ast.FunctionDef) and method.name == "forward":
                     for node in ast.walk(method):
@@ -598,13 +604,21 @@ def _reads_mergers(body: Sequence[ast.stmt]) -> bool:
 
 
 def check_one_diff(golden: Source | str | os.PathLike[str], modified: Source | str | os.PathLike[str]) -> DiffReport:
-    """Compare two files (paths, or texts containing a newline) and judge the one-diff claim."""
+    """Compare two files (paths, or texts containing a newline) and judge the one-diff claim; files of
+    two families (a Qwen3-VL-MoE fork against Qwen3-VL's golden) cannot be compared: ``SourceError``."""
     g, m = as_source(golden, "<golden>"), as_source(modified, "<modified>")
+    family, theirs = family_of(g.tree) or QWEN3_VL, family_of(m.tree)
+    if theirs is not None and theirs != family:
+        raise SourceError(
+            f"{m.label} is a {theirs.name} file (it defines {theirs.vision_class}) and golden {g.label} a "
+            f"{family.name} one: compare it with transformers' {theirs.relative_path}"
+        )
     changes = diff_sources(g, m)
-    report = DiffReport(g.label, m.label, changes, [])
+    report = DiffReport(g.label, m.label, changes, [], family)
+    place = family.deepstack_place
     target = find_deepstack_if(g.tree)
     if target is None:
-        report.problems.append(f"{g.label} has no `if {GOLDEN_CONDITION}:` in {DEEPSTACK_PLACE}")
+        report.problems.append(f"{g.label} has no `if {GOLDEN_CONDITION}:` in {place}")
         return report
     report.target = target
     condition = next((c for c in changes if c.kind == "condition" and c.golden_nodes == (target,)), None)
@@ -615,14 +629,14 @@ def check_one_diff(golden: Source | str | os.PathLike[str], modified: Source | s
         report.condition_problems = _judge_condition(target, condition, report)
     if not changes:
         report.problems.append(
-            f"no change: expected the DeepStack condition at {DEEPSTACK_PLACE} (golden line {target.lineno})"
+            f"no change: expected the DeepStack condition at {place} (golden line {target.lineno})"
         )
         return report
     if condition is None:
         report.problems.append(
             f"the DeepStack `if` at {report.replaced.where()} was replaced, not only its test"
             if report.replaced
-            else f"the DeepStack condition at {DEEPSTACK_PLACE} (golden line {target.lineno}) is unchanged"
+            else f"the DeepStack condition at {place} (golden line {target.lineno}) is unchanged"
         )
     else:
         report.problems.extend(report.condition_problems + report.mode_problems)
@@ -646,7 +660,8 @@ def _judge_condition(target: ast.If, change: Change | None, report: DiffReport) 
     text and truth table are recorded on ``report``."""
     if change is None:
         test = target.test
-        prefix = f"the DeepStack condition at {DEEPSTACK_PLACE} (golden line {target.lineno}), unchanged from golden,"
+        place = report.family.deepstack_place
+        prefix = f"the DeepStack condition at {place} (golden line {target.lineno}), unchanged from golden,"
     else:
         test = cast(ast.If, change.modified_nodes[0]).test
         report.condition = ast.unparse(test)

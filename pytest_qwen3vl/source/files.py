@@ -7,6 +7,7 @@ whichever transformers version is installed.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import os
@@ -14,15 +15,19 @@ import sys
 import tempfile
 import traceback
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from pytest_qwen3vl.errors import SourceError
-from pytest_qwen3vl.source.goldens import KNOWN_GOLDENS, REPORT_VERSION, known_versions, version_of_digest
+from pytest_qwen3vl.source.families import FAMILIES, QWEN3_VL, Family, family_of
+from pytest_qwen3vl.source.fingerprints import known_file_of_digest, known_files
+from pytest_qwen3vl.source.goldens import REPORT_VERSION, known_versions, verified_versions
 from pytest_qwen3vl.versions import transformers_version
 
-RELATIVE_PATH = Path("models/qwen3_vl/modeling_qwen3_vl.py")
-PACKAGE = "transformers.models.qwen3_vl"
+if TYPE_CHECKING:
+    from pytest_qwen3vl.source.coverage import Coverage
 
 GOLDEN_CONDITION = "layer_num in self.deepstack_visual_indexes"
 MODIFIED_CONDITION = (
@@ -36,21 +41,36 @@ TRANSFORMERS_MISSING = f"transformers is not installed: pip install 'transformer
 
 @dataclass(frozen=True)
 class GoldenFile:
-    """A golden file accepted for a run: which transformers it is, and whether its hash was measured."""
+    """A golden file accepted for a run: its family and transformers version, and what is verified.
+
+    ``known``: a released file whose definitions are stored; ``verified``: a version the whole suite
+    was measured on. Any other accepted file is the installed one, and ``coverage`` says which claims
+    it is verified for through a verified version with the same definitions.
+    """
 
     path: Path
     digest: str
     version: str
+    family: Family
+    known: bool
     verified: bool
+
+    @cached_property
+    def coverage(self) -> Coverage:
+        """Each claim area compared with the verified versions' definitions."""
+        from pytest_qwen3vl.source.coverage import coverage
+
+        return coverage(self.path, self.family, self.version, transformers_dir())
 
     @property
     def label(self) -> str:
-        """``transformers 5.23.0 (verified)``, or why it is not verified."""
+        """``transformers 5.23.0 (verified ...)``, or what of it is verified."""
         if self.verified:
             return f"transformers {self.version} (verified sha256 {self.digest[:12]}...)"
+        kind = "a released file" if self.known else "installed"
         return (
-            f"transformers {self.version} (unverified: sha256 {self.digest[:12]}... was not measured by "
-            f"pytest-qwen3vl; verified versions: {known_versions()})"
+            f"transformers {self.version} ({kind}, not a verified version; sha256 {self.digest[:12]}...; "
+            f"{self.coverage.line()}; verified versions: {known_versions(self.family.name)})"
         )
 
 
@@ -59,37 +79,64 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def installed_golden_path() -> Path:
-    """The installed transformers' ``modeling_qwen3_vl.py``, found without importing transformers."""
+def transformers_dir() -> Path | None:
+    """The installed transformers package folder, found without importing transformers."""
     spec = importlib.util.find_spec("transformers")
     if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def installed_golden_path(family: Family = QWEN3_VL) -> Path:
+    """The installed transformers' modeling file of ``family``, found without importing transformers."""
+    package = transformers_dir()
+    if package is None:
         raise SourceError(TRANSFORMERS_MISSING)
-    path = Path(next(iter(spec.submodule_search_locations))) / RELATIVE_PATH
+    path = package / family.relative_path
     if not path.is_file():
         raise SourceError(
-            f"transformers {transformers_version()} has no {RELATIVE_PATH}: "
-            f"Qwen3-VL needs transformers {known_versions()} (verified) or another version that has it"
+            f"transformers {transformers_version()} has no {family.relative_path}: "
+            f"{family.name} needs transformers {known_versions(family.name)} (verified) or another version that has it"
         )
     return path
 
 
+def file_family(path: Path) -> Family:
+    """The family whose vision class ``path`` defines; Qwen3-VL's for a file that defines none or does
+    not parse (the checks that read it say what is wrong with it)."""
+    try:
+        tree = ast.parse(path.read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return QWEN3_VL
+    return family_of(tree) or QWEN3_VL
+
+
+def default_golden(modified: Path | None) -> Path:
+    """The installed golden of the modified file's family (Qwen3-VL's when no modified file is named)."""
+    return installed_golden_path(file_family(modified) if modified is not None else QWEN3_VL)
+
+
 def check_golden(path: Path) -> GoldenFile:
-    """Accept a known version's file byte for byte, or the installed file of a version not yet measured.
+    """Accept a released file byte for byte, or the installed file of a version not yet measured.
 
     A file that is neither (an edited copy, or the installed file of a known version that differs
     from its release) is refused: its verdicts would be about the edits.
     """
     digest = sha256_file(path)
-    version = version_of_digest(digest)
-    if version is not None:
-        return GoldenFile(path, digest, version, verified=True)
+    found = known_file_of_digest(digest)
+    if found is not None:
+        family_name, known = found
+        verified = known.version in verified_versions(family_name)
+        return GoldenFile(path, digest, known.version, FAMILIES[family_name], known=True, verified=verified)
     installed = transformers_version()
-    if installed is not None and installed not in KNOWN_GOLDENS and _is_installed_golden(path):
-        return GoldenFile(path, digest, installed, verified=False)
+    family = file_family(path)
+    released = known_files().get(family.name, {})
+    if installed is not None and installed not in released and _is_installed_golden(path, family):
+        return GoldenFile(path, digest, installed, family, known=False, verified=False)
     raise SourceError(
-        f"golden file {path} is no known transformers' modeling_qwen3_vl.py (sha256 {digest[:12]}..., "
-        f"installed transformers {installed}; verified: {known_versions()}): reinstall transformers "
-        "or name an unmodified file"
+        f"golden file {path} is no known transformers' {family.relative_path.name} (sha256 {digest[:12]}..., "
+        f"installed transformers {installed}; known: {', '.join(released) or 'none'}; verified: "
+        f"{known_versions(family.name)}): reinstall transformers or name an unmodified file"
     )
 
 
@@ -103,9 +150,9 @@ def golden_label(path: Path | None) -> str:
         return str(exc)
 
 
-def _is_installed_golden(path: Path) -> bool:
+def _is_installed_golden(path: Path, family: Family) -> bool:
     try:
-        return path.resolve() == installed_golden_path().resolve()
+        return path.resolve() == installed_golden_path(family).resolve()
     except SourceError:
         return False
 
@@ -130,22 +177,22 @@ def write_atomic(path: Path, text: str) -> Path:
 def write_reference_modified(golden: Path, cache_dir: Path) -> Path:
     """The reference modified file in the cache, named by the golden hash so it never goes stale."""
     text = reference_modified_text(golden.read_text(encoding="utf-8"))
-    target = cache_dir / "reference" / f"modeling_qwen3_vl_{sha256_file(golden)[:12]}.py"
+    target = cache_dir / "reference" / f"{golden.stem}_{sha256_file(golden)[:12]}.py"
     if not target.is_file() or target.read_text(encoding="utf-8") != text:
         write_atomic(target, text)
     return target
 
 
 def import_modeling_file(path: Path, role: str) -> ModuleType:
-    """Import a modeling file as a module inside ``transformers.models.qwen3_vl``.
+    """Import a modeling file as a module inside its family's package (``transformers.models.qwen3_vl``).
 
     Its relative imports (``from ...activations import ACT2FN``) then resolve against the
     installed transformers, which stays untouched. The module name carries the file's hash, so
     the same file is imported once per process and two different files never collide.
     """
-    import transformers.models.qwen3_vl  # noqa: F401  (the parent package must exist first)
-
-    name = f"{PACKAGE}._qwen3vl_{role}_{sha256_file(path)[:12]}"
+    family = file_family(path)
+    importlib.import_module(family.package)  # the parent package must exist first
+    name = f"{family.package}._qwen3vl_{role}_{sha256_file(path)[:12]}"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
@@ -161,9 +208,9 @@ def import_modeling_file(path: Path, role: str) -> ModuleType:
     except Exception as exc:
         del sys.modules[name]
         raise SourceError(f"{_place_in(path, exc)}: {type(exc).__name__}: {exc}") from None
-    if not isinstance(getattr(module, "Qwen3VLVisionModel", None), type):
+    if not isinstance(getattr(module, family.vision_class, None), type):
         del sys.modules[name]
-        raise SourceError(f"{path}: defines no class Qwen3VLVisionModel")
+        raise SourceError(f"{path}: defines no class {family.vision_class}")
     return module
 
 

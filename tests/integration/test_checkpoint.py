@@ -303,3 +303,18 @@ def test_an_interrupted_checkpoint_leaves_nothing_and_the_retry_writes_it(tmp_pa
         assert write_checkpoint(target, "tiny", 0, vision_only=True) == target
         assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in target.iterdir()}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "empty"]
+
+
+def test_a_text_config_written_by_transformers_5_is_read_by_any_version(run_suite: RunSuite, tmp_path: Path) -> None:
+    """A 5.x checkpoint's text config holds ``rope_parameters`` where 4.57.6 reads ``rope_theta`` and
+    ``rope_scaling``: text-mrope reads it on either version (4.57.6 failed in the rotary embedding with
+    "AttributeError: 'NoneType' object has no attribute 'get'")."""
+    preset = TEXT_PRESETS["tiny"]
+    text = {key: value for key, value in preset.items() if key not in ("rope_theta", "rope_scaling")}
+    text["rope_parameters"] = {**preset["rope_scaling"], "rope_theta": preset["rope_theta"]}
+    config = {"model_type": "qwen3_vl", "vision_config": VISION_PRESETS["tiny"], "text_config": text}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    result = run_suite("test_mrope.py", f"--qwen3vl-config={tmp_path / 'config.json'}")
+    result.assert_outcomes(passed=4)
+    assert " holds " in claim_row(result, "text-mrope")
+    assert "AttributeError" not in result.stdout.str()

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from pytest_qwen3vl.cli import diff_main
-from pytest_qwen3vl.source.files import installed_golden_path
+from pytest_qwen3vl.source.families import QWEN3_OMNI_MOE, QWEN3_VL_MOE, Family
+from pytest_qwen3vl.source.files import installed_golden_path, reference_modified_text
 from tests.variants import PLACE, VARIANTS, Variant, golden_text
 
 WRONG = [v for v in VARIANTS.values() if not v.harmless and v.check == "source"]
@@ -112,3 +113,18 @@ def test_console_script(tmp_path: Path) -> None:
     result = subprocess.run(["qwen3vl-diff"], capture_output=True, text=True, check=False)
     assert result.returncode == 2
     assert "usage: qwen3vl-diff" in result.stderr
+
+
+@pytest.mark.parametrize("family", [QWEN3_VL_MOE, QWEN3_OMNI_MOE], ids=lambda f: f.name)
+def test_a_family_fork_is_compared_with_its_own_golden(family: Family, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """The fork's classes pick the installed golden of its family and that file's DeepStack ``if``;
+    the same fork against Qwen3-VL's golden is refused in one line, not diffed."""
+    golden = installed_golden_path(family)
+    fork = tmp_path / golden.name
+    fork.write_text(reference_modified_text(golden.read_text(encoding="utf-8")), encoding="utf-8")
+    assert diff_main([str(fork)]) == 0
+    assert f"OK: one change, the DeepStack condition at {family.vision_class}.forward" in capsys.readouterr().out
+    assert diff_main(["--golden", str(installed_golden_path()), str(fork)]) == 2
+    err = capsys.readouterr().err
+    assert f"is a {family.name} file (it defines {family.vision_class})" in err and err.count("\n") == 1, err

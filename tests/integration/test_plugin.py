@@ -142,7 +142,7 @@ def test_golden_of_another_version_names_the_installed_one(pytester: pytest.Pyte
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([
         f"ERROR: golden file *is no known transformers' modeling_qwen3_vl.py*installed transformers "
-        f"{transformers_version()}; verified: 4.57.6, 5.23.0)*"
+        f"{transformers_version()}; known: *; verified: 4.57.6, 5.23.0)*"
     ])
     assert "Traceback" not in result.stderr.str()
 
@@ -247,3 +247,18 @@ def test_bad_suite_mode_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--qwen3vl-suite=sometimes")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --qwen3vl-suite='sometimes': expected one of auto, only, off"])
+
+
+def test_a_fork_of_another_family_than_the_named_golden_is_a_usage_error(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    from pytest_qwen3vl.source.families import QWEN3_VL_MOE
+    from pytest_qwen3vl.source.files import reference_modified_text
+
+    fork = tmp_path / "modeling_qwen3_vl_moe.py"
+    fork.write_text(reference_modified_text(installed_golden_path(QWEN3_VL_MOE).read_text(encoding="utf-8")))
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest_subprocess(f"--qwen3vl-modified={fork}", f"--qwen3vl-golden={installed_golden_path()}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *_moe.py is a qwen3_vl_moe file and golden * a qwen3_vl one*"])
+    assert "Traceback" not in result.stderr.str()

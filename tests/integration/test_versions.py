@@ -8,9 +8,11 @@ golden's forward returns (``pytest_qwen3vl.model.outputs``), never from a hard-c
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +27,12 @@ from pytest_qwen3vl.model.inputs import make_inputs
 from pytest_qwen3vl.model.outputs import MODEL_OUTPUT, merged, pre_merger, structure
 from pytest_qwen3vl.onnxfile.signature import graph_signature
 from pytest_qwen3vl.runtimes.onnxruntime import ort_session, run_pooled
-from pytest_qwen3vl.source.files import check_golden, installed_golden_path, reference_modified_text, sha256_file
-from pytest_qwen3vl.source.fingerprints import fingerprints, known_fingerprints, version_mismatch, vote
-from pytest_qwen3vl.source.goldens import KNOWN_GOLDENS, REPORT_VERSION
+from pytest_qwen3vl.source import fingerprints
+from pytest_qwen3vl.source.coverage import AREAS, coverage
+from pytest_qwen3vl.source.families import QWEN3_VL
+from pytest_qwen3vl.source.files import check_golden, installed_golden_path, reference_modified_text, transformers_dir
+from pytest_qwen3vl.source.fingerprints import DefinitionIndex, candidates, known_files, version_mismatch, vote
+from pytest_qwen3vl.source.goldens import REPORT_VERSION
 from tests.conftest import RunSuite
 from tests.helpers import claim_row
 
@@ -42,16 +47,81 @@ def _installed() -> str:
     return check_golden(installed_golden_path()).version
 
 
-def test_installed_golden_is_verified_and_fingerprinted() -> None:
+@pytest.fixture
+def unmeasured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """The installed version taken out of the stored fingerprints, as a release newer than the package."""
+    data = json.loads(fingerprints.DATA.read_text(encoding="utf-8"))
+    version = _installed()
+    for by_version in data.values():
+        by_version.pop(version, None)
+    stored = tmp_path / "fingerprints.json"
+    stored.write_text(json.dumps(data), encoding="utf-8")
+    monkeypatch.setattr(fingerprints, "DATA", stored)
+    fingerprints.known_files.cache_clear()
+    yield version
+    fingerprints.known_files.cache_clear()
+
+
+def test_installed_golden_is_known_and_fingerprinted() -> None:
     golden = check_golden(installed_golden_path())
-    assert golden.verified and golden.version in KNOWN_GOLDENS, golden.label
+    if not golden.known:
+        pytest.skip(f"transformers {golden.version} is newer than the stored fingerprints: tools/make_fingerprints.py")
+    stored = known_files()[golden.family.name][golden.version].definitions
     tree = ast.parse(golden.path.read_text(encoding="utf-8"))
-    assert fingerprints(tree) == known_fingerprints()[golden.version], (
-        f"fingerprints.json is stale for {golden.version}: run tools/make_fingerprints.py"
-    )
+    index = DefinitionIndex(tree, golden.family, transformers_dir())
+    for roots in AREAS.values():
+        index.closure(roots(golden.family))
+    assert index.hashes == stored, f"fingerprints.json is stale for {golden.version}: run tools/make_fingerprints.py"
     reference = ast.parse(reference_modified_text(golden.path.read_text(encoding="utf-8")))
-    result = vote(reference)
+    result = vote(reference, candidates(golden.family, tree, golden.version))
     assert result.made_from == golden.version and result.neither == 1, result  # the one changed forward
+
+
+def test_a_changed_vision_forward_unverifies_the_claims_that_read_it(tmp_path: Path) -> None:
+    """A golden whose vision forward changed: the vision and output claims say unverified, naming
+    ``Qwen3VLVisionModel.forward``; the text rotary claim keeps the verdict of the installed version."""
+    path = installed_golden_path()
+    text = path.read_text(encoding="utf-8")
+    changed = tmp_path / "modeling_qwen3_vl.py"
+    changed.write_text(reference_modified_text(text), encoding="utf-8")
+    found = coverage(changed, QWEN3_VL, "9.9.9", transformers_dir())
+    installed = coverage(path, QWEN3_VL, _installed(), transformers_dir())
+    for area in ("vision", "output"):
+        note = found.unverified(area)
+        assert note is not None and "Qwen3VLVisionModel.forward" in note, note
+    assert found.areas["text-mrope"] == installed.areas["text-mrope"]
+    assert "Qwen3VLVisionModel" in found.line(), found.line()
+
+
+def test_fork_of_another_version_is_named_under_an_unmeasured_version(
+    other_fork: tuple[str, Path], unmeasured: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The installed version unknown to the package: the fork's origin is still found, from the stored
+    definitions of every known version and the installed file's own."""
+    from pytest_qwen3vl.cli import diff_main
+
+    version, fork = other_fork
+    assert diff_main([str(fork)]) == 1
+    out = capsys.readouterr().out
+    line = f"FAIL: {fork} was made from transformers {version}, checked against installed {unmeasured}: "
+    assert out.startswith(line), out
+    assert out.count("\n") == 1, out
+
+
+def test_installed_file_of_an_unmeasured_version_runs_unverified(unmeasured: str, tmp_path: Path) -> None:
+    """With the installed version taken out of the stored fingerprints, its file is accepted and says
+    which verified version its definitions match; a copy of it elsewhere is refused."""
+    from pytest_qwen3vl.errors import SourceError
+
+    path = installed_golden_path()
+    found = check_golden(path)
+    assert not found.verified and not found.known and found.version == unmeasured
+    assert found.label.startswith(f"transformers {unmeasured} (installed, not a verified version; "), found.label
+    assert "vision definitions " in found.label, found.label
+    copy = tmp_path / "modeling_qwen3_vl.py"
+    copy.write_bytes(path.read_bytes())
+    with pytest.raises(SourceError, match="is no known transformers' modeling_qwen3_vl"):
+        check_golden(copy)
 
 
 def test_report_wrapper_exports_what_outputs_0_is(pair: VisionPair, tmp_path: Path) -> None:
@@ -121,27 +191,6 @@ def test_fork_of_another_version_gets_one_line_in_the_suite(run_suite: RunSuite,
     assert "changed at" not in result.stdout.str(), "the versions' differences were listed as changes"
 
 
-def test_installed_file_of_an_unmeasured_version_runs_unverified(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """With the installed version taken out of the measured list, its file is accepted as unverified;
-    a copy of it elsewhere is refused (only the installed file of an unmeasured version is trusted)."""
-    from pytest_qwen3vl.errors import SourceError
-    from pytest_qwen3vl.source import goldens
-
-    path = installed_golden_path()
-    version = _installed()
-    monkeypatch.delitem(goldens.KNOWN_GOLDENS, version)
-    monkeypatch.delitem(goldens._BY_DIGEST, sha256_file(path))
-    found = check_golden(path)
-    assert not found.verified and found.version == version
-    assert found.label.startswith(f"transformers {version} (unverified: sha256 "), found.label
-    copy = tmp_path / "modeling_qwen3_vl.py"
-    copy.write_bytes(path.read_bytes())
-    with pytest.raises(SourceError, match="is no known transformers' modeling_qwen3_vl"):
-        check_golden(copy)
-
-
 def test_deepstack_off_reference_is_golden_without_deepstack_layers(tmp_path: Path) -> None:
     """genai-deepstack-off's reference: ``deepstack_off`` must give golden's logits with no DeepStack layer
     (on either output structure; 5.x also needs ``mm_token_type_ids``), and differ from DeepStack on."""
@@ -168,8 +217,8 @@ def test_deepstack_off_reference_is_golden_without_deepstack_layers(tmp_path: Pa
     assert np.abs(with_deepstack - off).max() > 1e-4, "DeepStack on and off give the same logits"
 
 
-def test_no_version_verdict_against_an_unverified_golden() -> None:
-    """On an unmeasured transformers, a fork of its own file must not be called 'made from' a known one."""
-    tree = ast.parse(installed_golden_path().read_text(encoding="utf-8"))
-    assert version_mismatch(tree, "4.99.0") is None
-    assert version_mismatch(tree, _installed()) is None
+def test_no_version_verdict_on_a_fork_of_the_installed_file(unmeasured: str) -> None:
+    """A fork of the installed file is never called 'made from' another version, known or not."""
+    golden = ast.parse(installed_golden_path().read_text(encoding="utf-8"))
+    fork = ast.parse(reference_modified_text(installed_golden_path().read_text(encoding="utf-8")))
+    assert version_mismatch(fork, golden, unmeasured, QWEN3_VL) is None

@@ -27,11 +27,13 @@ def test_claims_page_lists_every_claim(claim) -> None:
 def test_readme_starts_with_the_commands_ci_runs() -> None:
     readme = (REPO / "README.md").read_text()
     ci = (REPO / ".ci" / "run").read_text()
-    blocks = [b.split("```", 1)[0].strip() for b in readme.split("```bash\n")[1:4]]
+    blocks = [b.split("```", 1)[0].strip() for b in readme.split("```bash\n")[1:5]]
     assert "pytest conformance" in blocks[0] and "--qwen3vl-grid=1,24,24" in blocks[0]
     assert blocks[1] in ci, ".ci/run must run the README's second command verbatim"
     assert "transformers==5.23.0" in blocks[2] and "-m qwen3vl_versions" in blocks[2]
     assert blocks[2] in ci, ".ci/run must run the README's third command (transformers 5.23.0) verbatim"
+    assert '"transformers>=5,<6"' in blocks[3] and "-m qwen3vl_versions" in blocks[3]
+    assert blocks[3] in ci, ".ci/run must run the README's fourth command (the newest 5.x) verbatim"
 
 
 def fixture_names() -> list[str]:
