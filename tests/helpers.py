@@ -210,3 +210,50 @@ def stop_at(step: str) -> Callable[[str], None]:
             raise Interrupted(message)
 
     return progress
+
+
+# The three predicates a DeepStack condition may read, measured under every way the gate runs a model.
+def _probe_class() -> type[torch.nn.Module]:
+    import torch
+
+    class Probe(torch.nn.Module):
+        """``2x + 1*tracing + 10*exporting + 100*compiling``: the three predicates as one number."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            from transformers.utils import is_torchdynamo_compiling
+
+            return (
+                2 * x
+                + 1 * int(torch.jit.is_tracing())
+                + 10 * int(torch.compiler.is_exporting())
+                + 100 * int(bool(is_torchdynamo_compiling()))
+            )
+
+    return Probe
+
+
+def measure_predicates() -> dict[str, dict[str, bool]]:
+    """``torch.jit.is_tracing()``, ``torch.compiler.is_exporting()`` and transformers'
+    ``is_torchdynamo_compiling()`` inside a forward, per exporter, read back from each artefact."""
+    import tempfile
+
+    import torch
+
+    from pytest_qwen3vl.judge.gate import EXPORTERS, added_by, run_under
+
+    x = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    out: dict[str, dict[str, bool]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for exporter in EXPORTERS:
+            value = added_by(run_under(_probe_class()(), exporter, x, Path(folder)), x)
+            out[exporter] = {"tracing": bool(value % 10), "exporting": bool(value // 10 % 10),
+                             "compiling": bool(value // 100 % 10)}
+    return out
+
+
+def expected_predicates() -> dict[str, dict[str, bool]]:
+    """What ``source.diff.MODES`` assumes each exporter sets (compared with ``measure_predicates``)."""
+    from pytest_qwen3vl.judge.gate import EXPORTER_MODES
+    from pytest_qwen3vl.source.diff import MODES
+
+    return {exporter: MODES[mode] for exporter, mode in EXPORTER_MODES.items()}

@@ -30,7 +30,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
 from pytest_qwen3vl.export.builder import quiet_logging
-from pytest_qwen3vl.source.diff import FLAG, MODES, find_deepstack_if, read_source
+from pytest_qwen3vl.source.diff import FLAG, find_deepstack_if, read_source
 from pytest_qwen3vl.store.cache import ArtifactCache, Unpublished, code_digest, file_digest
 from pytest_qwen3vl.versions import EXPORT_LIBRARIES, library_versions
 
@@ -133,25 +133,6 @@ def _gate_class() -> type[torch.nn.Module]:
     return Gate
 
 
-def _probe_class() -> type[torch.nn.Module]:
-    import torch
-
-    class Probe(torch.nn.Module):
-        """``2x + 1*tracing + 10*exporting + 100*compiling``: the three predicates as one number."""
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            from transformers.utils import is_torchdynamo_compiling
-
-            return (
-                2 * x
-                + 1 * int(torch.jit.is_tracing())
-                + 10 * int(torch.compiler.is_exporting())
-                + 100 * int(bool(is_torchdynamo_compiling()))
-            )
-
-    return Probe
-
-
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Exporters print progress, log and warn; none of it is a result."""
@@ -193,7 +174,7 @@ def run_under(module: torch.nn.Module, exporter: str, x: torch.Tensor, folder: P
         return torch.from_numpy(np.asarray(out))
 
 
-def _added(out: torch.Tensor, x: torch.Tensor) -> int:
+def added_by(out: torch.Tensor, x: torch.Tensor) -> int:
     """The integer the module added to ``2x`` (the same for every element)."""
     delta = (out - 2 * x).round()
     if not bool((delta == delta.flatten()[0]).all()):
@@ -229,33 +210,13 @@ def measure_gate(test: str, module: ModuleType | Mapping[str, Any]) -> GateTable
             for exporter in EXPORTERS:
                 cell = (exporter, flag_label)
                 try:
-                    added = _added(run_under(gate(condition, flag), exporter, x, Path(folder)), x)
+                    added = added_by(run_under(gate(condition, flag), exporter, x, Path(folder)), x)
                 except Exception as exc:
                     cells[cell] = None
                     errors[cell] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
                     continue
                 cells[cell] = {1: RUN, 0: SKIP}.get(added, f"adds {added}")
     return GateTable(test, cells, errors, round(time.perf_counter() - started, 2))
-
-
-def measure_predicates() -> dict[str, dict[str, bool]]:
-    """``torch.jit.is_tracing()``, ``torch.compiler.is_exporting()`` and transformers'
-    ``is_torchdynamo_compiling()`` inside a forward, per exporter, read back from each artefact."""
-    import torch
-
-    x = torch.arange(6, dtype=torch.float32).reshape(2, 3)
-    out: dict[str, dict[str, bool]] = {}
-    with tempfile.TemporaryDirectory() as folder:
-        for exporter in EXPORTERS:
-            value = _added(run_under(_probe_class()(), exporter, x, Path(folder)), x)
-            out[exporter] = {"tracing": bool(value % 10), "exporting": bool(value // 10 % 10),
-                             "compiling": bool(value // 100 % 10)}
-    return out
-
-
-def expected_predicates() -> dict[str, dict[str, bool]]:
-    """What ``source.diff.MODES`` assumes each exporter sets (compared with ``measure_predicates``)."""
-    return {exporter: MODES[mode] for exporter, mode in EXPORTER_MODES.items()}
 
 
 def gate_table(

@@ -18,10 +18,8 @@ from pytest_qwen3vl.judge.gate import (
     RUN,
     SKIP,
     condition_of,
-    expected_predicates,
     gate_table,
     judge_gate,
-    measure_predicates,
     words_table,
 )
 from pytest_qwen3vl.source.diff import check_one_diff, find_deepstack_if
@@ -32,11 +30,13 @@ from pytest_qwen3vl.source.files import (
     installed_golden_path,
 )
 from pytest_qwen3vl.store.cache import ArtifactCache
+from tests.helpers import expected_predicates, measure_predicates
 from tests.variants import VARIANTS, golden_text
 
 IS_EXPORTING = MODIFIED_CONDITION[:-1] + " or torch.compiler.is_exporting())"
 WORDS_4 = words_table(lambda e, f: e in ("eager", "torch.compile") and f != "True", EXPORTERS, tuple(FLAGS))
 WORDS_9 = words_table(lambda e, f: False, ONNX_EXPORTERS, ("True", "unset"))
+
 
 
 @pytest.fixture(scope="module")
