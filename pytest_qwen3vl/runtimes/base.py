@@ -25,10 +25,12 @@ class Session(ABC):
 
 
 class Runtime(ABC):
-    """One runtime at one setting: ``name`` and ``precision`` are what a row says ran."""
+    """One runtime at one setting: ``name`` and ``precision`` (in the runtime's own words) are what a row
+    says ran; ``arithmetic`` is the row of the tolerance table that precision is judged at."""
 
     name: str
     precision: str
+    arithmetic: str = "fp32"
 
     @property
     def label(self) -> str:

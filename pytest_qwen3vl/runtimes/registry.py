@@ -1,0 +1,68 @@
+"""The runtimes a run can name, ``NAME[:SETTING]``: parsed without importing any runtime, so an unknown
+name is a usage error at start-up and a runtime that is not installed is "not run", never a verdict."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+from pytest_qwen3vl.errors import ChoiceError, choose
+from pytest_qwen3vl.runtimes.base import Runtime
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A runtime by name: the module it needs, the extra that installs it, and its settings."""
+
+    module: str
+    extra: str | None
+    settings: tuple[str, ...] = ()
+
+
+# "onnxruntime" is a dependency, so it has no extra; openvino's settings are its precision hints
+# (no setting: OpenVINO's own default precision, which depends on the CPU).
+RUNTIMES: dict[str, Entry] = {
+    "onnxruntime": Entry("onnxruntime", None),
+    "openvino": Entry("openvino", "openvino", ("f32", "bf16", "f16")),
+}
+DEFAULT_RUNTIME = "onnxruntime"
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """A runtime as named on the command line; ``make()`` builds it (importing it), ``missing()`` says
+    why it cannot run here."""
+
+    name: str
+    setting: str | None = None
+
+    @property
+    def text(self) -> str:
+        return f"{self.name}:{self.setting}" if self.setting else self.name
+
+    def missing(self) -> str | None:
+        """How to install the runtime when its module is absent, else None."""
+        entry = RUNTIMES[self.name]
+        if importlib.util.find_spec(entry.module) is not None:
+            return None
+        return f"pip install pytest-qwen3vl[{entry.extra}]" if entry.extra else f"pip install {entry.module}"
+
+    def make(self) -> Runtime:
+        if self.name == "openvino":
+            from pytest_qwen3vl.runtimes.openvino import OpenVINO
+
+            return OpenVINO(self.setting)
+        from pytest_qwen3vl.runtimes.onnxruntime import LOW_MEMORY, OnnxRuntimeCPU
+
+        return OnnxRuntimeCPU(config=LOW_MEMORY)
+
+
+def parse_runtime(text: str) -> RuntimeChoice:
+    """``openvino:f16`` -> RuntimeChoice; ``ChoiceError`` naming what exists for an unknown name or setting."""
+    name, _, setting = (part.strip() for part in text.strip().partition(":"))
+    entry = RUNTIMES[choose("runtime", name.lower(), tuple(RUNTIMES))]
+    if setting:
+        if not entry.settings:
+            raise ChoiceError(f"runtime {name} takes no setting, not {setting!r}")
+        choose(f"{name} setting", setting.lower(), entry.settings)
+    return RuntimeChoice(name.lower(), setting.lower() or None)
