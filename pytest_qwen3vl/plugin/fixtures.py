@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from pytest_qwen3vl.model.inputs import VisionInputs
     from pytest_qwen3vl.plugin.exports import SessionExports
     from pytest_qwen3vl.plugin.genai import SessionGenai
+    from pytest_qwen3vl.runtimes.registry import RuntimeChoice
 
 
 @pytest.fixture(scope="session")
@@ -317,12 +318,55 @@ def qwen3vl_artefact_golden(
 
 
 @pytest.fixture(scope="session")
-def qwen3vl_artefact(
-    qwen3vl_onnx_file: Path, qwen3vl_artefact_golden: GoldenRuns, qwen3vl_settings: Settings
-) -> ArtefactCheck:
-    """The current ``--qwen3vl-onnx`` file against golden: interface, weight type, tolerance (all read
-    once, at start-up), and ``run(grid)`` / ``locate(grid)`` computed once per grid in this process."""
-    from pytest_qwen3vl.judge.artefact import ArtefactCheck
+def qwen3vl_runtime(qwen3vl_settings: Settings) -> RuntimeChoice:
+    """The ``--qwen3vl-runtime`` of the current test. The plugin parametrizes it once per runtime
+    (``pytest_generate_tests``), which replaces this body."""
+    return qwen3vl_settings.runtimes[0]
 
-    facts = next(f for f in qwen3vl_settings.onnx_files if f.path == qwen3vl_onnx_file)
-    return ArtefactCheck(facts, qwen3vl_artefact_golden, dict(qwen3vl_settings.onnx_tolerance))
+
+ArtefactChecks = Callable[[Path, "RuntimeChoice"], "ArtefactCheck"]
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_artefact_checks(qwen3vl_artefact_golden: GoldenRuns, qwen3vl_settings: Settings) -> ArtefactChecks:
+    """``checks(file, runtime) -> ArtefactCheck``, skipping ("not run: pip install ...") when the runtime
+    is not installed. Each runtime is built once per process and keeps the check of one file: pytest
+    runs a session-parametrized file's tests together, so a process holds one session per runtime."""
+    from pytest_qwen3vl.judge.artefact import ArtefactCheck
+    from pytest_qwen3vl.runtimes.base import Runtime
+
+    runtimes: dict[RuntimeChoice, Runtime] = {}
+    current: dict[RuntimeChoice, ArtefactCheck] = {}
+
+    def check(path: Path, choice: RuntimeChoice) -> ArtefactCheck:
+        missing = choice.missing()
+        if missing:
+            pytest.skip(f"not run: {missing}")
+        if choice not in current or current[choice].path != path:
+            current.pop(choice, None)  # its session goes before the next file's loads
+            runtime = runtimes[choice] = runtimes.get(choice) or choice.make()
+            facts = next(f for f in qwen3vl_settings.onnx_files if f.path == path)
+            current[choice] = ArtefactCheck(facts, qwen3vl_artefact_golden, dict(qwen3vl_settings.onnx_tolerance),
+                                            runtime)
+        return current[choice]
+
+    return check
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_artefact(qwen3vl_onnx_file: Path, qwen3vl_artefact_checks: ArtefactChecks) -> ArtefactCheck:
+    """The current ``--qwen3vl-onnx`` file against golden on ONNX Runtime, the reference runtime:
+    interface, weight type, tolerance (all read once, at start-up), and ``run(grid)`` / ``locate(grid)``
+    computed once per grid in this process."""
+    from pytest_qwen3vl.runtimes.registry import DEFAULT_RUNTIME, RuntimeChoice
+
+    return qwen3vl_artefact_checks(qwen3vl_onnx_file, RuntimeChoice(DEFAULT_RUNTIME))
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_artefact_on_runtime(
+    qwen3vl_onnx_file: Path, qwen3vl_runtime: RuntimeChoice, qwen3vl_artefact_checks: ArtefactChecks
+) -> ArtefactCheck:
+    """The current ``--qwen3vl-onnx`` file against golden on the current ``--qwen3vl-runtime``, at the
+    tolerance of the precision that runs there (``ArtefactCheck.runtime.label`` names it)."""
+    return qwen3vl_artefact_checks(qwen3vl_onnx_file, qwen3vl_runtime)
