@@ -69,8 +69,8 @@ def test_parity(qwen3vl_artefact_on_runtime, qwen3vl_grid, qwen3vl_record):
         pytest.fail(run.error, pytrace=False)
     measured = "; ".join([*run.problems, *(o.text() for o in run.outputs)])
     if not run.served:
-        pytest.fail(f"{run.runtime}: outside the {check.tolerance_text}: {measured}", pytrace=False)
-    qwen3vl_record.holds(f"{run.runtime}: {measured} ({check.tolerance_text})")
+        pytest.fail(f"{check.runtime_text}: outside the {check.tolerance_text}: {measured}", pytrace=False)
+    qwen3vl_record.holds(f"{check.runtime_text}: {measured} ({check.tolerance_text})")
 
 
 @pytest.mark.qwen3vl_claim("artefact-grids")
@@ -81,8 +81,8 @@ def test_grids_served(qwen3vl_artefact_on_runtime, qwen3vl_settings, qwen3vl_rec
         pytest.fail(str(check.runs.load_error), pytrace=False)
     served, line = served_line([check.run(g) for g in qwen3vl_settings.grids])
     if not served:
-        pytest.fail(f"{check.runtime.label} {line}", pytrace=False)
-    qwen3vl_record.holds(f"{check.runtime.label} {line}: {', '.join(g.id for g in qwen3vl_settings.grids)}")
+        pytest.fail(f"{check.runtime_text} {line}", pytrace=False)
+    qwen3vl_record.holds(f"{check.runtime_text} {line}: {', '.join(g.id for g in qwen3vl_settings.grids)}")
 
 
 @pytest.mark.qwen3vl_claim("artefact-deepstack")

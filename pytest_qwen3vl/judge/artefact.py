@@ -59,6 +59,13 @@ class ArtefactCheck:
         self.runs = FileRuns(facts, self.runtime, golden, self.tolerance)
 
     @property
+    def runtime_text(self) -> str:
+        """The runtime as rows name it: its label, and what it did to the file first where it did anything."""
+        session = self.runs.session()
+        note = f" ({session.note})" if session is not None and session.note else ""
+        return f"{self.runtime.label}{note}"
+
+    @property
     def tolerance_text(self) -> str:
         if self.overridden:
             origin = "overridden"

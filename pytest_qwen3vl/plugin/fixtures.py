@@ -344,7 +344,7 @@ def qwen3vl_artefact_checks(qwen3vl_artefact_golden: GoldenRuns, qwen3vl_setting
             pytest.skip(f"not run: {missing}")
         if choice not in current or current[choice].path != path:
             current.pop(choice, None)  # its session goes before the next file's loads
-            runtime = runtimes[choice] = runtimes.get(choice) or choice.make()
+            runtime = runtimes[choice] = runtimes.get(choice) or choice.make(qwen3vl_settings.cache_dir / "runtimes")
             facts = next(f for f in qwen3vl_settings.onnx_files if f.path == path)
             current[choice] = ArtefactCheck(facts, qwen3vl_artefact_golden, dict(qwen3vl_settings.onnx_tolerance),
                                             runtime)

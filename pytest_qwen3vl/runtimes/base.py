@@ -17,7 +17,10 @@ if TYPE_CHECKING:
 
 
 class Session(ABC):
-    """A loaded file, run as often as needed."""
+    """A loaded file, run as often as needed. ``note`` says what the runtime did to the file first, for
+    the row (the optimiser's model type), where it did anything."""
+
+    note: str = ""
 
     @abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 from pytest_qwen3vl.errors import ChoiceError, choose
 from pytest_qwen3vl.runtimes.base import Runtime
@@ -20,9 +21,11 @@ class Entry:
 
 
 # "onnxruntime" is a dependency, so it has no extra; openvino's settings are its precision hints
-# (no setting: OpenVINO's own default precision, which depends on the CPU).
+# (no setting: OpenVINO's own default precision, which depends on the CPU); the optimiser's are its
+# rewrite's arithmetic (no setting: fp32, fusions only).
 RUNTIMES: dict[str, Entry] = {
     "onnxruntime": Entry("onnxruntime", None),
+    "onnxruntime-optimized": Entry("onnxruntime", None, ("fp32", "fp16")),
     "openvino": Entry("openvino", "openvino", ("f32", "bf16", "f16")),
 }
 DEFAULT_RUNTIME = "onnxruntime"
@@ -47,11 +50,16 @@ class RuntimeChoice:
             return None
         return f"pip install pytest-qwen3vl[{entry.extra}]" if entry.extra else f"pip install {entry.module}"
 
-    def make(self) -> Runtime:
+    def make(self, cache: Path) -> Runtime:
+        """The runtime; ``cache`` is where a runtime that rewrites files keeps the rewrites."""
         if self.name == "openvino":
             from pytest_qwen3vl.runtimes.openvino import OpenVINO
 
             return OpenVINO(self.setting)
+        if self.name == "onnxruntime-optimized":
+            from pytest_qwen3vl.runtimes.ort_optimized import OrtOptimized
+
+            return OrtOptimized(cache, self.setting or "fp32")
         from pytest_qwen3vl.runtimes.onnxruntime import LOW_MEMORY, OnnxRuntimeCPU
 
         return OnnxRuntimeCPU(config=LOW_MEMORY)

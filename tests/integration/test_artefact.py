@@ -416,6 +416,25 @@ def test_openvino_refuses_the_grid_free_torchscript_file_naming_the_op_and_the_r
     result.assert_outcomes(passed=3, failed=1)
 
 
+def test_the_optimisers_rewrite_is_judged_at_its_precision_and_disagrees_on_other_weights(
+    run_suite: RunSuite, files: dict[str, Path]
+) -> None:
+    """Fusions keep fp32 arithmetic; fusions with fp16 conversion are held to the fp16 row (the report's
+    file at its own grid passes it); a file of other weights fails either way."""
+    result = run_suite("test_artefact.py", "-k", "parity", *_onnx(files["fp32"], files["seed1"]),
+                       "--qwen3vl-grid=1,24,24", "--qwen3vl-runtime=onnxruntime-optimized",
+                       "--qwen3vl-runtime=onnxruntime-optimized:fp16")
+    parity = claim_row(result, "artefact-parity")
+    optimised = "onnxruntime-optimized:{} (optimised as vit)"
+    assert (f"builder.onnx-onnxruntime-optimized-1x24x24: {optimised.format('fp32')}: pooled_embeds: max abs"
+            in parity), parity
+    assert (f"builder.onnx-onnxruntime-optimized:fp16-1x24x24: {optimised.format('fp16')}: pooled_embeds: max abs"
+            in parity and "(fp16 tolerance (fp32 weights, onnxruntime-optimized:fp16 arithmetic)" in parity), parity
+    assert f"seed1.onnx-onnxruntime-optimized-1x24x24: {optimised.format('fp32')}: outside the fp32" in parity, parity
+    assert f"seed1.onnx-onnxruntime-optimized:fp16-1x24x24: {optimised.format('fp16')}: outside the fp16" in parity
+    result.assert_outcomes(passed=2, failed=2)
+
+
 @pytest.fixture(scope="module")
 def overflowing(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A checkpoint whose block 1 overflows fp16, and its builder export: correct at fp32."""
@@ -454,8 +473,8 @@ def test_runtimes_are_usage_errors_when_unknown_and_not_run_when_not_installed(
 ) -> None:
     unknown = run_suite("test_artefact.py", *_onnx(files["fp32"]), "--qwen3vl-runtime=tensorrt")
     assert unknown.ret == pytest.ExitCode.USAGE_ERROR
-    unknown.stderr.fnmatch_lines(["ERROR: --qwen3vl-runtime: runtime must be one of onnxruntime, openvino, "
-                                  "not 'tensorrt'"])
+    unknown.stderr.fnmatch_lines(["ERROR: --qwen3vl-runtime: runtime must be one of onnxruntime, "
+                                  "onnxruntime-optimized, openvino, not 'tensorrt'"])
     # A plugin of the inner process that makes openvino absent, as on a machine without it.
     pytester.makepyfile(no_openvino="import sys\n\nsys.modules['openvino'] = None\n")
     absent = run_suite("test_artefact.py", "-p", "no_openvino", "-k", "parity or grids", *_onnx(files["fp32"]),

@@ -89,9 +89,26 @@ def test_runtimes_are_named_with_their_setting() -> None:
     assert parse_runtime("openvino:F16") == RuntimeChoice("openvino", "f16")
     assert parse_runtime(" onnxruntime ").text == "onnxruntime"
     assert parse_runtime("openvino").text == "openvino" and parse_runtime("openvino").missing() is None
-    with pytest.raises(ChoiceError, match=r"^runtime must be one of onnxruntime, openvino, not 'tensorrt'$"):
+    with pytest.raises(ChoiceError, match=r"^runtime must be one of onnxruntime, onnxruntime-optimized, openvino, "
+                                          r"not 'tensorrt'$"):
         parse_runtime("tensorrt")
     with pytest.raises(ChoiceError, match=r"^openvino setting must be one of f32, bf16, f16, not 'i8'$"):
         parse_runtime("openvino:i8")
     with pytest.raises(ChoiceError, match=r"^runtime onnxruntime takes no setting, not 'fp16'$"):
         parse_runtime("onnxruntime:fp16")
+
+
+def test_the_optimisers_rewrite_is_made_once_per_file_and_kept(tmp_path: Path) -> None:
+    """The second load takes the kept rewrite; the session says which model type the optimiser took."""
+    from pytest_qwen3vl.runtimes.ort_optimized import OrtOptimized
+    from pytest_qwen3vl.store.cache import ArtifactCache
+
+    path = tiny_encoder(tmp_path / "f.onnx")
+    runtime = OrtOptimized(tmp_path / "cache", "fp16")
+    assert (runtime.label, runtime.arithmetic) == ("onnxruntime-optimized:fp16", "fp16")
+    first = runtime.load(path)
+    assert first.note == "optimised as vit"
+    np.testing.assert_array_equal(first.run({"pixel_values": PIXELS, "image_grid_thw": GRID})["pooled_embeds"], PIXELS)
+    again, model_type = OrtOptimized(tmp_path / "cache", "fp16").rewrite(path)
+    assert model_type == "vit" and again.is_file()
+    assert len(ArtifactCache(tmp_path / "cache").builds()) == 1
