@@ -458,14 +458,18 @@ def test_f16_changes_the_verdict_on_a_file_whose_activations_overflow_fp16(
     if ran != "f16":
         pytest.skip(f"this CPU has no f16 arithmetic: OpenVINO runs the f16 hint at {ran}")
     folder, file = overflowing
-    result = run_suite("test_artefact.py", "-k", "parity", f"--qwen3vl-config={folder}", f"--qwen3vl-onnx={file}",
+    result = run_suite("test_artefact.py", "-k", "parity or where", f"--qwen3vl-config={folder}",
+                       f"--qwen3vl-onnx={file}",
                        "--qwen3vl-grid=1,24,24", OPENVINO_F32, "--qwen3vl-runtime=openvino:f16")
     parity = claim_row(result, "artefact-parity")
     assert "overflow.onnx-openvino:f32-1x24x24: openvino:f32: pooled_embeds: max abs" in parity, parity
     assert ("overflow.onnx-openvino:f16-1x24x24: openvino:f16: outside the fp16 tolerance (fp32 weights, "
             "openvino:f16 arithmetic)") in parity, parity
     assert "NaN/Inf" in parity, parity
-    result.assert_outcomes(passed=1, failed=1)
+    where = claim_row(result, "artefact-where")
+    assert ("overflow.onnx: nothing goes wrong on 1 grid on onnxruntime:fp32; failures on openvino:f32, "
+            "openvino:f16 are not located: only ONNX Runtime exposes intermediate outputs") in where, where
+    result.assert_outcomes(passed=2, failed=1)
 
 
 def test_runtimes_are_usage_errors_when_unknown_and_not_run_when_not_installed(
