@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from pytest_qwen3vl.model.inputs import VisionInputs
     from pytest_qwen3vl.plugin.exports import SessionExports
     from pytest_qwen3vl.plugin.genai import SessionGenai
+    from pytest_qwen3vl.runtimes.base import Runtime
     from pytest_qwen3vl.runtimes.registry import RuntimeChoice
 
 
@@ -200,9 +201,10 @@ def qwen3vl_export(
     one-line ``summary``; the cache remembers it, so asking again (in this run or a later one with
     the same inputs) raises it again without retrying. ``.recipe(which, name, grid)`` exports a
     recipe of ``qwen3vl-export`` the same way.
-    ``qwen3vl_export.session(path)`` is an ONNX Runtime session per file; ``.sweep(path)`` what the file
-    serves on the sweep against golden, ``.signature(path)`` and ``.digest(path)`` its graph signature
-    and digest (each measured once per file content and kept in the cache);
+    ``qwen3vl_export.session(path)`` is an ONNX Runtime session per file; ``.sweep(path, runtime=None)``
+    what the file serves on the sweep against golden (on ONNX Runtime unless a runtime is given),
+    ``.signature(path)`` and ``.digest(path)`` its graph signature and digest (each measured once per
+    file content and kept in the cache);
     ``.deepstack_calls(which, grid, trace=..., flag=...)`` and ``.trace_hazards(which, grid)`` what
     running or tracing a model does (measured once per model and grid, and kept); ``.builds`` the
     exports this process ran (``<cache dir>/exports/builds.log`` has every worker's).
@@ -324,27 +326,41 @@ def qwen3vl_runtime(qwen3vl_settings: Settings) -> RuntimeChoice:
     return qwen3vl_settings.runtimes[0]
 
 
+Runtimes = Callable[["RuntimeChoice"], "Runtime"]
 ArtefactChecks = Callable[[Path, "RuntimeChoice"], "ArtefactCheck"]
 
 
 @pytest.fixture(scope="session")
-def qwen3vl_artefact_checks(qwen3vl_artefact_golden: GoldenRuns, qwen3vl_settings: Settings) -> ArtefactChecks:
-    """``checks(file, runtime) -> ArtefactCheck``, skipping ("not run: pip install ...") when the runtime
-    is not installed. Each runtime is built once per process and keeps the check of one file: pytest
-    runs a session-parametrized file's tests together, so a process holds one session per runtime."""
-    from pytest_qwen3vl.judge.artefact import ArtefactCheck
-    from pytest_qwen3vl.runtimes.base import Runtime
+def qwen3vl_runtimes(qwen3vl_settings: Settings) -> Runtimes:
+    """``qwen3vl_runtimes(choice) -> Runtime``, built once per process; skips ("not run: pip install ...")
+    when the runtime is not installed. Rewrites a runtime makes are kept under ``<cache dir>/runtimes``."""
+    made: dict[RuntimeChoice, Runtime] = {}
 
-    runtimes: dict[RuntimeChoice, Runtime] = {}
-    current: dict[RuntimeChoice, ArtefactCheck] = {}
-
-    def check(path: Path, choice: RuntimeChoice) -> ArtefactCheck:
+    def runtime(choice: RuntimeChoice) -> Runtime:
         missing = choice.missing()
         if missing:
             pytest.skip(f"not run: {missing}")
+        if choice not in made:
+            made[choice] = choice.make(qwen3vl_settings.cache_dir / "runtimes")
+        return made[choice]
+
+    return runtime
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_artefact_checks(
+    qwen3vl_artefact_golden: GoldenRuns, qwen3vl_settings: Settings, qwen3vl_runtimes: Runtimes
+) -> ArtefactChecks:
+    """``checks(file, runtime) -> ArtefactCheck``. Each runtime keeps the check of one file: pytest runs a
+    session-parametrized file's tests together, so a process holds one session per runtime."""
+    from pytest_qwen3vl.judge.artefact import ArtefactCheck
+
+    current: dict[RuntimeChoice, ArtefactCheck] = {}
+
+    def check(path: Path, choice: RuntimeChoice) -> ArtefactCheck:
+        runtime = qwen3vl_runtimes(choice)
         if choice not in current or current[choice].path != path:
             current.pop(choice, None)  # its session goes before the next file's loads
-            runtime = runtimes[choice] = runtimes.get(choice) or choice.make(qwen3vl_settings.cache_dir / "runtimes")
             facts = next(f for f in qwen3vl_settings.onnx_files if f.path == path)
             current[choice] = ArtefactCheck(facts, qwen3vl_artefact_golden, dict(qwen3vl_settings.onnx_tolerance),
                                             runtime)
