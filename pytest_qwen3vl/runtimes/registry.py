@@ -1,5 +1,6 @@
-"""The runtimes a run can name, ``NAME[:SETTING]``: parsed without importing any runtime, so an unknown
-name is a usage error at start-up and a runtime that is not installed is "not run", never a verdict."""
+"""The runtimes a run can name, ``NAME[:SETTING]``: parsed without importing any runtime library (the
+runtime modules import theirs inside functions), so an unknown name is a usage error at start-up and a
+runtime that is not installed is "not run", never a verdict."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ from pathlib import Path
 
 from pytest_qwen3vl.errors import ChoiceError, choose
 from pytest_qwen3vl.runtimes.base import Runtime
+from pytest_qwen3vl.runtimes.onnxruntime import LOW_MEMORY, OnnxRuntimeCPU
+from pytest_qwen3vl.runtimes.openvino import PRECISIONS, OpenVINO
+from pytest_qwen3vl.runtimes.ort_optimized import SETTINGS as OPTIMIZED_SETTINGS
+from pytest_qwen3vl.runtimes.ort_optimized import OrtOptimized
 
 
 @dataclass(frozen=True)
@@ -25,8 +30,8 @@ class Entry:
 # rewrite's arithmetic (no setting: fp32, fusions only).
 RUNTIMES: dict[str, Entry] = {
     "onnxruntime": Entry("onnxruntime", None),
-    "onnxruntime-optimized": Entry("onnxruntime", None, ("fp32", "fp16")),
-    "openvino": Entry("openvino", "openvino", ("f32", "bf16", "f16")),
+    "onnxruntime-optimized": Entry("onnxruntime", None, OPTIMIZED_SETTINGS),
+    "openvino": Entry("openvino", "openvino", PRECISIONS),
 }
 DEFAULT_RUNTIME = "onnxruntime"
 
@@ -53,15 +58,9 @@ class RuntimeChoice:
     def make(self, cache: Path) -> Runtime:
         """The runtime; ``cache`` is where a runtime that rewrites files keeps the rewrites."""
         if self.name == "openvino":
-            from pytest_qwen3vl.runtimes.openvino import OpenVINO
-
             return OpenVINO(self.setting)
         if self.name == "onnxruntime-optimized":
-            from pytest_qwen3vl.runtimes.ort_optimized import OrtOptimized
-
             return OrtOptimized(cache, self.setting or "fp32")
-        from pytest_qwen3vl.runtimes.onnxruntime import LOW_MEMORY, OnnxRuntimeCPU
-
         return OnnxRuntimeCPU(config=LOW_MEMORY)
 
 
