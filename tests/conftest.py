@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -17,6 +18,10 @@ import torch
 import transformers.models.qwen3_vl.modeling_qwen3_vl  # noqa: F401
 
 from pytest_qwen3vl.export.builder import quiet_logging
+
+# openvino's native part likewise (an optional runtime: its self-tests skip where it is absent).
+with contextlib.suppress(ImportError):
+    import openvino  # noqa: F401
 from pytest_qwen3vl.model.build import VisionPair, build_pair
 from pytest_qwen3vl.model.configs import resolve_config
 from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path, write_reference_modified

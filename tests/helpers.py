@@ -172,6 +172,28 @@ def tiny_encoder(path: Path, outputs: Sequence[str] = ("pooled_embeds",), *, pat
     return path
 
 
+# A block's MLP output scaled past fp16's largest value (65504): about 3e5 in the residual stream, which
+# the next LayerNorm brings back in fp32 and which is Inf in fp16 (measured on OpenVINO f16: all NaN/Inf).
+OVERFLOW_SCALE = 1e6
+OVERFLOW_TENSORS = ("model.visual.blocks.1.mlp.linear_fc2.weight", "model.visual.blocks.1.mlp.linear_fc2.bias")
+
+
+def overflowing_checkpoint(out: Path) -> Path:
+    """The tiny vision-only checkpoint (seed 0) with one block's MLP output scaled by OVERFLOW_SCALE: a
+    correct file of it holds at fp32 and overflows wherever it runs in fp16."""
+    from safetensors.torch import load_file, save_file
+
+    from pytest_qwen3vl.model.write_checkpoint import write_checkpoint
+
+    write_checkpoint(out, "tiny", 0, vision_only=True)
+    weights = out / "model.safetensors"
+    state = load_file(str(weights))
+    for name in OVERFLOW_TENSORS:
+        state[name] = state[name] * OVERFLOW_SCALE
+    save_file(state, str(weights), metadata={"format": "pt"})
+    return out
+
+
 # -- damage to a cache entry --------------------------------------------------------------------------
 
 def truncate(path: Path) -> None:

@@ -74,7 +74,9 @@ def served_line(findings: Sequence[Finding]) -> tuple[bool, str]:
     line = f"serves {served} of {len(findings)} grid{'s' if len(findings) != 1 else ''}"
     if wrong:
         line += "; wrong on " + ", ".join(f"{f.grid.id} ({f.reason()})" for f in wrong)
-    if refused:
+    if len(findings) > 1 and len(refused) == len(findings) and len({f.reason() for f in refused}) == 1:
+        line += f"; refuses every grid ({refused[0].reason()})"  # a file that does not load, said once
+    elif refused:
         line += "; refuses " + ", ".join(f"{f.grid.id} ({f.reason()})" for f in refused)
     if served and not wrong and not refused and findings:
         line += f" (worst relative L2 {max(f.worst_rel_l2() for f in findings):.2g})"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_qwen3vl.errors import RuntimeRefused
 from pytest_qwen3vl.judge.finding import Finding
-from pytest_qwen3vl.judge.tolerance import TOLERANCES, OutputParity, Tolerance, measure
+from pytest_qwen3vl.judge.tolerance import TOLERANCES, OutputParity, Tolerance, measure, row_for
 from pytest_qwen3vl.model.grids import Grid
 
 if TYPE_CHECKING:
@@ -76,6 +76,11 @@ class FileRuns:
                 self._load_error = str(exc)
         return self._session
 
+    @property
+    def load_error(self) -> str | None:
+        """Why the runtime refuses the file, once ``session()`` was asked (None: it loads)."""
+        return self._load_error
+
     def release(self) -> None:
         """Drop the session (every grid's run is kept): at 4B one session less is ~1.4 GB less."""
         self._session = None
@@ -115,11 +120,12 @@ class FileRuns:
 
 
 def sweep(path: Any, runtime: Runtime, golden: GoldenRuns, grids: Iterable[Grid]) -> list[Finding]:
-    """A file this package made (fp32, names it recognises) on each grid: one finding per grid."""
+    """A file this package made (fp32, names it recognises) on each grid: one finding per grid, at the
+    tolerance of its weight type or of the runtime's arithmetic, whichever is looser."""
     from pathlib import Path
 
     from pytest_qwen3vl.onnxfile.interface import read_file
 
     facts = read_file(Path(path))
-    runs = FileRuns(facts, runtime, golden, TOLERANCES[facts.weights.name])
+    runs = FileRuns(facts, runtime, golden, TOLERANCES[row_for(facts.weights.name, runtime.arithmetic)])
     return [runs.finding(grid) for grid in grids]

@@ -36,6 +36,14 @@ TOLERANCES: dict[str, Tolerance] = {
     "bf16": Tolerance(rel_l2=1e-1, max_rel=2e-1, cosine=1 - 5e-3),
     "quantized": Tolerance(rel_l2=1e-1, max_rel=2e-1, cosine=1 - 5e-3),
 }
+
+
+def row_for(weights: str, arithmetic: str) -> str:
+    """The row a file is judged at on a runtime: its weight type's, or the runtime's arithmetic's when
+    that is looser (an fp32 file run in f16 is held to fp16's limits, an int8 file stays quantized)."""
+    return max((weights, arithmetic), key=lambda row: TOLERANCES[row].rel_l2)
+
+
 _RANGES = {"rel_l2": (0.0, math.inf), "max_rel": (0.0, math.inf), "cosine": (-1.0, 1.0)}
 
 

@@ -99,8 +99,8 @@ _CLAIMS: tuple[tuple[str, str, str], ...] = (
     ("artefact", "artefact-interface",
      "The file's inputs (pixel values, grid) and outputs (pooled, DeepStack) are recognised and fit the config."),
     ("artefact", "artefact-parity",
-     "On each grid, ONNX Runtime's outputs match golden PyTorch with the same weights, within the tolerance "
-     "of the file's weight type."),
+     "On each grid and runtime (ONNX Runtime unless --qwen3vl-runtime names others), the file's outputs match "
+     "golden PyTorch with the same weights, within the tolerance of its weight type or of the precision that ran."),
     ("artefact", "artefact-grids", "The file serves every grid of the run."),
     ("artefact", "artefact-deepstack",
      "Each DeepStack output the file has carries golden's DeepStack feature of its position."),

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from pytest_qwen3vl.export.tracing import TraceHazard
     from pytest_qwen3vl.judge.finding import Finding
     from pytest_qwen3vl.model.configs import ModelSpec
+    from pytest_qwen3vl.runtimes.base import Runtime
 
 ROLES = ("golden", "modified")
 
@@ -140,11 +141,11 @@ class SessionExports:
 
         return self.cache.get_or_create(parts, filename, build)
 
-    def sweep(self, path: Path, grids: Sequence[Grid] = SWEEP) -> list[Finding]:
-        """What a file this cache published does on each of ``grids`` on ONNX Runtime against golden
-        (``judge/sweep.py``), measured once per (file content, golden file, config, seed, grids, judging
-        code): the other workers and later runs read the findings instead of running golden and ONNX
-        Runtime on every grid again.
+    def sweep(self, path: Path, grids: Sequence[Grid] = SWEEP, runtime: Runtime | None = None) -> list[Finding]:
+        """What a file this cache published does on each of ``grids`` on ``runtime`` (default ONNX
+        Runtime's CPU) against golden (``judge/sweep.py``), measured once per (file content, golden file,
+        config, seed, grids, runtime and its precision, judging code): the other workers and later runs
+        read the findings instead of running golden and the runtime on every grid again.
 
         Findings with a grid not served are returned but not kept: a verdict against the file is
         measured in the run that reports it.
@@ -154,9 +155,11 @@ class SessionExports:
         from pytest_qwen3vl.judge.sweep import sweep
         from pytest_qwen3vl.runtimes.onnxruntime import OnnxRuntimeCPU
 
+        runner = runtime or OnnxRuntimeCPU()
+
         def measure() -> str:
             golden = GoldenRuns(self._models["golden"], self._spec, self._seed)
-            findings = sweep(path, OnnxRuntimeCPU(), golden, grids)
+            findings = sweep(path, runner, golden, grids)
             if not all(f.served for f in findings):
                 raise Unpublished(findings)
             return json.dumps([f.to_dict() for f in findings])
@@ -165,7 +168,8 @@ class SessionExports:
             return [Finding.from_dict(data) for data in json.loads(self._measured(
                 path, "onnx-sweep", measure, code=code_digest(*MAKING, "onnxfile", "runtimes", "judge"),
                 golden=self._digest("golden"), config=self._spec.key(), seed=str(self._seed),
-                grids=" ".join(grid.text for grid in grids),
+                grids=" ".join(grid.text for grid in grids), runtime=runner.label,
+                runtimes=json.dumps(library_versions(("openvino",)), sort_keys=True),
             ))]
         except Unpublished as wrong:
             findings: list[Finding] = wrong.value

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from pytest_qwen3vl.model.inputs import VisionInputs
     from pytest_qwen3vl.plugin.exports import SessionExports
     from pytest_qwen3vl.plugin.genai import SessionGenai
+    from pytest_qwen3vl.runtimes.base import Runtime
+    from pytest_qwen3vl.runtimes.registry import RuntimeChoice
 
 T = TypeVar("T")
 
@@ -284,9 +286,10 @@ def qwen3vl_export(
     one-line ``summary``; the cache remembers it, so asking again (in this run or a later one with
     the same inputs) raises it again without retrying. ``.recipe(which, name, grid)`` exports a
     recipe of ``qwen3vl-export`` the same way.
-    ``qwen3vl_export.session(path)`` is an ONNX Runtime session per file; ``.sweep(path)`` what the file
-    serves on the sweep against golden, ``.signature(path)`` and ``.digest(path)`` its graph signature
-    and digest (each measured once per file content and kept in the cache);
+    ``qwen3vl_export.session(path)`` is an ONNX Runtime session per file; ``.sweep(path, runtime=None)``
+    what the file serves on the sweep against golden (on ONNX Runtime unless a runtime is given),
+    ``.signature(path)`` and ``.digest(path)`` its graph signature and digest (each measured once per
+    file content and kept in the cache);
     ``.deepstack_calls(which, grid, trace=..., flag=...)`` and ``.trace_hazards(which, grid)`` what
     running or tracing a model does (measured once per model and grid, and kept); ``.builds`` the
     exports this process ran (``<cache dir>/exports/builds.log`` has every worker's).
@@ -403,12 +406,69 @@ def qwen3vl_artefact_golden(
 
 
 @pytest.fixture(scope="session")
-def qwen3vl_artefact(
-    qwen3vl_onnx_file: Path, qwen3vl_artefact_golden: GoldenRuns, qwen3vl_settings: Settings
-) -> ArtefactCheck:
-    """The current ``--qwen3vl-onnx`` file against golden: interface, weight type, tolerance (all read
-    once, at start-up), and ``run(grid)`` / ``locate(grid)`` computed once per grid in this process."""
+def qwen3vl_runtime(qwen3vl_settings: Settings) -> RuntimeChoice:
+    """The ``--qwen3vl-runtime`` of the current test. The plugin parametrizes it once per runtime
+    (``pytest_generate_tests``), which replaces this body."""
+    return qwen3vl_settings.runtimes[0]
+
+
+Runtimes = Callable[["RuntimeChoice"], "Runtime"]
+ArtefactChecks = Callable[[Path, "RuntimeChoice"], "ArtefactCheck"]
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_runtimes(qwen3vl_settings: Settings) -> Runtimes:
+    """``qwen3vl_runtimes(choice) -> Runtime``, built once per process; skips ("not run: pip install ...")
+    when the runtime is not installed. Rewrites a runtime makes are kept under ``<cache dir>/runtimes``."""
+    made: dict[RuntimeChoice, Runtime] = {}
+
+    def runtime(choice: RuntimeChoice) -> Runtime:
+        missing = choice.missing()
+        if missing:
+            pytest.skip(f"not run: {missing}")
+        if choice not in made:
+            made[choice] = choice.make(qwen3vl_settings.cache_dir / "runtimes")
+        return made[choice]
+
+    return runtime
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_artefact_checks(
+    qwen3vl_artefact_golden: GoldenRuns, qwen3vl_settings: Settings, qwen3vl_runtimes: Runtimes
+) -> ArtefactChecks:
+    """``checks(file, runtime) -> ArtefactCheck``. Each runtime keeps the check of one file: pytest runs a
+    session-parametrized file's tests together, so a process holds one session per runtime."""
     from pytest_qwen3vl.judge.artefact import ArtefactCheck
 
-    facts = next(f for f in qwen3vl_settings.onnx_files if f.path == qwen3vl_onnx_file)
-    return ArtefactCheck(facts, qwen3vl_artefact_golden, dict(qwen3vl_settings.onnx_tolerance))
+    current: dict[RuntimeChoice, ArtefactCheck] = {}
+
+    def check(path: Path, choice: RuntimeChoice) -> ArtefactCheck:
+        runtime = qwen3vl_runtimes(choice)
+        if choice not in current or current[choice].path != path:
+            current.pop(choice, None)  # its session goes before the next file's loads
+            facts = next(f for f in qwen3vl_settings.onnx_files if f.path == path)
+            current[choice] = ArtefactCheck(facts, qwen3vl_artefact_golden, dict(qwen3vl_settings.onnx_tolerance),
+                                            runtime)
+        return current[choice]
+
+    return check
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_artefact(qwen3vl_onnx_file: Path, qwen3vl_artefact_checks: ArtefactChecks) -> ArtefactCheck:
+    """The current ``--qwen3vl-onnx`` file against golden on ONNX Runtime, the reference runtime:
+    interface, weight type, tolerance (all read once, at start-up), and ``run(grid)`` / ``locate(grid)``
+    computed once per grid in this process."""
+    from pytest_qwen3vl.runtimes.registry import DEFAULT_RUNTIME, RuntimeChoice
+
+    return qwen3vl_artefact_checks(qwen3vl_onnx_file, RuntimeChoice(DEFAULT_RUNTIME))
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_artefact_on_runtime(
+    qwen3vl_onnx_file: Path, qwen3vl_runtime: RuntimeChoice, qwen3vl_artefact_checks: ArtefactChecks
+) -> ArtefactCheck:
+    """The current ``--qwen3vl-onnx`` file against golden on the current ``--qwen3vl-runtime``, at the
+    tolerance of the precision that runs there (``ArtefactCheck.runtime.label`` names it)."""
+    return qwen3vl_artefact_checks(qwen3vl_onnx_file, qwen3vl_runtime)

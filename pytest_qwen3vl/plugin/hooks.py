@@ -25,6 +25,7 @@ from pytest_qwen3vl.plugin.settings import (
     OPTIONS,
     REPEATABLE,
     RUN_SLOW,
+    RUNTIME,
     SETTINGS_KEY,
     flag,
     ini_key,
@@ -58,7 +59,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             continue
         group.addoption(
             flag(name), dest=ini_key(name), action="append" if name in REPEATABLE else "store", default=None,
-            metavar={GRID: "T,H,W", ONNX: "PATH"}.get(name, "VALUE"), help=help_text,
+            metavar={GRID: "T,H,W", ONNX: "PATH", RUNTIME: "NAME[:SETTING]"}.get(name, "VALUE"), help=help_text,
         )
         if name in REPEATABLE:
             parser.addini(ini_key(name), help_text, type="args", default=None)
@@ -130,6 +131,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         f"qwen3vl config: {settings.model.name}; {weights}grids: {', '.join(g.id for g in settings.grids)}; "
         f"seed: {settings.seed}",
         *(f"qwen3vl onnx: {path}" for path in settings.onnx),
+        *([f"qwen3vl runtimes: {', '.join(r.text for r in settings.runtimes)}"] if settings.onnx else []),
     ]
 
 
@@ -137,6 +139,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "qwen3vl_onnx_file" in metafunc.fixturenames:
         files = settings_of(metafunc.config).onnx
         metafunc.parametrize("qwen3vl_onnx_file", files, ids=file_ids(files), scope="session")
+    if "qwen3vl_runtime" in metafunc.fixturenames:
+        runtimes = settings_of(metafunc.config).runtimes
+        metafunc.parametrize("qwen3vl_runtime", runtimes, ids=[r.text for r in runtimes], scope="session")
     if "qwen3vl_grid" in metafunc.fixturenames:
         grids = settings_of(metafunc.config).grids
         metafunc.parametrize("qwen3vl_grid", grids, ids=[g.id for g in grids], scope="session")

@@ -19,6 +19,7 @@ from pytest_qwen3vl.model.grids import DEFAULT_GRID, SWEEP, SWEEP_NAME, Grid
 if TYPE_CHECKING:
     from pytest_qwen3vl.model.configs import ModelSpec
     from pytest_qwen3vl.onnxfile.interface import FileFacts, OutputMap
+    from pytest_qwen3vl.runtimes.registry import RuntimeChoice
 
 PREFIX = "qwen3vl"
 
@@ -37,8 +38,9 @@ GENAI_FOLDER = "genai_folder"
 ONNX = "onnx"
 ONNX_OUTPUTS = "onnx_outputs"
 ONNX_TOLERANCE = "onnx_tolerance"
+RUNTIME = "runtime"
 FLAGS = (RUN_SLOW,)
-REPEATABLE = (GRID, ONNX)
+REPEATABLE = (GRID, ONNX, RUNTIME)
 
 
 DEFAULT_CONFIG = "tiny"
@@ -66,6 +68,10 @@ OPTIONS: dict[str, str] = {
     "pooled=NAME[,deepstack=NAME,NAME...]",
     ONNX_TOLERANCE: "override the weight-type tolerance of --qwen3vl-onnx files: any of "
     "rel_l2=X,max_rel=X,cosine=X",
+    RUNTIME: "runtime that --qwen3vl-onnx files (artefact-parity, artefact-grids) and the grid-free recipes' files "
+    "(grid-free-export, grid-free-dynamo) are judged on: onnxruntime, onnxruntime-optimized[:fp32|fp16] (the "
+    "file as ONNX Runtime's transformer optimiser rewrites it), or openvino[:f32|bf16|f16] (the CPU device at that "
+    "inference precision); repeat for several (default onnxruntime)",
     SUITE: "collect the installed conformance suite: auto (when a modified file is named and no test paths "
     "are given), only, off (default auto)",
 }
@@ -100,6 +106,7 @@ class Settings:
     onnx_files: tuple[FileFacts, ...] = ()  # each --qwen3vl-onnx file as read once, at start-up
     onnx_outputs: OutputMap | None = None
     onnx_tolerance: tuple[tuple[str, float], ...] = ()
+    runtimes: tuple[RuntimeChoice, ...] = ()  # what the files are judged on (parse_runtimes: at least one)
     cache_fallback: str | None = None  # why the named cache folder is not used (a private one is)
 
     @property
@@ -148,6 +155,17 @@ def parse_grids(values: list[str]) -> tuple[Grid, ...]:
         if grid not in grids:
             grids.append(grid)
     return tuple(grids)
+
+
+def parse_runtimes(values: list[str]) -> tuple[RuntimeChoice, ...]:
+    """Every ``--qwen3vl-runtime`` (default onnxruntime); an unknown name or setting is a usage error."""
+    from pytest_qwen3vl.errors import ChoiceError
+    from pytest_qwen3vl.runtimes.registry import DEFAULT_RUNTIME, parse_runtime
+
+    try:
+        return tuple(dict.fromkeys(parse_runtime(value) for value in values or [DEFAULT_RUNTIME]))
+    except ChoiceError as exc:
+        raise SettingsError(f"{flag(RUNTIME)}: {exc}") from None
 
 
 def parse_seed(value: str | int) -> int:
@@ -300,6 +318,7 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
     except SettingsError as exc:
         raise SettingsError(f"{flag(ONNX_TOLERANCE)}={exc}") from None
     raw_onnx, onnx_base = _value(config, ONNX)
+    raw_runtimes, _ = _value(config, RUNTIME)
     raw_report, report_base = _value(config, REPORT)
     raw_snapshots, snapshots_base = _value(config, SNAPSHOT_DIR)
     return Settings(
@@ -320,4 +339,5 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
                               getattr(config, "workerinput", {}).get(ONNX_WORKERINPUT)),
         onnx_outputs=mapping,
         onnx_tolerance=tuple(tolerance.items()),
+        runtimes=parse_runtimes(list(raw_runtimes or [])),
     )

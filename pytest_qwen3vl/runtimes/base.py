@@ -17,7 +17,10 @@ if TYPE_CHECKING:
 
 
 class Session(ABC):
-    """A loaded file, run as often as needed."""
+    """A loaded file, run as often as needed. ``note`` says what the runtime did to the file first, for
+    the row (the optimiser's model type), where it did anything."""
+
+    note: str = ""
 
     @abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -25,10 +28,12 @@ class Session(ABC):
 
 
 class Runtime(ABC):
-    """One runtime at one setting: ``name`` and ``precision`` are what a row says ran."""
+    """One runtime at one setting: ``name`` and ``precision`` (in the runtime's own words) are what a row
+    says ran; ``arithmetic`` is the row of the tolerance table that precision is judged at."""
 
     name: str
     precision: str
+    arithmetic: str = "fp32"
 
     @property
     def label(self) -> str:

@@ -102,7 +102,7 @@ def refused(exc: BaseException) -> RuntimeRefused:
     return RuntimeRefused(f"ONNX Runtime: {runtime_failure(exc)}", failed_node(exc))
 
 
-class _OrtSession(Session):
+class OrtSession(Session):
     def __init__(self, session: onnxruntime.InferenceSession) -> None:
         self.session = session
 
@@ -120,6 +120,7 @@ class OnnxRuntimeCPU(Runtime):
 
     name = "onnxruntime"
     precision = "fp32"
+    session_class: type[OrtSession] = OrtSession
 
     def __init__(self, config: Mapping[str, str] | None = None, threads: int | None = None) -> None:
         self.config = dict(config or {})
@@ -127,6 +128,6 @@ class OnnxRuntimeCPU(Runtime):
 
     def load(self, path: Path) -> Session:
         try:
-            return _OrtSession(ort_session(path, threads=self.threads, config=self.config))
+            return self.session_class(ort_session(path, threads=self.threads, config=self.config))
         except runtime_errors() as exc:
             raise refused(exc) from exc

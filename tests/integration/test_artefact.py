@@ -26,7 +26,7 @@ from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_p
 from pytest_qwen3vl.store.cache import ArtifactCache, code_digest
 from pytest_qwen3vl.versions import library_versions
 from tests.conftest import RunSuite
-from tests.helpers import claim_row
+from tests.helpers import claim_row, overflowing_checkpoint
 
 TRACE_GRID = Grid.parse("1,24,24")
 SWAPPED = {"deepstack_0": "deepstack_1", "deepstack_1": "deepstack_0"}
@@ -111,11 +111,12 @@ class Files:
 
         return self._get(name, build)
 
-    def dynamo(self, name: str) -> Path:
-        """Golden's DeepStack recipe through the dynamo exporter: node names carry no module scopes,
-        only the ``pkg.torch.onnx.name_scopes`` metadata does."""
+    def recipe(self, name: str, recipe: str, exporter: str) -> Path:
+        """A recipe of qwen3vl-export on golden (seed 0). Golden's DeepStack recipe through the dynamo
+        exporter: node names carry no module scopes, only the ``pkg.torch.onnx.name_scopes`` metadata
+        does; the grid-free recipe through TorchScript: sequence ops (SplitToSequence, SequenceAt)."""
         def build(path: Path) -> None:
-            export_recipe(self.pair(0).golden, "deepstack", path, grid=TRACE_GRID, exporter="dynamo", seed=0)
+            export_recipe(self.pair(0).golden, recipe, path, grid=TRACE_GRID, exporter=exporter, seed=0)
 
         return self._get(name, build)
 
@@ -137,7 +138,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "seed1": made.export("seed1.onnx", seed=1),
         "external": made.derived("external.onnx", fp32, _external),
         "renamed": made.derived("renamed.onnx", deepstack, lambda s, t: _rename(s, t, RENAMED)),
-        "dynamo": (dynamo := made.dynamo("dynamo.onnx")),
+        "dynamo": (dynamo := made.recipe("dynamo.onnx", "deepstack", "dynamo")),
+        "gridfree-ts": made.recipe("gridfree-ts.onnx", "grid-free", "torchscript"),
         "dynamo-drift": made.derived("dynamo-drift.onnx", dynamo, _perturb_block),
         "torchscript-drift": made.derived("torchscript-drift.onnx", deepstack, _perturb_block),
     }
@@ -151,12 +153,14 @@ def test_builder_file_serves_its_grid_and_names_the_others(run_suite: RunSuite, 
     result = run_suite("test_artefact.py", *_onnx(files["fp32"], files["seed1"]),
                        "--qwen3vl-grid=1,24,24", "--qwen3vl-grid=1,16,16", "--qwen3vl-grid=2,24,12")
     parity = claim_row(result, "artefact-parity")
-    assert "builder.onnx-1x24x24: pooled_embeds: max abs" in parity and "(fp32 tolerance" in parity, parity
+    assert "builder.onnx-onnxruntime-1x24x24: onnxruntime:fp32: pooled_embeds: max abs" in parity, parity
+    assert "(fp32 tolerance" in parity, parity
     grids = claim_row(result, "artefact-grids")
     assert " fails " in grids, grids
     # 1x16x16 stops in ONNX Runtime; 2x24x12 has the trace grid's patch count and runs with other numbers.
     # One wording for every sweep: the wrong grids first, then the refused ones.
-    assert ("builder.onnx: serves 1 of 3 grids; wrong on 2x24x12 (pooled_embeds relative L2 0.96); "
+    assert ("builder.onnx-onnxruntime: onnxruntime:fp32 serves 1 of 3 grids; "
+            "wrong on 2x24x12 (pooled_embeds relative L2 0.96); "
             "refuses 1x16x16 (ONNX Runtime: Mul node /model/blocks.0/attn/Mul_3: " in grids), grids
     where = claim_row(result, "artefact-where")
     assert "builder.onnx: 1x16x16: right through patch_embed, drift starts at pos_add" in where, where
@@ -164,7 +168,8 @@ def test_builder_file_serves_its_grid_and_names_the_others(run_suite: RunSuite, 
     assert "DeepStack not exported" in where, where
     deepstack = claim_row(result, "artefact-deepstack")
     assert "builder.onnx: not run: the file has no DeepStack outputs" in deepstack, deepstack
-    assert "seed1.onnx-1x24x24: outside the fp32 tolerance" in parity and "cosine 0.00" in parity, parity
+    assert "seed1.onnx-onnxruntime-1x24x24: onnxruntime:fp32: outside the fp32 tolerance" in parity, parity
+    assert "cosine 0.00" in parity, parity
 
 
 def test_converted_files_pass_their_own_tolerance(run_suite: RunSuite, files: dict[str, Path]) -> None:
@@ -176,9 +181,10 @@ def test_converted_files_pass_their_own_tolerance(run_suite: RunSuite, files: di
     assert "weights quantized (" in interface and "MatMulInteger" in interface, interface
     parity = claim_row(result, "artefact-parity")
     for name in ("fp16.onnx", "int8.onnx", "deepstack.onnx", "external.onnx"):
-        assert f"{name}-1x24x24: " in parity and f"{name}-1x24x24: outside" not in parity, parity
+        assert f"{name}-onnxruntime-1x24x24: " in parity and f"{name}-onnxruntime-1x24x24: onnxruntime:fp32: outside" \
+            not in parity, parity
     assert "(fp16 tolerance: rel L2 <= 0.005" in parity and "(quantized tolerance: rel L2 <= 0.1" in parity, parity
-    assert "swapped.onnx-1x24x24: outside the fp32 tolerance" in parity, parity
+    assert "swapped.onnx-onnxruntime-1x24x24: onnxruntime:fp32: outside the fp32 tolerance" in parity, parity
     deepstack = claim_row(result, "artefact-deepstack")
     assert ("deepstack.onnx: 1x24x24: deepstack_0 = DeepStack 0 (layer 1, cosine 1.000000), "
             "deepstack_1 = DeepStack 1 (layer 2, cosine 1.000000), deepstack_2 = DeepStack 2 (layer 3") in deepstack
@@ -192,7 +198,8 @@ def test_converted_files_pass_their_own_tolerance(run_suite: RunSuite, files: di
 def test_fp16_file_fails_fp32_limits(run_suite: RunSuite, files: dict[str, Path]) -> None:
     result = run_suite("test_artefact.py", "-k", "parity", *_onnx(files["fp16"]), "--qwen3vl-grid=1,24,24", FP32_LIMITS)
     row = claim_row(result, "artefact-parity")
-    assert " fails " in row and "fp16.onnx-1x24x24: outside the overridden: rel L2 <= 1e-05" in row, row
+    assert " fails " in row, row
+    assert "fp16.onnx-onnxruntime-1x24x24: onnxruntime:fp32: outside the overridden: rel L2 <= 1e-05" in row, row
 
 
 def test_unrecognised_outputs_get_the_mapping_message(run_suite: RunSuite, files: dict[str, Path]) -> None:
@@ -366,3 +373,118 @@ def test_a_fault_of_ours_is_not_blamed_on_the_file(tmp_path: Path) -> None:
     check = ArtefactCheck(read_file(path), GoldenRuns(made.pair(0).golden, spec, 0))
     with pytest.raises(RuntimeError, match="can't be converted to MLDataType"):
         check.run(TRACE_GRID)
+
+
+# -- the same files on other runtimes (--qwen3vl-runtime) ---------------------------------------------
+
+OPENVINO_F32 = "--qwen3vl-runtime=openvino:f32"
+
+
+def _openvino() -> None:
+    pytest.importorskip("openvino", reason="pip install pytest-qwen3vl[openvino]")
+
+
+def test_openvino_serves_the_right_file_and_disagrees_on_other_weights(
+    run_suite: RunSuite, files: dict[str, Path]
+) -> None:
+    _openvino()
+    result = run_suite("test_artefact.py", "-k", "parity or grids", *_onnx(files["fp32"], files["seed1"]),
+                       "--qwen3vl-grid=1,24,24", OPENVINO_F32)
+    parity = claim_row(result, "artefact-parity")
+    assert "builder.onnx-openvino:f32-1x24x24: openvino:f32: pooled_embeds: max abs" in parity, parity
+    assert "seed1.onnx-openvino:f32-1x24x24: openvino:f32: outside the fp32 tolerance" in parity, parity
+    grids = claim_row(result, "artefact-grids")
+    assert "builder.onnx-openvino:f32: openvino:f32 serves 1 of 1 grid (worst relative L2" in grids, grids
+    result.assert_outcomes(passed=2, failed=2)
+
+
+def test_openvino_refuses_the_grid_free_torchscript_file_naming_the_op_and_the_recipe(
+    run_suite: RunSuite, files: dict[str, Path]
+) -> None:
+    """The TorchScript per-image split is sequence ops OpenVINO has no conversion for; ONNX Runtime
+    serves the same file on every grid, and the dynamo exporter's grid-free file loads on both."""
+    _openvino()
+    result = run_suite("test_artefact.py", "-k", "grids", *_onnx(files["gridfree-ts"], files["dynamo"]),
+                       "--qwen3vl-grid=1,24,24", "--qwen3vl-grid=1,16,16", "--qwen3vl-runtime=onnxruntime",
+                       OPENVINO_F32)
+    grids = claim_row(result, "artefact-grids")
+    assert ("gridfree-ts.onnx-openvino:f32: openvino: does not load: Conversion is failed for: SequenceAt-17"
+            in grids), grids
+    assert "qwen3vl-export --recipe grid-free --exporter dynamo writes a file without sequence ops" in grids, grids
+    assert "gridfree-ts.onnx-onnxruntime: onnxruntime:fp32 serves 2 of 2 grids" in grids, grids
+    assert "dynamo.onnx-openvino:f32: openvino:f32 serves 2 of 2 grids" in grids, grids
+    result.assert_outcomes(passed=3, failed=1)
+
+
+def test_the_optimisers_rewrite_is_judged_at_its_precision_and_disagrees_on_other_weights(
+    run_suite: RunSuite, files: dict[str, Path]
+) -> None:
+    """Fusions keep fp32 arithmetic; fusions with fp16 conversion are held to the fp16 row (the report's
+    file at its own grid passes it); a file of other weights fails either way."""
+    result = run_suite("test_artefact.py", "-k", "parity", *_onnx(files["fp32"], files["seed1"]),
+                       "--qwen3vl-grid=1,24,24", "--qwen3vl-runtime=onnxruntime-optimized",
+                       "--qwen3vl-runtime=onnxruntime-optimized:fp16")
+    parity = claim_row(result, "artefact-parity")
+    optimised = "onnxruntime-optimized:{} (optimised as vit)"
+    assert (f"builder.onnx-onnxruntime-optimized-1x24x24: {optimised.format('fp32')}: pooled_embeds: max abs"
+            in parity), parity
+    assert (f"builder.onnx-onnxruntime-optimized:fp16-1x24x24: {optimised.format('fp16')}: pooled_embeds: max abs"
+            in parity and "(fp16 tolerance (fp32 weights, onnxruntime-optimized:fp16 arithmetic)" in parity), parity
+    assert f"seed1.onnx-onnxruntime-optimized-1x24x24: {optimised.format('fp32')}: outside the fp32" in parity, parity
+    assert f"seed1.onnx-onnxruntime-optimized:fp16-1x24x24: {optimised.format('fp16')}: outside the fp16" in parity
+    result.assert_outcomes(passed=2, failed=2)
+
+
+@pytest.fixture(scope="module")
+def overflowing(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A checkpoint whose block 1 overflows fp16, and its builder export: correct at fp32."""
+    folder = overflowing_checkpoint(tmp_path_factory.mktemp("overflow") / "checkpoint")
+    golden = installed_golden_path()
+    spec = resolve_config(str(folder), Path("/"))
+    modified = write_reference_modified(golden, folder.parent / "sources")
+    pair = build_pair(import_modeling_file(golden, "golden"), import_modeling_file(modified, "modified"), spec, 0)
+    out = folder.parent / "overflow.onnx"
+    export_vision(pair.modified, *make_inputs(TRACE_GRID, spec, 0).args, out, wrapper="pooled")
+    return folder, out
+
+
+def test_f16_changes_the_verdict_on_a_file_whose_activations_overflow_fp16(
+    run_suite: RunSuite, overflowing: tuple[Path, Path]
+) -> None:
+    _openvino()
+    from pytest_qwen3vl.runtimes.openvino import OpenVINO
+
+    ran = OpenVINO("f16").precision
+    if ran != "f16":
+        pytest.skip(f"this CPU has no f16 arithmetic: OpenVINO runs the f16 hint at {ran}")
+    folder, file = overflowing
+    result = run_suite("test_artefact.py", "-k", "parity or where", f"--qwen3vl-config={folder}",
+                       f"--qwen3vl-onnx={file}",
+                       "--qwen3vl-grid=1,24,24", OPENVINO_F32, "--qwen3vl-runtime=openvino:f16")
+    parity = claim_row(result, "artefact-parity")
+    assert "overflow.onnx-openvino:f32-1x24x24: openvino:f32: pooled_embeds: max abs" in parity, parity
+    assert ("overflow.onnx-openvino:f16-1x24x24: openvino:f16: outside the fp16 tolerance (fp32 weights, "
+            "openvino:f16 arithmetic)") in parity, parity
+    assert "NaN/Inf" in parity, parity
+    where = claim_row(result, "artefact-where")
+    assert ("overflow.onnx: nothing goes wrong on 1 grid on onnxruntime:fp32; failures on openvino:f32, "
+            "openvino:f16 are not located: only ONNX Runtime exposes intermediate outputs") in where, where
+    result.assert_outcomes(passed=2, failed=1)
+
+
+def test_runtimes_are_usage_errors_when_unknown_and_not_run_when_not_installed(
+    run_suite: RunSuite, pytester: pytest.Pytester, files: dict[str, Path]
+) -> None:
+    unknown = run_suite("test_artefact.py", *_onnx(files["fp32"]), "--qwen3vl-runtime=tensorrt")
+    assert unknown.ret == pytest.ExitCode.USAGE_ERROR
+    unknown.stderr.fnmatch_lines(["ERROR: --qwen3vl-runtime: runtime must be one of onnxruntime, "
+                                  "onnxruntime-optimized, openvino, not 'tensorrt'"])
+    # A plugin of the inner process that makes openvino absent, as on a machine without it.
+    pytester.makepyfile(no_openvino="import sys\n\nsys.modules['openvino'] = None\n")
+    absent = run_suite("test_artefact.py", "-p", "no_openvino", "-k", "parity or grids", *_onnx(files["fp32"]),
+                       "--qwen3vl-grid=1,24,24", "--qwen3vl-runtime=openvino:f16", subprocess=True)
+    for claim in ("artefact-parity", "artefact-grids"):
+        row = claim_row(absent, claim)
+        assert "not run: pip install pytest-qwen3vl[openvino]" in row, row
+    absent.assert_outcomes(skipped=2)
+

@@ -290,3 +290,20 @@ def test_grid_free_claims_are_not_run_for_a_fork_whose_own_position_code_differs
     result.assert_outcomes(skipped=1)
     row = claim_row(result, "grid-free-export")
     assert "not run: the file's own forward differs from the grid-free replacement on 1x16x40" in row, row
+
+
+def test_grid_free_claims_are_judged_per_runtime_and_name_what_blocks_openvino(run_suite: RunSuite) -> None:
+    """Our default grid-free file (TorchScript) serves every grid on ONNX Runtime and does not load on
+    OpenVINO, in one line naming the op and the exporter that avoids it; the dynamo file serves both."""
+    pytest.importorskip("openvino", reason="pip install pytest-qwen3vl[openvino]")
+    result = run_suite("test_recipes.py", "-k", "one_grid_free_file or dynamo_and_serves",
+                       "--qwen3vl-runtime=onnxruntime", "--qwen3vl-runtime=openvino:f32")
+    torchscript = claim_row(result, "grid-free-export")
+    assert "onnxruntime-1x24x24: one file traced at 1x24x24 on onnxruntime:fp32 serves 9 of 9 grids" in torchscript
+    assert ("openvino:f32-1x24x24: the grid-free file of the modified model traced at 1x24x24 on openvino:f32 "
+            "serves 0 of 9 grids; refuses every grid (openvino: does not load: Conversion is failed for: "
+            "SequenceAt-17") in torchscript, torchscript
+    dynamo = claim_row(result, "grid-free-dynamo")
+    assert "openvino:f32-1x24x24: exports (no data-dependent guard left); one file on openvino:f32 serves 9 of 9" \
+        in dynamo, dynamo
+    result.assert_outcomes(passed=3, failed=1)

@@ -15,7 +15,7 @@ import pytest
 from pytest_qwen3vl.errors import ChoiceError, Qwen3VLError, SettingsError, child_failure, choose
 from pytest_qwen3vl.judge.finding import Finding, served_line
 from pytest_qwen3vl.judge.sweep import sweep
-from pytest_qwen3vl.judge.tolerance import TOLERANCES, OutputParity, Tolerance, measure, parse_tolerance
+from pytest_qwen3vl.judge.tolerance import TOLERANCES, OutputParity, Tolerance, measure, parse_tolerance, row_for
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.runtimes.onnxruntime import OnnxRuntimeCPU
 from tests.helpers import tiny_encoder
@@ -194,6 +194,13 @@ def test_a_file_the_runtime_cannot_load_is_refused_on_every_grid(tmp_path: Path)
     findings = sweep(path, OnnxRuntimeCPU(threads=1), StandIn(), [SERVED_GRID, WRONG_GRID])
     assert [f.status for f in findings] == ["refused", "refused"]
     assert all(f.reason().startswith("ONNX Runtime: ") for f in findings), findings[0].reason()
+    served, line = served_line(findings)
+    assert not served and line == f"serves 0 of 2 grids; refuses every grid ({findings[0].reason()})", line
+
+
+def test_tolerance_follows_the_looser_of_weight_type_and_arithmetic() -> None:
+    assert [row_for("fp32", a) for a in ("fp32", "fp16", "bf16")] == ["fp32", "fp16", "bf16"]
+    assert (row_for("fp16", "fp32"), row_for("quantized", "fp16")) == ("fp16", "quantized")
 
 
 # -- small shared pieces --------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pytest_qwen3vl.errors import RuntimeRefused
+from pytest_qwen3vl.errors import ChoiceError, RuntimeRefused
 from pytest_qwen3vl.runtimes.base import Runtime
 from pytest_qwen3vl.runtimes.onnxruntime import (
     LOW_MEMORY,
@@ -19,6 +19,7 @@ from pytest_qwen3vl.runtimes.onnxruntime import (
     runtime_errors,
     runtime_failure,
 )
+from pytest_qwen3vl.runtimes.registry import RuntimeChoice, parse_runtime
 from tests.helpers import tiny_encoder
 
 PIXELS = np.arange(8, dtype=np.float32).reshape(2, 4)
@@ -82,3 +83,32 @@ def test_runtime_errors_name_the_failing_node_and_only_onnx_runtimes_count() -> 
     assert not isinstance(RuntimeError("running Add node. Name:'a'"), runtime_errors())
 
 
+def test_runtimes_are_named_with_their_setting() -> None:
+    """``--qwen3vl-runtime=NAME[:SETTING]`` is parsed without importing the runtime; an unknown name or
+    setting is refused naming what exists."""
+    assert parse_runtime("openvino:F16") == RuntimeChoice("openvino", "f16")
+    assert parse_runtime(" onnxruntime ").text == "onnxruntime"
+    assert parse_runtime("openvino").text == "openvino" and parse_runtime("openvino").missing() is None
+    with pytest.raises(ChoiceError, match=r"^runtime must be one of onnxruntime, onnxruntime-optimized, openvino, "
+                                          r"not 'tensorrt'$"):
+        parse_runtime("tensorrt")
+    with pytest.raises(ChoiceError, match=r"^openvino setting must be one of f32, bf16, f16, not 'i8'$"):
+        parse_runtime("openvino:i8")
+    with pytest.raises(ChoiceError, match=r"^runtime onnxruntime takes no setting, not 'fp16'$"):
+        parse_runtime("onnxruntime:fp16")
+
+
+def test_the_optimisers_rewrite_is_made_once_per_file_and_kept(tmp_path: Path) -> None:
+    """The second load takes the kept rewrite; the session says which model type the optimiser took."""
+    from pytest_qwen3vl.runtimes.ort_optimized import OrtOptimized
+    from pytest_qwen3vl.store.cache import ArtifactCache
+
+    path = tiny_encoder(tmp_path / "f.onnx")
+    runtime = OrtOptimized(tmp_path / "cache", "fp16")
+    assert (runtime.label, runtime.arithmetic) == ("onnxruntime-optimized:fp16", "fp16")
+    first = runtime.load(path)
+    assert first.note == "optimised as vit"
+    np.testing.assert_array_equal(first.run({"pixel_values": PIXELS, "image_grid_thw": GRID})["pooled_embeds"], PIXELS)
+    again, model_type = OrtOptimized(tmp_path / "cache", "fp16").rewrite(path)
+    assert model_type == "vit" and again.is_file()
+    assert len(ArtifactCache(tmp_path / "cache").builds()) == 1

@@ -1,4 +1,4 @@
-"""Unit tests of option parsing: grids, seeds, config presets and config files."""
+"""Unit tests of option parsing: grids, seeds, runtimes, config presets and config files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 from pytest_qwen3vl.errors import ConfigError, SettingsError
 from pytest_qwen3vl.model.configs import VISION_PRESETS, resolve_config
 from pytest_qwen3vl.model.grids import SWEEP, Grid, other_grid
-from pytest_qwen3vl.plugin.settings import parse_grids, parse_seed
+from pytest_qwen3vl.plugin.settings import parse_grids, parse_runtimes, parse_seed
+from pytest_qwen3vl.runtimes.registry import RuntimeChoice
 
 
 def test_grid_parses_one_image() -> None:
@@ -125,3 +126,13 @@ def test_other_grid_moves_the_first_image_down_above_the_floor_else_up() -> None
     assert other_grid(Grid.parse("1,24,24+1,16,16"), 4) == Grid.parse("1,20,20+1,16,16")
     assert other_grid(Grid.parse("2,4,40"), 4) == Grid.parse("2,8,36")
     assert other_grid(Grid.parse("1,20,24"), 4, floor=16) == Grid.parse("1,24,20")
+
+
+def test_runtimes_default_to_onnxruntime_and_collapse_duplicates() -> None:
+    assert parse_runtimes([]) == (RuntimeChoice("onnxruntime"),)
+    chosen = parse_runtimes(["openvino:f16", "OpenVINO:F16", "onnxruntime", "openvino"])
+    assert [r.text for r in chosen] == ["openvino:f16", "onnxruntime", "openvino"]
+    with pytest.raises(SettingsError, match=r"^--qwen3vl-runtime: openvino setting must be one of f32, bf16, f16, "
+                                            r"not 'fp16'$"):
+        parse_runtimes(["openvino:fp16"])
+

@@ -1,0 +1,75 @@
+"""The runtimes a run can name, ``NAME[:SETTING]``: parsed without importing any runtime library (the
+runtime modules import theirs inside functions), so an unknown name is a usage error at start-up and a
+runtime that is not installed is "not run", never a verdict."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from pytest_qwen3vl.errors import ChoiceError, choose
+from pytest_qwen3vl.runtimes.base import Runtime
+from pytest_qwen3vl.runtimes.onnxruntime import LOW_MEMORY, OnnxRuntimeCPU
+from pytest_qwen3vl.runtimes.openvino import PRECISIONS, OpenVINO
+from pytest_qwen3vl.runtimes.ort_optimized import SETTINGS as OPTIMIZED_SETTINGS
+from pytest_qwen3vl.runtimes.ort_optimized import OrtOptimized
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A runtime by name: the module it needs, the extra that installs it, and its settings."""
+
+    module: str
+    extra: str | None
+    settings: tuple[str, ...] = ()
+
+
+# "onnxruntime" is a dependency, so it has no extra; openvino's settings are its precision hints
+# (no setting: OpenVINO's own default precision, which depends on the CPU); the optimiser's are its
+# rewrite's arithmetic (no setting: fp32, fusions only).
+RUNTIMES: dict[str, Entry] = {
+    "onnxruntime": Entry("onnxruntime", None),
+    "onnxruntime-optimized": Entry("onnxruntime", None, OPTIMIZED_SETTINGS),
+    "openvino": Entry("openvino", "openvino", PRECISIONS),
+}
+DEFAULT_RUNTIME = "onnxruntime"
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """A runtime as named on the command line; ``make()`` builds it (importing it), ``missing()`` says
+    why it cannot run here."""
+
+    name: str
+    setting: str | None = None
+
+    @property
+    def text(self) -> str:
+        return f"{self.name}:{self.setting}" if self.setting else self.name
+
+    def missing(self) -> str | None:
+        """How to install the runtime when its module is absent, else None."""
+        entry = RUNTIMES[self.name]
+        if importlib.util.find_spec(entry.module) is not None:
+            return None
+        return f"pip install pytest-qwen3vl[{entry.extra}]" if entry.extra else f"pip install {entry.module}"
+
+    def make(self, cache: Path) -> Runtime:
+        """The runtime; ``cache`` is where a runtime that rewrites files keeps the rewrites."""
+        if self.name == "openvino":
+            return OpenVINO(self.setting)
+        if self.name == "onnxruntime-optimized":
+            return OrtOptimized(cache, self.setting or "fp32")
+        return OnnxRuntimeCPU(config=LOW_MEMORY)
+
+
+def parse_runtime(text: str) -> RuntimeChoice:
+    """``openvino:f16`` -> RuntimeChoice; ``ChoiceError`` naming what exists for an unknown name or setting."""
+    name, _, setting = (part.strip() for part in text.strip().partition(":"))
+    entry = RUNTIMES[choose("runtime", name.lower(), tuple(RUNTIMES))]
+    if setting:
+        if not entry.settings:
+            raise ChoiceError(f"runtime {name} takes no setting, not {setting!r}")
+        choose(f"{name} setting", setting.lower(), entry.settings)
+    return RuntimeChoice(name.lower(), setting.lower() or None)
