@@ -62,9 +62,11 @@ class SessionExports:
         *,
         opset: int = DEFAULT_OPSET,
         on_event: Callable[[str], None] | None = None,
+        spare: Path | None = None,
+        on_fault: Callable[[str], None] | None = None,
     ) -> None:
-        self.cache = ArtifactCache(cache_dir, on_event)
-        self.measured = ArtifactCache(cache_dir / "measured")
+        self.cache = ArtifactCache(cache_dir, on_event, spare=spare, on_fault=on_fault)
+        self.measured = ArtifactCache(cache_dir / "measured", spare=spare and spare / "measured", on_fault=on_fault)
         self.opset = opset
         self._pair = pair
         self._spec = spec
@@ -209,19 +211,23 @@ class SessionExports:
 
     def trace_hazards(self, which: str, grid: Grid) -> list[TraceHazard]:
         """``trace_hazards`` of a model on ``make_inputs(grid, spec, seed)``, measured once per (model's
-        sources and their paths, config, seed, grid, library versions, code): the hazards name the files."""
+        sources, config, seed, grid, library versions, code). The hazards name the files: a source's path
+        is kept as its role and named again on reading, so a cache copied or restored elsewhere, or a
+        source file moved, still serves them."""
         from pytest_qwen3vl.export.tracing import TraceHazard, trace_hazards
 
         choose("which", which, ROLES)
+        paths = {role: {str(path), str(path.resolve())} for role, path in self._sources.items()}
 
         def measure() -> str:
             inputs = make_inputs(grid, self._spec, self._seed)
             hazards = trace_hazards(getattr(self._pair, which), *inputs.args)
-            return json.dumps([dataclasses.asdict(hazard) for hazard in hazards])
+            roles = {path: f"<{role}>" for role, named in paths.items() for path in named}
+            return json.dumps([{**dataclasses.asdict(h), "path": roles.get(h.path, h.path)} for h in hazards])
 
-        paths = json.dumps({role: str(path.resolve()) for role, path in self._sources.items()}, sort_keys=True)
-        kept = json.loads(self._kept("trace-hazards", {**self.model_parts(which, grid), "paths": paths}, measure))
-        return [TraceHazard(**hazard) for hazard in kept]
+        named = {f"<{role}>": str(path) for role, path in self._sources.items()}
+        kept = json.loads(self._kept("trace-hazards", self.model_parts(which, grid), measure))
+        return [TraceHazard(**{**hazard, "path": named.get(hazard["path"], hazard["path"])}) for hazard in kept]
 
     def _measured(self, path: Path, kind: str, measure: Callable[[], str], *, code: str, **parts: str) -> str:
         """What ``measure()`` says about a published file, kept under (kind, the file's sha256 from its
@@ -262,3 +268,4 @@ class SessionExports:
 
 TALLY_KEY = pytest.StashKey[CacheTally]()
 WORKER_OUTPUT = "qwen3vl_cache_events"
+FAULTS_OUTPUT = "qwen3vl_cache_faults"

@@ -74,18 +74,41 @@ def qwen3vl_golden_path(qwen3vl_golden: sources.GoldenFile) -> Path:
 
 
 @pytest.fixture(scope="session")
-def qwen3vl_modified_path(qwen3vl_settings: Settings, qwen3vl_golden: sources.GoldenFile) -> Path:
+def qwen3vl_modified_path(
+    pytestconfig: pytest.Config, qwen3vl_settings: Settings, qwen3vl_golden: sources.GoldenFile
+) -> Path:
     """The user's modified file, or the reference change written to the cache.
 
     A fork made from another known transformers version than golden's fails here in one line:
     every comparison with golden would otherwise list the versions' differences as its changes.
     """
     if qwen3vl_settings.modified is None:
-        return sources.write_reference_modified(qwen3vl_golden.path, qwen3vl_settings.cache_dir)
+        return _reference_modified(pytestconfig, qwen3vl_settings, qwen3vl_golden.path)
     mismatch = fork_mismatch(qwen3vl_settings.modified, qwen3vl_golden.version)
     if mismatch:
         pytest.fail(f"{qwen3vl_settings.modified}: {mismatch}", pytrace=False)
     return qwen3vl_settings.modified
+
+
+def _reference_modified(config: pytest.Config, settings: Settings, golden: Path) -> Path:
+    """The reference modified file in the cache folder, or in the session's spare when the cache refuses
+    the write (said once in the summary); "not run" when neither takes it."""
+    from pytest_qwen3vl.errors import CacheUnusable
+    from pytest_qwen3vl.plugin.exports import TALLY_KEY
+    from pytest_qwen3vl.store.cache import storage_fault
+
+    try:
+        return sources.write_reference_modified(golden, settings.cache_dir)
+    except OSError as exc:
+        if not storage_fault(exc) or settings.spare_cache in (None, settings.cache_dir):
+            raise
+        config.stash[TALLY_KEY].fault(exc.strerror or type(exc).__name__)
+    try:
+        return sources.write_reference_modified(golden, settings.spare_cache)
+    except OSError as exc:
+        if not storage_fault(exc):
+            raise
+        raise CacheUnusable(f"not run: no cache folder takes the reference modified file ({exc.strerror})") from exc
 
 
 def _import(config: pytest.Config, path: Path, role: str) -> ModuleType:
@@ -215,6 +238,8 @@ def qwen3vl_export(
         qwen3vl_settings.seed,
         qwen3vl_settings.export_cache,
         on_event=pytestconfig.stash[TALLY_KEY].add,
+        spare=qwen3vl_settings.spare_cache and qwen3vl_settings.spare_cache / "exports",
+        on_fault=pytestconfig.stash[TALLY_KEY].fault,
     )
 
 
@@ -230,7 +255,8 @@ def qwen3vl_genai(pytestconfig: pytest.Config, qwen3vl_settings: Settings, qwen3
     from pytest_qwen3vl.plugin.exports import TALLY_KEY
     from pytest_qwen3vl.plugin.genai import SessionGenai
 
-    genai = SessionGenai(qwen3vl_settings, qwen3vl_golden_path, on_event=pytestconfig.stash[TALLY_KEY].add)
+    tally = pytestconfig.stash[TALLY_KEY]
+    genai = SessionGenai(qwen3vl_settings, qwen3vl_golden_path, on_event=tally.add, on_fault=tally.fault)
     try:
         genai.check_runnable()
     except NotRunnable as exc:
@@ -243,6 +269,7 @@ GATE_ROLES = ("golden", "modified", "reference")
 
 @pytest.fixture(scope="session")
 def qwen3vl_gate(
+    pytestconfig: pytest.Config,
     qwen3vl_settings: Settings,
     qwen3vl_golden_path: Path,
     qwen3vl_modified_path: Path,
@@ -253,9 +280,12 @@ def qwen3vl_gate(
     "reference" (the report's condition in golden's module) run under each exporter, flag unset,
     False and True. Measured once per condition text, library versions and file (``<cache dir>/gates``)."""
     from pytest_qwen3vl.judge.gate import condition_of, gate_table
+    from pytest_qwen3vl.plugin.exports import TALLY_KEY
     from pytest_qwen3vl.store.cache import ArtifactCache
 
-    cache = ArtifactCache(qwen3vl_settings.cache_dir / "gates")
+    spare = qwen3vl_settings.spare_cache
+    cache = ArtifactCache(qwen3vl_settings.cache_dir / "gates", spare=spare and spare / "gates",
+                          on_fault=pytestconfig.stash[TALLY_KEY].fault)
     tables: dict[str, GateTable] = {}
 
     def table(which: str) -> GateTable:

@@ -101,6 +101,7 @@ class Settings:
     onnx_outputs: OutputMap | None = None
     onnx_tolerance: tuple[tuple[str, float], ...] = ()
     cache_fallback: str | None = None  # why the named cache folder is not used (a private one is)
+    spare_cache: Path | None = None  # the session's private cache, made when the cache refuses a write
 
     @property
     def onnx(self) -> tuple[Path, ...]:
@@ -187,23 +188,28 @@ ONNX_WORKERINPUT = "qwen3vl_onnx_files"
 CACHE_WORKERINPUT = "qwen3vl_cache"
 
 
-def usable_cache(wanted: Path, handed: list[str | None] | None = None) -> tuple[Path, str | None]:
-    """``wanted`` if a file can be written there, else a private temporary folder for this session and
-    why: the cache is an optimisation, so a read-only, full or mistyped cache folder must never turn
-    into a verdict. An xdist worker takes the controller's choice (``handed``), so workers share it."""
+def usable_cache(wanted: Path, handed: list[str | None] | None = None) -> tuple[Path, str | None, Path]:
+    """The cache folder, why it is not ``wanted`` (or None), and the session's private spare cache.
+
+    The cache is an optimisation, so a mistyped cache folder (a file, one that cannot be made) must
+    never turn into a verdict: the session then uses the spare from the start. A folder that exists
+    but refuses writes (a CI cache restored read-only, a full disk) is still read; what the session
+    makes goes to the spare (``store.cache``). The spare is only named here, made by whichever
+    process needs it first; an xdist worker takes the controller's choice (``handed``), so workers
+    share it."""
+    import secrets
     import tempfile
 
     if handed is not None:
-        return Path(str(handed[0])), handed[1]
+        return Path(str(handed[0])), handed[1], Path(str(handed[2]))
+    spare = Path(tempfile.gettempdir()) / f"qwen3vl-cache-{secrets.token_hex(6)}"
     try:
         wanted.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=wanted, prefix=".qwen3vl-write-check-"):
-            pass
-        return wanted, None
+        return wanted, None, spare
     except OSError as exc:
         why = "a file, not a folder" if wanted.exists() and not wanted.is_dir() else exc.strerror or type(exc).__name__
-        reason = f"{wanted} is not usable ({why})"
-    return Path(tempfile.mkdtemp(prefix="qwen3vl-cache-")), reason
+    spare.mkdir()
+    return spare, f"{wanted} is not usable ({why})", spare
 
 
 def onnx_files(values: list[str], base: Path, mapping: OutputMap | None,
@@ -280,7 +286,7 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
             golden = None
     raw_cache, cache_base = _value(config, CACHE_DIR)
     wanted = (cache_base / str(raw_cache)).resolve() if raw_cache else config.rootpath / ".pytest_cache" / "d" / PREFIX
-    cache_dir, cache_fallback = usable_cache(wanted, getattr(config, "workerinput", {}).get(CACHE_WORKERINPUT))
+    cache_dir, cache_fallback, spare = usable_cache(wanted, getattr(config, "workerinput", {}).get(CACHE_WORKERINPUT))
     raw_suite, _ = _value(config, SUITE)
     suite = str(raw_suite or AUTO).strip().lower()
     if suite not in MODES:
@@ -309,6 +315,7 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
         seed=seed,
         cache_dir=cache_dir,
         cache_fallback=cache_fallback,
+        spare_cache=spare,
         suite=suite,
         report=(report_base / str(raw_report)).resolve() if raw_report else None,
         snapshot_dir=(snapshots_base / str(raw_snapshots)).resolve() if raw_snapshots else snapshots_dir(),

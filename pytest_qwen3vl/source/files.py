@@ -128,10 +128,11 @@ def write_atomic(path: Path, text: str) -> Path:
 
 
 def write_reference_modified(golden: Path, cache_dir: Path) -> Path:
-    """The reference modified file in the cache, named by the golden hash so it never goes stale."""
+    """The reference modified file in the cache, named by the golden hash so it never goes stale, and
+    compared as bytes on every use: damage of any kind (not UTF-8 at all) is rewritten, never imported."""
     text = reference_modified_text(golden.read_text(encoding="utf-8"))
     target = cache_dir / "reference" / f"modeling_qwen3_vl_{sha256_file(golden)[:12]}.py"
-    if not target.is_file() or target.read_text(encoding="utf-8") != text:
+    if not target.is_file() or target.read_bytes() != text.encode("utf-8"):
         write_atomic(target, text)
     return target
 

@@ -22,11 +22,19 @@ run must measure afresh, such as a gate table with unmeasured cells or a sweep w
 
 Every build, whether it succeeded, failed, was not published or replaced a damaged entry, appends
 one JSON line to ``<root>/builds.log`` (key, key parts, file name, status, seconds, pid, xdist
-worker, time).
+worker, time); a log that cannot be written is skipped, never the build.
+
+The cache is an optimisation. When its folder cannot take a write (read-only, full, not a folder:
+``storage_fault``), what is already published there is still read, and what must be made is made
+in ``spare``, a private cache of the session, and ``on_fault`` is told why once. When the spare
+cannot take it either, ``CacheUnusable`` (a ``NotRunnable``) says so: the tests that needed it do
+not run, and nothing is said about anybody's file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -40,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_qwen3vl.errors import ExportFailed
+from pytest_qwen3vl.errors import CacheUnusable, ExportFailed
 
 MANIFEST = "manifest.json"
 KEY_FILE = "key.json"
@@ -59,6 +67,15 @@ class Unpublished(Exception):
     def __init__(self, value: Any) -> None:
         super().__init__("built, not published")
         self.value = value
+
+
+# What an ``OSError`` says when the storage refused a write: the cache's fault, never the file's.
+STORAGE_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ENOTDIR})
+
+
+def storage_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is a folder refusing a write (read-only, full, no permission, not a folder)."""
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
 
 
 def cache_key(key_parts: Mapping[str, str], filename: str) -> str:
@@ -121,6 +138,8 @@ def damage(folder: Path, filename: str) -> str | None:
         entries = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return "no readable manifest"
+    if not isinstance(entries, dict) or not all(isinstance(entry, dict) for entry in entries.values()):
+        return "the manifest is not a table of files"
     if filename not in entries:
         return f"the manifest does not list {filename}"
     for name, entry in sorted(entries.items()):
@@ -140,10 +159,21 @@ class ArtifactCache:
 
     ``events`` counts what this object did (built, failed, damaged, remembered, reused), so a run
     can say what its cache did; ``on_event`` (optional) is called with each event as it happens.
+    ``spare`` is where to make what ``root`` cannot take; ``on_fault`` hears why, once.
     """
 
-    def __init__(self, root: str | os.PathLike[str], on_event: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        on_event: Callable[[str], None] | None = None,
+        *,
+        spare: Path | None = None,
+        on_fault: Callable[[str], None] | None = None,
+    ) -> None:
         self.root = Path(root)
+        self.spare = spare if spare is not None and spare != self.root else None
+        self._on_fault = on_fault
+        self._fallback: ArtifactCache | None = None
         self.objects = self.root / "objects"
         self.failures = self.root / "failures"
         self.staging = self.root / "tmp"
@@ -165,13 +195,29 @@ class ArtifactCache:
         ``ExportFailed`` with ``remember`` set is also recorded and raised again on later requests,
         an ``Unpublished`` is built again on the next request.
         """
+        published = self.path_for(key_parts, filename)
+        if self._trusted(published, filename):  # a read: a read-only cache still serves what it holds
+            self._count(REUSED)
+            return published
+        if self._fallback is None:
+            try:
+                return self._get_or_make(key_parts, filename, build)
+            except OSError as exc:
+                if not storage_fault(exc):
+                    raise
+                if self.spare is None:
+                    raise CacheUnusable(f"not run: the cache at {self.root} cannot be written "
+                                        f"({exc.strerror or type(exc).__name__})") from exc
+                self._fallback = ArtifactCache(self.spare, self._on_event)
+                if self._on_fault is not None:
+                    self._on_fault(exc.strerror or type(exc).__name__)
+        return self._fallback.get_or_create(key_parts, filename, build)
+
+    def _get_or_make(self, key_parts: Mapping[str, str], filename: str, build: Callable[[Path], None]) -> Path:
         from filelock import FileLock  # imported here: ~30 ms that a cache hit does not need
 
         key = cache_key(key_parts, filename)
         published = self.objects / key / filename
-        if self._trusted(published, filename):
-            self._count(REUSED)
-            return published
         self._raise_remembered(key)
         for folder in (self.objects, self.staging, self.locks):
             folder.mkdir(parents=True, exist_ok=True)
@@ -197,16 +243,18 @@ class ArtifactCache:
         return str(entries[published.name]["sha256"])
 
     def builds(self) -> list[dict[str, Any]]:
-        """Every build logged so far, oldest first (a torn last line, from a killed process, is skipped)."""
+        """Every build logged so far, oldest first (a torn last line, from a killed process, is skipped),
+        then those of the spare this process made things in."""
+        spared = self._fallback.builds() if self._fallback is not None else []
         if not self.log_path.is_file():
-            return []
+            return spared
         records = []
         for line in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 records.append(json.loads(line))
             except ValueError:
                 continue
-        return records
+        return records + spared
 
     def _build(self, key: str, key_parts: Mapping[str, str], filename: str, build: Callable[[Path], None]) -> None:
         workdir = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=self.staging))
@@ -297,9 +345,11 @@ class ArtifactCache:
         if reason:
             record["reason"] = reason
         # One short write to a file opened for appending: lines from several processes don't interleave.
-        self.root.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("a", encoding="utf-8") as log:
-            log.write(json.dumps(record) + "\n")
+        # The log is for people reading it later: a full disk must not cost the artifact.
+        with contextlib.suppress(OSError):
+            self.root.mkdir(parents=True, exist_ok=True)
+            with self.log_path.open("a", encoding="utf-8") as log:
+                log.write(json.dumps(record) + "\n")
 
 
 @dataclass
@@ -311,12 +361,17 @@ class CacheTally:
     """
 
     events: Counter[str] = field(default_factory=Counter)
+    faults: Counter[str] = field(default_factory=Counter)  # why the cache folder refused a write
 
     def add(self, event: str) -> None:
         self.events[event] += 1
 
-    def merge(self, other: Mapping[str, int]) -> None:
+    def fault(self, why: str) -> None:
+        self.faults[why] += 1
+
+    def merge(self, other: Mapping[str, int], faults: Mapping[str, int] | None = None) -> None:
         self.events.update(other)
+        self.faults.update(faults or {})
 
     def line(self) -> str | None:
         """``qwen3vl exports this run: 4 built, 2 failed, 1 damaged entry rebuilt, ...`` or None."""

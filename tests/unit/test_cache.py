@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_qwen3vl.errors import ExporterUnavailable, ExportFailed
+from pytest_qwen3vl.errors import CacheUnusable, ExporterUnavailable, ExportFailed
 from pytest_qwen3vl.store.cache import (
     MAKING,
     ArtifactCache,
@@ -23,7 +23,14 @@ from pytest_qwen3vl.store.cache import (
     file_digest,
 )
 from pytest_qwen3vl.versions import ABSENT, library_versions
-from tests.helpers import delete_keep_folder, flip_a_middle_byte, lose_the_manifest, truncate
+from tests.helpers import (
+    delete_keep_folder,
+    flip_a_middle_byte,
+    garbage,
+    lose_the_manifest,
+    manifest_of_the_wrong_shape,
+    truncate,
+)
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -146,8 +153,10 @@ def test_a_killed_builder_leaves_no_published_file(tmp_path: Path) -> None:
     assert [b["status"] for b in cache.builds()] == ["built"]
 
 
-@pytest.mark.parametrize("harm", [truncate, flip_a_middle_byte, delete_keep_folder, lose_the_manifest],
-                         ids=["truncated", "byte-flipped", "file-deleted", "manifest-lost"])
+@pytest.mark.parametrize("harm", [truncate, flip_a_middle_byte, delete_keep_folder, lose_the_manifest,
+                                  manifest_of_the_wrong_shape, garbage],
+                         ids=["truncated", "byte-flipped", "file-deleted", "manifest-lost", "manifest-shape",
+                              "garbage"])
 def test_a_damaged_entry_is_rebuilt_never_returned(tmp_path: Path, harm: Callable[[Path], None]) -> None:
     cache = ArtifactCache(tmp_path)
     path = cache.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("a whole export, byte for byte"))
@@ -264,3 +273,43 @@ def test_the_tally_words_what_the_cache_did_summed_over_workers() -> None:
     tally.add("built")
     tally.merge({"built": 1, "reused": 3, "damaged": 1})
     assert tally.line() == "qwen3vl exports this run: 2 built, 1 damaged entry rebuilt, 3 reused"
+
+
+def test_a_cache_that_refuses_writes_makes_in_the_spare_and_says_why_once(tmp_path: Path) -> None:
+    """A cache folder under a file (as read-only or full, the storage refuses the write): the spare takes it."""
+    (tmp_path / "a-file").write_text("")
+    faults: list[str] = []
+    cache = ArtifactCache(tmp_path / "a-file" / "cache", spare=tmp_path / "spare", on_fault=faults.append)
+    first = cache.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("one"))
+    second = cache.get_or_create({**PARTS, "grid": "1x8x8"}, "model.onnx", lambda p: p.write_text("two"))
+    assert first.is_relative_to(tmp_path / "spare") and second.read_text() == "two"
+    assert faults == ["Not a directory"]
+    assert [b["status"] for b in cache.builds()] == ["built", "built"]
+
+
+def test_a_cache_without_a_spare_that_refuses_writes_is_not_runnable(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(CacheUnusable, match=r"^not run: the cache at .* cannot be written \(Not a directory\)$"):
+        ArtifactCache(tmp_path / "a-file" / "cache").get_or_create(PARTS, "model.onnx", lambda p: p.write_text("x"))
+
+
+def test_a_build_that_fails_for_its_own_reasons_is_not_the_caches_fault(tmp_path: Path) -> None:
+    faults: list[str] = []
+    cache = ArtifactCache(tmp_path / "cache", spare=tmp_path / "spare", on_fault=faults.append)
+
+    def build(path: Path) -> None:
+        (tmp_path / "no-such-input").read_text()
+
+    with pytest.raises(FileNotFoundError):
+        cache.get_or_create(PARTS, "model.onnx", build)
+    assert faults == [] and not (tmp_path / "spare").exists()
+
+
+def test_a_reference_modified_file_of_garbage_is_rewritten(tmp_path: Path) -> None:
+    from pytest_qwen3vl.source.files import installed_golden_path, write_reference_modified
+
+    golden = installed_golden_path()
+    path = write_reference_modified(golden, tmp_path)
+    text = path.read_text(encoding="utf-8")
+    garbage(path)
+    assert write_reference_modified(golden, tmp_path) == path and path.read_text(encoding="utf-8") == text
