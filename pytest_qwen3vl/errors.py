@@ -106,6 +106,10 @@ class CacheUnusable(NotRunnable):
     needed it does not run, and nothing is said about anybody's file."""
 
 
+class LockTimeout(NotRunnable):
+    """Another process held a cache entry's lock past the bound: what needed the entry does not run."""
+
+
 class GenaiFolderError(Qwen3VLError):
     """An onnxruntime-genai model folder that cannot be made: a missing library, or genai's builder failed."""
 

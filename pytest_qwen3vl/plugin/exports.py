@@ -30,7 +30,7 @@ from pytest_qwen3vl.export.recipes import LAYOUTS, RECIPE_NAMES, RECIPES, export
 from pytest_qwen3vl.model.grids import SWEEP, Grid
 from pytest_qwen3vl.model.inputs import make_inputs
 from pytest_qwen3vl.source.files import sha256_file
-from pytest_qwen3vl.store.cache import MAKING, ArtifactCache, CacheTally, Unpublished, code_digest
+from pytest_qwen3vl.store.cache import MAKING, ArtifactCache, CacheTally, Fallbacks, Unpublished, code_digest
 from pytest_qwen3vl.versions import library_versions
 
 if TYPE_CHECKING:
@@ -62,11 +62,11 @@ class SessionExports:
         *,
         opset: int = DEFAULT_OPSET,
         on_event: Callable[[str], None] | None = None,
-        spare: Path | None = None,
-        on_fault: Callable[[str], None] | None = None,
+        fallbacks: Fallbacks | None = None,
     ) -> None:
-        self.cache = ArtifactCache(cache_dir, on_event, spare=spare, on_fault=on_fault)
-        self.measured = ArtifactCache(cache_dir / "measured", spare=spare and spare / "measured", on_fault=on_fault)
+        fallbacks = fallbacks or Fallbacks()
+        self.cache = ArtifactCache(cache_dir, on_event, fallbacks)
+        self.measured = ArtifactCache(cache_dir / "measured", fallbacks=fallbacks.under("measured"))
         self.opset = opset
         self._pair = pair
         self._spec = spec

@@ -7,6 +7,8 @@ set a flag or an attention implementation restore it.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from pytest_qwen3vl.model.inputs import VisionInputs
     from pytest_qwen3vl.plugin.exports import SessionExports
     from pytest_qwen3vl.plugin.genai import SessionGenai
+    from pytest_qwen3vl.store.cache import Fallbacks
 
 
 @pytest.fixture(scope="session")
@@ -109,6 +112,22 @@ def _reference_modified(config: pytest.Config, settings: Settings, golden: Path)
         if not storage_fault(exc):
             raise
         raise CacheUnusable(f"not run: no cache folder takes the reference modified file ({exc.strerror})") from exc
+
+
+def _fallbacks(config: pytest.Config, settings: Settings) -> Fallbacks:
+    """What the session's caches do when theirs refuses a write or another session holds a lock: the
+    spare, the summary's tally, the lock bound, and a line on the terminal while waiting."""
+    from pytest_qwen3vl.plugin.exports import TALLY_KEY
+    from pytest_qwen3vl.store.cache import Fallbacks
+
+    def say_now(line: str) -> None:
+        capture = config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+
+    return Fallbacks(spare=settings.spare_cache, on_fault=config.stash[TALLY_KEY].fault,
+                     lock_timeout=settings.lock_timeout, on_wait=say_now)
 
 
 def _import(config: pytest.Config, path: Path, role: str) -> ModuleType:
@@ -238,8 +257,7 @@ def qwen3vl_export(
         qwen3vl_settings.seed,
         qwen3vl_settings.export_cache,
         on_event=pytestconfig.stash[TALLY_KEY].add,
-        spare=qwen3vl_settings.spare_cache and qwen3vl_settings.spare_cache / "exports",
-        on_fault=pytestconfig.stash[TALLY_KEY].fault,
+        fallbacks=_fallbacks(pytestconfig, qwen3vl_settings).under("exports"),
     )
 
 
@@ -255,8 +273,8 @@ def qwen3vl_genai(pytestconfig: pytest.Config, qwen3vl_settings: Settings, qwen3
     from pytest_qwen3vl.plugin.exports import TALLY_KEY
     from pytest_qwen3vl.plugin.genai import SessionGenai
 
-    tally = pytestconfig.stash[TALLY_KEY]
-    genai = SessionGenai(qwen3vl_settings, qwen3vl_golden_path, on_event=tally.add, on_fault=tally.fault)
+    genai = SessionGenai(qwen3vl_settings, qwen3vl_golden_path, on_event=pytestconfig.stash[TALLY_KEY].add,
+                         fallbacks=_fallbacks(pytestconfig, qwen3vl_settings))
     try:
         genai.check_runnable()
     except NotRunnable as exc:
@@ -280,12 +298,10 @@ def qwen3vl_gate(
     "reference" (the report's condition in golden's module) run under each exporter, flag unset,
     False and True. Measured once per condition text, library versions and file (``<cache dir>/gates``)."""
     from pytest_qwen3vl.judge.gate import condition_of, gate_table
-    from pytest_qwen3vl.plugin.exports import TALLY_KEY
     from pytest_qwen3vl.store.cache import ArtifactCache
 
-    spare = qwen3vl_settings.spare_cache
-    cache = ArtifactCache(qwen3vl_settings.cache_dir / "gates", spare=spare and spare / "gates",
-                          on_fault=pytestconfig.stash[TALLY_KEY].fault)
+    cache = ArtifactCache(qwen3vl_settings.cache_dir / "gates",
+                          fallbacks=_fallbacks(pytestconfig, qwen3vl_settings).under("gates"))
     tables: dict[str, GateTable] = {}
 
     def table(which: str) -> GateTable:

@@ -24,7 +24,7 @@ from pytest_qwen3vl.model.grids import DEFAULT_GRID, Grid
 from pytest_qwen3vl.plugin.settings import CONFIG, GENAI_FOLDER, flag
 from pytest_qwen3vl.runtimes.genai_folder import CONFIG_FILE, build_session_folder, genai_missing
 from pytest_qwen3vl.source.files import sha256_file
-from pytest_qwen3vl.store.cache import MAKING, ArtifactCache, code_digest
+from pytest_qwen3vl.store.cache import MAKING, ArtifactCache, Fallbacks, code_digest
 from pytest_qwen3vl.versions import EXPORT_LIBRARIES, library_versions
 
 if TYPE_CHECKING:
@@ -54,13 +54,11 @@ class SessionGenai:
     """The session's genai folder, checkpoint and transformers reference, each made once."""
 
     def __init__(self, settings: Settings, golden: Path, on_event: Callable[[str], None] | None = None,
-                 on_fault: Callable[[str], None] | None = None) -> None:
+                 fallbacks: Fallbacks | None = None) -> None:
         self.settings = settings
         self.spec: ModelSpec = settings.model
         self.grid = genai_grid(settings.grids[0])
-        spare = settings.spare_cache
-        self.cache = ArtifactCache(settings.cache_dir / "genai", on_event, spare=spare and spare / "genai",
-                                   on_fault=on_fault)
+        self.cache = ArtifactCache(settings.cache_dir / "genai", on_event, (fallbacks or Fallbacks()).under("genai"))
         self._golden_digest = sha256_file(golden)
         self._reference: torch.nn.Module | None = None
 

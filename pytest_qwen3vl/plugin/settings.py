@@ -15,6 +15,7 @@ import pytest
 
 from pytest_qwen3vl.errors import GridError, SettingsError
 from pytest_qwen3vl.model.grids import DEFAULT_GRID, SWEEP, SWEEP_NAME, Grid
+from pytest_qwen3vl.store.cache import LOCK_TIMEOUT as LOCK_TIMEOUT_SECONDS
 
 if TYPE_CHECKING:
     from pytest_qwen3vl.model.configs import ModelSpec
@@ -29,6 +30,7 @@ GOLDEN = "golden"
 CONFIG = "config"
 SEED = "seed"
 CACHE_DIR = "cache_dir"
+LOCK_TIMEOUT = "lock_timeout"
 SUITE = "suite"
 REPORT = "report"
 RUN_SLOW = "run_slow"
@@ -55,6 +57,8 @@ OPTIONS: dict[str, str] = {
     f"from (safetensors or pytorch_model.bin, sharded or not), or a bare config.json (default {DEFAULT_CONFIG})",
     SEED: f"seed of the random weights and inputs (default {DEFAULT_SEED})",
     CACHE_DIR: "where exports and the reference modified file are kept (default .pytest_cache/d/qwen3vl)",
+    LOCK_TIMEOUT: "seconds to wait for another session making the same cache entry (an export, a genai folder) "
+    "before the tests that need it are not run; the wait is said every 30 s (default 1800)",
     REPORT: "write the report again as Markdown to this path, from what the run measured",
     RUN_SLOW: "run the tests marked qwen3vl_slow (real-size models; minutes and ~10 GB each)",
     SNAPSHOT_DIR: "where graph-signature snapshots are read and written (default: the suite's snapshots/ folder)",
@@ -102,6 +106,7 @@ class Settings:
     onnx_tolerance: tuple[tuple[str, float], ...] = ()
     cache_fallback: str | None = None  # why the named cache folder is not used (a private one is)
     spare_cache: Path | None = None  # the session's private cache, made when the cache refuses a write
+    lock_timeout: float = LOCK_TIMEOUT_SECONDS  # how long to wait for another session's lock on an entry
 
     @property
     def onnx(self) -> tuple[Path, ...]:
@@ -149,6 +154,19 @@ def parse_grids(values: list[str]) -> tuple[Grid, ...]:
         if grid not in grids:
             grids.append(grid)
     return tuple(grids)
+
+
+def parse_lock_timeout(value: str | float) -> float:
+    """Seconds, a positive finite number: a bound that is never reached would hang a session forever."""
+    import math
+
+    try:
+        seconds = float(str(value).strip())
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise SettingsError(f"{flag(LOCK_TIMEOUT)}={value!r}: expected a positive number of seconds")
+    return seconds
 
 
 def parse_seed(value: str | int) -> int:
@@ -287,6 +305,8 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
     raw_cache, cache_base = _value(config, CACHE_DIR)
     wanted = (cache_base / str(raw_cache)).resolve() if raw_cache else config.rootpath / ".pytest_cache" / "d" / PREFIX
     cache_dir, cache_fallback, spare = usable_cache(wanted, getattr(config, "workerinput", {}).get(CACHE_WORKERINPUT))
+    raw_timeout, _ = _value(config, LOCK_TIMEOUT)
+    lock_timeout = parse_lock_timeout(raw_timeout) if raw_timeout not in (None, "") else LOCK_TIMEOUT_SECONDS
     raw_suite, _ = _value(config, SUITE)
     suite = str(raw_suite or AUTO).strip().lower()
     if suite not in MODES:
@@ -316,6 +336,7 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
         cache_dir=cache_dir,
         cache_fallback=cache_fallback,
         spare_cache=spare,
+        lock_timeout=lock_timeout,
         suite=suite,
         report=(report_base / str(raw_report)).resolve() if raw_report else None,
         snapshot_dir=(snapshots_base / str(raw_snapshots)).resolve() if raw_snapshots else snapshots_dir(),

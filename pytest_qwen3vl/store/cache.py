@@ -12,6 +12,10 @@ last. Before a folder is reused its files are checked against the manifest; a tr
 missing file (a full disk, an interrupted copy, a partly restored CI cache) is discarded, logged as
 ``damaged`` and built again. A damaged cache is never a verdict on anybody's file.
 
+A process that waits for another's lock says so every 30 s (``on_wait``) and gives up after
+``lock_timeout`` (30 minutes by default) with ``LockTimeout``: a holder that is stopped (SIGSTOP, a
+suspended laptop) never releases an advisory lock, and a session must not hang on it silently.
+
 A build that fails with an ``ExportFailed`` whose ``remember`` is true (the dynamo exporter on
 this model) is remembered under the same key, which holds every input including library versions:
 a later request raises the same failure without paying for the attempt, and any change of an
@@ -26,7 +30,7 @@ worker, time); a log that cannot be written is skipped, never the build.
 
 The cache is an optimisation. When its folder cannot take a write (read-only, full, not a folder:
 ``storage_fault``), what is already published there is still read, and what must be made is made
-in ``spare``, a private cache of the session, and ``on_fault`` is told why once. When the spare
+in ``Fallbacks.spare``, a private cache of the session, and ``on_fault`` is told why once. When the spare
 cannot take it either, ``CacheUnusable`` (a ``NotRunnable``) says so: the tests that needed it do
 not run, and nothing is said about anybody's file.
 """
@@ -34,6 +38,7 @@ not run, and nothing is said about anybody's file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -46,9 +51,12 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.errors import CacheUnusable, ExportFailed
+from pytest_qwen3vl.errors import CacheUnusable, ExportFailed, LockTimeout
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
 
 MANIFEST = "manifest.json"
 KEY_FILE = "key.json"
@@ -154,26 +162,48 @@ def damage(folder: Path, filename: str) -> str | None:
     return None
 
 
+# How long a process waits for another that holds an entry's lock (a 4B export takes minutes), and
+# how often it says that it waits.
+LOCK_TIMEOUT = 1800.0
+NOTICE_EVERY = 30.0
+
+
+@dataclass(frozen=True)
+class Fallbacks:
+    """What a cache does when it cannot go on as asked: where to make what its folder refuses
+    (``spare``) and whom to tell why (``on_fault``, once); how long to wait for another process's
+    lock and whom to tell meanwhile (``on_wait``, every ``notice_every`` seconds)."""
+
+    spare: Path | None = None
+    on_fault: Callable[[str], None] | None = None
+    lock_timeout: float = LOCK_TIMEOUT
+    notice_every: float = NOTICE_EVERY
+    on_wait: Callable[[str], None] | None = None
+
+    def under(self, name: str) -> Fallbacks:
+        """The same, for the cache in the folder ``name`` of the first one's root."""
+        return dataclasses.replace(self, spare=self.spare / name if self.spare is not None else None)
+
+
 class ArtifactCache:
     """Files built once per key, shared by every process that uses the same ``root``.
 
     ``events`` counts what this object did (built, failed, damaged, remembered, reused), so a run
     can say what its cache did; ``on_event`` (optional) is called with each event as it happens.
-    ``spare`` is where to make what ``root`` cannot take; ``on_fault`` hears why, once.
+    ``fallbacks`` says what to do when it cannot go on as asked (a folder refusing a write, a lock
+    held too long).
     """
 
     def __init__(
         self,
         root: str | os.PathLike[str],
         on_event: Callable[[str], None] | None = None,
-        *,
-        spare: Path | None = None,
-        on_fault: Callable[[str], None] | None = None,
+        fallbacks: Fallbacks | None = None,
     ) -> None:
         self.root = Path(root)
-        self.spare = spare if spare is not None and spare != self.root else None
-        self._on_fault = on_fault
+        self.fallbacks = fallbacks or Fallbacks()
         self._fallback: ArtifactCache | None = None
+        self._stuck: dict[str, str] = {}  # keys whose lock was held past the bound: not waited for again
         self.objects = self.root / "objects"
         self.failures = self.root / "failures"
         self.staging = self.root / "tmp"
@@ -205,23 +235,23 @@ class ArtifactCache:
             except OSError as exc:
                 if not storage_fault(exc):
                     raise
-                if self.spare is None:
+                spare = self.fallbacks.spare
+                if spare is None or spare == self.root:
                     raise CacheUnusable(f"not run: the cache at {self.root} cannot be written "
                                         f"({exc.strerror or type(exc).__name__})") from exc
-                self._fallback = ArtifactCache(self.spare, self._on_event)
-                if self._on_fault is not None:
-                    self._on_fault(exc.strerror or type(exc).__name__)
+                self._fallback = ArtifactCache(spare, self._on_event, dataclasses.replace(self.fallbacks, spare=None))
+                if self.fallbacks.on_fault is not None:
+                    self.fallbacks.on_fault(exc.strerror or type(exc).__name__)
         return self._fallback.get_or_create(key_parts, filename, build)
 
     def _get_or_make(self, key_parts: Mapping[str, str], filename: str, build: Callable[[Path], None]) -> Path:
-        from filelock import FileLock  # imported here: ~30 ms that a cache hit does not need
-
         key = cache_key(key_parts, filename)
         published = self.objects / key / filename
         self._raise_remembered(key)
         for folder in (self.objects, self.staging, self.locks):
             folder.mkdir(parents=True, exist_ok=True)
-        with FileLock(self.locks / f"{key}.lock"):
+        lock = self._acquire(key, filename)
+        try:
             if self._trusted(published, filename):
                 self._count(REUSED)
                 return published
@@ -232,7 +262,33 @@ class ArtifactCache:
                 self._discard(published.parent)
                 self._log(key, key_parts, filename, DAMAGED, 0.0, problem)
             self._build(key, key_parts, filename, build)
+        finally:
+            lock.release()
         return published
+
+    def _acquire(self, key: str, filename: str) -> BaseFileLock:
+        """The key's lock, waited for in steps of ``notice_every`` seconds, each step past the first told
+        to ``on_wait``; ``LockTimeout`` after ``lock_timeout`` (a stopped holder never lets go)."""
+        from filelock import FileLock, Timeout  # imported here: ~30 ms that a cache hit does not need
+
+        if key in self._stuck:
+            raise LockTimeout(self._stuck[key])
+        lock = FileLock(self.locks / f"{key}.lock")
+        limit, every, waited = self.fallbacks.lock_timeout, self.fallbacks.notice_every, 0.0
+        while True:
+            step = min(every, limit - waited)
+            try:
+                lock.acquire(timeout=step)
+                return lock
+            except Timeout:
+                waited += step
+            what = f"another process to make {filename} (lock {lock.lock_file})"
+            if waited >= limit:
+                self._stuck[key] = f"not run: waited {waited:.0f} s for {what}, the longest allowed"
+                raise LockTimeout(self._stuck[key])
+            if self.fallbacks.on_wait is not None:
+                self.fallbacks.on_wait(f"qwen3vl: waiting {waited:.0f} s so far for {what}; "
+                                       f"giving up after {limit:.0f} s")
 
     def recorded_sha256(self, published: Path) -> str:
         """The sha256 of a file this cache published, as its manifest records it, once the file has

@@ -11,15 +11,17 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import CONFORMANCE, REPO
-from tests.helpers import claim_statuses, garbage, manifest_of_the_wrong_shape
+from tests.helpers import claim_rows, claim_statuses, garbage, manifest_of_the_wrong_shape
 
 # Export claims on the pooled files and the trace hazards (a measurement whose key once held paths).
 SELECT = (str(CONFORMANCE / "test_export.py"), "-k",
@@ -36,20 +38,23 @@ def _namespaces_work() -> bool:
 pytestmark = pytest.mark.skipif(not _namespaces_work(), reason="needs root and unshare -m (read-only bind mounts)")
 
 
-def run_claims(cache: Path, *, read_only: Sequence[Path] = (), tmpfs: Mapping[Path, str] | None = None,
+def claims_argv(cache: Path, *args: str) -> list[str]:
+    """A fresh pytest process running the selected claims on ``cache``."""
+    return [sys.executable, "-m", "pytest", *SELECT, "-n", "0", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+            f"--qwen3vl-cache-dir={cache}", "--rootdir", str(cache.parent), "-c", os.devnull, *args]
+
+
+def run_claims(cache: Path, *args: str, read_only: Sequence[Path] = (), tmpfs: Mapping[Path, str] | None = None,
                env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The selected claims in a fresh pytest process whose mount namespace makes each of ``read_only``
-    a read-only bind mount and each of ``tmpfs`` a tmpfs of that size (``"3m"``)."""
+    """``claims_argv`` run in a mount namespace that makes each of ``read_only`` a read-only bind mount
+    and each of ``tmpfs`` a tmpfs of that size (``"3m"``)."""
     mounts = [f"mount -t tmpfs -o size={size} tmpfs {shlex.quote(str(path))}" for path, size in (tmpfs or {}).items()]
     for path in read_only:
         quoted = shlex.quote(str(path))
         mounts += [f"mount --bind {quoted} {quoted}", f"mount -o remount,ro,bind {quoted}"]
-    argv = [sys.executable, "-m", "pytest", *SELECT, "-n", "0", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
-            f"--qwen3vl-cache-dir={cache}", "--rootdir", str(cache.parent), "-c", os.devnull]
-    script = " && ".join([*mounts, "exec " + shlex.join(argv)])
-    environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    script = " && ".join([*mounts, "exec " + shlex.join(claims_argv(cache, *args))])
     return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, cwd=cache.parent,
-                          env=environment, timeout=900)
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=900)
 
 
 def statuses(run: subprocess.CompletedProcess[str]) -> dict[str, str]:
@@ -138,3 +143,28 @@ def test_garbage_in_the_cache_heals_in_one_run(
     assert statuses(run) == warm[1], run.stdout[-3000:]
     healed = run_claims(cache)
     assert statuses(healed) == warm[1] and " built" not in healed.stdout, healed.stdout[-3000:]
+
+
+def test_a_session_waiting_on_a_stopped_one_says_so_and_gives_up(tmp_path: Path) -> None:
+    """One session is stopped (SIGSTOP) while it makes an export; a second on the same cache says what it
+    waits for every 30 s and gives up at its bound: the export's rows "not run", the rest measured."""
+    cache = tmp_path / "cache"
+    staging = cache / "exports" / "tmp"
+    first = subprocess.Popen(claims_argv(cache), cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (staging.is_dir() and any(staging.iterdir())):
+            assert first.poll() is None, "the first session ended before any export started"
+            assert time.monotonic() < deadline, "no export started within 300 s"
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGSTOP)
+        second = run_claims(cache, "--qwen3vl-lock-timeout=35")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=60)
+    table = statuses(second)
+    waited = [claim for claim, row in claim_rows(second.stdout).items() if "not run: waited 35 s for another" in row]
+    assert waited and all(table[claim] == "not run" for claim in waited), second.stdout[-3000:]
+    assert "fails" not in table.values(), table
+    assert "qwen3vl: waiting 30 s so far for another process to make " in second.stderr, second.stderr[-2000:]

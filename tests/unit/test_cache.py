@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,11 +15,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_qwen3vl.errors import CacheUnusable, ExporterUnavailable, ExportFailed
+from pytest_qwen3vl.errors import CacheUnusable, ExporterUnavailable, ExportFailed, LockTimeout
 from pytest_qwen3vl.store.cache import (
     MAKING,
     ArtifactCache,
     CacheTally,
+    Fallbacks,
     Unpublished,
     cache_key,
     code_digest,
@@ -279,7 +283,7 @@ def test_a_cache_that_refuses_writes_makes_in_the_spare_and_says_why_once(tmp_pa
     """A cache folder under a file (as read-only or full, the storage refuses the write): the spare takes it."""
     (tmp_path / "a-file").write_text("")
     faults: list[str] = []
-    cache = ArtifactCache(tmp_path / "a-file" / "cache", spare=tmp_path / "spare", on_fault=faults.append)
+    cache = ArtifactCache(tmp_path / "a-file" / "cache", fallbacks=Fallbacks(tmp_path / "spare", faults.append))
     first = cache.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("one"))
     second = cache.get_or_create({**PARTS, "grid": "1x8x8"}, "model.onnx", lambda p: p.write_text("two"))
     assert first.is_relative_to(tmp_path / "spare") and second.read_text() == "two"
@@ -295,7 +299,7 @@ def test_a_cache_without_a_spare_that_refuses_writes_is_not_runnable(tmp_path: P
 
 def test_a_build_that_fails_for_its_own_reasons_is_not_the_caches_fault(tmp_path: Path) -> None:
     faults: list[str] = []
-    cache = ArtifactCache(tmp_path / "cache", spare=tmp_path / "spare", on_fault=faults.append)
+    cache = ArtifactCache(tmp_path / "cache", fallbacks=Fallbacks(tmp_path / "spare", faults.append))
 
     def build(path: Path) -> None:
         (tmp_path / "no-such-input").read_text()
@@ -313,3 +317,30 @@ def test_a_reference_modified_file_of_garbage_is_rewritten(tmp_path: Path) -> No
     text = path.read_text(encoding="utf-8")
     garbage(path)
     assert write_reference_modified(golden, tmp_path) == path and path.read_text(encoding="utf-8") == text
+
+
+def test_a_stopped_lock_holder_is_waited_for_aloud_then_given_up(tmp_path: Path) -> None:
+    """Another process holds the entry's lock and is stopped (SIGSTOP): never released, never silent."""
+    said: list[str] = []
+    cache = ArtifactCache(tmp_path, fallbacks=Fallbacks(lock_timeout=2.2, notice_every=1.0, on_wait=said.append))
+    lock = cache.locks / f"{cache_key(PARTS, 'model.onnx')}.lock"
+    lock.parent.mkdir(parents=True)
+    hold = f"import filelock, time; held = filelock.FileLock({str(lock)!r}); held.acquire(); print('held', flush=True)"
+    holder = subprocess.Popen([sys.executable, "-c", hold + "; time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        os.kill(holder.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(LockTimeout, match=r"^not run: waited 2 s for another process to make model.onnx \(lock "):
+            cache.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("x"))
+        assert 2.2 <= time.monotonic() - started < 6
+        assert [line.split(" so far")[0] for line in said] == ["qwen3vl: waiting 1 s", "qwen3vl: waiting 2 s"], said
+        assert all(f"for another process to make model.onnx (lock {lock}); giving up after 2 s" in line
+                   for line in said), said
+        started = time.monotonic()
+        with pytest.raises(LockTimeout):  # the same entry again: not waited for twice
+            cache.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("x"))
+        assert time.monotonic() - started < 0.5
+    finally:
+        holder.kill()
+        holder.wait()
