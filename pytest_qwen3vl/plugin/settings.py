@@ -326,7 +326,13 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
         raise SettingsError(f"{flag(ONNX_TOLERANCE)}={exc}") from None
     raw_onnx, onnx_base = _value(config, ONNX)
     raw_report, report_base = _value(config, REPORT)
+    report = (report_base / str(raw_report)).resolve() if raw_report else None
+    if report is not None and report.is_dir():
+        raise SettingsError(f"{flag(REPORT)}={raw_report!r}: {report} is a folder; name the Markdown file to write")
     raw_snapshots, snapshots_base = _value(config, SNAPSHOT_DIR)
+    snapshots = (snapshots_base / str(raw_snapshots)).resolve() if raw_snapshots else snapshots_dir()
+    if snapshots.exists() and not snapshots.is_dir():
+        raise SettingsError(f"{flag(SNAPSHOT_DIR)}={raw_snapshots!r}: {snapshots} is a file, not a folder")
     return Settings(
         grids=grids,
         golden=golden,
@@ -338,8 +344,8 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
         spare_cache=spare,
         lock_timeout=lock_timeout,
         suite=suite,
-        report=(report_base / str(raw_report)).resolve() if raw_report else None,
-        snapshot_dir=(snapshots_base / str(raw_snapshots)).resolve() if raw_snapshots else snapshots_dir(),
+        report=report,
+        snapshot_dir=snapshots,
         run_slow=_truthy(_value(config, RUN_SLOW)[0]),
         explicit=explicitly_set(config),
         genai_folder=existing_folder(GENAI_FOLDER, *_value(config, GENAI_FOLDER)),

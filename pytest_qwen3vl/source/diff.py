@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from pytest_qwen3vl.errors import SourceError, UndecidableCondition
-from pytest_qwen3vl.source.files import GOLDEN_CONDITION, MODIFIED_CONDITION, PACKAGE
+from pytest_qwen3vl.source.files import GOLDEN_CONDITION, MODIFIED_CONDITION, PACKAGE, syntax_error
 
 DEEPSTACK_CLASS = "Qwen3VLVisionModel"
 DEEPSTACK_PLACE = f"{DEEPSTACK_CLASS}.forward"
@@ -82,9 +82,9 @@ def parse_source(text: str, label: str) -> Source:
     try:
         tree = ast.parse(text, filename=label)
     except SyntaxError as exc:
-        raise SourceError(f"{label}:{exc.lineno}: SyntaxError: {exc.msg}") from None
-    except ValueError as exc:  # null bytes in the source
-        raise SourceError(f"{label}: {exc}") from None
+        raise syntax_error(label, exc, text.encode("utf-8", errors="replace")) from None
+    except ValueError as exc:  # null bytes in the source, on Pythons that say so with a ValueError
+        raise syntax_error(label, SyntaxError(str(exc)), text.encode("utf-8", errors="replace")) from None
     return Source(label, text, tree)
 
 

@@ -158,7 +158,7 @@ def import_modeling_file(path: Path, role: str) -> ModuleType:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
         del sys.modules[name]
-        raise SourceError(f"{path}:{exc.lineno}: SyntaxError: {exc.msg}") from None
+        raise syntax_error(str(path), exc, path.read_bytes()) from None
     except Exception as exc:
         del sys.modules[name]
         raise SourceError(f"{_place_in(path, exc)}: {type(exc).__name__}: {exc}") from None
@@ -166,6 +166,16 @@ def import_modeling_file(path: Path, role: str) -> ModuleType:
         del sys.modules[name]
         raise SourceError(f"{path}: defines no class Qwen3VLVisionModel")
     return module
+
+
+def syntax_error(label: str, exc: SyntaxError, source: bytes) -> SourceError:
+    """``label:line: SyntaxError: ...`` in one line. Python gives no line for a null byte (the compiler
+    refuses the whole text), so the line of the first one is counted here: ``path:None:`` helps nobody."""
+    line = exc.lineno
+    if line is None and b"\x00" in source:
+        line = source[: source.index(b"\x00")].count(b"\n") + 1
+    place = label if line is None else f"{label}:{line}"
+    return SourceError(f"{place}: SyntaxError: {exc.msg}")
 
 
 def _place_in(path: Path, exc: BaseException) -> str:
