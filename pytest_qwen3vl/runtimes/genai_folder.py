@@ -259,11 +259,10 @@ def vision_overlay(folder: Path, vision: Path) -> str:
 
 def processor_config(checkpoint: Path) -> dict[str, Any]:
     """ort-extensions' Qwen3-VL image processor with the checkpoint's pixel budget, patch and mean/std."""
-    pre = json.loads((checkpoint / "preprocessor_config.json").read_text(encoding="utf-8"))
-    size = pre.get("size") or {}
-    min_pixels = int(size.get("shortest_edge", pre.get("min_pixels", 65536)))
-    max_pixels = int(size.get("longest_edge", pre.get("max_pixels", 16777216)))
-    patch, merge = int(pre.get("patch_size", 16)), int(pre.get("merge_size", 2))
+    from pytest_qwen3vl.model.references import ProcessorSettings
+
+    pre = ProcessorSettings.of(json.loads((checkpoint / "preprocessor_config.json").read_text(encoding="utf-8")))
+    patch, merge = pre.patch_size, pre.merge_size
 
     def op(name: str, kind: str, **attrs: Any) -> dict[str, Any]:
         return {"operation": {"name": name, "type": kind, **({"attrs": attrs} if attrs else {})}}
@@ -272,13 +271,12 @@ def processor_config(checkpoint: Path) -> dict[str, Any]:
         op("decode_image", "DecodeImage", color_space="RGB"),
         op("convert_to_rgb", "ConvertRGB"),
         # width/height are required keys; smart_resize ignores them.
-        op("resize", "Resize", width=512, height=512, smart_resize=1, min_pixels=min_pixels,
-           max_pixels=max_pixels, patch_size=patch, merge_size=merge),
+        op("resize", "Resize", width=512, height=512, smart_resize=1, min_pixels=pre.min_pixels,
+           max_pixels=pre.max_pixels, patch_size=patch, merge_size=merge),
         op("rescale", "Rescale", rescale_factor=1.0 / 255),
-        op("normalize", "Normalize", mean=list(pre.get("image_mean", [0.5] * 3)),
-           std=list(pre.get("image_std", [0.5] * 3)), qwen3_vl=1),
-        op("patch_image", "PatchImage", patch_size=patch,
-           temporal_patch_size=int(pre.get("temporal_patch_size", 2)), merge_size=merge),
+        op("normalize", "Normalize", mean=list(pre.image_mean), std=list(pre.image_std), qwen3_vl=1),
+        op("patch_image", "PatchImage", patch_size=patch, temporal_patch_size=pre.temporal_patch_size,
+           merge_size=merge),
     ]}}
 
 

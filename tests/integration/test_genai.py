@@ -288,3 +288,17 @@ def test_genai_cli_copies_a_vision_file_with_every_external_data_file_it_names(
                     location="weights.bin", size_threshold=0)
     assert genai_main([str(checkpoint), "-o", str(tmp_path / "out"), "--vision", str(vision)]) == 0
     assert {"encoder.onnx", "weights.bin"} <= {p.name for p in (tmp_path / "out").iterdir()}
+
+
+def test_preprocessing_is_compared_with_the_checkpoints_own_processor(
+    run_suite: RunSuite, checkpoint: Path, tmp_path: Path
+) -> None:
+    """A checkpoint whose image processor allows 3136 pixels (the released one 65536): genai follows the
+    checkpoint's preprocessor_config.json, and so must the reference, or a 200x200 image is a false erratum."""
+    folder = Path(shutil.copytree(checkpoint, tmp_path / "small-budget"))
+    config = json.loads((folder / "preprocessor_config.json").read_text())
+    config["size"]["shortest_edge"] = 3136
+    (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    result = run_suite("test_genai.py", "-k", "processor_matches", f"--qwen3vl-config={folder}")
+    row = claim_row(result, "genai-preprocessing")  # erratum, as on the released budget: 300x500 rounds apart
+    assert " fails " not in row and "200x200: grid [1, 12, 12], pixel values within" in row, row
