@@ -123,6 +123,27 @@ def test_when_no_folder_takes_a_write_the_claims_are_not_run(
     assert run.returncode == 0, run.stdout[-3000:]
 
 
+def test_a_cache_dir_that_is_a_file_gives_the_session_a_private_cache(
+    tmp_path: Path, warm: tuple[Path, dict[str, str]]
+) -> None:
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")
+    run = run_claims(cache)
+    assert statuses(run) == warm[1], run.stdout[-3000:]
+    said = f"qwen3vl cache: {cache} is not usable (a file, not a folder); this session used a private cache"
+    assert said in run.stdout, run.stdout[-3000:]
+
+
+def test_xdist_workers_share_one_private_cache(tmp_path: Path, warm: tuple[Path, dict[str, str]]) -> None:
+    """Two workers, a read-only cache: each export is made once, in the private cache both use."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    run = run_claims(cache, "-n", "2", read_only=[cache])
+    assert statuses(run) == warm[1], run.stdout[-3000:]
+    assert "qwen3vl exports this run: 2 built" in run.stdout, run.stdout[-3000:]
+    assert run.stdout.count("refused a write (Read-only file system)") == 1
+
+
 def _reference_file(cache: Path) -> Path:
     return next((cache / "reference").glob("modeling_qwen3_vl_*.py"))
 
@@ -131,9 +152,23 @@ def _modified_export(cache: Path) -> Path:
     return next((cache / "exports" / "objects").glob("*/modified-pooled-torchscript-*.onnx"))
 
 
+def _trace_hazards(cache: Path) -> Path:
+    return next((cache / "exports" / "measured" / "objects").glob("*/trace-hazards.txt"))
+
+
+def _builds_log(cache: Path) -> Path:
+    return cache / "exports" / "builds.log"
+
+
+def _key_file(cache: Path) -> Path:
+    return _modified_export(cache).parent / "key.json"
+
+
 @pytest.mark.parametrize(("where", "harm"), [(_reference_file, garbage), (_modified_export, garbage),
-                                             (_modified_export, manifest_of_the_wrong_shape)],
-                         ids=["reference-garbage", "export-garbage", "manifest-shape"])
+                                             (_modified_export, manifest_of_the_wrong_shape),
+                                             (_trace_hazards, garbage), (_builds_log, garbage), (_key_file, garbage)],
+                         ids=["reference-garbage", "export-garbage", "manifest-shape", "measured-garbage",
+                              "log-garbage", "key-garbage"])
 def test_garbage_in_the_cache_heals_in_one_run(
     tmp_path: Path, warm: tuple[Path, dict[str, str]], where: Callable[[Path], Path], harm: Callable[[Path], None]
 ) -> None:
