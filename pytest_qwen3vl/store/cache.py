@@ -64,8 +64,10 @@ _CHUNK = 1 << 20
 
 # What ``events`` counts: each a word of the summary line.
 BUILT, FAILED, DAMAGED, REMEMBERED, REUSED = "built", "failed", "damaged", "remembered", "reused"
-# A build's status in the log when it raised ``Unpublished``.
+# A build's status in the log when it raised ``Unpublished``, and when the storage refused its writes
+# (not a failed export: the summary line does not word it, ``docs/faults.md``'s line says it).
 UNPUBLISHED = "unpublished"
+REFUSED = "refused"
 
 
 class Unpublished(Exception):
@@ -324,7 +326,7 @@ class ArtifactCache:
             self._discard(self.objects / key)
             os.replace(workdir, self.objects / key)
         except BaseException as exc:
-            status = UNPUBLISHED if isinstance(exc, Unpublished) else FAILED
+            status = UNPUBLISHED if isinstance(exc, Unpublished) else REFUSED if storage_fault(exc) else FAILED
             self._log(key, key_parts, filename, status, time.perf_counter() - started)
             shutil.rmtree(workdir, ignore_errors=True)
             if isinstance(exc, ExportFailed) and exc.remember:

@@ -291,6 +291,22 @@ def test_a_cache_that_refuses_writes_makes_in_the_spare_and_says_why_once(tmp_pa
     assert [b["status"] for b in cache.builds()] == ["built", "built"]
 
 
+def test_a_build_the_storage_refuses_is_logged_but_never_counted_as_a_failed_export(tmp_path: Path) -> None:
+    """A full disk mid-build: the summary must not say "1 failed" about an export that never got to fail."""
+    import errno
+
+    def full(path: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    cache = ArtifactCache(tmp_path / "cache")
+    with pytest.raises(CacheUnusable, match=r"\(No space left on device\)$"):
+        cache.get_or_create(PARTS, "model.onnx", full)
+    assert cache.events == {"refused": 1} and [b["status"] for b in cache.builds()] == ["refused"]
+    tally = CacheTally()
+    tally.merge(cache.events)
+    assert tally.line() is None
+
+
 def test_a_cache_without_a_spare_that_refuses_writes_is_not_runnable(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
     with pytest.raises(CacheUnusable, match=r"^not run: the cache at .* cannot be written \(Not a directory\)$"):
