@@ -100,18 +100,19 @@ def _reference_modified(config: pytest.Config, settings: Settings, golden: Path)
     from pytest_qwen3vl.plugin.exports import TALLY_KEY
     from pytest_qwen3vl.store.cache import storage_fault
 
-    try:
-        return sources.write_reference_modified(golden, settings.cache_dir)
-    except OSError as exc:
-        if not storage_fault(exc) or settings.spare_cache in (None, settings.cache_dir):
-            raise
-        config.stash[TALLY_KEY].fault(exc.strerror or type(exc).__name__)
-    try:
-        return sources.write_reference_modified(golden, settings.spare_cache)
-    except OSError as exc:
-        if not storage_fault(exc):
-            raise
-        raise CacheUnusable(f"not run: no cache folder takes the reference modified file ({exc.strerror})") from exc
+    spare = settings.spare_cache
+    folders = [settings.cache_dir, *([spare] if spare is not None and spare != settings.cache_dir else [])]
+    why = ""
+    for folder in folders:
+        try:
+            return sources.write_reference_modified(golden, folder)
+        except OSError as exc:
+            if not storage_fault(exc):
+                raise
+            why = exc.strerror or type(exc).__name__
+        if folder != folders[-1]:
+            config.stash[TALLY_KEY].fault(why)
+    raise CacheUnusable(f"not run: no cache folder takes the reference modified file ({why})")
 
 
 def _fallbacks(config: pytest.Config, settings: Settings) -> Fallbacks:

@@ -215,6 +215,7 @@ def usable_cache(wanted: Path, handed: list[str | None] | None = None) -> tuple[
     makes goes to the spare (``store.cache``). The spare is only named here, made by whichever
     process needs it first; an xdist worker takes the controller's choice (``handed``), so workers
     share it."""
+    import contextlib
     import secrets
     import tempfile
 
@@ -226,7 +227,8 @@ def usable_cache(wanted: Path, handed: list[str | None] | None = None) -> tuple[
         return wanted, None, spare
     except OSError as exc:
         why = "a file, not a folder" if wanted.exists() and not wanted.is_dir() else exc.strerror or type(exc).__name__
-    spare.mkdir()
+    with contextlib.suppress(OSError):  # a full temporary folder too: the caches then say "not run"
+        spare.mkdir()
     return spare, f"{wanted} is not usable ({why})", spare
 
 

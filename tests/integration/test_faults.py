@@ -135,6 +135,16 @@ def test_a_cache_dir_that_is_a_file_gives_the_session_a_private_cache(
     assert said in run.stdout, run.stdout[-3000:]
 
 
+def test_a_cache_dir_that_is_a_file_and_a_private_cache_too_small_for_anything(tmp_path: Path) -> None:
+    """Nothing takes even the reference modified file (the private cache is 16 kB): every row is not run."""
+    cache, spare = tmp_path / "cache", tmp_path / "tmp"
+    cache.write_text("not a folder")
+    spare.mkdir()
+    run = run_claims(cache, tmpfs={spare: "16k"}, env={"TMPDIR": str(spare)})
+    assert set(statuses(run).values()) == {"not run"}, run.stdout[-3000:]
+    assert "(No space left on device)" in claim_rows(run.stdout)["onnx-parity"], run.stdout[-3000:]
+
+
 def test_xdist_workers_share_one_private_cache(tmp_path: Path, warm: tuple[Path, dict[str, str]]) -> None:
     """Two workers, a read-only cache: each export is made once, in the private cache both use."""
     cache = tmp_path / "cache"
