@@ -38,21 +38,23 @@ def _namespaces_work() -> bool:
 pytestmark = pytest.mark.skipif(not _namespaces_work(), reason="needs root and unshare -m (read-only bind mounts)")
 
 
-def claims_argv(cache: Path, *args: str) -> list[str]:
+def claims_argv(cache: Path, *args: str, select: Sequence[str] = SELECT) -> list[str]:
     """A fresh pytest process running the selected claims on ``cache``."""
-    return [sys.executable, "-m", "pytest", *SELECT, "-n", "0", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+    return [sys.executable, "-m", "pytest", *select, "-n", "0", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
             f"--qwen3vl-cache-dir={cache}", "--rootdir", str(cache.parent), "-c", os.devnull, *args]
 
 
-def run_claims(cache: Path, *args: str, read_only: Sequence[Path] = (), tmpfs: Mapping[Path, str] | None = None,
-               env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_claims(
+    cache: Path, *args: str, read_only: Sequence[Path] = (), tmpfs: Mapping[Path, str] | None = None,
+    env: Mapping[str, str] | None = None, select: Sequence[str] = SELECT,
+) -> subprocess.CompletedProcess[str]:
     """``claims_argv`` run in a mount namespace that makes each of ``read_only`` a read-only bind mount
     and each of ``tmpfs`` a tmpfs of that size (``"3m"``)."""
     mounts = [f"mount -t tmpfs -o size={size} tmpfs {shlex.quote(str(path))}" for path, size in (tmpfs or {}).items()]
     for path in read_only:
         quoted = shlex.quote(str(path))
         mounts += [f"mount --bind {quoted} {quoted}", f"mount -o remount,ro,bind {quoted}"]
-    script = " && ".join([*mounts, "exec " + shlex.join(claims_argv(cache, *args))])
+    script = " && ".join([*mounts, "exec " + shlex.join(claims_argv(cache, *args, select=select))])
     return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, cwd=cache.parent,
                           env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=900)
 
@@ -214,3 +216,16 @@ def test_a_session_waiting_on_a_stopped_one_says_so_and_gives_up(tmp_path: Path)
     assert waited and all(table[claim] == "not run" for claim in waited), second.stdout[-3000:]
     assert "fails" not in table.values(), table
     assert "qwen3vl: waiting 30 s so far for another process to make " in second.stderr, second.stderr[-2000:]
+
+
+def test_a_copied_read_only_cache_serves_the_genai_folder(tmp_path: Path) -> None:
+    """The genai folder is keyed by what its checkpoint is made from, not by where the cache wrote it."""
+    pytest.importorskip("onnxruntime_genai")
+    select = (str(CONFORMANCE / "test_genai.py"), "-k", "processor_matches")
+    cache = tmp_path / "cache"
+    clean = run_claims(cache, select=select)
+    assert claim_statuses(clean.stdout)["genai-preprocessing"] in ("holds", "erratum"), clean.stdout[-3000:]
+    copy = copy_of(cache, tmp_path)
+    run = run_claims(copy, read_only=[copy], select=select)
+    assert claim_statuses(run.stdout) == claim_statuses(clean.stdout), run.stdout[-3000:]
+    assert "refused a write" not in run.stdout, "the genai folder or its checkpoint was made again"
