@@ -30,8 +30,8 @@ worker, time); a log that cannot be written is skipped, never the build.
 
 The cache is an optimisation. When its folder cannot take a write (read-only, full, not a folder:
 ``storage_fault``), what is already published there is still read, and what must be made is made
-in ``Fallbacks.spare``, a private cache of the session, and ``on_fault`` is told why once. When the spare
-cannot take it either, ``CacheUnusable`` (a ``NotRunnable``) says so: the tests that needed it do
+in ``Fallbacks.spare``, a private cache of the session, and ``on_fault`` is told why once. When the
+spare cannot take it either, ``CacheUnusable`` (a ``NotRunnable``) says so: the tests that needed it do
 not run, and nothing is said about anybody's file.
 """
 
@@ -269,8 +269,8 @@ class ArtifactCache:
         return published
 
     def _acquire(self, key: str, filename: str) -> BaseFileLock:
-        """The key's lock, waited for in steps of ``notice_every`` seconds, each step past the first told
-        to ``on_wait``; ``LockTimeout`` after ``lock_timeout`` (a stopped holder never lets go)."""
+        """The key's lock, waited for in steps of ``notice_every`` seconds, ``on_wait`` told after each;
+        ``LockTimeout`` after ``lock_timeout`` (a stopped holder never lets go)."""
         from filelock import FileLock, Timeout  # imported here: ~30 ms that a cache hit does not need
 
         if key in self._stuck:
