@@ -25,7 +25,7 @@ import torch
 from pytest_qwen3vl.errors import RecipeUnsupported
 from pytest_qwen3vl.model.grids import Grid, other_grid
 from pytest_qwen3vl.model.outputs import merged
-from pytest_qwen3vl.model.references import released_image_processor
+from pytest_qwen3vl.model.references import ProcessorSettings, image_processor
 
 pytestmark = pytest.mark.qwen3vl_genai
 
@@ -66,10 +66,13 @@ def vision_file(qwen3vl_genai, qwen3vl_export, grid: Grid, which: str = "modifie
     return None if qwen3vl_genai.user_folder is not None else qwen3vl_export(which, grid)
 
 
-def hf_inputs(image: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def hf_inputs(image: Path, checkpoint: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' processor configured as the checkpoint's ``preprocessor_config.json`` says: the
+    configuration genai's folder is made from, so only the two implementations differ."""
     from PIL import Image
 
-    out = released_image_processor()(images=[Image.open(image)], return_tensors="pt")
+    settings = ProcessorSettings.of(json.loads((checkpoint / "preprocessor_config.json").read_text(encoding="utf-8")))
+    out = image_processor(settings)(images=[Image.open(image)], return_tensors="pt")
     return out["pixel_values"], out["image_grid_thw"]
 
 
@@ -109,7 +112,7 @@ def case(qwen3vl_genai, qwen3vl_export, tmp_path_factory) -> Case:
     folder = genai_folder(qwen3vl_genai)
     model = genai_model(folder, vision_file(qwen3vl_genai, qwen3vl_export, grid))
     run = generate(model, image, IMAGE_PROMPT, STEPS, qwen3vl_genai.image_token_id())
-    pixels, thw = hf_inputs(image)
+    pixels, thw = hf_inputs(image, qwen3vl_genai.checkpoint())
     tokenizer = AutoTokenizer.from_pretrained(str(qwen3vl_genai.checkpoint()))
     pads = int(thw.prod()) // 4
     prompt = tokenizer(IMAGE_PROMPT.replace(IMAGE_PAD, IMAGE_PAD * pads))["input_ids"]
@@ -127,7 +130,7 @@ def test_processor_matches_transformers(size, qwen3vl_genai, qwen3vl_export, tmp
     # The processor runs before any vision file: golden's serves, so the modified file plays no part.
     vision = vision_file(qwen3vl_genai, qwen3vl_export, qwen3vl_genai.grid, "golden")
     named = preprocess(genai_model(genai_folder(qwen3vl_genai), vision), image, IMAGE_PROMPT)
-    pixels, grid = hf_inputs(image)
+    pixels, grid = hf_inputs(image, qwen3vl_genai.checkpoint())
     assert named["image_grid_thw"].tolist() == grid.tolist(), (
         f"{size[0]}x{size[1]}: genai's grid {named['image_grid_thw'].tolist()}, transformers' {grid.tolist()}"
     )
@@ -235,7 +238,7 @@ def test_other_image_size_fails_loudly(qwen3vl_genai, qwen3vl_export, qwen3vl_go
         qwen3vl_record.holds(f"{traced.id} file on a {other.id} image: the vision file stops at "
                              f"{runtime_failure(exc)}")
         return
-    pixels, grid = hf_inputs(image)
+    pixels, grid = hf_inputs(image, qwen3vl_genai.checkpoint())
     with torch.no_grad():
         pooled = merged(qwen3vl_golden_vision(pixels, grid_thw=grid)).numpy()
     right = run.features.shape == pooled.shape and np.allclose(run.features, pooled, rtol=FEATURE_RTOL,
@@ -263,7 +266,7 @@ def test_grid_free_file_takes_other_sizes(qwen3vl_genai, qwen3vl_export, qwen3vl
         pytest.skip(f"not run: {exc.summary}")
     model = genai_model(genai_folder(qwen3vl_genai), path)
     run = generate(model, image, IMAGE_PROMPT, 1, qwen3vl_genai.image_token_id())
-    pixels, grid = hf_inputs(image)
+    pixels, grid = hf_inputs(image, qwen3vl_genai.checkpoint())
     with torch.no_grad():
         pooled = merged(qwen3vl_golden_vision(pixels, grid_thw=grid)).numpy()
     assert run.features.shape == pooled.shape, (

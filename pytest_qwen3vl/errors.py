@@ -101,6 +101,15 @@ class NotRunnable(Qwen3VLError):
     says why and what to do, and their rows read "not run", never a verdict."""
 
 
+class CacheUnusable(NotRunnable):
+    """Neither the cache folder nor the session's private one can take a write (a full disk): what
+    needed it does not run, and nothing is said about anybody's file."""
+
+
+class LockTimeout(NotRunnable):
+    """Another process held a cache entry's lock past the bound: what needed the entry does not run."""
+
+
 class GenaiFolderError(Qwen3VLError):
     """An onnxruntime-genai model folder that cannot be made: a missing library, or genai's builder failed."""
 

@@ -214,6 +214,16 @@ def lose_the_manifest(path: Path) -> None:
     (path.parent / "manifest.json").unlink()
 
 
+def manifest_of_the_wrong_shape(path: Path) -> None:
+    """Valid JSON that is no table of files."""
+    (path.parent / "manifest.json").write_text('{"files": 5}')
+
+
+def garbage(path: Path) -> None:
+    """Bytes that are no text at all (not UTF-8), where a file of the cache was."""
+    path.write_bytes(b"\xff\xfe\x00" + bytes(range(256)) * 4)
+
+
 def lfs_pointer(path: Path) -> None:
     """Replace a weights file by what a clone without ``git lfs pull`` holds: a git-lfs pointer."""
     size = path.stat().st_size

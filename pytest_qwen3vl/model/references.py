@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -228,8 +228,39 @@ def patchify_reference(image_chw: torch.Tensor, patch: int, temporal: int, merge
     return picked[:, :, None].expand(-1, -1, temporal, -1, -1).reshape(picked.shape[0], -1)
 
 
-def released_image_processor() -> Any:
-    """``Qwen2VLImageProcessor`` (its PIL implementation) as the released checkpoints configure it.
+@dataclass(frozen=True)
+class ProcessorSettings:
+    """What an image processor is configured with: the released checkpoints' values by default."""
+
+    patch_size: int = RELEASED_PATCH_SIZE
+    temporal_patch_size: int = RELEASED_TEMPORAL_PATCH_SIZE
+    merge_size: int = RELEASED_MERGE_SIZE
+    min_pixels: int = RELEASED_SIZE["shortest_edge"]
+    max_pixels: int = RELEASED_SIZE["longest_edge"]
+    image_mean: tuple[float, ...] = RELEASED_IMAGE_MEAN
+    image_std: tuple[float, ...] = RELEASED_IMAGE_STD
+
+    @classmethod
+    def of(cls, preprocessor_config: Mapping[str, Any]) -> ProcessorSettings:
+        """A checkpoint's ``preprocessor_config.json`` read once, the same way for genai's processor and
+        transformers' (``size`` first, then ``min_pixels``/``max_pixels``, released values where absent):
+        a checkpoint with its own pixel budget must be compared with its own, not the released one."""
+        pre, released = preprocessor_config, cls()
+        size = pre.get("size") or {}
+        return cls(
+            patch_size=int(pre.get("patch_size", released.patch_size)),
+            temporal_patch_size=int(pre.get("temporal_patch_size", released.temporal_patch_size)),
+            merge_size=int(pre.get("merge_size", released.merge_size)),
+            min_pixels=int(size.get("shortest_edge", pre.get("min_pixels", released.min_pixels))),
+            max_pixels=int(size.get("longest_edge", pre.get("max_pixels", released.max_pixels))),
+            image_mean=tuple(float(v) for v in pre.get("image_mean", released.image_mean)),
+            image_std=tuple(float(v) for v in pre.get("image_std", released.image_std)),
+        )
+
+
+def image_processor(settings: ProcessorSettings | None = None) -> Any:
+    """``Qwen2VLImageProcessor`` (its PIL implementation) configured with ``settings`` (default: as the
+    released checkpoints configure it).
 
     transformers 4.57's slow processor drops ``size`` in its constructor (and so in
     ``from_pretrained``) and keeps its own 3136..1003520 pixel budget; only ``min_pixels`` and
@@ -237,19 +268,26 @@ def released_image_processor() -> Any:
     """
     from pytest_qwen3vl.model.api import pil_image_processor_class
 
+    settings = settings or ProcessorSettings()
+    size = {"shortest_edge": settings.min_pixels, "longest_edge": settings.max_pixels}
     processor = pil_image_processor_class()(
-        patch_size=RELEASED_PATCH_SIZE,
-        temporal_patch_size=RELEASED_TEMPORAL_PATCH_SIZE,
-        merge_size=RELEASED_MERGE_SIZE,
-        size=dict(RELEASED_SIZE),
-        min_pixels=RELEASED_SIZE["shortest_edge"],
-        max_pixels=RELEASED_SIZE["longest_edge"],
-        image_mean=list(RELEASED_IMAGE_MEAN),
-        image_std=list(RELEASED_IMAGE_STD),
+        patch_size=settings.patch_size,
+        temporal_patch_size=settings.temporal_patch_size,
+        merge_size=settings.merge_size,
+        size=dict(size),
+        min_pixels=settings.min_pixels,
+        max_pixels=settings.max_pixels,
+        image_mean=list(settings.image_mean),
+        image_std=list(settings.image_std),
     )
-    if dict(processor.size) != RELEASED_SIZE:
-        raise RuntimeError(f"the image processor keeps size {processor.size}, not the released {RELEASED_SIZE}")
+    if dict(processor.size) != size:
+        raise RuntimeError(f"the image processor keeps size {processor.size}, not {size}")
     return processor
+
+
+def released_image_processor() -> Any:
+    """The image processor as the released checkpoints configure it (``image_processor()``)."""
+    return image_processor()
 
 
 def mrope_axes(sections: Sequence[int]) -> list[int]:

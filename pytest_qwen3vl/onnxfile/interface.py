@@ -134,16 +134,18 @@ class FileFacts:
     interface: Interface
     weights: WeightType
     initializers: tuple[tuple[str, tuple[int, ...]], ...] = ()  # name and dims of each
+    external: tuple[str, ...] = ()  # its external data files, relative to its folder, each present and whole
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "interface": self.interface.to_dict(),
                 "weights": [self.weights.name, self.weights.evidence],
-                "initializers": [[name, list(dims)] for name, dims in self.initializers]}
+                "initializers": [[name, list(dims)] for name, dims in self.initializers],
+                "external": list(self.external)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FileFacts:
         return cls(Path(data["path"]), Interface.from_dict(data["interface"]), WeightType(*data["weights"]),
-                   tuple((name, tuple(dims)) for name, dims in data["initializers"]))
+                   tuple((name, tuple(dims)) for name, dims in data["initializers"]), tuple(data["external"]))
 
 
 def _ports(values: Iterable[onnx.ValueInfoProto], skip: set[str]) -> tuple[Port, ...]:
@@ -201,9 +203,10 @@ def recognise(model: onnx.ModelProto, path: Path, mapping: OutputMap | None = No
 
 
 def read_file(path: Path, mapping: OutputMap | None = None) -> FileFacts:
-    """A file's interface and weight type from its structure alone (no weights' data, no session)."""
-    from pytest_qwen3vl.onnxfile.structure import structure
+    """A file's interface and weight type from its structure alone (no weights' data, no session), and its
+    external data files (``ArtefactError`` when one is missing or short)."""
+    from pytest_qwen3vl.onnxfile.structure import external_files, structure
 
     model = structure(path)
     shapes = tuple((init.name, tuple(int(d) for d in init.dims)) for init in model.graph.initializer)
-    return FileFacts(path, recognise(model, path, mapping), weight_type(model), shapes)
+    return FileFacts(path, recognise(model, path, mapping), weight_type(model), shapes, external_files(model, path))

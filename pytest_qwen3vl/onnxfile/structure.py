@@ -25,15 +25,36 @@ CHILD_FROM_BYTES = 64 << 20
 
 
 def strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` (changed in place) with every initializer's data dropped: names, types and dims stay."""
+    """``model`` (changed in place) with every initializer's data dropped: names, types and dims stay,
+    and where external data was (its ``external_data`` entries, no longer loaded: ``external_files``)."""
     import onnx
 
     for init in model.graph.initializer:
         for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data",
-                     "string_data", "external_data"):
+                     "string_data"):
             init.ClearField(name)
         init.data_location = onnx.TensorProto.DEFAULT
     return model
+
+
+def external_files(model: onnx.ModelProto, path: Path) -> tuple[str, ...]:
+    """The external data files of ``path`` (relative to its folder) that its initializers name, each
+    checked to exist and to hold the bytes asked of it: ``ArtefactError`` naming the first that does not
+    (a file copied without its ``.data``), before any runtime fails on it."""
+    needed: dict[str, int] = {}
+    for init in model.graph.initializer:
+        entries = {entry.key: entry.value for entry in init.external_data}
+        if "location" in entries:
+            end = int(entries.get("offset", 0) or 0) + int(entries.get("length", 0) or 0)
+            needed[entries["location"]] = max(needed.get(entries["location"], 0), end)
+    for location, end in needed.items():
+        data = path.parent / location
+        if not data.is_file():
+            raise ArtefactError(f"{path}: its external data {location} is missing (expected next to it: {data})")
+        if data.stat().st_size < end:
+            raise ArtefactError(f"{path}: its external data {location} has {data.stat().st_size} bytes, "
+                                f"the file reads up to byte {end} (truncated)")
+    return tuple(sorted(needed))
 
 
 def _parse(path: Path) -> onnx.ModelProto:

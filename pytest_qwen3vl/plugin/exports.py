@@ -30,7 +30,7 @@ from pytest_qwen3vl.export.recipes import LAYOUTS, RECIPE_NAMES, RECIPES, export
 from pytest_qwen3vl.model.grids import SWEEP, Grid
 from pytest_qwen3vl.model.inputs import make_inputs
 from pytest_qwen3vl.source.files import sha256_file
-from pytest_qwen3vl.store.cache import MAKING, ArtifactCache, CacheTally, Unpublished, code_digest
+from pytest_qwen3vl.store.cache import MAKING, ArtifactCache, CacheTally, Fallbacks, Unpublished, code_digest
 from pytest_qwen3vl.versions import library_versions
 
 if TYPE_CHECKING:
@@ -63,9 +63,11 @@ class SessionExports:
         *,
         opset: int = DEFAULT_OPSET,
         on_event: Callable[[str], None] | None = None,
+        fallbacks: Fallbacks | None = None,
     ) -> None:
-        self.cache = ArtifactCache(cache_dir, on_event)
-        self.measured = ArtifactCache(cache_dir / "measured")
+        fallbacks = fallbacks or Fallbacks()
+        self.cache = ArtifactCache(cache_dir, on_event, fallbacks)
+        self.measured = ArtifactCache(cache_dir / "measured", fallbacks=fallbacks.under("measured"))
         self.opset = opset
         # Read on first use, not copied: the modified side is made (or fails, in one line) only for the
         # claims that ask for it, so golden's claims never depend on the modified file.
@@ -220,20 +222,24 @@ class SessionExports:
 
     def trace_hazards(self, which: str, grid: Grid) -> list[TraceHazard]:
         """``trace_hazards`` of a model on ``make_inputs(grid, spec, seed)``, measured once per (model's
-        sources and their paths, config, seed, grid, library versions, code): the hazards name the files."""
+        sources, config, seed, grid, library versions, code). The hazards name the files: a source's path
+        is kept as its role and named again on reading, so a cache copied or restored elsewhere, or a
+        source file moved, still serves them."""
         from pytest_qwen3vl.export.tracing import TraceHazard, trace_hazards
 
         choose("which", which, ROLES)
         model = self._models[which]
+        paths = {role: {str(path), str(path.resolve())} for role, path in self._sources.items()}
 
         def measure() -> str:
             inputs = make_inputs(grid, self._spec, self._seed)
             hazards = trace_hazards(model, *inputs.args)
-            return json.dumps([dataclasses.asdict(hazard) for hazard in hazards])
+            roles = {path: f"<{role}>" for role, named in paths.items() for path in named}
+            return json.dumps([{**dataclasses.asdict(h), "path": roles.get(h.path, h.path)} for h in hazards])
 
-        paths = json.dumps({role: str(path.resolve()) for role, path in self._sources.items()}, sort_keys=True)
-        kept = json.loads(self._kept("trace-hazards", {**self.model_parts(which, grid), "paths": paths}, measure))
-        return [TraceHazard(**hazard) for hazard in kept]
+        named = {f"<{role}>": str(path) for role, path in self._sources.items()}
+        kept = json.loads(self._kept("trace-hazards", self.model_parts(which, grid), measure))
+        return [TraceHazard(**{**hazard, "path": named.get(hazard["path"], hazard["path"])}) for hazard in kept]
 
     def _measured(self, path: Path, kind: str, measure: Callable[[], str], *, code: str, **parts: str) -> str:
         """What ``measure()`` says about a published file, kept under (kind, the file's sha256 from its
@@ -274,3 +280,4 @@ class SessionExports:
 
 TALLY_KEY = pytest.StashKey[CacheTally]()
 WORKER_OUTPUT = "qwen3vl_cache_events"
+FAULTS_OUTPUT = "qwen3vl_cache_faults"

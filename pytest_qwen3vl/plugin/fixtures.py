@@ -7,6 +7,8 @@ set a flag or an attention implementation restore it.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from pytest_qwen3vl.plugin.genai import SessionGenai
     from pytest_qwen3vl.runtimes.base import Runtime
     from pytest_qwen3vl.runtimes.registry import RuntimeChoice
+    from pytest_qwen3vl.store.cache import Fallbacks
 
 T = TypeVar("T")
 
@@ -102,7 +105,7 @@ class ModifiedSide:
         self._fail_if("path")
         settings, golden = self._settings, self._golden
         if settings.modified is None:
-            return sources.write_reference_modified(golden.path, settings.cache_dir)
+            return _reference_modified(self._config, settings, golden.path)
         mismatch = fork_mismatch(settings.modified, golden.path, golden.version, golden.family)
         if mismatch:
             self._problems["path"] = f"{settings.modified}: {mismatch}"
@@ -175,6 +178,44 @@ def qwen3vl_modified_path(qwen3vl_modified_side: ModifiedSide) -> Path:
     """The user's modified file, or the reference change written to the cache; a fork made from another
     known transformers version than golden's fails here in one line."""
     return qwen3vl_modified_side.path()
+
+
+def _reference_modified(config: pytest.Config, settings: Settings, golden: Path) -> Path:
+    """The reference modified file in the cache folder, or in the session's spare when the cache refuses
+    the write (said once in the summary); "not run" when neither takes it."""
+    from pytest_qwen3vl.errors import CacheUnusable
+    from pytest_qwen3vl.plugin.exports import TALLY_KEY
+    from pytest_qwen3vl.store.cache import storage_fault
+
+    spare = settings.spare_cache
+    folders = [settings.cache_dir, *([spare] if spare is not None and spare != settings.cache_dir else [])]
+    why = ""
+    for folder in folders:
+        try:
+            return sources.write_reference_modified(golden, folder)
+        except OSError as exc:
+            if not storage_fault(exc):
+                raise
+            why = exc.strerror or type(exc).__name__
+        if folder != folders[-1]:
+            config.stash[TALLY_KEY].fault(why)
+    raise CacheUnusable(f"not run: no cache folder takes the reference modified file ({why})")
+
+
+def _fallbacks(config: pytest.Config, settings: Settings) -> Fallbacks:
+    """What the session's caches do when theirs refuses a write or another session holds a lock: the
+    spare, the summary's tally, the lock bound, and a line on the terminal while waiting."""
+    from pytest_qwen3vl.plugin.exports import TALLY_KEY
+    from pytest_qwen3vl.store.cache import Fallbacks
+
+    def say_now(line: str) -> None:
+        capture = config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+
+    return Fallbacks(spare=settings.spare_cache, on_fault=config.stash[TALLY_KEY].fault,
+                     lock_timeout=settings.lock_timeout, on_wait=say_now)
 
 
 @pytest.fixture(scope="session")
@@ -304,6 +345,7 @@ def qwen3vl_export(
         qwen3vl_settings.seed,
         qwen3vl_settings.export_cache,
         on_event=pytestconfig.stash[TALLY_KEY].add,
+        fallbacks=_fallbacks(pytestconfig, qwen3vl_settings).under("exports"),
     )
 
 
@@ -319,7 +361,8 @@ def qwen3vl_genai(pytestconfig: pytest.Config, qwen3vl_settings: Settings, qwen3
     from pytest_qwen3vl.plugin.exports import TALLY_KEY
     from pytest_qwen3vl.plugin.genai import SessionGenai
 
-    genai = SessionGenai(qwen3vl_settings, qwen3vl_golden_path, on_event=pytestconfig.stash[TALLY_KEY].add)
+    genai = SessionGenai(qwen3vl_settings, qwen3vl_golden_path, on_event=pytestconfig.stash[TALLY_KEY].add,
+                         fallbacks=_fallbacks(pytestconfig, qwen3vl_settings))
     try:
         genai.check_runnable()
     except NotRunnable as exc:
@@ -332,6 +375,7 @@ GATE_ROLES = ("golden", "modified", "reference")
 
 @pytest.fixture(scope="session")
 def qwen3vl_gate(
+    pytestconfig: pytest.Config,
     qwen3vl_settings: Settings,
     qwen3vl_golden_path: Path,
     qwen3vl_golden_module: ModuleType,
@@ -343,7 +387,8 @@ def qwen3vl_gate(
     from pytest_qwen3vl.judge.gate import condition_of, gate_table
     from pytest_qwen3vl.store.cache import ArtifactCache
 
-    cache = ArtifactCache(qwen3vl_settings.cache_dir / "gates")
+    cache = ArtifactCache(qwen3vl_settings.cache_dir / "gates",
+                          fallbacks=_fallbacks(pytestconfig, qwen3vl_settings).under("gates"))
     tables: dict[str, GateTable] = {}
 
     def table(which: str) -> GateTable:

@@ -24,7 +24,7 @@ from pytest_qwen3vl.model.grids import DEFAULT_GRID, Grid
 from pytest_qwen3vl.plugin.settings import CONFIG, GENAI_FOLDER, flag
 from pytest_qwen3vl.runtimes.genai_folder import CONFIG_FILE, build_session_folder, genai_missing
 from pytest_qwen3vl.source.files import sha256_file
-from pytest_qwen3vl.store.cache import MAKING, ArtifactCache, code_digest
+from pytest_qwen3vl.store.cache import MAKING, ArtifactCache, Fallbacks, code_digest
 from pytest_qwen3vl.versions import EXPORT_LIBRARIES, library_versions
 
 if TYPE_CHECKING:
@@ -53,11 +53,12 @@ def genai_grid(grid: Grid) -> Grid:
 class SessionGenai:
     """The session's genai folder, checkpoint and transformers reference, each made once."""
 
-    def __init__(self, settings: Settings, golden: Path, on_event: Callable[[str], None] | None = None) -> None:
+    def __init__(self, settings: Settings, golden: Path, on_event: Callable[[str], None] | None = None,
+                 fallbacks: Fallbacks | None = None) -> None:
         self.settings = settings
         self.spec: ModelSpec = settings.model
         self.grid = genai_grid(settings.grids[0])
-        self.cache = ArtifactCache(settings.cache_dir / "genai", on_event)
+        self.cache = ArtifactCache(settings.cache_dir / "genai", on_event, (fallbacks or Fallbacks()).under("genai"))
         self._golden_digest = sha256_file(golden)
         self._reference: torch.nn.Module | None = None
 
@@ -82,13 +83,9 @@ class SessionGenai:
                 raise NotRunnable(f"not run: {folder} has no tokenizer.json or preprocessor_config.json "
                                   "(qwen3vl-checkpoint writes both)")
 
-    def checkpoint(self) -> Path:
-        """The checkpoint folder: the user's, or one written from the preset and seed (cached)."""
-        if self.spec.checkpoint is not None:
-            return self.spec.checkpoint
-        from pytest_qwen3vl.model.write_checkpoint import write_checkpoint
-
-        parts = {
+    def _checkpoint_parts(self) -> dict[str, str]:
+        """What the checkpoint written from the preset is made from."""
+        return {
             "config": self.spec.name,
             "seed": str(self.settings.seed),
             "golden": self._golden_digest,
@@ -96,18 +93,27 @@ class SessionGenai:
             "recipe": code_digest(*MAKING, "runtimes"),
         }
 
+    def checkpoint(self) -> Path:
+        """The checkpoint folder: the user's, or one written from the preset and seed (cached)."""
+        if self.spec.checkpoint is not None:
+            return self.spec.checkpoint
+        from pytest_qwen3vl.model.write_checkpoint import write_checkpoint
+
         def build(path: Path) -> None:
             write_checkpoint(path.parent, self.spec.name, self.settings.seed)
 
-        return self.cache.get_or_create(parts, "config.json", build).parent
+        return self.cache.get_or_create(self._checkpoint_parts(), "config.json", build).parent
 
     def folder(self) -> Path:
-        """The genai folder: the user's, or one made from the checkpoint by genai's builder (cached)."""
+        """The genai folder: the user's, or one made from the checkpoint by genai's builder (cached). A
+        checkpoint the cache wrote is named by what it is made from, not by where the cache is, so a
+        cache copied or restored elsewhere still serves the folder."""
         if self.user_folder is not None:
             return self.user_folder
         checkpoint = self.checkpoint()
+        made = json.dumps(self._checkpoint_parts(), sort_keys=True) if self.spec.checkpoint is None else None
         parts = {
-            "checkpoint": f"{checkpoint}:{checkpoint_fingerprint(checkpoint)}",
+            "checkpoint": made or f"{checkpoint}:{checkpoint_fingerprint(checkpoint)}",
             "libraries": json.dumps(library_versions(GENAI_LIBRARIES), sort_keys=True),
             "recipe": code_digest(*MAKING, "runtimes"),
         }

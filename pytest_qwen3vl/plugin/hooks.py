@@ -6,16 +6,18 @@ so a repo that has the plugin installed but does not use it pays nothing at star
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 import pytest
 
-from pytest_qwen3vl.errors import SettingsError, SourceError, UnknownClaim
+from pytest_qwen3vl.errors import NotRunnable, SettingsError, SourceError, UnknownClaim
 from pytest_qwen3vl.plugin.bundled import add_suite
 from pytest_qwen3vl.plugin.claims import (
     IDS_PROPERTY,
     claim_ids,
     file_ids,
 )
-from pytest_qwen3vl.plugin.exports import TALLY_KEY, WORKER_OUTPUT
+from pytest_qwen3vl.plugin.exports import FAULTS_OUTPUT, TALLY_KEY, WORKER_OUTPUT
 from pytest_qwen3vl.plugin.settings import (
     CACHE_WORKERINPUT,
     FLAGS,
@@ -96,7 +98,8 @@ def pytest_configure_node(node: object) -> None:
     """xdist controller: hand each worker the ``--qwen3vl-onnx`` files it read, so no worker reads them again."""
     settings = settings_of(node.config)  # type: ignore[attr-defined]
     node.workerinput[ONNX_WORKERINPUT] = [facts.to_dict() for facts in settings.onnx_files]  # type: ignore[attr-defined]
-    node.workerinput[CACHE_WORKERINPUT] = [str(settings.cache_dir), settings.cache_fallback]  # type: ignore[attr-defined]
+    node.workerinput[CACHE_WORKERINPUT] = [  # type: ignore[attr-defined]
+        str(settings.cache_dir), settings.cache_fallback, str(settings.spare_cache)]
 
 
 @pytest.hookimpl(trylast=True)
@@ -104,17 +107,38 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     """xdist worker: hand this process's cache events to the controller, and settle before exiting."""
     output = getattr(session.config, "workeroutput", None)
     if output is not None and TALLY_KEY in session.config.stash:
-        output[WORKER_OUTPUT] = dict(session.config.stash[TALLY_KEY].events)
+        tally = session.config.stash[TALLY_KEY]
+        output[WORKER_OUTPUT] = dict(tally.events)
+        output[FAULTS_OUTPUT] = dict(tally.faults)
     settle_before_exit(session.config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """The controller removes the private cache it made for this session (workers share it until then)."""
+    """The controller removes the session's private cache, if any process made it (workers share it until then)."""
     settings = config.stash.get(SETTINGS_KEY, None)
-    if settings is not None and settings.cache_fallback is not None and not hasattr(config, "workerinput"):
+    if settings is not None and settings.spare_cache is not None and not hasattr(config, "workerinput"):
         import shutil
 
-        shutil.rmtree(settings.cache_dir, ignore_errors=True)
+        shutil.rmtree(settings.spare_cache, ignore_errors=True)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None]:
+    """What cannot run here (``NotRunnable``: a cache that takes no write, a lock held too long) is
+    "not run" with its reason, wherever it is found: in a fixture or in the test."""
+    try:
+        return (yield)
+    except NotRunnable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None]:
+    """As ``pytest_runtest_setup``: a ``NotRunnable`` raised by the test is "not run", never a failure."""
+    try:
+        return (yield)
+    except NotRunnable as exc:
+        pytest.skip(str(exc))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:

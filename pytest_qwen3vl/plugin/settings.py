@@ -15,6 +15,7 @@ import pytest
 
 from pytest_qwen3vl.errors import GridError, SettingsError
 from pytest_qwen3vl.model.grids import DEFAULT_GRID, SWEEP, SWEEP_NAME, Grid
+from pytest_qwen3vl.store.cache import LOCK_TIMEOUT as LOCK_TIMEOUT_SECONDS
 
 if TYPE_CHECKING:
     from pytest_qwen3vl.model.configs import ModelSpec
@@ -30,6 +31,7 @@ GOLDEN = "golden"
 CONFIG = "config"
 SEED = "seed"
 CACHE_DIR = "cache_dir"
+LOCK_TIMEOUT = "lock_timeout"
 SUITE = "suite"
 REPORT = "report"
 RUN_SLOW = "run_slow"
@@ -57,6 +59,8 @@ OPTIONS: dict[str, str] = {
     f"from (safetensors or pytorch_model.bin, sharded or not), or a bare config.json (default {DEFAULT_CONFIG})",
     SEED: f"seed of the random weights and inputs (default {DEFAULT_SEED})",
     CACHE_DIR: "where exports and the reference modified file are kept (default .pytest_cache/d/qwen3vl)",
+    LOCK_TIMEOUT: "seconds to wait for another session making the same cache entry (an export, a genai folder) "
+    "before the tests that need it are not run; the wait is said every 30 s (default 1800)",
     REPORT: "write the report again as Markdown to this path, from what the run measured",
     RUN_SLOW: "run the tests marked qwen3vl_slow (real-size models; minutes and ~10 GB each)",
     SNAPSHOT_DIR: "where graph-signature snapshots are read and written (default: the suite's snapshots/ folder)",
@@ -108,6 +112,8 @@ class Settings:
     onnx_tolerance: tuple[tuple[str, float], ...] = ()
     runtimes: tuple[RuntimeChoice, ...] = ()  # what the files are judged on (parse_runtimes: at least one)
     cache_fallback: str | None = None  # why the named cache folder is not used (a private one is)
+    spare_cache: Path | None = None  # the session's private cache, made when the cache refuses a write
+    lock_timeout: float = LOCK_TIMEOUT_SECONDS  # how long to wait for another session's lock on an entry
 
     @property
     def onnx(self) -> tuple[Path, ...]:
@@ -168,6 +174,19 @@ def parse_runtimes(values: list[str]) -> tuple[RuntimeChoice, ...]:
         raise SettingsError(f"{flag(RUNTIME)}: {exc}") from None
 
 
+def parse_lock_timeout(value: str | float) -> float:
+    """Seconds, a positive finite number: a bound that is never reached would hang a session forever."""
+    import math
+
+    try:
+        seconds = float(str(value).strip())
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise SettingsError(f"{flag(LOCK_TIMEOUT)}={value!r}: expected a positive number of seconds")
+    return seconds
+
+
 def parse_seed(value: str | int) -> int:
     """The seed: an integer from 0 to 2**32-1, the rule of every entry point (``model.inputs.check_seed``)."""
     from pytest_qwen3vl.model.inputs import check_seed
@@ -205,23 +224,30 @@ ONNX_WORKERINPUT = "qwen3vl_onnx_files"
 CACHE_WORKERINPUT = "qwen3vl_cache"
 
 
-def usable_cache(wanted: Path, handed: list[str | None] | None = None) -> tuple[Path, str | None]:
-    """``wanted`` if a file can be written there, else a private temporary folder for this session and
-    why: the cache is an optimisation, so a read-only, full or mistyped cache folder must never turn
-    into a verdict. An xdist worker takes the controller's choice (``handed``), so workers share it."""
+def usable_cache(wanted: Path, handed: list[str | None] | None = None) -> tuple[Path, str | None, Path]:
+    """The cache folder, why it is not ``wanted`` (or None), and the session's private spare cache.
+
+    The cache is an optimisation, so a mistyped cache folder (a file, one that cannot be made) must
+    never turn into a verdict: the session then uses the spare from the start. A folder that exists
+    but refuses writes (a CI cache restored read-only, a full disk) is still read; what the session
+    makes goes to the spare (``store.cache``). The spare is only named here, made by whichever
+    process needs it first; an xdist worker takes the controller's choice (``handed``), so workers
+    share it."""
+    import contextlib
+    import secrets
     import tempfile
 
     if handed is not None:
-        return Path(str(handed[0])), handed[1]
+        return Path(str(handed[0])), handed[1], Path(str(handed[2]))
+    spare = Path(tempfile.gettempdir()) / f"qwen3vl-cache-{secrets.token_hex(6)}"
     try:
         wanted.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=wanted, prefix=".qwen3vl-write-check-"):
-            pass
-        return wanted, None
+        return wanted, None, spare
     except OSError as exc:
         why = "a file, not a folder" if wanted.exists() and not wanted.is_dir() else exc.strerror or type(exc).__name__
-        reason = f"{wanted} is not usable ({why})"
-    return Path(tempfile.mkdtemp(prefix="qwen3vl-cache-")), reason
+    with contextlib.suppress(OSError):  # a full temporary folder too: the caches then say "not run"
+        spare.mkdir()
+    return spare, f"{wanted} is not usable ({why})", spare
 
 
 def onnx_files(values: list[str], base: Path, mapping: OutputMap | None,
@@ -299,7 +325,9 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
             golden = None
     raw_cache, cache_base = _value(config, CACHE_DIR)
     wanted = (cache_base / str(raw_cache)).resolve() if raw_cache else config.rootpath / ".pytest_cache" / "d" / PREFIX
-    cache_dir, cache_fallback = usable_cache(wanted, getattr(config, "workerinput", {}).get(CACHE_WORKERINPUT))
+    cache_dir, cache_fallback, spare = usable_cache(wanted, getattr(config, "workerinput", {}).get(CACHE_WORKERINPUT))
+    raw_timeout, _ = _value(config, LOCK_TIMEOUT)
+    lock_timeout = parse_lock_timeout(raw_timeout) if raw_timeout not in (None, "") else LOCK_TIMEOUT_SECONDS
     raw_suite, _ = _value(config, SUITE)
     suite = str(raw_suite or AUTO).strip().lower()
     if suite not in MODES:
@@ -320,7 +348,13 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
     raw_onnx, onnx_base = _value(config, ONNX)
     raw_runtimes, _ = _value(config, RUNTIME)
     raw_report, report_base = _value(config, REPORT)
+    report = (report_base / str(raw_report)).resolve() if raw_report else None
+    if report is not None and report.is_dir():
+        raise SettingsError(f"{flag(REPORT)}={raw_report!r}: {report} is a folder; name the Markdown file to write")
     raw_snapshots, snapshots_base = _value(config, SNAPSHOT_DIR)
+    snapshots = (snapshots_base / str(raw_snapshots)).resolve() if raw_snapshots else snapshots_dir()
+    if snapshots.exists() and not snapshots.is_dir():
+        raise SettingsError(f"{flag(SNAPSHOT_DIR)}={raw_snapshots!r}: {snapshots} is a file, not a folder")
     return Settings(
         grids=grids,
         golden=golden,
@@ -329,9 +363,11 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
         seed=seed,
         cache_dir=cache_dir,
         cache_fallback=cache_fallback,
+        spare_cache=spare,
+        lock_timeout=lock_timeout,
         suite=suite,
-        report=(report_base / str(raw_report)).resolve() if raw_report else None,
-        snapshot_dir=(snapshots_base / str(raw_snapshots)).resolve() if raw_snapshots else snapshots_dir(),
+        report=report,
+        snapshot_dir=snapshots,
         run_slow=_truthy(_value(config, RUN_SLOW)[0]),
         explicit=explicitly_set(config),
         genai_folder=existing_folder(GENAI_FOLDER, *_value(config, GENAI_FOLDER)),

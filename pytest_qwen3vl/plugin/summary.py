@@ -8,7 +8,7 @@ import pytest
 from pytest_qwen3vl.errors import SourceError
 from pytest_qwen3vl.plugin.catalogue import ARTEFACT_SECTION, CATALOGUE
 from pytest_qwen3vl.plugin.claims import ClaimBoard, render_table, summary_counts
-from pytest_qwen3vl.plugin.exports import TALLY_KEY, WORKER_OUTPUT
+from pytest_qwen3vl.plugin.exports import FAULTS_OUTPUT, TALLY_KEY, WORKER_OUTPUT
 from pytest_qwen3vl.plugin.settings import Settings
 from pytest_qwen3vl.source.files import check_golden
 
@@ -45,7 +45,7 @@ class ClaimReporter:
     def pytest_testnodedown(self, node: object, error: object) -> None:
         """xdist: add a finished worker's cache events to the controller's tally."""
         output = getattr(node, "workeroutput", {})
-        self.config.stash[TALLY_KEY].merge(output.get(WORKER_OUTPUT, {}))
+        self.config.stash[TALLY_KEY].merge(output.get(WORKER_OUTPUT, {}), output.get(FAULTS_OUTPUT, {}))
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if not self.board.ran_any():
@@ -62,7 +62,12 @@ class ClaimReporter:
         if self.settings.cache_fallback is not None:
             terminalreporter.write_line(f"qwen3vl cache: {self.settings.cache_fallback}; this session used a "
                                         f"private cache at {self.settings.cache_dir}")
-        cache_line = terminalreporter.config.stash[TALLY_KEY].line()
+        tally = terminalreporter.config.stash[TALLY_KEY]
+        if tally.faults:
+            terminalreporter.write_line(f"qwen3vl cache: {self.settings.cache_dir} refused a write "
+                                        f"({', '.join(sorted(tally.faults))}); what this session made instead is "
+                                        f"in a private cache at {self.settings.spare_cache}, removed at exit")
+        cache_line = tally.line()
         if cache_line:
             terminalreporter.write_line(f"{cache_line} (log: {self.settings.export_cache / 'builds.log'})")
         if self.settings.report is not None and not hasattr(terminalreporter.config, "workerinput"):

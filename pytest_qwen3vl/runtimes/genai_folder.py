@@ -66,15 +66,14 @@ def make_genai_folder(checkpoint: Path, out: Path, *, vision: Path | None = None
         if not (checkpoint / name).is_file():
             raise ConfigError(f"{checkpoint}: no {name} (make one with qwen3vl-checkpoint)")
     checkpoint_weights(checkpoint)  # weights that cannot be read are one line here, not the builder's failure
-    if vision is not None and not vision.is_file():
-        raise ConfigError(f"--vision: no such file: {vision}")
+    external = check_vision(vision, checkpoint) if vision is not None else ()
     with staged_folder(out) as staging:
         ids = decoder_and_embedding(checkpoint, staging, say)
         if vision is None:
             say(f"exporting the checkpoint's vision tower at grid {(grid or DEFAULT_GRID).id}")
             vision_name = export_checkpoint_vision(checkpoint, staging / VISION_FILE, grid or DEFAULT_GRID, seed)
         else:
-            vision_name = copy_vision(vision, staging)
+            vision_name = copy_vision(vision, external, staging)
         write_configs(staging, checkpoint, ids, vision_name)
     say(f"wrote {out}")
     return out
@@ -188,11 +187,42 @@ def export_checkpoint_vision(checkpoint: Path, path: Path, grid: Grid, seed: int
     return path.name
 
 
-def copy_vision(vision: Path, out: Path) -> str:
-    """Copy the user's vision file (and its ``<name>.data``, if any) into the folder under its own name."""
-    for source in (vision, vision.with_name(vision.name + ".data")):
-        if source.is_file():
-            shutil.copyfile(source, out / source.name)
+def check_vision(vision: Path, checkpoint: Path) -> tuple[str, ...]:
+    """Refuse, in one line, a ``--vision`` file genai's folder could not use with this checkpoint: not a
+    file, not ONNX, external data missing or short, inputs named otherwise than the config feeds
+    (``pixel_values``, ``image_grid_thw``), no recognised pooled output, or pixel columns and output width
+    other than the checkpoint's vision config. Returns its external data files, to be copied with it."""
+    from pytest_qwen3vl.onnxfile.interface import read_file
+    from pytest_qwen3vl.onnxfile.names import INPUT_NAMES
+
+    if not vision.is_file():
+        raise ConfigError(f"--vision: no such file: {vision}")
+    facts = read_file(vision)
+    interface = facts.interface
+    names = tuple(port.name for port in interface.inputs)
+    if sorted(names) != sorted(INPUT_NAMES):
+        raise ConfigError(f"--vision: {vision} takes {', '.join(names) or 'no input'}; genai's config feeds "
+                          f"{', '.join(INPUT_NAMES)}: not a Qwen3-VL vision encoder as genai runs it")
+    if interface.pooled is None:
+        raise ConfigError(f"--vision: {vision}: {interface.unrecognised_text()}")
+    vision_config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8")).get("vision_config", {})
+    columns = (int(vision_config.get("in_channels", 3)) * int(vision_config.get("temporal_patch_size", 2))
+               * int(vision_config.get("patch_size", 16)) ** 2)
+    width = vision_config.get("out_hidden_size")
+    for port, axis, expected, what in ((interface.pixels, 1, columns, "pixel values per patch"),
+                                       (interface.pooled, -1, width, "embedding width (out_hidden_size)")):
+        found = port.dims[axis] if port.dims and len(port.dims) == 2 else None
+        if isinstance(found, int) and expected is not None and found != int(expected):
+            raise ConfigError(f"--vision: {vision}: {port.name} has {found} {what}; {checkpoint / 'config.json'} "
+                              f"says {expected}: not this checkpoint's vision encoder")
+    return facts.external
+
+
+def copy_vision(vision: Path, external: tuple[str, ...], out: Path) -> str:
+    """Copy the user's vision file and the external data files it names into the folder, beside it."""
+    for name in (vision.name, *external):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(vision.parent / name, out / name)
     return vision.name
 
 
@@ -229,11 +259,10 @@ def vision_overlay(folder: Path, vision: Path) -> str:
 
 def processor_config(checkpoint: Path) -> dict[str, Any]:
     """ort-extensions' Qwen3-VL image processor with the checkpoint's pixel budget, patch and mean/std."""
-    pre = json.loads((checkpoint / "preprocessor_config.json").read_text(encoding="utf-8"))
-    size = pre.get("size") or {}
-    min_pixels = int(size.get("shortest_edge", pre.get("min_pixels", 65536)))
-    max_pixels = int(size.get("longest_edge", pre.get("max_pixels", 16777216)))
-    patch, merge = int(pre.get("patch_size", 16)), int(pre.get("merge_size", 2))
+    from pytest_qwen3vl.model.references import ProcessorSettings
+
+    pre = ProcessorSettings.of(json.loads((checkpoint / "preprocessor_config.json").read_text(encoding="utf-8")))
+    patch, merge = pre.patch_size, pre.merge_size
 
     def op(name: str, kind: str, **attrs: Any) -> dict[str, Any]:
         return {"operation": {"name": name, "type": kind, **({"attrs": attrs} if attrs else {})}}
@@ -242,13 +271,12 @@ def processor_config(checkpoint: Path) -> dict[str, Any]:
         op("decode_image", "DecodeImage", color_space="RGB"),
         op("convert_to_rgb", "ConvertRGB"),
         # width/height are required keys; smart_resize ignores them.
-        op("resize", "Resize", width=512, height=512, smart_resize=1, min_pixels=min_pixels,
-           max_pixels=max_pixels, patch_size=patch, merge_size=merge),
+        op("resize", "Resize", width=512, height=512, smart_resize=1, min_pixels=pre.min_pixels,
+           max_pixels=pre.max_pixels, patch_size=patch, merge_size=merge),
         op("rescale", "Rescale", rescale_factor=1.0 / 255),
-        op("normalize", "Normalize", mean=list(pre.get("image_mean", [0.5] * 3)),
-           std=list(pre.get("image_std", [0.5] * 3)), qwen3_vl=1),
-        op("patch_image", "PatchImage", patch_size=patch,
-           temporal_patch_size=int(pre.get("temporal_patch_size", 2)), merge_size=merge),
+        op("normalize", "Normalize", mean=list(pre.image_mean), std=list(pre.image_std), qwen3_vl=1),
+        op("patch_image", "PatchImage", patch_size=patch, temporal_patch_size=pre.temporal_patch_size,
+           merge_size=merge),
     ]}}
 
 

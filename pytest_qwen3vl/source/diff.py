@@ -23,7 +23,7 @@ from typing import Any, cast
 
 from pytest_qwen3vl.errors import SourceError, UndecidableCondition
 from pytest_qwen3vl.source.families import QWEN3_VL, Family, family_of
-from pytest_qwen3vl.source.files import GOLDEN_CONDITION, MODIFIED_CONDITION
+from pytest_qwen3vl.source.files import GOLDEN_CONDITION, MODIFIED_CONDITION, syntax_error
 
 # Qwen3-VL's place, for messages about the report's file; a family's own is ``Family.deepstack_place``.
 DEEPSTACK_PLACE = QWEN3_VL.deepstack_place
@@ -83,9 +83,9 @@ def parse_source(text: str, label: str) -> Source:
     try:
         tree = ast.parse(text, filename=label)
     except SyntaxError as exc:
-        raise SourceError(f"{label}:{exc.lineno}: SyntaxError: {exc.msg}") from None
-    except ValueError as exc:  # null bytes in the source
-        raise SourceError(f"{label}: {exc}") from None
+        raise syntax_error(label, exc, text.encode("utf-8", errors="replace")) from None
+    except ValueError as exc:  # null bytes in the source, on Pythons that say so with a ValueError
+        raise syntax_error(label, SyntaxError(str(exc)), text.encode("utf-8", errors="replace")) from None
     return Source(label, text, tree)
 
 

@@ -175,10 +175,11 @@ def write_atomic(path: Path, text: str) -> Path:
 
 
 def write_reference_modified(golden: Path, cache_dir: Path) -> Path:
-    """The reference modified file in the cache, named by the golden hash so it never goes stale."""
+    """The reference modified file in the cache, named by the golden hash so it never goes stale, and
+    compared as bytes on every use: damage of any kind (not UTF-8 at all) is rewritten, never imported."""
     text = reference_modified_text(golden.read_text(encoding="utf-8"))
     target = cache_dir / "reference" / f"{golden.stem}_{sha256_file(golden)[:12]}.py"
-    if not target.is_file() or target.read_text(encoding="utf-8") != text:
+    if not target.is_file() or target.read_bytes() != text.encode("utf-8"):
         write_atomic(target, text)
     return target
 
@@ -204,7 +205,7 @@ def import_modeling_file(path: Path, role: str) -> ModuleType:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
         del sys.modules[name]
-        raise SourceError(f"{path}:{exc.lineno}: SyntaxError: {exc.msg}") from None
+        raise syntax_error(str(path), exc, path.read_bytes()) from None
     except Exception as exc:
         del sys.modules[name]
         raise SourceError(f"{_place_in(path, exc)}: {type(exc).__name__}: {exc}") from None
@@ -212,6 +213,16 @@ def import_modeling_file(path: Path, role: str) -> ModuleType:
         del sys.modules[name]
         raise SourceError(f"{path}: defines no class {family.vision_class}")
     return module
+
+
+def syntax_error(label: str, exc: SyntaxError, source: bytes) -> SourceError:
+    """``label:line: SyntaxError: ...`` in one line. Python gives no line for a null byte (the compiler
+    refuses the whole text), so the line of the first one is counted here: ``path:None:`` helps nobody."""
+    line = exc.lineno
+    if line is None and b"\x00" in source:
+        line = source[: source.index(b"\x00")].count(b"\n") + 1
+    place = label if line is None else f"{label}:{line}"
+    return SourceError(f"{place}: SyntaxError: {exc.msg}")
 
 
 def _place_in(path: Path, exc: BaseException) -> str:

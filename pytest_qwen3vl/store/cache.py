@@ -12,6 +12,10 @@ last. Before a folder is reused its files are checked against the manifest; a tr
 missing file (a full disk, an interrupted copy, a partly restored CI cache) is discarded, logged as
 ``damaged`` and built again. A damaged cache is never a verdict on anybody's file.
 
+A process that waits for another's lock says so every 30 s (``on_wait``) and gives up after
+``lock_timeout`` (30 minutes by default) with ``LockTimeout``: a holder that is stopped (SIGSTOP, a
+suspended laptop) never releases an advisory lock, and a session must not hang on it silently.
+
 A build that fails with an ``ExportFailed`` whose ``remember`` is true (the dynamo exporter on
 this model) is remembered under the same key, which holds every input including library versions:
 a later request raises the same failure without paying for the attempt, and any change of an
@@ -22,11 +26,20 @@ run must measure afresh, such as a gate table with unmeasured cells or a sweep w
 
 Every build, whether it succeeded, failed, was not published or replaced a damaged entry, appends
 one JSON line to ``<root>/builds.log`` (key, key parts, file name, status, seconds, pid, xdist
-worker, time).
+worker, time); a log that cannot be written is skipped, never the build.
+
+The cache is an optimisation. When its folder cannot take a write (read-only, full, not a folder:
+``storage_fault``), what is already published there is still read, and what must be made is made
+in ``Fallbacks.spare``, a private cache of the session, and ``on_fault`` is told why once. When the
+spare cannot take it either, ``CacheUnusable`` (a ``NotRunnable``) says so: the tests that needed it do
+not run, and nothing is said about anybody's file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -38,9 +51,12 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.errors import ExportFailed
+from pytest_qwen3vl.errors import CacheUnusable, ExportFailed, LockTimeout
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
 
 MANIFEST = "manifest.json"
 KEY_FILE = "key.json"
@@ -48,8 +64,10 @@ _CHUNK = 1 << 20
 
 # What ``events`` counts: each a word of the summary line.
 BUILT, FAILED, DAMAGED, REMEMBERED, REUSED = "built", "failed", "damaged", "remembered", "reused"
-# A build's status in the log when it raised ``Unpublished``.
+# A build's status in the log when it raised ``Unpublished``, and when the storage refused its writes
+# (not a failed export: the summary line does not word it, ``docs/faults.md``'s line says it).
 UNPUBLISHED = "unpublished"
+REFUSED = "refused"
 
 
 class Unpublished(Exception):
@@ -59,6 +77,15 @@ class Unpublished(Exception):
     def __init__(self, value: Any) -> None:
         super().__init__("built, not published")
         self.value = value
+
+
+# What an ``OSError`` says when the storage refused a write: the cache's fault, never the file's.
+STORAGE_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ENOTDIR})
+
+
+def storage_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is a folder refusing a write (read-only, full, no permission, not a folder)."""
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
 
 
 def cache_key(key_parts: Mapping[str, str], filename: str) -> str:
@@ -121,6 +148,8 @@ def damage(folder: Path, filename: str) -> str | None:
         entries = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return "no readable manifest"
+    if not isinstance(entries, dict) or not all(isinstance(entry, dict) for entry in entries.values()):
+        return "the manifest is not a table of files"
     if filename not in entries:
         return f"the manifest does not list {filename}"
     for name, entry in sorted(entries.items()):
@@ -135,15 +164,48 @@ def damage(folder: Path, filename: str) -> str | None:
     return None
 
 
+# How long a process waits for another that holds an entry's lock (a 4B export takes minutes), and
+# how often it says that it waits.
+LOCK_TIMEOUT = 1800.0
+NOTICE_EVERY = 30.0
+
+
+@dataclass(frozen=True)
+class Fallbacks:
+    """What a cache does when it cannot go on as asked: where to make what its folder refuses
+    (``spare``) and whom to tell why (``on_fault``, once); how long to wait for another process's
+    lock and whom to tell meanwhile (``on_wait``, every ``notice_every`` seconds)."""
+
+    spare: Path | None = None
+    on_fault: Callable[[str], None] | None = None
+    lock_timeout: float = LOCK_TIMEOUT
+    notice_every: float = NOTICE_EVERY
+    on_wait: Callable[[str], None] | None = None
+
+    def under(self, name: str) -> Fallbacks:
+        """The same, for the cache in the folder ``name`` of the first one's root."""
+        return dataclasses.replace(self, spare=self.spare / name if self.spare is not None else None)
+
+
 class ArtifactCache:
     """Files built once per key, shared by every process that uses the same ``root``.
 
     ``events`` counts what this object did (built, failed, damaged, remembered, reused), so a run
     can say what its cache did; ``on_event`` (optional) is called with each event as it happens.
+    ``fallbacks`` says what to do when it cannot go on as asked (a folder refusing a write, a lock
+    held too long).
     """
 
-    def __init__(self, root: str | os.PathLike[str], on_event: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        on_event: Callable[[str], None] | None = None,
+        fallbacks: Fallbacks | None = None,
+    ) -> None:
         self.root = Path(root)
+        self.fallbacks = fallbacks or Fallbacks()
+        self._fallback: ArtifactCache | None = None
+        self._stuck: dict[str, str] = {}  # keys whose lock was held past the bound: not waited for again
         self.objects = self.root / "objects"
         self.failures = self.root / "failures"
         self.staging = self.root / "tmp"
@@ -165,17 +227,33 @@ class ArtifactCache:
         ``ExportFailed`` with ``remember`` set is also recorded and raised again on later requests,
         an ``Unpublished`` is built again on the next request.
         """
-        from filelock import FileLock  # imported here: ~30 ms that a cache hit does not need
-
-        key = cache_key(key_parts, filename)
-        published = self.objects / key / filename
-        if self._trusted(published, filename):
+        published = self.path_for(key_parts, filename)
+        if self._trusted(published, filename):  # a read: a read-only cache still serves what it holds
             self._count(REUSED)
             return published
+        if self._fallback is None:
+            try:
+                return self._get_or_make(key_parts, filename, build)
+            except OSError as exc:
+                if not storage_fault(exc):
+                    raise
+                spare = self.fallbacks.spare
+                if spare is None or spare == self.root:
+                    raise CacheUnusable(f"not run: the cache at {self.root} cannot be written "
+                                        f"({exc.strerror or type(exc).__name__})") from exc
+                self._fallback = ArtifactCache(spare, self._on_event, dataclasses.replace(self.fallbacks, spare=None))
+                if self.fallbacks.on_fault is not None:
+                    self.fallbacks.on_fault(exc.strerror or type(exc).__name__)
+        return self._fallback.get_or_create(key_parts, filename, build)
+
+    def _get_or_make(self, key_parts: Mapping[str, str], filename: str, build: Callable[[Path], None]) -> Path:
+        key = cache_key(key_parts, filename)
+        published = self.objects / key / filename
         self._raise_remembered(key)
         for folder in (self.objects, self.staging, self.locks):
             folder.mkdir(parents=True, exist_ok=True)
-        with FileLock(self.locks / f"{key}.lock"):
+        lock = self._acquire(key, filename)
+        try:
             if self._trusted(published, filename):
                 self._count(REUSED)
                 return published
@@ -186,7 +264,33 @@ class ArtifactCache:
                 self._discard(published.parent)
                 self._log(key, key_parts, filename, DAMAGED, 0.0, problem)
             self._build(key, key_parts, filename, build)
+        finally:
+            lock.release()
         return published
+
+    def _acquire(self, key: str, filename: str) -> BaseFileLock:
+        """The key's lock, waited for in steps of ``notice_every`` seconds, ``on_wait`` told after each;
+        ``LockTimeout`` after ``lock_timeout`` (a stopped holder never lets go)."""
+        from filelock import FileLock, Timeout  # imported here: ~30 ms that a cache hit does not need
+
+        if key in self._stuck:
+            raise LockTimeout(self._stuck[key])
+        lock = FileLock(self.locks / f"{key}.lock")
+        limit, every, waited = self.fallbacks.lock_timeout, self.fallbacks.notice_every, 0.0
+        while True:
+            step = min(every, limit - waited)
+            try:
+                lock.acquire(timeout=step)
+                return lock
+            except Timeout:
+                waited += step
+            what = f"another process to make {filename} (lock {lock.lock_file})"
+            if waited >= limit:
+                self._stuck[key] = f"not run: waited {waited:.0f} s for {what}, the longest allowed"
+                raise LockTimeout(self._stuck[key])
+            if self.fallbacks.on_wait is not None:
+                self.fallbacks.on_wait(f"qwen3vl: waiting {waited:.0f} s so far for {what}; "
+                                       f"giving up after {limit:.0f} s")
 
     def recorded_sha256(self, published: Path) -> str:
         """The sha256 of a file this cache published, as its manifest records it, once the file has
@@ -197,16 +301,18 @@ class ArtifactCache:
         return str(entries[published.name]["sha256"])
 
     def builds(self) -> list[dict[str, Any]]:
-        """Every build logged so far, oldest first (a torn last line, from a killed process, is skipped)."""
+        """Every build logged so far, oldest first (a torn last line, from a killed process, is skipped),
+        then those of the spare this process made things in."""
+        spared = self._fallback.builds() if self._fallback is not None else []
         if not self.log_path.is_file():
-            return []
+            return spared
         records = []
         for line in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 records.append(json.loads(line))
             except ValueError:
                 continue
-        return records
+        return records + spared
 
     def _build(self, key: str, key_parts: Mapping[str, str], filename: str, build: Callable[[Path], None]) -> None:
         workdir = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=self.staging))
@@ -220,7 +326,7 @@ class ArtifactCache:
             self._discard(self.objects / key)
             os.replace(workdir, self.objects / key)
         except BaseException as exc:
-            status = UNPUBLISHED if isinstance(exc, Unpublished) else FAILED
+            status = UNPUBLISHED if isinstance(exc, Unpublished) else REFUSED if storage_fault(exc) else FAILED
             self._log(key, key_parts, filename, status, time.perf_counter() - started)
             shutil.rmtree(workdir, ignore_errors=True)
             if isinstance(exc, ExportFailed) and exc.remember:
@@ -297,9 +403,11 @@ class ArtifactCache:
         if reason:
             record["reason"] = reason
         # One short write to a file opened for appending: lines from several processes don't interleave.
-        self.root.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("a", encoding="utf-8") as log:
-            log.write(json.dumps(record) + "\n")
+        # The log is for people reading it later: a full disk must not cost the artifact.
+        with contextlib.suppress(OSError):
+            self.root.mkdir(parents=True, exist_ok=True)
+            with self.log_path.open("a", encoding="utf-8") as log:
+                log.write(json.dumps(record) + "\n")
 
 
 @dataclass
@@ -311,12 +419,17 @@ class CacheTally:
     """
 
     events: Counter[str] = field(default_factory=Counter)
+    faults: Counter[str] = field(default_factory=Counter)  # why the cache folder refused a write
 
     def add(self, event: str) -> None:
         self.events[event] += 1
 
-    def merge(self, other: Mapping[str, int]) -> None:
+    def fault(self, why: str) -> None:
+        self.faults[why] += 1
+
+    def merge(self, other: Mapping[str, int], faults: Mapping[str, int] | None = None) -> None:
         self.events.update(other)
+        self.faults.update(faults or {})
 
     def line(self) -> str | None:
         """``qwen3vl exports this run: 4 built, 2 failed, 1 damaged entry rebuilt, ...`` or None."""

@@ -26,7 +26,7 @@ from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_p
 from pytest_qwen3vl.store.cache import ArtifactCache, code_digest
 from pytest_qwen3vl.versions import library_versions
 from tests.conftest import RunSuite
-from tests.helpers import claim_row, overflowing_checkpoint
+from tests.helpers import claim_row, overflowing_checkpoint, tiny_encoder
 
 TRACE_GRID = Grid.parse("1,24,24")
 SWAPPED = {"deepstack_0": "deepstack_1", "deepstack_1": "deepstack_0"}
@@ -238,14 +238,29 @@ def test_the_section_is_shown_only_for_files(run_suite: RunSuite) -> None:
         (lambda d: d / "absent.onnx", "--qwen3vl-onnx: no such file: *absent.onnx"),
         (lambda d: _write(d / "text.onnx", b"not a model"), "--qwen3vl-onnx=*text.onnx: not an ONNX model*"),
         (lambda d: _no_pixels(d / "ints.onnx"), "--qwen3vl-onnx=*ints.onnx: no pixel-values input*: ids int64?4?"),
+        (lambda d: _without_its_data(d / "copied.onnx"),
+         "--qwen3vl-onnx=*copied.onnx: its external data copied.onnx.data is missing (expected next to it: *)"),
     ],
-    ids=["missing", "not-onnx", "no-pixels"],
+    ids=["missing", "not-onnx", "no-pixels", "external-data-missing"],
 )
 def test_bad_files_are_usage_errors(run_suite: RunSuite, tmp_path: Path, make, expect: str) -> None:
     result = run_suite("test_artefact.py", *_onnx(make(tmp_path)))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: {expect}"])
     assert "Traceback" not in result.stderr.str()
+
+
+def _without_its_data(path: Path) -> Path:
+    """A small encoder whose weights live in ``<name>.data``, copied without that file."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    tiny_encoder(path, initializers=[numpy_helper.from_array(np.ones((64, 64), dtype=np.float32), "w")])
+    onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=True, location=f"{path.name}.data",
+                    size_threshold=0)
+    (path.parent / f"{path.name}.data").unlink()
+    return path
 
 
 def _write(path: Path, data: bytes) -> Path:

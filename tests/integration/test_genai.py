@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +233,72 @@ def test_grid_free_row_fails_for_a_fork_whose_rotary_frequencies_differ(run_suit
     result.assert_outcomes(failed=1)
     line = claim_row(result, "genai-grid-free")
     assert " fails " in line and "from golden's on a 1x20x20 image" in line, line
+
+
+def _linear(vision: Path, out: Path) -> None:
+    """Not a vision encoder at all: one Linear layer over 1536 columns."""
+    torch.onnx.export(torch.nn.Linear(1536, 64), (torch.zeros(4, 1536),), str(out), dynamo=False)
+
+
+def _inputs_named_otherwise(vision: Path, out: Path) -> None:
+    """The vision encoder with its pixel input named ``images``: genai's config still feeds pixel_values."""
+    import onnx
+
+    model = onnx.load(str(vision))
+    for value in model.graph.input:
+        value.name = "images" if value.name == "pixel_values" else value.name
+    for node in model.graph.node:
+        node.input[:] = ["images" if name == "pixel_values" else name for name in node.input]
+    onnx.save_model(model, str(out))
+
+
+def _external_data_missing(vision: Path, out: Path) -> None:
+    """The vision encoder saved with its weights beside it, then copied without them."""
+    import onnx
+
+    onnx.save_model(onnx.load(str(vision)), str(out), save_as_external_data=True, location="weights.bin")
+    (out.parent / "weights.bin").unlink()
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (_linear, "takes onnx::Gemm_0; genai's config feeds pixel_values, image_grid_thw: not a Qwen3-VL vision"),
+    (_inputs_named_otherwise, "takes images, image_grid_thw; genai's config feeds pixel_values, image_grid_thw"),
+    (_external_data_missing, "its external data weights.bin is missing"),
+], ids=["linear", "inputs-named-otherwise", "external-data-missing"])
+def test_genai_cli_refuses_a_vision_file_genai_cannot_use_in_one_line(
+    checkpoint: Path, good_folder: Path, tmp_path: Path, capsys, make: Callable[[Path, Path], None], message: str
+) -> None:
+    (tmp_path / "mine").mkdir()
+    vision = tmp_path / "mine" / "vision.onnx"
+    make(good_folder / VISION_FILE, vision)
+    assert genai_main([str(checkpoint), "-o", str(tmp_path / "out"), "--vision", str(vision)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qwen3vl-genai: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_genai_cli_copies_a_vision_file_with_every_external_data_file_it_names(
+    checkpoint: Path, good_folder: Path, tmp_path: Path
+) -> None:
+    import onnx
+
+    (tmp_path / "mine").mkdir()
+    vision = tmp_path / "mine" / "encoder.onnx"
+    onnx.save_model(onnx.load(str(good_folder / VISION_FILE)), str(vision), save_as_external_data=True,
+                    location="weights.bin", size_threshold=0)
+    assert genai_main([str(checkpoint), "-o", str(tmp_path / "out"), "--vision", str(vision)]) == 0
+    assert {"encoder.onnx", "weights.bin"} <= {p.name for p in (tmp_path / "out").iterdir()}
+
+
+def test_preprocessing_is_compared_with_the_checkpoints_own_processor(
+    run_suite: RunSuite, checkpoint: Path, tmp_path: Path
+) -> None:
+    """A checkpoint whose image processor allows 3136 pixels (the released one 65536): genai follows the
+    checkpoint's preprocessor_config.json, and so must the reference, or a 200x200 image is a false erratum."""
+    folder = Path(shutil.copytree(checkpoint, tmp_path / "small-budget"))
+    config = json.loads((folder / "preprocessor_config.json").read_text())
+    config["size"]["shortest_edge"] = 3136
+    (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    result = run_suite("test_genai.py", "-k", "processor_matches", f"--qwen3vl-config={folder}")
+    row = claim_row(result, "genai-preprocessing")  # erratum, as on the released budget: 300x500 rounds apart
+    assert " fails " not in row and "200x200: grid [1, 12, 12], pixel values within" in row, row

@@ -122,6 +122,9 @@ BAD_INPUTS = {
     "golden-missing": (["--qwen3vl-golden=nowhere.py"], "--qwen3vl-golden: no such file"),
     "config-unknown": (["--qwen3vl-config=16b"], "--qwen3vl-config='16b': neither a preset (tiny, 2b, 4b, 8b) nor"),
     "seed-bad": (["--qwen3vl-seed=abc"], "not an integer"),
+    "lock-timeout-zero": (["--qwen3vl-lock-timeout=0"], "--qwen3vl-lock-timeout='0': expected a positive number"),
+    "report-folder": (["--qwen3vl-report=."], "is a folder; name the Markdown file to write"),
+    "snapshot-dir-file": (["--qwen3vl-snapshot-dir=/dev/null"], "/dev/null is a file, not a folder"),
 }
 
 

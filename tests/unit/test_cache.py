@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,18 +15,26 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_qwen3vl.errors import ExporterUnavailable, ExportFailed
+from pytest_qwen3vl.errors import CacheUnusable, ExporterUnavailable, ExportFailed, LockTimeout
 from pytest_qwen3vl.store.cache import (
     MAKING,
     ArtifactCache,
     CacheTally,
+    Fallbacks,
     Unpublished,
     cache_key,
     code_digest,
     file_digest,
 )
 from pytest_qwen3vl.versions import ABSENT, library_versions
-from tests.helpers import delete_keep_folder, flip_a_middle_byte, lose_the_manifest, truncate
+from tests.helpers import (
+    delete_keep_folder,
+    flip_a_middle_byte,
+    garbage,
+    lose_the_manifest,
+    manifest_of_the_wrong_shape,
+    truncate,
+)
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -146,8 +157,10 @@ def test_a_killed_builder_leaves_no_published_file(tmp_path: Path) -> None:
     assert [b["status"] for b in cache.builds()] == ["built"]
 
 
-@pytest.mark.parametrize("harm", [truncate, flip_a_middle_byte, delete_keep_folder, lose_the_manifest],
-                         ids=["truncated", "byte-flipped", "file-deleted", "manifest-lost"])
+@pytest.mark.parametrize("harm", [truncate, flip_a_middle_byte, delete_keep_folder, lose_the_manifest,
+                                  manifest_of_the_wrong_shape, garbage],
+                         ids=["truncated", "byte-flipped", "file-deleted", "manifest-lost", "manifest-shape",
+                              "garbage"])
 def test_a_damaged_entry_is_rebuilt_never_returned(tmp_path: Path, harm: Callable[[Path], None]) -> None:
     cache = ArtifactCache(tmp_path)
     path = cache.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("a whole export, byte for byte"))
@@ -264,3 +277,86 @@ def test_the_tally_words_what_the_cache_did_summed_over_workers() -> None:
     tally.add("built")
     tally.merge({"built": 1, "reused": 3, "damaged": 1})
     assert tally.line() == "qwen3vl exports this run: 2 built, 1 damaged entry rebuilt, 3 reused"
+
+
+def test_a_cache_that_refuses_writes_makes_in_the_spare_and_says_why_once(tmp_path: Path) -> None:
+    """A cache folder under a file (as read-only or full, the storage refuses the write): the spare takes it."""
+    (tmp_path / "a-file").write_text("")
+    faults: list[str] = []
+    cache = ArtifactCache(tmp_path / "a-file" / "cache", fallbacks=Fallbacks(tmp_path / "spare", faults.append))
+    first = cache.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("one"))
+    second = cache.get_or_create({**PARTS, "grid": "1x8x8"}, "model.onnx", lambda p: p.write_text("two"))
+    assert first.is_relative_to(tmp_path / "spare") and second.read_text() == "two"
+    assert faults == ["Not a directory"]
+    assert [b["status"] for b in cache.builds()] == ["built", "built"]
+
+
+def test_a_build_the_storage_refuses_is_logged_but_never_counted_as_a_failed_export(tmp_path: Path) -> None:
+    """A full disk mid-build: the summary must not say "1 failed" about an export that never got to fail."""
+    import errno
+
+    def full(path: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    cache = ArtifactCache(tmp_path / "cache")
+    with pytest.raises(CacheUnusable, match=r"\(No space left on device\)$"):
+        cache.get_or_create(PARTS, "model.onnx", full)
+    assert cache.events == {"refused": 1} and [b["status"] for b in cache.builds()] == ["refused"]
+    tally = CacheTally()
+    tally.merge(cache.events)
+    assert tally.line() is None
+
+
+def test_a_cache_without_a_spare_that_refuses_writes_is_not_runnable(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(CacheUnusable, match=r"^not run: the cache at .* cannot be written \(Not a directory\)$"):
+        ArtifactCache(tmp_path / "a-file" / "cache").get_or_create(PARTS, "model.onnx", lambda p: p.write_text("x"))
+
+
+def test_a_build_that_fails_for_its_own_reasons_is_not_the_caches_fault(tmp_path: Path) -> None:
+    faults: list[str] = []
+    cache = ArtifactCache(tmp_path / "cache", fallbacks=Fallbacks(tmp_path / "spare", faults.append))
+
+    def build(path: Path) -> None:
+        (tmp_path / "no-such-input").read_text()
+
+    with pytest.raises(FileNotFoundError):
+        cache.get_or_create(PARTS, "model.onnx", build)
+    assert faults == [] and not (tmp_path / "spare").exists()
+
+
+def test_a_reference_modified_file_of_garbage_is_rewritten(tmp_path: Path) -> None:
+    from pytest_qwen3vl.source.files import installed_golden_path, write_reference_modified
+
+    golden = installed_golden_path()
+    path = write_reference_modified(golden, tmp_path)
+    text = path.read_text(encoding="utf-8")
+    garbage(path)
+    assert write_reference_modified(golden, tmp_path) == path and path.read_text(encoding="utf-8") == text
+
+
+def test_a_stopped_lock_holder_is_waited_for_aloud_then_given_up(tmp_path: Path) -> None:
+    """Another process holds the entry's lock and is stopped (SIGSTOP): never released, never silent."""
+    said: list[str] = []
+    cache = ArtifactCache(tmp_path, fallbacks=Fallbacks(lock_timeout=2.2, notice_every=1.0, on_wait=said.append))
+    lock = cache.locks / f"{cache_key(PARTS, 'model.onnx')}.lock"
+    lock.parent.mkdir(parents=True)
+    hold = f"import filelock, time; held = filelock.FileLock({str(lock)!r}); held.acquire(); print('held', flush=True)"
+    holder = subprocess.Popen([sys.executable, "-c", hold + "; time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        os.kill(holder.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(LockTimeout, match=r"^not run: waited 2 s for another process to make model.onnx \(lock "):
+            cache.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("x"))
+        assert 2.2 <= time.monotonic() - started < 6
+        assert [line.split(" so far")[0] for line in said] == ["qwen3vl: waiting 1 s", "qwen3vl: waiting 2 s"], said
+        assert all(f"for another process to make model.onnx (lock {lock}); giving up after 2 s" in line
+                   for line in said), said
+        started = time.monotonic()
+        with pytest.raises(LockTimeout):  # the same entry again: not waited for twice
+            cache.get_or_create(PARTS, "model.onnx", lambda p: p.write_text("x"))
+        assert time.monotonic() - started < 0.5
+    finally:
+        holder.kill()
+        holder.wait()

@@ -10,7 +10,7 @@ import pytest
 from pytest_qwen3vl.errors import ConfigError, SettingsError
 from pytest_qwen3vl.model.configs import VISION_PRESETS, resolve_config
 from pytest_qwen3vl.model.grids import SWEEP, Grid, other_grid
-from pytest_qwen3vl.plugin.settings import parse_grids, parse_runtimes, parse_seed
+from pytest_qwen3vl.plugin.settings import parse_grids, parse_lock_timeout, parse_runtimes, parse_seed
 from pytest_qwen3vl.runtimes.registry import RuntimeChoice
 
 
@@ -63,6 +63,17 @@ def test_seed_parses(value: object, expected: int) -> None:
 def test_seed_rejects(value: str) -> None:
     with pytest.raises(SettingsError):
         parse_seed(value)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("35", 35.0), (" 0.5 ", 0.5), (1800, 1800.0)])
+def test_lock_timeout_parses(value: str | float, expected: float) -> None:
+    assert parse_lock_timeout(value) == expected
+
+
+@pytest.mark.parametrize("value", ["x", "0", "-3", "nan", "inf"])
+def test_lock_timeout_rejects_what_would_never_end_or_never_wait(value: str) -> None:
+    with pytest.raises(SettingsError, match=r"^--qwen3vl-lock-timeout=.*: expected a positive number of seconds$"):
+        parse_lock_timeout(value)
 
 
 def test_tiny_keeps_the_4b_interface() -> None:

@@ -263,3 +263,19 @@ def test_renamed_method_holding_the_deepstack_if_is_a_replacement() -> None:
     report = check_one_diff(golden, modified)
     assert len(report.problems) == 1
     assert report.problems[0].startswith("the DeepStack `if` at Qwen3VLVisionModel (golden line")
+
+
+def test_a_null_byte_is_named_by_file_and_line_where_imported_and_where_parsed(tmp_path: Path) -> None:
+    """Python gives no line for a null byte; ``path:None:`` helps nobody."""
+    from pytest_qwen3vl.source.files import import_modeling_file
+
+    lines = golden_text().splitlines(keepends=True)
+    lines[40] = lines[40].rstrip("\n") + "\x00\n"
+    path = tmp_path / "modeling_qwen3_vl.py"
+    path.write_text("".join(lines), encoding="utf-8")
+    expected = f"{path}:41: SyntaxError: source code string cannot contain null bytes"
+    with pytest.raises(SourceError) as imported:
+        import_modeling_file(path, "modified")
+    with pytest.raises(SourceError) as parsed:
+        parse_source(path.read_text(encoding="utf-8"), str(path))
+    assert str(imported.value) == str(parsed.value) == expected
