@@ -4,28 +4,47 @@ What the file is (interface, weight type) was read once at start-up (``onnxfile/
 How it computes is measured per grid by ``ArtefactCheck`` through the sweep's ``FileRuns`` (one
 session, each grid run once), DeepStack outputs are matched to golden's features by value, and
 where a grid goes wrong the first module whose output drifts is located (``judge/locate.py``).
+
+Two questions are kept apart: are the file's weights the checkpoint's (``judge/weights.py``), and
+does its graph compute golden's function of the weights it holds. The second runs golden with the
+file's dequantized weights swapped in, at the tolerance of the arithmetic the file declares; a file
+whose every weight equals the checkpoint's is decided by its parity runs, with no extra work.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_qwen3vl.judge.sweep import FileRuns, deepstack_values
-from pytest_qwen3vl.judge.tolerance import TOLERANCES
+from pytest_qwen3vl.judge.finding import Finding
+from pytest_qwen3vl.judge.golden import GoldenRuns
+from pytest_qwen3vl.judge.sweep import FileRuns, compare, deepstack_values
+from pytest_qwen3vl.judge.tolerance import TOLERANCES, Tolerance
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.runtimes.onnxruntime import LOW_MEMORY, OnnxRuntimeCPU
 
 if TYPE_CHECKING:
-    from pytest_qwen3vl.judge.finding import Finding
-    from pytest_qwen3vl.judge.golden import GoldenRuns
     from pytest_qwen3vl.judge.locate import Location
+    from pytest_qwen3vl.judge.weights import WeightReport
     from pytest_qwen3vl.onnxfile.interface import FileFacts
 
 # An output "is" a golden tensor only above this cosine; golden's tensors are nearly orthogonal to
 # each other (|cos| <= 0.01 measured), matched ones are above 0.9998 even for int8 files.
 MATCH_COSINE = 0.9
+
+
+@dataclass(frozen=True)
+class GraphArithmetic:
+    """How the graph is judged: the file run for it (a copy with fp32 activations where the format
+    allows), the tolerance of the arithmetic it declares, and that in words."""
+
+    path: Path
+    tolerance: Tolerance
+    text: str
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,76 @@ class ArtefactCheck:
     def run(self, grid: Grid) -> Finding:
         return self.runs.finding(grid)
 
+    @cached_property
+    def weight_report(self) -> WeightReport:
+        """The file's weights against the checkpoint's, tensor by tensor (read once)."""
+        from pytest_qwen3vl.judge.weights import compare_weights
+
+        return compare_weights(self.path, self.golden.state())
+
+    @cached_property
+    def arithmetic(self) -> GraphArithmetic:
+        """fp32 compute (bf16-rounded fp32 weights included) at the fp32 row, fp16 at fp16's;
+        ``MatMulNBits`` at accuracy level 4 judged on a copy at level 0 (same weights, fp32
+        activations); ``quantize_dynamic``'s int8 activations, which have no fp32 form in the file,
+        at the measured int8-activation row."""
+        from pytest_qwen3vl.onnxfile.dequantize import fp32_activations_copy, int8_activation_ops
+        from pytest_qwen3vl.onnxfile.structure import structure
+
+        ops = int8_activation_ops(structure(self.path))
+        if ops == ["MatMulNBits"]:
+            self._copies = tempfile.TemporaryDirectory(prefix="qwen3vl-level0-")
+            copy = fp32_activations_copy(self.path, Path(self._copies.name))
+            return GraphArithmetic(copy, TOLERANCES["fp32"], "MatMulNBits accuracy level 4 judged on a copy at "
+                                   "level 0 (fp32 activations), fp32 tolerance")
+        if ops:
+            return GraphArithmetic(self.path, TOLERANCES["int8-activations"],
+                                   f"int8 activations ({', '.join(ops)}), int8-activation tolerance")
+        name = self.weights.name if self.weights.name in ("fp16", "bf16") else "fp32"
+        return GraphArithmetic(self.path, TOLERANCES[name], f"{name} compute, {name} tolerance")
+
+    @cached_property
+    def graph_golden(self) -> GoldenRuns:
+        """Golden holding the file's own weights (golden itself when they are the checkpoint's)."""
+        from pytest_qwen3vl.judge.weights import cast_buffers
+
+        report = self.weight_report
+        if report.all_equal:
+            return self.golden
+        weights = {**report.values, **cast_buffers(report, self.golden.model)}
+        return GoldenRuns(self.golden.model, self.golden.spec, self.golden.seed, weights)
+
+    @cached_property
+    def graph_runs(self) -> FileRuns:
+        """The runs the graph is judged on: the parity runs, or the fp32-activation copy's."""
+        arithmetic = self.arithmetic
+        if arithmetic.path == self.path:
+            return self.runs
+        facts = type(self.facts)(arithmetic.path, self.interface, self.weights, self.facts.initializers)
+        return FileRuns(facts, OnnxRuntimeCPU(config=LOW_MEMORY), self.graph_golden, arithmetic.tolerance)
+
+    def graph(self, grid: Grid) -> Finding:
+        """The file's outputs on ``grid`` against golden's function of the file's own weights."""
+        if self.weight_report.all_equal:
+            return self.run(grid)
+        finding, values = self.graph_runs.run(grid)
+        if finding.error is not None:
+            return finding
+        outputs, problems = compare(self.interface, values, self.graph_golden.outputs(grid))
+        return Finding(self.path.name, finding.runtime, grid, self.arithmetic.tolerance, outputs=outputs,
+                       problems=problems)
+
+    def activation_cost(self, grid: Grid) -> float | None:
+        """Relative L2 between the file and its fp32-activation copy on ``grid`` (None: no copy)."""
+        from pytest_qwen3vl.judge.tolerance import measure
+
+        if self.graph_runs is self.runs or self.run(grid).error is not None:
+            return None
+        pooled = self.interface.pooled
+        assert pooled is not None
+        exact = self.graph_runs.run(grid)[1][pooled.name]
+        return measure(self.runs.run(grid)[1][pooled.name], exact, pooled.name, "level 0").rel_l2
+
     def deepstack_matches(self, grid: Grid) -> list[DeepStackMatch]:
         """Each DeepStack output matched by cosine to golden's DeepStack features (and pooled)."""
         from pytest_qwen3vl.metrics import cosine
@@ -80,8 +169,11 @@ class ArtefactCheck:
         return matches
 
     def locate(self, grid: Grid) -> Location:
-        """Where ``grid`` goes wrong: the first module output outside the tolerance's relative L2."""
+        """Where the graph goes wrong on ``grid``: the first module output outside the graph's relative
+        L2 against golden holding the file's own weights."""
         from pytest_qwen3vl.judge.locate import locate
 
         self.runs.release()
-        return locate(self.path, self.runs.feeds(grid), self.golden.probes(grid), grid, self.tolerance.rel_l2)
+        self.graph_runs.release()
+        limit = self.tolerance.rel_l2 if self.weight_report.all_equal else self.arithmetic.tolerance.rel_l2
+        return locate(self.arithmetic.path, self.runs.feeds(grid), self.graph_golden.probes(grid), grid, limit)

@@ -43,7 +43,8 @@ class Location:
 
     grid: Grid
     first_bad: str | None
-    probes: tuple[tuple[str, float | None], ...]  # None: not computed (after the failing node)
+    # relative L2, or why none (its size differs from golden's), or None: not computed (after the failing node)
+    probes: tuple[tuple[str, float | str | None], ...]
     failure: str | None
     problem: str | None = None  # ours: the probe process failed, so nothing is said of the file
 
@@ -61,7 +62,8 @@ class Location:
         before = [n for n, _ in self.probes[: [n for n, _ in self.probes].index(self.first_bad)]]
         ok = f"right through {before[-1]}, " if before else ""
         value = shown[self.first_bad]
-        drift = "not computed" if value is None else f"relative L2 {value:.2g}"
+        drift = ("not computed" if value is None else value if isinstance(value, str)
+                 else f"relative L2 {value:.2g}")
         return f"{self.grid.id}: {ok}drift starts at {self.first_bad} ({drift})"
 
 
@@ -223,7 +225,7 @@ def locate(path: Path, feeds: Mapping[str, np.ndarray], golden: Mapping[str, np.
         return Location(grid, None, (), None, problem=str(exc))
     if not found.probes:
         return Location(grid, None, (), None)
-    rows: list[tuple[str, float | None]] = []
+    rows: list[tuple[str, float | str | None]] = []
     first_bad = None
     for name in found.probes:
         if name not in found.values or name not in golden:
@@ -232,7 +234,11 @@ def locate(path: Path, feeds: Mapping[str, np.ndarray], golden: Mapping[str, np.
                 first_bad = name
             continue
         got, ref = found.values[name], golden[name]
-        rel = measure(got.reshape(ref.shape), ref, name, name).rel_l2 if got.size == ref.size else float("inf")
+        if got.size != ref.size:  # another tensor than golden's of this name: no distance to print
+            rows.append((name, f"{got.size} values, golden {ref.size}"))
+            first_bad = first_bad or name
+            continue
+        rel = measure(got.reshape(ref.shape), ref, name, name).rel_l2
         rows.append((name, rel))
         if first_bad is None and rel > rel_l2:
             first_bad = name
