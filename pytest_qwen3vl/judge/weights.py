@@ -49,8 +49,8 @@ class TensorVerdict:
 
 @dataclass
 class WeightReport:
-    """Every golden tensor's verdict, and the file's values by golden name in PyTorch's layout (what
-    golden is run with to judge the graph)."""
+    """Every golden tensor's verdict, and the file's values that differ from golden's, by golden name
+    in PyTorch's layout (what golden is run with to judge the graph; the equal ones it holds)."""
 
     verdicts: list[TensorVerdict] = field(default_factory=list)
     values: dict[str, np.ndarray] = field(default_factory=dict)
@@ -202,7 +202,7 @@ def compare_weights(path: Path, state: Mapping[str, Any]) -> WeightReport:
         if found.kind == OTHER and by_name is None:  # the nearest of its shape is another tensor
             found = TensorVerdict(key, ABSENT if ref.any() else DROPPED)
         report.verdicts.append(found)
-        if found.kind not in (DROPPED, ABSENT):
+        if found.kind not in (EQUAL, DROPPED, ABSENT):  # golden holds the equal ones already
             report.values[key] = chosen[1]
     return report
 
