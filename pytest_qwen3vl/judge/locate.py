@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_qwen3vl.errors import ProbeFailed, RuntimeRefused, child_failure
 from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.onnxfile.structure import consumed
 from pytest_qwen3vl.runtimes.onnxruntime import LOW_MEMORY, OnnxRuntimeCPU
 
 if TYPE_CHECKING:
@@ -62,9 +63,9 @@ class Location:
         before = [n for n, _ in self.probes[: [n for n, _ in self.probes].index(self.first_bad)]]
         ok = f"right through {before[-1]}, " if before else ""
         value = shown[self.first_bad]
-        drift = ("not computed" if value is None else value if isinstance(value, str)
-                 else f"relative L2 {value:.2g}")
-        return f"{self.grid.id}: {ok}drift starts at {self.first_bad} ({drift})"
+        drift = "not computed" if value is None else f"relative L2 {value:.2g}"
+        unmatched = "".join(f"; {n}'s output not found ({v})" for n, v in self.probes if isinstance(v, str))
+        return f"{self.grid.id}: {ok}drift starts at {self.first_bad} ({drift}){unmatched}"
 
 
 @dataclass
@@ -103,6 +104,16 @@ def find_probes(model: onnx.ModelProto) -> dict[str, str]:
     for node in nodes:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    producer = {value: node for node in nodes for value in node.output}
+    weights = {i.name for i in model.graph.initializer}
+    for node in nodes:
+        # a rewrite's node (a quantizer's MatMulNBits, a Gemm split into MatMul and Add) carries no scope:
+        # it belongs to the module whose value it reads when it applies that module's own weights
+        if node.name in scope_of or not node.input or node.input[0] not in producer:
+            continue
+        scope = scope_of.get(producer[node.input[0]].name)
+        if scope is not None and any(v in weights and f"{scope}." in v for v in node.input[1:]):
+            scope_of[node.name] = scope
     graph_outputs = {o.name for o in model.graph.output}
     probes: dict[str, str] = {}
     for node in nodes:
@@ -135,20 +146,6 @@ def expose(model: onnx.ModelProto, values: Iterable[str]) -> onnx.ModelProto:
             model.graph.output.append(
                 onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
     return model
-
-
-def consumed(node: onnx.NodeProto) -> set[str]:
-    """Every value a node reads: its inputs and, for If, Loop and Scan, the outer values its
-    subgraphs read (names made inside them come along; they are unique, so that is harmless)."""
-    import onnx
-
-    names = set(node.input)
-    for attribute in node.attribute:
-        graphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
-        for graph in graphs:
-            for inner in graph.node:
-                names |= consumed(inner)
-    return names
 
 
 def upstream(model: onnx.ModelProto, probes: Mapping[str, str], failed: str) -> list[str]:
@@ -234,9 +231,8 @@ def locate(path: Path, feeds: Mapping[str, np.ndarray], golden: Mapping[str, np.
                 first_bad = name
             continue
         got, ref = found.values[name], golden[name]
-        if got.size != ref.size:  # another tensor than golden's of this name: no distance to print
+        if got.size != ref.size:  # not the module's output: no distance, and no blame
             rows.append((name, f"{got.size} values, golden {ref.size}"))
-            first_bad = first_bad or name
             continue
         rel = measure(got.reshape(ref.shape), ref, name, name).rel_l2
         rows.append((name, rel))

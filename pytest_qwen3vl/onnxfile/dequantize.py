@@ -170,10 +170,13 @@ def read_weights(path: Path) -> list[FileWeight]:
     import onnx
     from onnx import numpy_helper
 
+    from pytest_qwen3vl.onnxfile.structure import consumed
 
     model = onnx.load(str(path))
-    types = {i.name: i.data_type for i in model.graph.initializer}
-    arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    read = set().union(*(consumed(node) for node in model.graph.node))
+    # an initializer no node reads is not a weight of the graph (a rewrite may leave the original)
+    types = {i.name: i.data_type for i in model.graph.initializer if i.name in read}
+    arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in read}
     model.graph.ClearField("initializer")  # the arrays above are the one copy kept
     used: set[str] = set()
     found: list[FileWeight] = []

@@ -82,9 +82,10 @@ def _perturb_block(source: Path, target: Path) -> None:
     onnx.save_model(model, str(target))
 
 
-def _to_int4(source: Path, target: Path) -> None:
+def _to_int4(source: Path, target: Path, ops: tuple[str, ...] = ("MatMul", "Gather")) -> None:
     """As Olive's int4 pass: Gemm rewritten to MatMul, then onnxruntime's MatMulNBitsQuantizer (4 bits,
-    asymmetric, accuracy level 4) on the matmuls and the position table (GatherBlockQuantized)."""
+    asymmetric, accuracy level 4) on the matmuls and the position table (GatherBlockQuantized; a
+    dynamo file's other Gathers take no quantize axis, so there only the matmuls)."""
     import logging
 
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
@@ -92,7 +93,7 @@ def _to_int4(source: Path, target: Path) -> None:
 
     model = onnx.load(str(source))
     ONNXModel(model).replace_gemm_with_matmul()
-    config = DefaultWeightOnlyQuantConfig(block_size=32, accuracy_level=4, op_types_to_quantize=("MatMul", "Gather"),
+    config = DefaultWeightOnlyQuantConfig(block_size=32, accuracy_level=4, op_types_to_quantize=ops,
                                           quant_axes=(("MatMul", 0), ("Gather", 1)))
     logging.disable(logging.WARNING)  # the quantizer logs every node it skips
     try:
@@ -208,7 +209,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "external": made.derived("external.onnx", fp32, _external),
         "renamed": made.derived("renamed.onnx", deepstack, lambda s, t: _rename(s, t, RENAMED)),
         "dynamo": (dynamo := made.dynamo("dynamo.onnx")),
-        "dynamo-drift": made.derived("dynamo-drift.onnx", dynamo, _perturb_block),
+        "dynamo-drift": (drift := made.derived("dynamo-drift.onnx", dynamo, _perturb_block)),
+        "dynamo-int4-drift": made.derived("dynamo-int4-drift.onnx", drift, lambda s, t: _to_int4(s, t, ("MatMul",))),
         "torchscript-drift": made.derived("torchscript-drift.onnx", deepstack, _perturb_block),
         "bf16": made.bf16_export("bf16-cast.onnx"),
         "int4": made.derived("int4.onnx", fp32, _to_int4),
@@ -352,15 +354,18 @@ def test_module_scopes_are_found_under_any_wrapper_attribute(files: dict[str, Pa
 
 
 def test_drift_is_located_in_either_exporters_graph(run_suite: RunSuite, files: dict[str, Path]) -> None:
-    """The same wrong block in a TorchScript and a dynamo file (its scopes only in node metadata), on
-    the grid both were traced at: both name blocks.2, the block whose weights were changed."""
-    result = run_suite("test_artefact.py", "-k", "where", *_onnx(files["torchscript-drift"], files["dynamo-drift"]),
-                       "--qwen3vl-grid=1,24,24")
+    """The same graph bug in a TorchScript and a dynamo file (its scopes only in node metadata), and in
+    that dynamo file quantized to int4 (its MatMulNBits carry no scope), on the grid all were traced
+    at: each names blocks.2, the block the bug is in; the int4 one on its fp32-activation copy against
+    golden holding its dequantized weights."""
+    names = ("torchscript-drift", "dynamo-drift", "dynamo-int4-drift")
+    result = run_suite("test_artefact.py", "-k", "where", *_onnx(*(files[n] for n in names)), "--qwen3vl-grid=1,24,24")
     where = claim_row(result, "artefact-where")
-    for name in ("torchscript-drift.onnx", "dynamo-drift.onnx"):
-        assert f"{name}: 1x24x24: right through deepstack_merger_list.0, drift starts at blocks.2 (relative L2 0." \
-            in where, where
-    result.assert_outcomes(failed=2)
+    for name in names:
+        assert (f"{name}.onnx: 1x24x24: right through deepstack_merger_list.0, drift starts at blocks.2 "
+                "(relative L2 0.") in where, where
+    assert "not found" not in where, where
+    result.assert_outcomes(failed=3)
 
 
 def test_tensors_the_dynamo_exporter_deduplicated_are_found_by_value(files: dict[str, Path], pair: VisionPair) -> None:
