@@ -138,13 +138,9 @@ def _dequantize_linear(node: onnx.NodeProto, arrays: Mapping[str, np.ndarray], d
                       np.abs(np.broadcast_to(scale, q.shape)))
 
 
-def _orientation(model: onnx.ModelProto, name: str) -> bool | None:
+def _orientation(consumers: Mapping[str, list[tuple[onnx.NodeProto, int]]], name: str) -> bool | None:
     """Whether the tensor ``name`` is stored as its PyTorch parameter (True), transposed (False), or
     neither is said by its consumer (None): a MatMul takes [in, out], a Gemm with transB [out, in]."""
-    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-    for node in model.graph.node:
-        for index, value in enumerate(node.input):
-            consumers.setdefault(value, []).append((node, index))
     flipped, current = False, name
     for _ in range(8):
         uses = consumers.get(current, [])
@@ -172,12 +168,15 @@ def read_weights(path: Path) -> list[FileWeight]:
 
     from pytest_qwen3vl.onnxfile.structure import consumed
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)
     read = set().union(*(consumed(node) for node in model.graph.node))
     # an initializer no node reads is not a weight of the graph (a rewrite may leave the original)
     types = {i.name: i.data_type for i in model.graph.initializer if i.name in read}
-    arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in read}
-    model.graph.ClearField("initializer")  # the arrays above are the one copy kept
+    arrays: dict[str, np.ndarray] = {}
+    for init in model.graph.initializer:  # one tensor at a time: the arrays are the one copy kept
+        if init.name in read:
+            arrays[init.name] = numpy_helper.to_array(init, str(path.parent))
+        init.Clear()
     used: set[str] = set()
     found: list[FileWeight] = []
     for node in model.graph.node:
@@ -204,9 +203,13 @@ def read_weights(path: Path) -> list[FileWeight]:
     for name, array in arrays.items():
         if name not in used and array.ndim and (array.dtype.kind == "f" or types[name] == onnx.TensorProto.BFLOAT16):
             found.append(FileWeight(name, array.astype(np.float32), _ENCODINGS.get(types[name], "float")))
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in model.graph.node:
+        for index, value in enumerate(node.input):
+            consumers.setdefault(value, []).append((node, index))
     for weight in found:
         if not weight.oriented and weight.value.ndim == 2:
-            stored = _orientation(model, weight.name)
+            stored = _orientation(consumers, weight.name)
             if stored is not None:
                 weight.oriented = True
                 if not stored:
