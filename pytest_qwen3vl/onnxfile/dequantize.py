@@ -180,11 +180,11 @@ def read_weights(path: Path) -> list[FileWeight]:
     used: set[str] = set()
     found: list[FileWeight] = []
     for node in model.graph.node:
-        if node.op_type == "MatMulNBits" and node.input[1] in arrays:
+        if node.op_type == "MatMulNBits" and node.input[1] in arrays and node.input[1] not in used:
             found.append(_matmul_nbits(node, arrays))
-        elif node.op_type == "GatherBlockQuantized" and node.input[0] in arrays:
+        elif node.op_type == "GatherBlockQuantized" and node.input[0] in arrays and node.input[0] not in used:
             found.append(_gather_block(node, arrays, types[node.input[0]]))
-        elif node.op_type == "DequantizeLinear" and node.input[0] in arrays:
+        elif node.op_type == "DequantizeLinear" and node.input[0] in arrays and node.input[0] not in used:
             dtype = onnx.TensorProto.DataType.Name(types[node.input[0]]).lower()
             found.append(_dequantize_linear(node, arrays, dtype))
         else:
