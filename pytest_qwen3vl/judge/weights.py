@@ -223,14 +223,13 @@ def _nearest(ref: np.ndarray, candidates: Sequence[FileWeight]) -> tuple[FileWei
 
 
 def cast_buffers(report: WeightReport, model: torch.nn.Module) -> dict[str, np.ndarray]:
-    """Every floating buffer of ``model`` rounded as the file's weights were, when every weight was
-    rounded alike (the model was cast before export): its rotary frequencies were cast too, and the
-    tables computed from them are folded into the graph, where no weight check sees them."""
+    """Every floating buffer of ``model`` rounded as the file's float weights were, where they were
+    rounded one way (bfloat16 or float16); else none."""
     import torch
 
-    kinds = {v.kind for v in report.verdicts} - {EQUAL, DROPPED, ABSENT}
-    if len(kinds) != 1 or not kinds <= {BF16, FP16}:
+    rounded = {v.kind for v in report.verdicts} & {BF16, FP16}
+    if len(rounded) != 1:
         return {}
-    dtype = torch.bfloat16 if kinds == {BF16} else torch.float16
+    dtype = torch.bfloat16 if rounded == {BF16} else torch.float16
     return {name: buffer.detach().to(dtype).to(torch.float32).numpy()
             for name, buffer in model.named_buffers() if buffer.is_floating_point()}

@@ -167,9 +167,10 @@ class Files:
 
         return self._get(name, build)
 
-    def bf16_export(self, name: str) -> Path:
+    def bf16_export(self, name: str, buffers: bool = True) -> Path:
         """As Olive's recipe does: the model cast to bfloat16 and back before a builder-style export, so
-        every weight is the checkpoint's rounded to bfloat16 (a fresh model: the shared pair stays fp32)."""
+        every weight is the checkpoint's rounded to bfloat16 (a fresh model: the shared pair stays fp32);
+        without ``buffers``, its parameters only (the rotary frequencies stay fp32)."""
         def build(path: Path) -> None:
             import torch
 
@@ -177,7 +178,11 @@ class Files:
             spec = resolve_config("tiny", golden.parent)
             fresh = build_pair(import_modeling_file(golden, "golden"), import_modeling_file(modified, "modified"),
                                spec, 0)
-            model = fresh.modified.to(torch.bfloat16).to(torch.float32)
+            model = fresh.modified
+            if buffers:
+                model.to(torch.bfloat16).to(torch.float32)
+            for param in model.parameters():
+                param.data = param.data.to(torch.bfloat16).to(torch.float32)
             export_vision(model, *make_inputs(TRACE_GRID, spec, 0).args, path, wrapper="pooled")
 
         return self._get(name, build)
@@ -213,6 +218,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "dynamo-int4-drift": made.derived("dynamo-int4-drift.onnx", drift, lambda s, t: _to_int4(s, t, ("MatMul",))),
         "torchscript-drift": made.derived("torchscript-drift.onnx", deepstack, _perturb_block),
         "bf16": made.bf16_export("bf16-cast.onnx"),
+        "bf16-params": made.bf16_export("bf16-params.onnx", buffers=False),
         "int4": made.derived("int4.onnx", fp32, _to_int4),
         "pos-bug": made.derived("pos-bug.onnx", fp32, _scale_position_add),
         "transposed": made.derived("transposed.onnx", fp32, _transpose_weight),
@@ -388,7 +394,7 @@ def test_rounded_and_quantized_weights_are_named_and_their_graph_holds(
 ) -> None:
     """Files made as real tools make them: the weights row says what was done to the weights, the
     graph row judges the file against golden holding them, at the arithmetic the file declares."""
-    names = ("bf16", "int8", "int4", "fp16")
+    names = ("bf16", "bf16-params", "int8", "int4", "fp16")
     result = run_suite("test_artefact.py", *_onnx(*(files[n] for n in names)), "--qwen3vl-grid=1,24,24")
     weights = claim_row(result, "artefact-weights")
     assert claim_status(result, "artefact-weights") == "holds", weights
@@ -399,7 +405,9 @@ def test_rounded_and_quantized_weights_are_named_and_their_graph_holds(
     assert "fp16.onnx: every weight is the checkpoint's rounded to float16" in weights, weights
     graph = claim_row(result, "artefact-graph")
     assert claim_status(result, "artefact-graph") == "holds", graph
-    assert "bf16-cast.onnx: golden with the file's own weights, fp32 compute, fp32 tolerance: right on 1 grid" in graph
+    # cast whole (its rotary frequencies rounded too, folded into the graph) or its parameters only
+    for name in ("bf16-cast.onnx", "bf16-params.onnx"):
+        assert f"{name}: golden with the file's own weights, fp32 compute, fp32 tolerance: right on 1 grid" in graph
     assert ("int4.onnx: golden with the file's own weights, MatMulNBits accuracy level 4 judged on a copy at level 0 "
             "(fp32 activations), fp32 tolerance: right on 1 grid") in graph, graph
     assert "int8.onnx: golden with the file's own weights, int8 activations (DynamicQuantizeLinear, MatMulInteger)" \
