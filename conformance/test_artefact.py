@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_qwen3vl.errors import ProbeFailed
 from pytest_qwen3vl.judge.finding import WRONG, served_line
 from pytest_qwen3vl.model.inputs import patch_dim
 from pytest_qwen3vl.onnxfile.weights import misfits
@@ -73,7 +74,10 @@ def test_parity(qwen3vl_artefact, qwen3vl_grid, qwen3vl_record):
 def test_weights(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record):
     """Fails only for weights no rounding or quantization of the checkpoint explains."""
     check = qwen3vl_artefact
-    report = check.weight_report
+    try:
+        report = check.weight_report
+    except ProbeFailed as exc:  # ours: nothing is said of the file
+        pytest.skip(f"not run: {exc}")
     if not report.explained:
         pytest.fail(report.text(), pytrace=False)
     line = report.text()

@@ -82,13 +82,11 @@ class ArtefactCheck:
 
     @cached_property
     def weight_report(self) -> WeightReport:
-        """The file's weights against the checkpoint's, tensor by tensor (read once). The session is
-        dropped first (every grid's run is kept): its weights and the file's read here never sit
-        side by side."""
-        from pytest_qwen3vl.judge.weights import compare_weights
+        """The file's weights against the checkpoint's, tensor by tensor (read once, in a child
+        process: the file's weights never sit beside golden's here)."""
+        from pytest_qwen3vl.judge.weights import compare_in_child
 
-        self.runs.release()
-        return compare_weights(self.path, self.golden.state())
+        return compare_in_child(self.path, self.golden.state())
 
     @cached_property
     def arithmetic(self) -> GraphArithmetic:

@@ -5,16 +5,23 @@ other values that no rounding or quantization explains.
 Each golden tensor is found by name (``state_key``), else by value among the file's tensors of its
 shape (the dynamo exporter keeps one of several equal LayerNorm tensors under one name; a quantizer
 renames what it quantizes), and an all-zero one with no match counts as dropped (optimizers drop
-the Add of a zero bias). numpy and torch are imported inside the functions.
+the Add of a zero bias). The file's weights are read in a child process (``compare_in_child``), so
+they never sit beside the golden model in the check's own process. numpy and torch are imported
+inside the functions.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_qwen3vl.errors import ProbeFailed, child_failure
 from pytest_qwen3vl.onnxfile.weights import state_key
 
 if TYPE_CHECKING:
@@ -233,3 +240,44 @@ def cast_buffers(report: WeightReport, model: torch.nn.Module) -> dict[str, np.n
     dtype = torch.bfloat16 if rounded == {BF16} else torch.float16
     return {name: buffer.detach().to(dtype).to(torch.float32).numpy()
             for name, buffer in model.named_buffers() if buffer.is_floating_point()}
+
+
+def compare_in_child(path: Path, state: Mapping[str, np.ndarray]) -> WeightReport:
+    """``compare_weights`` in a child process: golden's tensors go to it as ``.npy`` files it maps,
+    the verdicts and the values that differ from golden's come back. ``ProbeFailed`` when the child
+    does not finish (our fault, never a verdict)."""
+    import numpy as np
+
+    with tempfile.TemporaryDirectory(prefix="qwen3vl-weights-") as tmp:
+        folder = Path(tmp)
+        keys = list(state)
+        for index, key in enumerate(keys):
+            np.save(folder / f"{index}.npy", np.asarray(state[key]))
+        (folder / "keys.json").write_text(json.dumps(keys))
+        done = subprocess.run([sys.executable, "-m", __name__, str(path), str(folder)],
+                              capture_output=True, text=True, check=False)
+        result = folder / "verdicts.json"
+        if done.returncode != 0 or not result.is_file():
+            raise ProbeFailed(f"the weights process failed: {child_failure(done.stderr, done.returncode)}")
+        report = WeightReport([TensorVerdict(**v) for v in json.loads(result.read_text())])
+        with np.load(folder / "values.npz") as stored:
+            report.values = {keys[int(name)]: stored[name] for name in stored.files}
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The child: ``python -m pytest_qwen3vl.judge.weights FILE FOLDER`` reads FOLDER's golden
+    tensors and writes FOLDER/verdicts.json and FOLDER/values.npz."""
+    import numpy as np
+
+    path, folder = (Path(a) for a in (argv or sys.argv[1:]))
+    keys = json.loads((folder / "keys.json").read_text())
+    state = {key: np.load(folder / f"{index}.npy", mmap_mode="r") for index, key in enumerate(keys)}
+    report = compare_weights(path, state)
+    index = {key: i for i, key in enumerate(keys)}
+    (folder / "verdicts.json").write_text(json.dumps([asdict(v) for v in report.verdicts]))
+    np.savez(folder / "values.npz", **{str(index[k]): v for k, v in report.values.items()})  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    main()
