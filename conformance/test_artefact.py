@@ -25,6 +25,15 @@ def _recognised(check) -> None:
         pytest.skip("outputs not recognised (see artefact-interface for how to map them)")
 
 
+def _weight_report(check):
+    """The file's weights against the checkpoint's; the test is not run when reading them failed
+    (ours: nothing is said of the file)."""
+    try:
+        return check.weight_report
+    except ProbeFailed as exc:
+        pytest.skip(f"not run: {exc}")
+
+
 @pytest.mark.qwen3vl_claim("artefact-interface")
 def test_interface(qwen3vl_artefact, qwen3vl_config, qwen3vl_artefact_golden, qwen3vl_record):
     check = qwen3vl_artefact
@@ -74,10 +83,7 @@ def test_parity(qwen3vl_artefact, qwen3vl_grid, qwen3vl_record):
 def test_weights(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record):
     """Fails only for weights no rounding or quantization of the checkpoint explains."""
     check = qwen3vl_artefact
-    try:
-        report = check.weight_report
-    except ProbeFailed as exc:  # ours: nothing is said of the file
-        pytest.skip(f"not run: {exc}")
+    report = _weight_report(check)
     if not report.explained:
         pytest.fail(report.text(), pytrace=False)
     line = report.text()
@@ -94,6 +100,7 @@ def test_graph(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record):
     rounded weights do not."""
     check = qwen3vl_artefact
     _recognised(check)
+    _weight_report(check)
     grids = qwen3vl_settings.grids
     findings = [check.graph(g) for g in grids]
     ran = [f for f in findings if f.error is None]
@@ -119,6 +126,7 @@ def test_grids_served(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record):
     artefact-weights' and artefact-parity's, never a grid's."""
     check = qwen3vl_artefact
     _recognised(check)
+    _weight_report(check)
     served, line = served_line([check.graph(g) for g in qwen3vl_settings.grids])
     if not served:
         pytest.fail(line, pytrace=False)
@@ -166,6 +174,7 @@ MAX_LOCATED = 3
 def test_where_it_goes_wrong(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record):
     check = qwen3vl_artefact
     _recognised(check)
+    _weight_report(check)
     grids = qwen3vl_settings.grids
     # silently wrong grids first: the worse finding, and the one a user cannot see
     bad = sorted((g for g in grids if not check.run(g).served), key=lambda g: check.run(g).status != WRONG)
