@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_qwen3vl.judge.finding import served_line
-from pytest_qwen3vl.judge.weights import compare_weights
+from pytest_qwen3vl.errors import ProbeFailed
+from pytest_qwen3vl.judge.finding import WRONG, served_line
 from pytest_qwen3vl.model.inputs import patch_dim
 from pytest_qwen3vl.onnxfile.weights import misfits
 from pytest_qwen3vl.plugin.settings import ONNX_OUTPUTS, flag, ini_key
@@ -26,6 +26,15 @@ def _recognised(check) -> None:
     """Tests other than the interface's are not run on a file whose outputs are not recognised."""
     if not check.interface.recognised:
         pytest.skip("outputs not recognised (see artefact-interface for how to map them)")
+
+
+def _weight_report(check):
+    """The file's weights against the checkpoint's; the test is not run when reading them failed
+    (ours: nothing is said of the file)."""
+    try:
+        return check.weight_report
+    except ProbeFailed as exc:
+        pytest.skip(f"not run: {exc}")
 
 
 @pytest.mark.qwen3vl_claim("artefact-interface")
@@ -73,13 +82,62 @@ def test_parity(qwen3vl_artefact_on_runtime, qwen3vl_grid, qwen3vl_record):
     qwen3vl_record.holds(f"{check.runtime_text}: {measured} ({check.tolerance_text})")
 
 
+@pytest.mark.qwen3vl_claim("artefact-weights")
+def test_weights(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record):
+    """Fails only for weights no rounding or quantization of the checkpoint explains."""
+    check = qwen3vl_artefact
+    report = _weight_report(check)
+    if not report.explained:
+        pytest.fail(report.text(), pytrace=False)
+    line = report.text()
+    if not report.all_equal and check.interface.recognised:
+        ran = [check.run(g) for g in qwen3vl_settings.grids if check.run(g).error is None]
+        if ran:
+            line += f"; costs relative L2 {ran[0].worst_rel_l2():.2g} at the output on {ran[0].grid.id}"
+    qwen3vl_record.holds(line)
+
+
+@pytest.mark.qwen3vl_claim("artefact-graph")
+def test_graph(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record):
+    """The file against golden holding the file's own weights: a graph bug fails here, other or
+    rounded weights do not."""
+    check = qwen3vl_artefact
+    _recognised(check)
+    _weight_report(check)
+    grids = qwen3vl_settings.grids
+    findings = [check.graph(g) for g in grids]
+    ran = [f for f in findings if f.error is None]
+    if not ran:
+        pytest.fail(f"no grid runs, so the graph cannot be judged: {findings[0].error}", pytrace=False)
+    how = ("every weight is the checkpoint's: the parity runs decide" if check.weight_report.all_equal
+           else f"golden with the file's own weights, {check.arithmetic.text}")
+    wrong = [f for f in ran if f.status == WRONG]
+    if wrong:
+        pytest.fail(f"{how}: wrong on " + ", ".join(f"{f.grid.id} ({f.reason()})" for f in wrong), pytrace=False)
+    cost = check.activation_cost(ran[0].grid)
+    note = (f"; accuracy level 4 (int8 activations) costs relative L2 {cost:.2g} on {ran[0].grid.id}"
+            if cost is not None else "")
+    refused = len(findings) - len(ran)
+    qwen3vl_record.holds(f"{how}: right on {len(ran)} grid{'s' if len(ran) != 1 else ''} it runs (worst relative L2 "
+                         f"{max(f.worst_rel_l2() for f in ran):.2g})"
+                         + (f", refuses {refused} (see artefact-grids)" if refused else "") + note)
+
+
 @pytest.mark.qwen3vl_claim("artefact-grids")
-def test_grids_served(qwen3vl_artefact_on_runtime, qwen3vl_settings, qwen3vl_record):
+def test_grids_served(qwen3vl_artefact_on_runtime, qwen3vl_artefact, qwen3vl_settings, qwen3vl_record):
+    """A grid is served when the file runs it and is right there. On ONNX Runtime, the reference runtime,
+    "right" is the graph's verdict with the file's own weights, so the weights' cost is artefact-weights'
+    and artefact-parity's, never a grid's; another runtime is compared with golden at its precision."""
     check = qwen3vl_artefact_on_runtime
     _recognised(check)
     if check.runs.session() is None:  # one line for the file, not the same refusal once per grid
         pytest.fail(str(check.runs.load_error), pytrace=False)
-    served, line = served_line([check.run(g) for g in qwen3vl_settings.grids])
+    if check is qwen3vl_artefact:
+        _weight_report(check)
+        findings = [check.graph(g) for g in qwen3vl_settings.grids]
+    else:
+        findings = [check.run(g) for g in qwen3vl_settings.grids]
+    served, line = served_line(findings)
     if not served:
         pytest.fail(f"{check.runtime_text} {line}", pytrace=False)
     qwen3vl_record.holds(f"{check.runtime_text} {line}: {', '.join(g.id for g in qwen3vl_settings.grids)}")
@@ -126,8 +184,10 @@ MAX_LOCATED = 3
 def test_where_it_goes_wrong(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record):
     check = qwen3vl_artefact
     _recognised(check)
+    _weight_report(check)
     grids = qwen3vl_settings.grids
-    bad = [g for g in grids if not check.run(g).served]
+    # silently wrong grids first: the worse finding, and the one a user cannot see
+    bad = sorted((g for g in grids if not check.run(g).served), key=lambda g: check.run(g).status != WRONG)
     if not bad:
         others = [r.text for r in qwen3vl_settings.runtimes if r.name != check.runtime.name]
         unlocated = (f"; failures on {', '.join(others)} are not located: only ONNX Runtime exposes intermediate "
@@ -137,14 +197,22 @@ def test_where_it_goes_wrong(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record)
         return
     if all(check.run(g).error is not None and "node" not in check.run(g).error for g in bad):
         pytest.fail(f"not located: the file does not run ({check.run(bad[0]).error})", pytrace=False)
-    locations = [check.locate(g) for g in bad[:MAX_LOCATED]]
-    if all(loc.problem is not None for loc in locations):  # our probe failed: nothing said of the file here
-        pytest.skip(f"not run: {locations[0].problem}")
-    findings = [loc.text() for loc in locations]
+    report = check.weight_report
+    findings, located = [], []
+    for grid in bad[:MAX_LOCATED]:
+        graph = check.graph(grid)
+        if graph.served and not report.all_equal:  # the graph is right with its own weights
+            why = ("the weights explain the drift" if report.explained
+                   else "the weights are not the checkpoint's (see artefact-weights)")
+            findings.append(f"{grid.id}: {why}; the graph is right with them (relative L2 {graph.worst_rel_l2():.2g})")
+        else:
+            location = check.locate(grid)
+            located.append(location)
+            findings.append(location.text())
+    if located and all(loc.problem is not None for loc in located) and len(located) == len(findings):
+        pytest.skip(f"not run: {located[0].problem}")  # our probe failed: nothing said of the file here
     if len(bad) > MAX_LOCATED:
         findings.append(f"{len(bad) - MAX_LOCATED} more failing grids not located")
-    if any(loc.first_bad == "patch_embed" for loc in locations):
-        weights = compare_weights(check.path, check.golden.state())
-        if weights.differ:
-            findings.insert(0, f"weights differ from the checkpoint: {weights.text()}")
+    if any(loc.first_bad == "patch_embed" for loc in located) and not report.explained:
+        findings.insert(0, f"weights differ from the checkpoint: {report.text()}")
     pytest.fail("; ".join(findings), pytrace=False)

@@ -6,29 +6,48 @@ How it computes is measured per grid and runtime by ``ArtefactCheck`` through th
 whichever is looser. DeepStack outputs are matched to golden's features by value, and where a grid
 goes wrong the first module whose output drifts is located (``judge/locate.py``, on ONNX Runtime: the
 reference runtime, which exposes intermediate outputs).
+
+Two questions are kept apart: are the file's weights the checkpoint's (``judge/weights.py``), and
+does its graph compute golden's function of the weights it holds. The second runs golden with the
+file's dequantized weights swapped in, at the tolerance of the arithmetic the file declares; a file
+whose every weight equals the checkpoint's is decided by its parity runs, with no extra work.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_qwen3vl.judge.sweep import FileRuns, deepstack_values
-from pytest_qwen3vl.judge.tolerance import TOLERANCES, row_for
+from pytest_qwen3vl.judge.finding import Finding
+from pytest_qwen3vl.judge.golden import GoldenRuns
+from pytest_qwen3vl.judge.sweep import FileRuns, compare, deepstack_values
+from pytest_qwen3vl.judge.tolerance import TOLERANCES, Tolerance, row_for
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.runtimes.onnxruntime import LOW_MEMORY, OnnxRuntimeCPU
 
 if TYPE_CHECKING:
-    from pytest_qwen3vl.judge.finding import Finding
-    from pytest_qwen3vl.judge.golden import GoldenRuns
     from pytest_qwen3vl.judge.locate import Location
+    from pytest_qwen3vl.judge.weights import WeightReport
     from pytest_qwen3vl.onnxfile.interface import FileFacts
     from pytest_qwen3vl.runtimes.base import Runtime
 
 # An output "is" a golden tensor only above this cosine; golden's tensors are nearly orthogonal to
 # each other (|cos| <= 0.01 measured), matched ones are above 0.9998 even for int8 files.
 MATCH_COSINE = 0.9
+
+
+@dataclass(frozen=True)
+class GraphArithmetic:
+    """How the graph is judged: the file run for it (a copy with fp32 activations where the format
+    allows), the tolerance of the arithmetic it declares, and that in words."""
+
+    path: Path
+    tolerance: Tolerance
+    text: str
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,8 @@ class ArtefactCheck:
         self.tolerance = TOLERANCES[self.row].replace(overrides or {})
         self.overridden = bool(overrides)
         self.runs = FileRuns(facts, self.runtime, golden, self.tolerance)
+        self._graph_golden: GoldenRuns | None = None
+        self._copies: tempfile.TemporaryDirectory[str] | None = None  # the fp32-activation copy's folder
 
     @property
     def runtime_text(self) -> str:
@@ -77,6 +98,96 @@ class ArtefactCheck:
 
     def run(self, grid: Grid) -> Finding:
         return self.runs.finding(grid)
+
+    @cached_property
+    def weight_report(self) -> WeightReport:
+        """The file's weights against the checkpoint's, tensor by tensor (read once, in a child
+        process: the file's weights never sit beside golden's here)."""
+        from pytest_qwen3vl.judge.weights import compare_in_child
+
+        return compare_in_child(self.path, self.golden.state())
+
+    @cached_property
+    def arithmetic(self) -> GraphArithmetic:
+        """fp32 compute (bf16-rounded fp32 weights included) at the fp32 row, fp16 at fp16's;
+        ``MatMulNBits`` at accuracy level 4 judged on a copy at level 0 (same weights, fp32
+        activations); ``quantize_dynamic``'s int8 activations, which have no fp32 form in the file,
+        at the measured int8-activation row."""
+        from pytest_qwen3vl.onnxfile.dequantize import fp32_activations_copy, int8_activation_ops
+        from pytest_qwen3vl.onnxfile.structure import structure
+
+        ops = int8_activation_ops(structure(self.path))
+        if ops == ["MatMulNBits"]:
+            self._copies = tempfile.TemporaryDirectory(prefix="qwen3vl-level0-")
+            copy = fp32_activations_copy(self.path, Path(self._copies.name))
+            return GraphArithmetic(copy, TOLERANCES["fp32"], "MatMulNBits accuracy level 4 judged on a copy at "
+                                   "level 0 (fp32 activations), fp32 tolerance")
+        if ops:
+            return GraphArithmetic(self.path, TOLERANCES["int8-activations"],
+                                   f"int8 activations ({', '.join(ops)}), int8-activation tolerance")
+        name = self.weights.name if self.weights.name in ("fp16", "bf16") else "fp32"
+        return GraphArithmetic(self.path, TOLERANCES[name], f"{name} compute, {name} tolerance")
+
+    def graph_golden(self, grid: Grid) -> GoldenRuns:
+        """Golden holding the file's own weights (golden itself when they are the checkpoint's),
+        decided on the first grid asked for and kept. Where the weights were rounded (the model was
+        cast before export), its buffers may have been cast too, and the rotary tables computed from
+        them folded into the graph: golden's buffers are then rounded alike if that is closer to the
+        file on that grid (one more forward, once)."""
+        from pytest_qwen3vl.judge.weights import cast_buffers
+        from pytest_qwen3vl.metrics import parity
+
+        if self._graph_golden is not None:
+            return self._graph_golden
+        report = self.weight_report
+        if report.all_equal:
+            self._graph_golden = self.golden
+            return self.golden
+        model, spec, seed = self.golden.model, self.golden.spec, self.golden.seed
+        plain = GoldenRuns(model, spec, seed, report.values)
+        buffers = cast_buffers(report, model)
+        if not buffers or self.interface.pooled is None:
+            self._graph_golden = plain
+            return plain
+        finding, values = self.graph_runs.run(grid)
+        if finding.error is not None:
+            return plain  # nothing to decide on here: the next grid decides
+        cast = GoldenRuns(model, spec, seed, {**report.values, **buffers})
+        got = values[self.interface.pooled.name]
+        closer = parity(got, cast.outputs(grid)[0]).rel_l2 < parity(got, plain.outputs(grid)[0]).rel_l2
+        self._graph_golden = cast if closer else plain
+        return self._graph_golden
+
+    @cached_property
+    def graph_runs(self) -> FileRuns:
+        """The runs the graph is judged on: the parity runs, or the fp32-activation copy's."""
+        arithmetic = self.arithmetic
+        if arithmetic.path == self.path:
+            return self.runs
+        facts = type(self.facts)(arithmetic.path, self.interface, self.weights, self.facts.initializers)
+        return FileRuns(facts, OnnxRuntimeCPU(config=LOW_MEMORY), self.golden, arithmetic.tolerance)
+
+    def graph(self, grid: Grid) -> Finding:
+        """The file's outputs on ``grid`` against golden's function of the file's own weights."""
+        if self.weight_report.all_equal:
+            return self.run(grid)
+        finding, values = self.graph_runs.run(grid)
+        if finding.error is not None:
+            return finding
+        outputs, problems = compare(self.interface, values, self.graph_golden(grid).outputs(grid))
+        return Finding(self.path.name, finding.runtime, grid, self.arithmetic.tolerance, outputs=outputs,
+                       problems=problems)
+
+    def activation_cost(self, grid: Grid) -> float | None:
+        """Relative L2 between the file and its fp32-activation copy on ``grid`` (None: no copy)."""
+        from pytest_qwen3vl.judge.tolerance import measure
+
+        if self.graph_runs is self.runs or self.run(grid).error is not None:
+            return None
+        pooled = self.interface.pooled
+        assert pooled is not None
+        exact = self.graph_runs.run(grid)[1][pooled.name]
+        return measure(self.runs.run(grid)[1][pooled.name], exact, pooled.name, "level 0").rel_l2
 
     def deepstack_matches(self, grid: Grid) -> list[DeepStackMatch]:
         """Each DeepStack output matched by cosine to golden's DeepStack features (and pooled)."""
@@ -99,8 +210,12 @@ class ArtefactCheck:
         return matches
 
     def locate(self, grid: Grid) -> Location:
-        """Where ``grid`` goes wrong: the first module output outside the tolerance's relative L2."""
+        """Where the graph goes wrong on ``grid``: the first module output outside the graph's relative
+        L2 against golden holding the file's own weights."""
         from pytest_qwen3vl.judge.locate import locate
 
+        golden = self.graph_golden(grid)
         self.runs.release()
-        return locate(self.path, self.runs.feeds(grid), self.golden.probes(grid), grid, self.tolerance.rel_l2)
+        self.graph_runs.release()
+        limit = self.tolerance.rel_l2 if self.weight_report.all_equal else self.arithmetic.tolerance.rel_l2
+        return locate(self.arithmetic.path, self.runs.feeds(grid), golden.probes(grid), grid, limit)

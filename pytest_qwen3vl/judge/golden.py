@@ -1,5 +1,6 @@
 """Golden's answers per grid: the outputs a file is judged against and the module activations drift
-is located with, computed once per process and grid.
+is located with, computed once per process and grid; with ``weights``, golden's function of a file's
+own weights (its parameters swapped in place for each forward and restored: never a second model).
 
 torch and numpy are imported inside the functions.
 """
@@ -7,6 +8,8 @@ torch and numpy are imported inside the functions.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from pytest_qwen3vl.model.grids import Grid
@@ -24,10 +27,12 @@ _PROBED = re.compile(r"patch_embed|merger|(blocks|deepstack_merger_list)\.\d+")
 class GoldenRuns:
     """The golden model's outputs and module activations per grid, on the seeded inputs of ``spec``."""
 
-    def __init__(self, model: torch.nn.Module, spec: ModelSpec, seed: int) -> None:
+    def __init__(self, model: torch.nn.Module, spec: ModelSpec, seed: int,
+                 weights: Mapping[str, np.ndarray] | None = None) -> None:
         self.model = model
         self.spec = spec
         self.seed = seed
+        self.weights = dict(weights or {})  # parameter name -> the value it holds here, PyTorch's layout
         self.deepstack_layers = tuple(int(i) for i in spec.vision["deepstack_visual_indexes"])
         self._outputs: dict[Grid, tuple[np.ndarray, ...]] = {}
 
@@ -45,7 +50,7 @@ class GoldenRuns:
             from pytest_qwen3vl.model.outputs import deepstack, merged
 
             pixels, thw = self.inputs(grid)
-            with torch.inference_mode():
+            with self._held(), torch.inference_mode():
                 outputs = self.model(torch.from_numpy(pixels), torch.from_numpy(thw))
             self._outputs[grid] = (merged(outputs).numpy(), *(d.numpy() for d in deepstack(outputs)))
         return self._outputs[grid]
@@ -63,12 +68,38 @@ class GoldenRuns:
                     lambda _m, _a, out, key=name: got.__setitem__(key, out.numpy().copy())))
         pixels, thw = self.inputs(grid)
         try:
-            with torch.inference_mode():
+            with self._held(), torch.inference_mode():
                 self.model(torch.from_numpy(pixels), torch.from_numpy(thw))
         finally:
             for handle in handles:
                 handle.remove()
         return got
+
+    @contextmanager
+    def _held(self) -> Iterator[None]:
+        """The model's parameters and buffers holding ``weights`` (their data swapped in place),
+        restored after."""
+        import numpy as np
+        import torch
+
+        saved: list[tuple[dict[str, torch.Tensor | None], str, torch.Tensor | None]] = []
+        try:
+            for key, value in self.weights.items():
+                prefix, _, leaf = key.rpartition(".")
+                module = self.model.get_submodule(prefix)
+                slots = module._parameters if leaf in module._parameters else module._buffers
+                if leaf not in slots:
+                    continue
+                held = slots[leaf]
+                assert held is not None
+                saved.append((slots, leaf, held.data))
+                held.data = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)).to(held.dtype)
+            yield
+        finally:
+            for slots, leaf, data in saved:
+                tensor = slots[leaf]
+                assert tensor is not None and data is not None
+                tensor.data = data
 
     def state(self) -> dict[str, np.ndarray]:
         return {k: v.detach().numpy() for k, v in self.model.state_dict().items()}

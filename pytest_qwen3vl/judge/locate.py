@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_qwen3vl.errors import ProbeFailed, RuntimeRefused, child_failure
 from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.onnxfile.structure import consumed
 from pytest_qwen3vl.runtimes.onnxruntime import LOW_MEMORY, OnnxRuntimeCPU
 
 if TYPE_CHECKING:
@@ -43,7 +44,8 @@ class Location:
 
     grid: Grid
     first_bad: str | None
-    probes: tuple[tuple[str, float | None], ...]  # None: not computed (after the failing node)
+    # relative L2, or why none (its size differs from golden's), or None: not computed (after the failing node)
+    probes: tuple[tuple[str, float | str | None], ...]
     failure: str | None
     problem: str | None = None  # ours: the probe process failed, so nothing is said of the file
 
@@ -62,7 +64,8 @@ class Location:
         ok = f"right through {before[-1]}, " if before else ""
         value = shown[self.first_bad]
         drift = "not computed" if value is None else f"relative L2 {value:.2g}"
-        return f"{self.grid.id}: {ok}drift starts at {self.first_bad} ({drift})"
+        unmatched = "".join(f"; {n}'s output not found ({v})" for n, v in self.probes if isinstance(v, str))
+        return f"{self.grid.id}: {ok}drift starts at {self.first_bad} ({drift}){unmatched}"
 
 
 @dataclass
@@ -101,6 +104,16 @@ def find_probes(model: onnx.ModelProto) -> dict[str, str]:
     for node in nodes:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    producer = {value: node for node in nodes for value in node.output}
+    weights = {i.name for i in model.graph.initializer}
+    for node in nodes:
+        # a rewrite's node (a quantizer's MatMulNBits, a Gemm split into MatMul and Add) carries no scope:
+        # it belongs to the module whose value it reads when it applies that module's own weights
+        if node.name in scope_of or not node.input or node.input[0] not in producer:
+            continue
+        scope = scope_of.get(producer[node.input[0]].name)
+        if scope is not None and any(v in weights and f"{scope}." in v for v in node.input[1:]):
+            scope_of[node.name] = scope
     graph_outputs = {o.name for o in model.graph.output}
     probes: dict[str, str] = {}
     for node in nodes:
@@ -133,20 +146,6 @@ def expose(model: onnx.ModelProto, values: Iterable[str]) -> onnx.ModelProto:
             model.graph.output.append(
                 onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
     return model
-
-
-def consumed(node: onnx.NodeProto) -> set[str]:
-    """Every value a node reads: its inputs and, for If, Loop and Scan, the outer values its
-    subgraphs read (names made inside them come along; they are unique, so that is harmless)."""
-    import onnx
-
-    names = set(node.input)
-    for attribute in node.attribute:
-        graphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
-        for graph in graphs:
-            for inner in graph.node:
-                names |= consumed(inner)
-    return names
 
 
 def upstream(model: onnx.ModelProto, probes: Mapping[str, str], failed: str) -> list[str]:
@@ -223,7 +222,7 @@ def locate(path: Path, feeds: Mapping[str, np.ndarray], golden: Mapping[str, np.
         return Location(grid, None, (), None, problem=str(exc))
     if not found.probes:
         return Location(grid, None, (), None)
-    rows: list[tuple[str, float | None]] = []
+    rows: list[tuple[str, float | str | None]] = []
     first_bad = None
     for name in found.probes:
         if name not in found.values or name not in golden:
@@ -232,7 +231,10 @@ def locate(path: Path, feeds: Mapping[str, np.ndarray], golden: Mapping[str, np.
                 first_bad = name
             continue
         got, ref = found.values[name], golden[name]
-        rel = measure(got.reshape(ref.shape), ref, name, name).rel_l2 if got.size == ref.size else float("inf")
+        if got.size != ref.size:  # not the module's output: no distance, and no blame
+            rows.append((name, f"{got.size} values, golden {ref.size}"))
+            continue
+        rel = measure(got.reshape(ref.shape), ref, name, name).rel_l2
         rows.append((name, rel))
         if first_bad is None and rel > rel_l2:
             first_bad = name

@@ -35,6 +35,9 @@ TOLERANCES: dict[str, Tolerance] = {
     "fp16": Tolerance(rel_l2=5e-3, max_rel=1e-2, cosine=1 - 1e-5),
     "bf16": Tolerance(rel_l2=1e-1, max_rel=2e-1, cosine=1 - 5e-3),
     "quantized": Tolerance(rel_l2=1e-1, max_rel=2e-1, cosine=1 - 5e-3),
+    # the graph of a quantize_dynamic file against golden holding its dequantized weights: its int8
+    # activations alone (measured rel L2 <= 1.7e-2, max_rel 2.0e-2, 1 - cos 1.5e-4 over five seeds, tiny)
+    "int8-activations": Tolerance(rel_l2=7e-2, max_rel=1e-1, cosine=1 - 1e-3),
 }
 
 

@@ -1,112 +1,283 @@
-"""A file's weights against the checkpoint's: each golden tensor found by name, by value, or not at all.
+"""A file's weights against the checkpoint's, tensor by tensor: equal, the checkpoint's rounded to
+bfloat16 or float16, the checkpoint's quantized (within one step of the file's own scales), or
+other values that no rounding or quantization explains.
 
-onnx and numpy are imported inside the functions.
+Each golden tensor is found by name (``state_key``), else by value among the file's tensors of its
+shape (the dynamo exporter keeps one of several equal LayerNorm tensors under one name; a quantizer
+renames what it quantizes), and an all-zero one with no match counts as dropped (optimizers drop
+the Add of a zero bias). The file's weights are read in a child process (``compare_in_child``), so
+they never sit beside the golden model in the check's own process. numpy and torch are imported
+inside the functions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_qwen3vl.errors import ProbeFailed, child_failure
 from pytest_qwen3vl.onnxfile.weights import state_key
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
+
+    from pytest_qwen3vl.onnxfile.dequantize import FileWeight
+
+EQUAL, BF16, FP16, QUANTIZED = "equal", "bf16", "fp16", "quantized"
+OTHER, DROPPED, ABSENT = "other", "dropped", "absent"
+# Equal means equal to float32 rounding of a re-layout; rounded means equal to the rounded checkpoint.
+SAME_REL_L2 = 1e-6
+# A quantized tensor is the checkpoint's when at most this share of its elements lie more than one
+# quantization step from the checkpoint's (round to nearest is within half a step, clipping one).
+OFF_STEP_SHARE = 0.01
+# By-value search compares this many elements of each candidate first, then the best one whole.
+_SAMPLE = 4096
+_SUFFIXES = ("_quantized", "_Q4", "_Q8", "_Q2", "_transposed", "_Transposed")
 
 
-# Golden tensors without an initializer of their name are looked for by value up to this size: the
-# LayerNorm and bias vectors an exporter deduplicates (a 4B weight matrix has 4 M elements).
-BY_VALUE_ELEMENTS = 1 << 16
+@dataclass(frozen=True)
+class TensorVerdict:
+    """One golden tensor and what the file holds for it."""
+
+    key: str
+    kind: str  # EQUAL, BF16, FP16, QUANTIZED, OTHER, DROPPED, ABSENT
+    source: str = ""  # the file's tensor
+    encoding: str = ""
+    rel_l2: float = 0.0  # of the file's value against the checkpoint's
+    detail: str = ""  # for OTHER: "the checkpoint's transposed", ...
 
 
 @dataclass
-class WeightComparison:
-    """Golden tensors found in the file by name (equal or different), by value under another name
-    (deduplicated or folded by the exporter), or absent."""
+class WeightReport:
+    """Every golden tensor's verdict, and the file's values that differ from golden's, by golden name
+    in PyTorch's layout (what golden is run with to judge the graph; the equal ones it holds)."""
 
-    same: list[str] = field(default_factory=list)
-    differ: list[str] = field(default_factory=list)
-    by_value: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
+    verdicts: list[TensorVerdict] = field(default_factory=list)
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def kinds(self, *kinds: str) -> list[TensorVerdict]:
+        return [v for v in self.verdicts if v.kind in kinds]
+
+    @property
+    def all_equal(self) -> bool:
+        """Every tensor the file holds is the checkpoint's as it is: its parity runs judge its graph."""
+        return not self.kinds(BF16, FP16, QUANTIZED, OTHER)
+
+    @property
+    def explained(self) -> bool:
+        """No tensor holds other values, and none but DeepStack's (not exported) is missing."""
+        return not self.kinds(OTHER) and all(v.key.startswith("deepstack_merger_list.") for v in self.kinds(ABSENT))
 
     def text(self) -> str:
-        total = len(self.same) + len(self.differ)
-        parts = [f"{len(self.differ)} of {total} golden tensors found by name differ"
-                 + (f" ({', '.join(self.differ[:3])}{', ...' if len(self.differ) > 3 else ''})" if self.differ else "")]
-        deepstack = [k for k in self.missing if k.startswith("deepstack_merger_list.")]
-        others = [k for k in self.missing if k not in deepstack]
-        if self.by_value:
-            parts.append(f"{len(self.by_value)} more equal a tensor of the file under another name or are zero "
-                         "(deduplicated, folded or dropped by the exporter)")
+        """One line: what the weights are, the unexplained ones first."""
+        total = len(self.verdicts)
+        absent = self.kinds(ABSENT)
+        deepstack = [v for v in absent if v.key.startswith("deepstack_merger_list.")]
+        present = total - len(deepstack)  # a file without DeepStack outputs holds none of its mergers
+        parts = []
+        covered = False  # a line said "every weight": the equal ones need no count of their own
+        other = self.kinds(OTHER)
+        if other:
+            shown = ", ".join(f"{v.key} ({v.detail or f'relative L2 {v.rel_l2:.2g}'})" for v in other[:3])
+            parts.append(f"{len(other)} of {total} tensors are not the checkpoint's nor a rounding or quantization "
+                         f"of it: {shown}{', ...' if len(other) > 3 else ''}")
+        rounded = {BF16: "bfloat16", FP16: "float16"}
+        kept = self.kinds(EQUAL, DROPPED)
+        for kind, word in rounded.items():
+            found = self.kinds(kind)
+            if found and len(found) + len(kept) == present:
+                covered = True
+                parts.append(f"every weight is the checkpoint's rounded to {word} (the model was cast before "
+                             f"export; relative L2 up to {max(v.rel_l2 for v in found):.2g})")
+            elif found:
+                parts.append(f"{len(found)} rounded to {word} (relative L2 up to {max(v.rel_l2 for v in found):.2g})")
+        groups: dict[str, list[TensorVerdict]] = {}
+        for verdict in self.kinds(QUANTIZED):
+            groups.setdefault(verdict.encoding, []).append(verdict)
+        for encoding, found in groups.items():
+            tables = [v for v in found if v.key.startswith("pos_embed")]
+            what = ("position table" if tables and len(found) == 1 else
+                    f"{len(found)} {'matmul weights' if not tables else 'tensors'}")
+            parts.append(f"{what} {encoding}, relative L2 up to {max(v.rel_l2 for v in found):.2g}")
+        equal = self.kinds(EQUAL)
+        if equal and len(equal) + len(self.kinds(DROPPED)) == present:
+            parts.append(f"every weight is the checkpoint's ({len(equal)} equal"
+                         + (f", {len(self.kinds(DROPPED))} zero tensors dropped by the exporter)" if self.kinds(DROPPED)
+                            else ")"))
+        elif equal and not other and not covered:
+            parts.append(f"{len(equal)} equal")
         if deepstack:
             parts.append("DeepStack not exported (its mergers' tensors are absent)")
-        if others:
-            parts.append(f"{len(others)} not found by name (nor by value, where small enough to look)")
+        if len(absent) > len(deepstack):
+            parts.append(f"{len(absent) - len(deepstack)} not found by name nor by value")
         return "; ".join(parts)
 
 
-def compare_weights(path: Path, state: Mapping[str, Any], limit: float = 1e-3) -> WeightComparison:
-    """Each golden tensor against the file's initializer of that name: through ``Identity`` aliases
-    (the exporter deduplicates equal tensors), dequantized for ``quantize_dynamic`` files (2 %), as
-    is or transposed, within ``limit`` relative L2 (fp16 weights differ by ~1e-4). A golden tensor
-    with no initializer of its name is looked for by value among the float initializers of its
-    shape (the dynamo exporter keeps one of several equal LayerNorm tensors under one name), and an
-    all-zero one counts as found (optimizers drop the Add of a zero bias). Only
-    tensors up to ``BY_VALUE_ELEMENTS`` are looked for so, which bounds the work on a 4B file."""
+def _rel_l2(got: np.ndarray, ref: np.ndarray) -> float:
     import numpy as np
-    import onnx
-    from onnx import numpy_helper
 
-    model = onnx.load(str(path))
-    inits = {i.name: i for i in model.graph.initializer}
-    aliases = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity" and n.input[0] in inits}
-    names: dict[str, str] = {}
-    for name in [*inits, *aliases]:
-        key = state_key(name.removesuffix("_quantized").removesuffix("_Transposed"), state)
+    norm = float(np.linalg.norm(ref)) or 1.0
+    return float(np.linalg.norm(got.astype(np.float64) - ref)) / norm
+
+
+def _rounded(ref: np.ndarray, kind: str) -> np.ndarray:
+    import numpy as np
+    import torch
+
+    if kind == FP16:
+        return ref.astype(np.float16).astype(np.float64)
+    rounded: np.ndarray = torch.from_numpy(ref.astype(np.float32)).to(torch.bfloat16).to(torch.float64).numpy()
+    return rounded
+
+
+def verdict(key: str, weight: FileWeight, value: np.ndarray, ref: np.ndarray) -> TensorVerdict:
+    """What ``value`` (``weight``'s value in ``ref``'s layout) is of the checkpoint's ``ref``."""
+    import numpy as np
+
+    rel = _rel_l2(value, ref)
+
+    def found(kind: str, detail: str = "") -> TensorVerdict:
+        return TensorVerdict(key, kind, weight.name, weight.encoding, rel, detail)
+
+    if weight.step is not None:
+        step = weight.step if weight.step.shape == value.shape else weight.step.T
+        if float(np.mean(np.abs(value - ref) > step * 1.001 + 1e-12)) <= OFF_STEP_SHARE:
+            return found(QUANTIZED)
+    elif rel <= SAME_REL_L2:
+        return found(EQUAL)
+    else:
+        for kind in (BF16, FP16):
+            if _rel_l2(value, _rounded(ref, kind)) <= SAME_REL_L2:
+                return found(kind)
+    square = ref.ndim == 2 and ref.shape[0] == ref.shape[1]
+    return found(OTHER, "the checkpoint's transposed" if square and _rel_l2(value, ref.T) < min(rel, 0.05) else "")
+
+
+def _layouts(weight: FileWeight, shape: tuple[int, ...]) -> list[np.ndarray]:
+    """``weight``'s value in ``shape``: as it is, or transposed where its consumer did not fix it."""
+    value = weight.value
+    found = [value] if value.shape == shape else []
+    if not weight.oriented and value.ndim == 2 and value.T.shape == shape and value.shape != shape:
+        found.append(value.T)
+    return found
+
+
+def compare_weights(path: Path, state: Mapping[str, Any]) -> WeightReport:
+    """Each golden tensor of ``state`` against the file's weight of its name, else the nearest of its
+    shape by value; see the module's docstring."""
+    import numpy as np
+
+    from pytest_qwen3vl.onnxfile.dequantize import read_weights
+
+    weights = read_weights(path)
+    named: dict[str, FileWeight] = {}
+    for weight in weights:
+        base = weight.name
+        for suffix in _SUFFIXES:
+            base = base.removesuffix(suffix)
+        key = state_key(base, state)
         if key is not None:
-            names.setdefault(key, name)
-
-    def array(name: str) -> np.ndarray:
-        value: np.ndarray = np.asarray(numpy_helper.to_array(inits[aliases.get(name, name)]), dtype=np.float64)
-        return value
-
-    def close(got: np.ndarray, ref: np.ndarray, bound: float) -> bool:
-        if got.shape != ref.shape and got.T.shape == ref.shape:
-            got = got.T
-        norm = float(np.linalg.norm(ref)) or 1.0
-        return got.shape == ref.shape and float(np.linalg.norm(got - ref)) <= bound * norm
-
-    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
-    by_shape: dict[tuple[int, ...], list[str]] = {}
-    for name, init in inits.items():
-        if init.data_type in floats:
-            by_shape.setdefault(tuple(init.dims), []).append(name)
-
-    result = WeightComparison()
+            named.setdefault(key, weight)
+    by_shape: dict[tuple[int, ...], list[FileWeight]] = {}
+    for weight in weights:
+        flips = not weight.oriented and weight.value.ndim == 2
+        shapes = {weight.value.shape} | ({weight.value.T.shape} if flips else set())
+        for shape in shapes:
+            by_shape.setdefault(shape, []).append(weight)
+    report = WeightReport()
     for key, tensor in state.items():
         ref = np.asarray(tensor, dtype=np.float64)
-        name = names.get(key)
-        if name is None and ref.size <= BY_VALUE_ELEMENTS:
-            shapes = {ref.shape, ref.shape[::-1]}
-            # an all-zero tensor needs no initializer: exporters drop the Add of a zero bias
-            candidates = (c for shape in shapes for c in by_shape.get(shape, ()))
-            found = not ref.any() or any(close(array(c), ref, limit) for c in candidates)
-            (result.by_value if found else result.missing).append(key)
+        chosen: tuple[FileWeight, np.ndarray] | None = None
+        by_name = named.get(key)
+        if by_name is not None:
+            layouts = _layouts(by_name, ref.shape)
+            if layouts:
+                chosen = by_name, min(layouts, key=lambda v: _rel_l2(v, ref))
+        if chosen is None:
+            chosen = _nearest(ref, by_shape.get(ref.shape, []))
+        if chosen is None:
+            report.verdicts.append(TensorVerdict(key, ABSENT if ref.any() else DROPPED))
             continue
-        if name is None:
-            result.missing.append(key)
-            continue
-        bound = limit
-        if name.endswith("_quantized"):
-            base = name.removesuffix("_quantized")
-            if f"{base}_scale" not in inits:
-                result.missing.append(key)
-                continue
-            zero = array(f"{base}_zero_point") if f"{base}_zero_point" in inits else 0.0
-            got, bound = (array(name) - zero) * array(f"{base}_scale"), 0.02
-        else:
-            got = array(name)
-        (result.same if close(got, ref, bound) else result.differ).append(key)
-    return result
+        found = verdict(key, chosen[0], chosen[1], ref)
+        if found.kind == OTHER and by_name is None:  # the nearest of its shape is another tensor
+            found = TensorVerdict(key, ABSENT if ref.any() else DROPPED)
+        report.verdicts.append(found)
+        if found.kind not in (EQUAL, DROPPED, ABSENT):  # golden holds the equal ones already
+            report.values[key] = chosen[1]
+    return report
+
+
+def _nearest(ref: np.ndarray, candidates: Sequence[FileWeight]) -> tuple[FileWeight, np.ndarray] | None:
+    """The candidate layout nearest ``ref`` by relative L2, judged on a strided sample first."""
+    import numpy as np
+
+    options = [(w, v) for w in candidates for v in _layouts(w, ref.shape)]
+    if not options:
+        return None
+    flat = ref.reshape(-1)
+    stride = max(1, flat.size // _SAMPLE)
+    sample = flat[::stride]
+    best = min(options, key=lambda o: _rel_l2(np.asarray(o[1]).reshape(-1)[::stride], sample))
+    return best
+
+
+
+def cast_buffers(report: WeightReport, model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """Every floating buffer of ``model`` rounded as the file's float weights were, where they were
+    rounded one way (bfloat16 or float16); else none."""
+    import torch
+
+    rounded = {v.kind for v in report.verdicts} & {BF16, FP16}
+    if len(rounded) != 1:
+        return {}
+    dtype = torch.bfloat16 if rounded == {BF16} else torch.float16
+    return {name: buffer.detach().to(dtype).to(torch.float32).numpy()
+            for name, buffer in model.named_buffers() if buffer.is_floating_point()}
+
+
+def compare_in_child(path: Path, state: Mapping[str, np.ndarray]) -> WeightReport:
+    """``compare_weights`` in a child process: golden's tensors go to it as ``.npy`` files it maps,
+    the verdicts and the values that differ from golden's come back. ``ProbeFailed`` when the child
+    does not finish (our fault, never a verdict)."""
+    import numpy as np
+
+    with tempfile.TemporaryDirectory(prefix="qwen3vl-weights-") as tmp:
+        folder = Path(tmp)
+        keys = list(state)
+        for index, key in enumerate(keys):
+            np.save(folder / f"{index}.npy", np.asarray(state[key]))
+        (folder / "keys.json").write_text(json.dumps(keys))
+        done = subprocess.run([sys.executable, "-m", __name__, str(path), str(folder)],
+                              capture_output=True, text=True, check=False)
+        result = folder / "verdicts.json"
+        if done.returncode != 0 or not result.is_file():
+            raise ProbeFailed(f"the weights process failed: {child_failure(done.stderr, done.returncode)}")
+        report = WeightReport([TensorVerdict(**v) for v in json.loads(result.read_text())])
+        with np.load(folder / "values.npz") as stored:
+            report.values = {keys[int(name)]: stored[name] for name in stored.files}
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The child: ``python -m pytest_qwen3vl.judge.weights FILE FOLDER`` reads FOLDER's golden
+    tensors and writes FOLDER/verdicts.json and FOLDER/values.npz."""
+    import numpy as np
+
+    path, folder = (Path(a) for a in (argv or sys.argv[1:]))
+    keys = json.loads((folder / "keys.json").read_text())
+    state = {key: np.load(folder / f"{index}.npy", mmap_mode="r") for index, key in enumerate(keys)}
+    report = compare_weights(path, state)
+    index = {key: i for i, key in enumerate(keys)}
+    (folder / "verdicts.json").write_text(json.dumps([asdict(v) for v in report.verdicts]))
+    np.savez(folder / "values.npz", **{str(index[k]): v for k, v in report.values.items()})  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    main()

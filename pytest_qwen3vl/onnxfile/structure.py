@@ -57,6 +57,20 @@ def external_files(model: onnx.ModelProto, path: Path) -> tuple[str, ...]:
     return tuple(sorted(needed))
 
 
+def consumed(node: onnx.NodeProto) -> set[str]:
+    """Every value a node reads: its inputs and, for If, Loop and Scan, the outer values its
+    subgraphs read (names made inside them come along; they are unique, so that is harmless)."""
+    import onnx
+
+    names = set(node.input)
+    for attribute in node.attribute:
+        graphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
+        for graph in graphs:
+            for inner in graph.node:
+                names |= consumed(inner)
+    return names
+
+
 def _parse(path: Path) -> onnx.ModelProto:
     """``path`` without its external data; ``ArtefactError`` when it is no ONNX model."""
     import onnx

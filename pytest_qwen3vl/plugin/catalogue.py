@@ -101,6 +101,11 @@ _CLAIMS: tuple[tuple[str, str, str], ...] = (
     ("artefact", "artefact-parity",
      "On each grid and runtime (ONNX Runtime unless --qwen3vl-runtime names others), the file's outputs match "
      "golden PyTorch with the same weights, within the tolerance of its weight type or of the precision that ran."),
+    ("artefact", "artefact-weights",
+     "The file's weights are the checkpoint's: equal, rounded to bf16 or fp16, or quantized."),
+    ("artefact", "artefact-graph",
+     "On each grid the file runs, it computes golden's function of the weights it holds, within the tolerance "
+     "of the arithmetic it declares."),
     ("artefact", "artefact-grids", "The file serves every grid of the run."),
     ("artefact", "artefact-deepstack",
      "Each DeepStack output the file has carries golden's DeepStack feature of its position."),

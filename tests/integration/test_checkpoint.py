@@ -275,7 +275,7 @@ def test_export_command_exports_the_bin_folders_weights_and_the_file_holds(
     torch.testing.assert_close(torch.from_numpy(got[0]), expected, rtol=1e-4, atol=1e-5)
     result = run_suite("test_artefact.py", f"--qwen3vl-config={folder}", f"--qwen3vl-onnx={out}",
                        f"--qwen3vl-grid={grid.text}")
-    for claim in ("artefact-parity", "artefact-grids", "artefact-where"):
+    for claim in ("artefact-parity", "artefact-weights", "artefact-graph", "artefact-grids", "artefact-where"):
         assert " holds " in claim_row(result, claim), claim_row(result, claim)
 
 
