@@ -436,7 +436,8 @@ def test_rounded_and_quantized_weights_are_named_and_their_graph_holds(
         in graph, graph
     assert "fp16.onnx: golden with the file's own weights, fp16 compute, fp16 tolerance" in graph, graph
     # the cost a user ships stays in parity; the grids are not blamed for it, and "where" names the weights
-    assert "bf16-cast.onnx-1x24x24: outside the fp32 tolerance" in claim_row(result, "artefact-parity")
+    parity = claim_row(result, "artefact-parity")
+    assert "bf16-cast.onnx-onnxruntime-1x24x24: onnxruntime:fp32: outside the fp32 tolerance" in parity, parity
     assert claim_status(result, "artefact-grids") == "holds", claim_row(result, "artefact-grids")
     where = claim_row(result, "artefact-where")
     assert "bf16-cast.onnx: 1x24x24: the weights explain the drift; the graph is right with them" in where, where
