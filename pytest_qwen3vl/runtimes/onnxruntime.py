@@ -1,6 +1,7 @@
 """ONNX Runtime on the CPU, as a downstream runtime loads it: the reference runtime of every verdict.
 
-onnxruntime and numpy are imported inside the functions.
+The same code runs a file on ONNX Runtime's GPU providers (CUDA, TensorRT) with another provider list,
+so the CPU self-tests cover their path. onnxruntime and numpy are imported inside the functions.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.errors import RuntimeRefused
+from pytest_qwen3vl.errors import NotRunnable, RuntimeRefused
 from pytest_qwen3vl.metrics import as_numpy
 from pytest_qwen3vl.onnxfile.names import POOLED_OUTPUT
 from pytest_qwen3vl.runtimes.base import Runtime, Session
@@ -26,6 +27,9 @@ MESSAGE_CHARS = 160
 _NODE = re.compile(r"running (\w+) node\. Name:'([^']*)'")
 # MLAS keeps a packed second copy of each Gemm/MatMul weight unless told not to: -34 % peak at 4B.
 LOW_MEMORY = {"session.disable_prepacking": "1"}
+CPU = "CPUExecutionProvider"
+# A provider as ``InferenceSession`` takes it: its name, or its name and its options.
+Provider = str | tuple[str, Mapping[str, str]]
 
 
 def default_threads() -> int:
@@ -36,9 +40,14 @@ def default_threads() -> int:
 
 
 def ort_session(
-    onnx_path: str | os.PathLike[str] | bytes, *, threads: int | None = None, config: Mapping[str, str] | None = None
+    onnx_path: str | os.PathLike[str] | bytes,
+    *,
+    threads: int | None = None,
+    config: Mapping[str, str] | None = None,
+    providers: Sequence[Provider] = (CPU,),
 ) -> onnxruntime.InferenceSession:
-    """A CPU session with default graph optimisations, as a downstream runtime would load it.
+    """A session with default graph optimisations, as a downstream runtime would load it (on the CPU
+    unless ``providers`` names others).
 
     ``onnx_path`` may also be a serialized model; ``config`` holds session config entries
     (``LOW_MEMORY``: MLAS otherwise keeps a second, packed copy of every weight).
@@ -52,7 +61,7 @@ def ort_session(
     options.inter_op_num_threads = 1
     options.log_severity_level = 4  # fatal only: a failing run raises, its log line would repeat it
     source = onnx_path if isinstance(onnx_path, bytes) else str(onnx_path)
-    return onnxruntime.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(source, sess_options=options, providers=list(providers))
 
 
 def run_outputs(session: onnxruntime.InferenceSession, pixel_values: Any, grid_thw: Any) -> dict[str, np.ndarray]:
@@ -115,19 +124,37 @@ class OrtSession(Session):
         return dict(zip(names, values, strict=True))
 
 
+def provider_name(provider: Provider) -> str:
+    return provider if isinstance(provider, str) else provider[0]
+
+
 class OnnxRuntimeCPU(Runtime):
-    """ONNX Runtime's CPU provider at its default optimisation level, fp32 arithmetic."""
+    """ONNX Runtime at its default optimisation level: its CPU provider at fp32 unless ``providers``
+    names another (a GPU runtime then also gives its ``name`` and ``precision``)."""
 
     name = "onnxruntime"
     precision = "fp32"
     session_class: type[OrtSession] = OrtSession
 
-    def __init__(self, config: Mapping[str, str] | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        config: Mapping[str, str] | None = None,
+        threads: int | None = None,
+        providers: Sequence[Provider] = (CPU,),
+    ) -> None:
         self.config = dict(config or {})
         self.threads = threads
+        self.providers = tuple(providers)
 
     def load(self, path: Path) -> Session:
         try:
-            return self.session_class(ort_session(path, threads=self.threads, config=self.config))
+            session = ort_session(path, threads=self.threads, config=self.config, providers=self.providers)
         except runtime_errors() as exc:
             raise refused(exc) from exc
+        # ONNX Runtime falls back to the CPU, with a warning only, when a provider does not start (a
+        # build without it, no GPU, no CUDA libraries): a row would name a provider that did not run.
+        wanted, ran = provider_name(self.providers[0]), session.get_providers()[0]
+        if ran != wanted:
+            raise NotRunnable(f"not run: ONNX Runtime loads {path.name} on {ran}, not on {wanted} (a build "
+                              f"without {wanted}, no GPU, or its libraries not found)")
+        return self.session_class(session)

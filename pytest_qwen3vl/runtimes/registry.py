@@ -12,26 +12,33 @@ from pytest_qwen3vl.errors import ChoiceError, choose
 from pytest_qwen3vl.runtimes.base import Runtime
 from pytest_qwen3vl.runtimes.onnxruntime import LOW_MEMORY, OnnxRuntimeCPU
 from pytest_qwen3vl.runtimes.openvino import PRECISIONS, OpenVINO
+from pytest_qwen3vl.runtimes.ort_gpu import PROVIDERS as GPU_PROVIDERS
+from pytest_qwen3vl.runtimes.ort_gpu import SETTINGS as GPU_SETTINGS
+from pytest_qwen3vl.runtimes.ort_gpu import OrtGPU, absent
 from pytest_qwen3vl.runtimes.ort_optimized import SETTINGS as OPTIMIZED_SETTINGS
 from pytest_qwen3vl.runtimes.ort_optimized import OrtOptimized
 
 
 @dataclass(frozen=True)
 class Entry:
-    """A runtime by name: the module it needs, the extra that installs it, and its settings."""
+    """A runtime by name: the module it needs, the extra that installs it, its settings, and the ONNX
+    Runtime provider it needs listed."""
 
     module: str
     extra: str | None
     settings: tuple[str, ...] = ()
+    provider: str | None = None
 
 
 # "onnxruntime" is a dependency, so it has no extra; openvino's settings are its precision hints
 # (no setting: OpenVINO's own default precision, which depends on the CPU); the optimiser's are its
-# rewrite's arithmetic (no setting: fp32, fusions only).
+# rewrite's arithmetic (no setting: fp32, fusions only); the GPU providers' are their arithmetic (no
+# setting: fp32).
 RUNTIMES: dict[str, Entry] = {
     "onnxruntime": Entry("onnxruntime", None),
     "onnxruntime-optimized": Entry("onnxruntime", None, OPTIMIZED_SETTINGS),
     "openvino": Entry("openvino", "openvino", PRECISIONS),
+    **{name: Entry("onnxruntime", None, GPU_SETTINGS[name], provider) for name, provider in GPU_PROVIDERS.items()},
 }
 DEFAULT_RUNTIME = "onnxruntime"
 
@@ -49,11 +56,12 @@ class RuntimeChoice:
         return f"{self.name}:{self.setting}" if self.setting else self.name
 
     def missing(self) -> str | None:
-        """How to install the runtime when its module is absent, else None."""
+        """How to install the runtime when its module is absent, or what its provider needs when the
+        installed onnxruntime does not list it, else None."""
         entry = RUNTIMES[self.name]
-        if importlib.util.find_spec(entry.module) is not None:
-            return None
-        return f"pip install pytest-qwen3vl[{entry.extra}]" if entry.extra else f"pip install {entry.module}"
+        if importlib.util.find_spec(entry.module) is None:
+            return f"pip install pytest-qwen3vl[{entry.extra}]" if entry.extra else f"pip install {entry.module}"
+        return absent(entry.provider) if entry.provider else None
 
     def make(self, cache: Path) -> Runtime:
         """The runtime; ``cache`` is where a runtime that rewrites files keeps the rewrites."""
@@ -61,6 +69,8 @@ class RuntimeChoice:
             return OpenVINO(self.setting)
         if self.name == "onnxruntime-optimized":
             return OrtOptimized(cache, self.setting or "fp32")
+        if self.name in GPU_PROVIDERS:
+            return OrtGPU(self.name, self.setting or "fp32")
         return OnnxRuntimeCPU(config=LOW_MEMORY)
 
 

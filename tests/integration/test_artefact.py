@@ -637,7 +637,8 @@ def test_runtimes_are_usage_errors_when_unknown_and_not_run_when_not_installed(
     unknown = run_suite("test_artefact.py", *_onnx(files["fp32"]), "--qwen3vl-runtime=tensorrt")
     assert unknown.ret == pytest.ExitCode.USAGE_ERROR
     unknown.stderr.fnmatch_lines(["ERROR: --qwen3vl-runtime: runtime must be one of onnxruntime, "
-                                  "onnxruntime-optimized, openvino, not 'tensorrt'"])
+                                  "onnxruntime-optimized, openvino, onnxruntime-cuda, onnxruntime-tensorrt, "
+                                  "not 'tensorrt'"])
     # A plugin of the inner process that makes openvino absent, as on a machine without it.
     pytester.makepyfile(no_openvino="import sys\n\nsys.modules['openvino'] = None\n")
     absent = run_suite("test_artefact.py", "-p", "no_openvino", "-k", "parity or grids", *_onnx(files["fp32"]),
@@ -646,4 +647,10 @@ def test_runtimes_are_usage_errors_when_unknown_and_not_run_when_not_installed(
         row = claim_row(absent, claim)
         assert "not run: pip install pytest-qwen3vl[openvino]" in row, row
     absent.assert_outcomes(skipped=2)
+    # This onnxruntime has no GPU provider: the GPU runtimes' rows say what they need.
+    no_gpu = run_suite("test_artefact.py", "-k", "parity", *_onnx(files["fp32"]), "--qwen3vl-grid=1,24,24",
+                       "--qwen3vl-runtime=onnxruntime-cuda", "--qwen3vl-runtime=onnxruntime-tensorrt:fp16")
+    row = claim_row(no_gpu, "artefact-parity")
+    assert row.count("not run: needs onnxruntime-gpu and a GPU (the installed onnxruntime offers ") == 2, row
+    no_gpu.assert_outcomes(skipped=2)
 

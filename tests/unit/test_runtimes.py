@@ -6,14 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pytest_qwen3vl.errors import ChoiceError, RuntimeRefused
+from pytest_qwen3vl.errors import ChoiceError, NotRunnable, RuntimeRefused
 from pytest_qwen3vl.runtimes.base import Runtime
 from pytest_qwen3vl.runtimes.onnxruntime import (
     LOW_MEMORY,
     OnnxRuntimeCPU,
+    OrtSession,
     failed_node,
     ort_session,
     runtime_errors,
@@ -90,12 +92,52 @@ def test_runtimes_are_named_with_their_setting() -> None:
     assert parse_runtime(" onnxruntime ").text == "onnxruntime"
     assert parse_runtime("openvino").text == "openvino" and parse_runtime("openvino").missing() is None
     with pytest.raises(ChoiceError, match=r"^runtime must be one of onnxruntime, onnxruntime-optimized, openvino, "
-                                          r"not 'tensorrt'$"):
+                                          r"onnxruntime-cuda, onnxruntime-tensorrt, not 'tensorrt'$"):
         parse_runtime("tensorrt")
     with pytest.raises(ChoiceError, match=r"^openvino setting must be one of f32, bf16, f16, not 'i8'$"):
         parse_runtime("openvino:i8")
     with pytest.raises(ChoiceError, match=r"^runtime onnxruntime takes no setting, not 'fp16'$"):
         parse_runtime("onnxruntime:fp16")
+    assert parse_runtime("onnxruntime-tensorrt:FP16") == RuntimeChoice("onnxruntime-tensorrt", "fp16")
+    with pytest.raises(ChoiceError, match=r"^onnxruntime-cuda setting must be one of fp32, not 'fp16'$"):
+        parse_runtime("onnxruntime-cuda:fp16")
+
+
+def test_the_provider_list_is_what_the_session_runs_on(tmp_path: Path) -> None:
+    """The GPU runtimes are this runtime with another provider list: passed through as given (here the
+    CPU provider with an option, which ONNX Runtime does not report back for the CPU), and a session ONNX
+    Runtime moved to another provider is not run."""
+    path = tiny_encoder(tmp_path / "f.onnx")
+    option = {"arena_extend_strategy": "kSameAsRequested"}
+    session = OnnxRuntimeCPU(threads=1, providers=[("CPUExecutionProvider", option)]).load(path)
+    assert isinstance(session, OrtSession)
+    assert session.session.get_providers() == ["CPUExecutionProvider"]
+    pooled = session.run({"pixel_values": PIXELS, "image_grid_thw": GRID})["pooled_embeds"]
+    np.testing.assert_array_equal(pooled, PIXELS)
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.warns(UserWarning, match="not in available provider names"), \
+                pytest.raises(NotRunnable, match=r"^not run: ONNX Runtime loads f.onnx on CPUExecutionProvider, not on "
+                                                 r"CUDAExecutionProvider \(a build without"):
+            OnnxRuntimeCPU(threads=1, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]).load(path)
+
+
+def test_a_gpu_runtime_is_offered_only_where_onnxruntime_lists_its_provider() -> None:
+    """Rows of an absent provider are "not run" with what it needs; a listed one (the CPU's) is offered."""
+    from pytest_qwen3vl.runtimes.ort_gpu import CUDA, TENSORRT, OrtGPU, absent
+
+    assert absent("CPUExecutionProvider") is None
+    offered = onnxruntime.get_available_providers()
+    for provider, choice in ((CUDA, RuntimeChoice("onnxruntime-cuda")),
+                             (TENSORRT, RuntimeChoice("onnxruntime-tensorrt", "fp16"))):
+        if provider in offered:
+            assert choice.missing() is None
+            continue
+        reason = f"needs onnxruntime-gpu and a GPU (the installed onnxruntime offers {', '.join(offered)})"
+        assert choice.missing() == (reason if len(offered) > 1 else reason.replace(")", " only)")), choice.missing()
+    tensorrt = OrtGPU("onnxruntime-tensorrt", "fp16")
+    assert (tensorrt.label, tensorrt.arithmetic) == ("onnxruntime-tensorrt:fp16", "fp16")
+    assert tensorrt.providers == (("TensorrtExecutionProvider", {"trt_fp16_enable": "True"}), "CUDAExecutionProvider",
+                                  "CPUExecutionProvider")
 
 
 def test_the_optimisers_rewrite_is_made_once_per_file_and_kept(tmp_path: Path) -> None:
