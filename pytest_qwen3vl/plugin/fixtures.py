@@ -464,7 +464,8 @@ ArtefactChecks = Callable[[Path, "RuntimeChoice"], "ArtefactCheck"]
 @pytest.fixture(scope="session")
 def qwen3vl_runtimes(qwen3vl_settings: Settings) -> Runtimes:
     """``qwen3vl_runtimes(choice) -> Runtime``, built once per process; skips ("not run: pip install ...")
-    when the runtime is not installed, or when the installed onnxruntime lacks its GPU provider. Rewrites a runtime makes are kept under ``<cache dir>/runtimes``."""
+    when the runtime is not installed, or when the installed onnxruntime lacks its GPU provider. Rewrites a
+    runtime makes are kept under ``<cache dir>/runtimes``."""
     made: dict[RuntimeChoice, Runtime] = {}
 
     def runtime(choice: RuntimeChoice) -> Runtime:
