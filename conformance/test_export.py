@@ -12,17 +12,19 @@ from typing import Any
 import pytest
 import torch
 
-from pytest_qwen3vl.errors import ExportFailed, OutputContractError
+from pytest_qwen3vl.errors import ExportFailed, OutputContractError, RuntimeRefused
 from pytest_qwen3vl.judge.finding import served_line
 from pytest_qwen3vl.judge.gate import ONNX_EXPORTERS, judge_gate, words_table
-from pytest_qwen3vl.judge.tolerance import TOLERANCES, measure
+from pytest_qwen3vl.judge.tolerance import TOLERANCES, measure, row_for
+from pytest_qwen3vl.metrics import as_numpy
 from pytest_qwen3vl.model.grids import other_grid
 from pytest_qwen3vl.model.inputs import make_inputs
 from pytest_qwen3vl.model.outputs import merged
-from pytest_qwen3vl.onnxfile.names import POOLED_OUTPUT
+from pytest_qwen3vl.onnxfile.names import INPUT_NAMES, POOLED_OUTPUT
 from pytest_qwen3vl.onnxfile.signature import CONSTANTS_BUCKET
 from pytest_qwen3vl.plugin.snapshots import contract_document, document_changes, lowering_document
 from pytest_qwen3vl.runtimes.onnxruntime import run_pooled, runtime_errors, runtime_failure
+from pytest_qwen3vl.runtimes.registry import DEFAULT_RUNTIME
 
 pytestmark = pytest.mark.qwen3vl_export
 FP32 = TOLERANCES["fp32"]
@@ -221,17 +223,33 @@ def test_first_axes_are_symbolic_but_an_export_holds_for_its_own_grid(
 
 @pytest.mark.qwen3vl_claim("onnx-parity")
 def test_onnx_runtime_computes_what_pytorch_computes(
-    qwen3vl_export, qwen3vl_grid, qwen3vl_modified_vision, qwen3vl_inputs, qwen3vl_record
+    qwen3vl_export, qwen3vl_grid, qwen3vl_modified_vision, qwen3vl_inputs, qwen3vl_runtime, qwen3vl_runtimes,
+    qwen3vl_record
 ):
-    """Tolerance: the fp32 row of the weight-type table (``judge/tolerance.py``), as for every file."""
+    """Judged once per ``--qwen3vl-runtime``, at the row of the weight-type table (``judge/tolerance.py``)
+    of the file's fp32 weights or of the precision that ran, whichever is looser, as for every file. The
+    reference runtime's session is the one the other export claims share."""
+    runtime = qwen3vl_runtimes(qwen3vl_runtime)
     path = qwen3vl_export("modified", qwen3vl_grid)
-    actual = run_pooled(qwen3vl_export.session(path), *qwen3vl_inputs.args)
+    row = row_for("fp32", runtime.arithmetic)
+    tolerance = TOLERANCES[row]
+    label = runtime.label
+    if qwen3vl_runtime.name == DEFAULT_RUNTIME:
+        actual = run_pooled(qwen3vl_export.session(path), *qwen3vl_inputs.args)
+    else:
+        feeds = {name: as_numpy(value) for name, value in zip(INPUT_NAMES, qwen3vl_inputs.args, strict=True)}
+        try:
+            session = runtime.load(path)
+            actual = session.run(feeds, [POOLED_OUTPUT])[POOLED_OUTPUT]
+        except RuntimeRefused as exc:
+            pytest.fail(f"on {label}: {exc}", pytrace=False)
+        label += f" ({session.note})" if session.note else ""
     expected = pytorch_pooled(qwen3vl_modified_vision, *qwen3vl_inputs.args).numpy()
-    assert actual.shape == expected.shape, f"ONNX Runtime gives {actual.shape}, PyTorch {expected.shape}"
+    assert actual.shape == expected.shape, f"{label} gives {actual.shape}, PyTorch {expected.shape}"
     distance = measure(actual, expected, POOLED_OUTPUT, "PyTorch")
-    assert distance.within(FP32), f"ONNX Runtime's output is outside the fp32 tolerance ({FP32.text()}): " + (
-        distance.text())
-    qwen3vl_record.holds(f"{distance.text()} (fp32 tolerance: {FP32.text()})")
+    assert distance.within(tolerance), (f"{label}'s output is outside the {row} tolerance ({tolerance.text()}): "
+                                        f"{distance.text()}")
+    qwen3vl_record.holds(f"{label}: {distance.text()} ({row} tolerance: {tolerance.text()})")
 
 
 @pytest.mark.qwen3vl_claim("dynamo-export")

@@ -186,3 +186,16 @@ def test_mismatch_names_the_part_and_other_versions_skip(run_suite: RunSuite, sn
         "(snapshots exist for: torch-0.0.1_onnx-0.0.1, torch-*_transformers-*); record one with --snapshot-update",
     ])
     assert " fails " in claim_row(result, "export-pooled-embeds")
+
+
+def test_onnx_parity_is_judged_per_runtime_at_the_precision_that_ran(run_suite: RunSuite) -> None:
+    """The builder's file on ONNX Runtime and on the optimiser's fp16 rewrite: one row each, named with the
+    runtime; the fp16 rewrite is held to the fp16 row and moves further from PyTorch than fp32 does."""
+    result = run_suite("test_export.py", "-k", "onnx_runtime_computes", "--qwen3vl-runtime=onnxruntime",
+                       "--qwen3vl-runtime=onnxruntime-optimized:fp16")
+    row = claim_row(result, "onnx-parity")
+    assert "onnxruntime-1x24x24: onnxruntime:fp32: pooled_embeds: max abs " in row, row
+    assert "(fp32 tolerance: rel L2 <= 1e-05" in row, row
+    assert ("onnxruntime-optimized:fp16-1x24x24: onnxruntime-optimized:fp16 (optimised as vit): pooled_embeds: "
+            "max abs " in row and "(fp16 tolerance: rel L2 <= 0.005" in row), row
+    result.assert_outcomes(passed=2)
