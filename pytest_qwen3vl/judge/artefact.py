@@ -125,7 +125,7 @@ class ArtefactCheck:
         if ops:
             return GraphArithmetic(self.path, TOLERANCES["int8-activations"],
                                    f"int8 activations ({', '.join(ops)}), int8-activation tolerance")
-        name = self.weights.name if self.weights.name in ("fp16", "bf16") else "fp32"
+        name = row_for(self.weights.name if self.weights.name in ("fp16", "bf16") else "fp32", self.runtime.arithmetic)
         return GraphArithmetic(self.path, TOLERANCES[name], f"{name} compute, {name} tolerance")
 
     def graph_golden(self, grid: Grid) -> GoldenRuns:

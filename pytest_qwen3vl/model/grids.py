@@ -10,6 +10,8 @@ from pytest_qwen3vl.errors import GridError
 # The released image processor's pixel budget (longest_edge 16777216 pixels, 16x16 pixels a patch):
 # no image it emits has more patches than this. A larger grid is a typo, never a user's input.
 MAX_PATCHES = 16777216 // (16 * 16)
+# Its lower bound (shortest_edge 65536 pixels): a grid below it is a valid input it never emits.
+MIN_PATCHES = 65536 // (16 * 16)
 # Eager attention holds a few (scores, softmax, their product's inputs) float32 [heads, n, n] tensors
 # for an image of n patches at once.
 _ATTENTION_COPIES = 3

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_qwen3vl.errors import NotRunnable
 from pytest_qwen3vl.model.checkpoint import checkpoint_fingerprint
-from pytest_qwen3vl.model.grids import DEFAULT_GRID, Grid
+from pytest_qwen3vl.model.grids import DEFAULT_GRID, MAX_PATCHES, MIN_PATCHES, Grid
 from pytest_qwen3vl.plugin.settings import CONFIG, GENAI_FOLDER, flag
 from pytest_qwen3vl.runtimes.genai_folder import CONFIG_FILE, build_session_folder, genai_missing
 from pytest_qwen3vl.source.files import sha256_file
@@ -34,11 +34,6 @@ if TYPE_CHECKING:
     from pytest_qwen3vl.plugin.settings import Settings
 
 GENAI_LIBRARIES = (*EXPORT_LIBRARIES, "onnxruntime-genai", "onnx-ir", "tokenizers", "safetensors")
-# The grid of the report's pipeline (384x384 images); used when the run's grid is one the released
-# image processor cannot emit for a single image.
-PIPELINE_GRID = DEFAULT_GRID
-# The released processor's pixel budget in patches (65536 and 16777216 pixels, 16x16 pixels a patch).
-MIN_PATCHES, MAX_PATCHES = 256, 65536
 
 
 def genai_grid(grid: Grid) -> Grid:
@@ -47,7 +42,7 @@ def genai_grid(grid: Grid) -> Grid:
     t, h, w = grid.images[0]
     if t == 1 and MIN_PATCHES <= h * w <= MAX_PATCHES:
         return Grid.parse(f"1,{h},{w}")
-    return PIPELINE_GRID
+    return DEFAULT_GRID
 
 
 class SessionGenai:

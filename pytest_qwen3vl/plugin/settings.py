@@ -109,7 +109,6 @@ class Settings:
     explicit: bool
     genai_folder: Path | None = None
     onnx_files: tuple[FileFacts, ...] = ()  # each --qwen3vl-onnx file as read once, at start-up
-    onnx_outputs: OutputMap | None = None
     onnx_tolerance: tuple[tuple[str, float], ...] = ()
     runtimes: tuple[RuntimeChoice, ...] = ()  # what the files are judged on (parse_runtimes: at least one)
     cache_fallback: str | None = None  # why the named cache folder is not used (a private one is)
@@ -374,7 +373,6 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
         genai_folder=existing_folder(GENAI_FOLDER, *_value(config, GENAI_FOLDER)),
         onnx_files=onnx_files(list(raw_onnx or []), onnx_base, mapping,
                               getattr(config, "workerinput", {}).get(ONNX_WORKERINPUT)),
-        onnx_outputs=mapping,
         onnx_tolerance=tuple(tolerance.items()),
         runtimes=parse_runtimes(list(raw_runtimes or [])),
     )

@@ -57,8 +57,3 @@ def family_of(tree: ast.Module) -> Family | None:
     """The family whose vision class ``tree`` defines at top level, or None."""
     defined = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
     return next((family for family in FAMILIES.values() if family.vision_class in defined), None)
-
-
-def family_of_model_type(model_type: str) -> Family | None:
-    """The family of a config's ``model_type`` (``qwen3_vl``, ``qwen3_vl_moe``, ``qwen3_omni_moe``)."""
-    return FAMILIES.get(model_type)
