@@ -9,85 +9,60 @@ Relative L2 of the final hidden states and logits decides; top-1 agreement and K
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import torch
 
-from pytest_qwen3vl.errors import ConfigError
-from pytest_qwen3vl.model import pipeline as pl
-from pytest_qwen3vl.onnxfile.names import split_outputs
-from pytest_qwen3vl.runtimes.onnxruntime import run_outputs
+from pytest_qwen3vl.errors import ConfigError, NotRunnable, ProbeFailed
+from pytest_qwen3vl.judge.pipeline import DEEPSTACK, POOLED
+from pytest_qwen3vl.model.pipeline import PipelineGap
 
 pytestmark = pytest.mark.qwen3vl_export
 
 
-@dataclass
-class Pipeline:
-    """The whole model, the prompt for the current grid, and golden's run on it."""
-
-    model: Any
-    ids: torch.Tensor
-    grid_thw: torch.Tensor
-    golden: pl.PipelineRun
-    weights: str  # what the numbers stand for
-
-    def gap(self, pooled: Any, deepstack: list[Any] | None) -> pl.PipelineGap:
-        run = pl.language_run(self.model, self.ids, self.grid_thw, pooled, deepstack)
-        return pl.pipeline_gap(run, self.golden, self.ids, self.model.config.image_token_id)
-
-
 @pytest.fixture(scope="module")
-def full_model(qwen3vl_golden_module, qwen3vl_config, qwen3vl_golden_vision, qwen3vl_settings) -> Any:
+def pipeline(qwen3vl_export, qwen3vl_settings) -> dict[str, Any]:
+    """Per grid of the run: the prompt, the tolerance and both gaps, measured once per run (by one
+    process, whatever ``-n`` says: at a released size two whole models do not fit beside each other)."""
     try:
-        return pl.build_full_model(qwen3vl_golden_module, qwen3vl_config, qwen3vl_golden_vision, qwen3vl_settings.seed)
+        return qwen3vl_export.pipeline(qwen3vl_settings.grids)
     except ConfigError as exc:  # the config or checkpoint, not the modified file: no verdict
         pytest.skip(f"not run: {exc}")
+    except ProbeFailed as exc:  # our own process failed: no verdict either
+        raise NotRunnable(f"not run: {exc}") from exc
 
 
-@pytest.fixture(scope="module")
-def pipeline(full_model, qwen3vl_config, qwen3vl_inputs, qwen3vl_settings) -> Pipeline:
-    """Golden's whole-model forward on the prompt, once per grid for both claims (neither changes it)."""
-    counts = pl.image_counts(qwen3vl_inputs.grid_thw, qwen3vl_config.merge_size)
-    ids = pl.make_prompt(counts, full_model.config, qwen3vl_settings.seed)
-    golden = pl.golden_run(full_model, ids, *qwen3vl_inputs.args)
-    dtype = str(full_model.lm_head.weight.dtype).removeprefix("torch.")
-    if qwen3vl_config.checkpoint is None:
-        weights = "random tiny weights: the numbers show the mechanism, not a real model's accuracy"
-    else:
-        weights = f"weights of {qwen3vl_config.checkpoint.name}, language model in {dtype}"
-    text = f"{ids.shape[1]} tokens, {sum(counts)} image tokens; {weights}"
-    return Pipeline(full_model, ids, qwen3vl_inputs.grid_thw, golden, text)
+def gap_of(measured: dict[str, Any]) -> tuple[int, PipelineGap]:
+    """The DeepStack outputs the file fed, and its gap."""
+    fields = dict(measured)
+    return fields.pop("deepstack_outputs"), PipelineGap(**fields)
 
 
 @pytest.mark.qwen3vl_claim("pipeline-deepstack-kept")
 def test_language_model_fed_every_deepstack_output_computes_golden(
-    qwen3vl_export, qwen3vl_grid, qwen3vl_inputs, qwen3vl_config, pipeline, qwen3vl_record
+    qwen3vl_export, qwen3vl_grid, qwen3vl_config, pipeline, qwen3vl_record
 ):
-    path = qwen3vl_export("golden", qwen3vl_grid, wrapper="all")
-    pooled, deepstack = split_outputs(run_outputs(qwen3vl_export.session(path), *qwen3vl_inputs.args))
+    qwen3vl_export("golden", qwen3vl_grid, wrapper="all")  # its own failure first, in its own words
+    here = pipeline[qwen3vl_grid.text]
+    outputs, gap = gap_of(here["gaps"][DEEPSTACK])
     layers = len(qwen3vl_config.vision["deepstack_visual_indexes"])
-    assert len(deepstack) == layers, f"the DeepStack export has {len(deepstack)} DeepStack outputs, expected {layers}"
-    gap = pipeline.gap(pooled, deepstack)
-    tolerance = pl.tolerance(pipeline.model)
+    assert outputs == layers, f"the DeepStack export has {outputs} DeepStack outputs, expected {layers}"
+    tolerance = here["tolerance"]
     assert gap.worst <= tolerance, (
         f"the language model fed the DeepStack export differs from golden's forward: {gap.text()} "
         f"(tolerance {tolerance:g})"
     )
-    qwen3vl_record.holds(f"{gap.text()} (tolerance {tolerance:g}); {pipeline.weights}")
+    qwen3vl_record.holds(f"{gap.text()} (tolerance {tolerance:g}); {here['prompt']}")
 
 
 @pytest.mark.qwen3vl_claim("pipeline-like-golden")
-def test_language_model_fed_pooled_embeds_only_is_not_golden(
-    qwen3vl_export, qwen3vl_grid, qwen3vl_inputs, pipeline, qwen3vl_record
-):
-    path = qwen3vl_export("modified", qwen3vl_grid)
-    pooled, deepstack = split_outputs(run_outputs(qwen3vl_export.session(path), *qwen3vl_inputs.args))
-    gap = pipeline.gap(pooled, deepstack or None)
-    tolerance = pl.tolerance(pipeline.model)
+def test_language_model_fed_pooled_embeds_only_is_not_golden(qwen3vl_export, qwen3vl_grid, pipeline, qwen3vl_record):
+    qwen3vl_export("modified", qwen3vl_grid)  # the modified file's own failure first, in its own words
+    here = pipeline[qwen3vl_grid.text]
+    outputs, gap = gap_of(here["gaps"][POOLED])
+    tolerance = here["tolerance"]
     qwen3vl_record.claim(
         reported=True, measured=gap.worst <= tolerance,
-        detail=f"{len(deepstack)} DeepStack outputs; {gap.text()} (tolerance {tolerance:g}); {pipeline.weights}",
+        detail=f"{outputs} DeepStack outputs; {gap.text()} (tolerance {tolerance:g}); {here['prompt']}",
         said="behaves like golden",
     )

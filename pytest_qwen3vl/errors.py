@@ -7,7 +7,10 @@ pytest usage errors (exit 4) and the console scripts into exit code 2, without a
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 # A Python traceback's last line (``ValueError: ...``, ``onnx.onnx_cpp2py_export.checker.ValidationError: ...``).
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(?:Error|Exception|Exit|Interrupt)\b.*")
@@ -137,3 +140,15 @@ def child_failure(output: str, returncode: int) -> str:
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     errors = [line for line in lines if _EXCEPTION_LINE.match(line)]
     return (errors or lines or [f"exit status {returncode}"])[-1]
+
+
+def run_module(
+    module: str, *args: str, what: str, result: Path, passes: Sequence[int] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` in a child process of this interpreter, which exits with its memory.
+    ``ProbeFailed`` ("<what> failed: <its exception line>") unless it exits 0 having written
+    ``result``, or exits with one of ``passes``: a failure of ours, never a verdict."""
+    done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, check=False)
+    if done.returncode not in passes and (done.returncode != 0 or not result.is_file()):
+        raise ProbeFailed(f"{what} failed: {child_failure(done.stderr, done.returncode)}")
+    return done

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import json
 import re
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.errors import ProbeFailed, RuntimeRefused, child_failure
+from pytest_qwen3vl.errors import ProbeFailed, RuntimeRefused, run_module
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.onnxfile.structure import consumed
 from pytest_qwen3vl.runtimes.onnxruntime import LOW_MEMORY, OnnxRuntimeCPU
@@ -252,11 +251,8 @@ def probe_in_child(path: Path, feeds: Mapping[str, np.ndarray]) -> Probed:
     with tempfile.TemporaryDirectory(prefix="qwen3vl-probe-") as tmp:
         folder = Path(tmp)
         np.savez(folder / "feeds.npz", **dict(feeds))  # type: ignore[arg-type]
-        done = subprocess.run([sys.executable, "-m", __name__, str(path), str(folder)],
-                              capture_output=True, text=True, check=False)
         result = folder / "probed.json"
-        if done.returncode != 0 or not result.is_file():
-            raise ProbeFailed(f"the probe process failed: {child_failure(done.stderr, done.returncode)}")
+        run_module(__name__, str(path), str(folder), what="the probe process", result=result)
         meta = json.loads(result.read_text())
         with np.load(folder / "values.npz") as stored:
             values = {name: stored[name] for name in stored.files}

@@ -13,7 +13,6 @@ inside the functions.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -21,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.errors import ProbeFailed, child_failure
+from pytest_qwen3vl.errors import run_module
 from pytest_qwen3vl.onnxfile.weights import state_key
 
 if TYPE_CHECKING:
@@ -254,11 +253,8 @@ def compare_in_child(path: Path, state: Mapping[str, np.ndarray]) -> WeightRepor
         for index, key in enumerate(keys):
             np.save(folder / f"{index}.npy", np.asarray(state[key]))
         (folder / "keys.json").write_text(json.dumps(keys))
-        done = subprocess.run([sys.executable, "-m", __name__, str(path), str(folder)],
-                              capture_output=True, text=True, check=False)
         result = folder / "verdicts.json"
-        if done.returncode != 0 or not result.is_file():
-            raise ProbeFailed(f"the weights process failed: {child_failure(done.stderr, done.returncode)}")
+        run_module(__name__, str(path), str(folder), what="the weights process", result=result)
         report = WeightReport([TensorVerdict(**v) for v in json.loads(result.read_text())])
         with np.load(folder / "values.npz") as stored:
             report.values = {keys[int(name)]: stored[name] for name in stored.files}

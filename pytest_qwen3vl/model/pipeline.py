@@ -56,26 +56,34 @@ def pipeline_config(spec: ModelSpec) -> Any:
     return whole_config(spec, text={"num_hidden_layers": max(int(spec.text.get("num_hidden_layers", 0)), depth + 1)})
 
 
-def language_dtype(golden: ModuleType, config: Any) -> torch.dtype:
-    """float32, or bfloat16 for a model of 2B parameters or more (counted on the meta device)."""
+def parameter_count(golden: ModuleType, config: Any) -> int:
+    """Parameters of golden's whole model for ``config``, counted on the meta device (nothing allocated)."""
     import torch
 
     with torch.device("meta"):
-        count = sum(p.numel() for p in golden.Qwen3VLForConditionalGeneration(config).parameters())
-    return torch.bfloat16 if count >= BF16_FROM_PARAMS else torch.float32
+        return sum(p.numel() for p in golden.Qwen3VLForConditionalGeneration(config).parameters())
+
+
+def language_dtype(golden: ModuleType, config: Any) -> torch.dtype:
+    """float32, or bfloat16 for a model of ``BF16_FROM_PARAMS`` parameters or more: the released
+    checkpoints' dtype, and half the memory (a 4B language model in float32 is 16 GB)."""
+    import torch
+
+    return torch.bfloat16 if parameter_count(golden, config) >= BF16_FROM_PARAMS else torch.float32
 
 
 def build_full_model(golden: ModuleType, spec: ModelSpec, vision: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Golden's whole model around ``vision`` (the very module), with a language model seeded from
-    ``seed``, or the spec's checkpoint's loaded in ``language_dtype``; eval mode.
+    ``seed``, or the spec's checkpoint's, in ``language_dtype``; eval mode.
 
     A checkpoint's language model is built in its dtype without a random initialisation (every
-    tensor is loaded), so a 2B model never exists in float32 beside the one loaded.
+    tensor is loaded), so a 2B model never exists in float32 beside the one loaded; a preset's is
+    initialised in that dtype directly.
     """
     import torch
 
     config = pipeline_config(spec)
-    dtype = torch.float32 if spec.checkpoint is None else language_dtype(golden, config)
+    dtype = language_dtype(golden, config)
     with torch.random.fork_rng(devices=[]), no_init_weights() if spec.checkpoint else nullcontext():
         torch.manual_seed(seed)
         model = golden.Qwen3VLForConditionalGeneration._from_config(config, dtype=dtype)

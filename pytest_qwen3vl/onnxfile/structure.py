@@ -8,13 +8,12 @@ second copy of a large file's weights. onnx is imported inside the functions.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_qwen3vl.errors import ArtefactError, ProbeFailed, child_failure
+from pytest_qwen3vl.errors import ArtefactError, run_module
 
 if TYPE_CHECKING:
     import onnx
@@ -92,12 +91,10 @@ def structure(path: Path) -> onnx.ModelProto:
     else:
         with tempfile.TemporaryDirectory(prefix="qwen3vl-structure-") as tmp:
             slim = Path(tmp) / "structure.onnx"
-            done = subprocess.run([sys.executable, "-m", __name__, str(path), str(slim)],
-                                  capture_output=True, text=True, check=False)
+            done = run_module(__name__, str(path), str(slim), what="reading the file's structure", result=slim,
+                              passes=(NOT_ONNX,))
             if done.returncode == NOT_ONNX:
                 raise ArtefactError(done.stdout.strip())
-            if done.returncode != 0 or not slim.is_file():
-                raise ProbeFailed(f"reading the file's structure failed: {child_failure(done.stderr, done.returncode)}")
             model = onnx.load(str(slim))
     if not model.ir_version or not model.graph.output:
         raise ArtefactError(f"{path}: not an ONNX model (no graph outputs)")

@@ -241,6 +241,39 @@ class SessionExports:
         kept = json.loads(self._kept("trace-hazards", self.model_parts(which, grid), measure))
         return [TraceHazard(**{**hazard, "path": named.get(hazard["path"], hazard["path"])}) for hazard in kept]
 
+    def pipeline(self, grids: Sequence[Grid]) -> dict[str, Any]:
+        """``judge.pipeline.measure`` on ``grids``: golden's whole model fed, per grid, golden's export
+        with every DeepStack output and the modified file's export. Kept per (the files' sha256, golden
+        file, config, seed, library versions, measuring code), so one process per run builds the whole
+        model, in a child process at a released size. A file that cannot be made (the modified file's
+        own failure) has no gap: the test that needs it says why before it reads one. ``ConfigError``
+        when the config gives no whole model; ``ProbeFailed`` when the child process fails."""
+        from pytest_qwen3vl.errors import Qwen3VLError
+        from pytest_qwen3vl.judge import pipeline as measuring
+
+        files: dict[str, dict[str, str | None]] = {}
+        for grid in grids:
+            files[grid.text] = {}
+            for role, which, wrapper in ((measuring.DEEPSTACK, "golden", "all"),
+                                         (measuring.POOLED, "modified", "pooled")):
+                try:
+                    files[grid.text][role] = str(self(which, grid, wrapper=wrapper))
+                except (Qwen3VLError, pytest.fail.Exception):  # the file's own failure, not this measurement's
+                    files[grid.text][role] = None
+        request = measuring.Request(str(self._sources["golden"]), self._spec.name, self._seed, files)
+
+        def measure() -> str:
+            run = measuring.measure_in_child if measuring.in_child(request) else measuring.measure
+            return json.dumps(run(request))
+
+        shas = {text: {role: None if path is None else self.cache.recorded_sha256(Path(path))
+                       for role, path in made.items()} for text, made in files.items()}
+        parts = {"golden": self._digest("golden"), "config": self._spec.key(), "seed": str(self._seed),
+                 "files": json.dumps(shas, sort_keys=True), "libraries": json.dumps(library_versions(), sort_keys=True),
+                 "code": code_digest(*MAKING, "runtimes", "judge.pipeline")}
+        measured: dict[str, Any] = json.loads(self._kept("pipeline", parts, measure))
+        return measured
+
     def _measured(self, path: Path, kind: str, measure: Callable[[], str], *, code: str, **parts: str) -> str:
         """What ``measure()`` says about a published file, kept under (kind, the file's sha256 from its
         verified manifest, ``parts``, library versions, ``code``: the digest of the code that measures)."""

@@ -1,5 +1,6 @@
 """The end-to-end pipeline checks catch wrong wiring: a DeepStack file with two outputs swapped, the
-features fed at the wrong layers, and no features at all; and a checkpoint's language model loads.
+features fed at the wrong layers, and no features at all; a checkpoint's language model loads; and
+the measurement is the same in a child process (where a released size runs) and made once per run.
 
 Each case goes through the functions the pipeline claims use (``split_outputs``, ``language_run``,
 ``pipeline_gap``, ``tolerance``), on golden's real export run in ONNX Runtime.
@@ -7,6 +8,8 @@ Each case goes through the functions the pipeline claims use (``split_outputs``,
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,8 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pytest_qwen3vl.errors import ConfigError
+from pytest_qwen3vl.errors import ConfigError, ProbeFailed
 from pytest_qwen3vl.export.builder import export_vision
+from pytest_qwen3vl.judge import pipeline as jp
 from pytest_qwen3vl.model import pipeline as pl
 from pytest_qwen3vl.model.build import VisionPair, build_golden
 from pytest_qwen3vl.model.configs import resolve_config
@@ -148,3 +152,55 @@ def test_a_written_checkpoint_keeps_its_own_special_tokens(golden_module: Any, i
     ids = pl.make_prompt(pl.image_counts(inputs.grid_thw, spec.merge_size), model.config, 0)
     run = pl.golden_run(model, ids, *inputs.args)
     assert int((ids == saved["image_token_id"]).sum()) == 64 and bool(run.logits.isfinite().all())
+
+
+@pytest.fixture(scope="module")
+def measuring(pair: VisionPair, inputs: VisionInputs, deepstack_file: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> jp.Request:
+    """The pipeline claims' request on ``GRID``: golden's DeepStack file and the modified pooled file."""
+    pooled = tmp_path_factory.mktemp("onnx") / "modified-pooled.onnx"
+    export_vision(pair.modified, *inputs.args, pooled)
+    files: dict[str, str | None] = {jp.DEEPSTACK: str(deepstack_file), jp.POOLED: str(pooled)}
+    return jp.Request(str(installed_golden_path()), "tiny", 0, {GRID.text: files})
+
+
+def test_the_whole_model_process_measures_what_this_process_measures(measuring: jp.Request) -> None:
+    here, there = jp.measure(measuring)[GRID.text], jp.measure_in_child(measuring)[GRID.text]
+    assert (there["prompt"], there["tolerance"]) == (here["prompt"], here["tolerance"])
+    for role in (jp.DEEPSTACK, jp.POOLED):
+        assert there["gaps"][role]["deepstack_outputs"] == here["gaps"][role]["deepstack_outputs"]
+        assert there["gaps"][role]["logits"] == pytest.approx(here["gaps"][role]["logits"], rel=1e-3, abs=1e-6)
+    assert here["gaps"][jp.DEEPSTACK]["logits"] <= here["tolerance"] < here["gaps"][jp.POOLED]["logits"]
+
+
+def test_a_failing_whole_model_process_is_our_fault_in_one_line(measuring: jp.Request, tmp_path: Path) -> None:
+    broken = dataclasses.replace(measuring, golden=str(tmp_path / "missing" / "modeling_qwen3_vl.py"))
+    with pytest.raises(ProbeFailed, match=r"^the whole-model process failed: \S.*[^\n]$"):
+        jp.measure_in_child(broken)
+
+
+def test_a_config_without_a_text_model_comes_back_as_a_config_error(measuring: jp.Request, tmp_path: Path) -> None:
+    vision_only = tmp_path / "config.json"
+    vision_only.write_text(json.dumps(resolve_config("tiny", tmp_path).vision))
+    with pytest.raises(ConfigError, match="no text_config"):
+        jp.measure_in_child(dataclasses.replace(measuring, config=str(vision_only)))
+
+
+@pytest.mark.parametrize(("config", "child"), [("tiny", False), ("2b", True), ("4b", True)])
+def test_a_released_size_is_measured_in_a_child(config: str, child: bool) -> None:
+    assert jp.in_child(jp.Request(str(installed_golden_path()), config, 0, {})) is child
+
+
+def test_one_process_per_run_builds_the_whole_model(run_suite, tmp_path: Path) -> None:
+    """Under ``-n 2``, both grids' four rows are decided from one whole-model measurement; a second run
+    makes none."""
+    cache = tmp_path / "cache"
+    argv = ("test_pipeline.py", "-n", "2", "--qwen3vl-grid=1,16,16", "--qwen3vl-grid=1,24,24")
+    log = cache / "exports" / "measured" / "builds.log"
+    for run in (1, 2):
+        result = run_suite(*argv, cache=cache, subprocess=True)
+        result.assert_outcomes(passed=4)
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+        made = [line for line in lines if line["filename"] == "pipeline.txt" and line["status"] == "built"]
+        assert len(made) == 1, f"run {run}: {len(made)} whole-model measurements, expected 1 in all"
+        assert sum(line["filename"] == "pipeline.txt" for line in lines) == 1, f"run {run} made another: {lines}"
