@@ -35,7 +35,7 @@ from pytest_qwen3vl.plugin.settings import (
     settings_of,
 )
 from pytest_qwen3vl.plugin.summary import REPORTER_NAME, ClaimReporter
-from pytest_qwen3vl.plugin.worker import settle_before_exit
+from pytest_qwen3vl.plugin.worker import file_scheduler, settle_before_exit
 from pytest_qwen3vl.source import files as sources
 from pytest_qwen3vl.store.cache import CacheTally
 
@@ -100,6 +100,12 @@ def pytest_configure_node(node: object) -> None:
     node.workerinput[ONNX_WORKERINPUT] = [facts.to_dict() for facts in settings.onnx_files]  # type: ignore[attr-defined]
     node.workerinput[CACHE_WORKERINPUT] = [  # type: ignore[attr-defined]
         str(settings.cache_dir), settings.cache_fallback, str(settings.spare_cache)]
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """xdist controller: each ``--qwen3vl-onnx`` file's tests on one worker (``plugin/worker.py``)."""
+    return file_scheduler(config, settings_of(config).onnx, log)
 
 
 @pytest.hookimpl(trylast=True)

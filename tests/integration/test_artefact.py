@@ -654,3 +654,30 @@ def test_runtimes_are_usage_errors_when_unknown_and_not_run_when_not_installed(
     assert row.count("not run: needs onnxruntime-gpu and a GPU (the installed onnxruntime offers ") == 2, row
     no_gpu.assert_outcomes(skipped=2)
 
+
+
+def test_each_files_tests_run_on_one_worker(run_suite: RunSuite, files: dict[str, Path]) -> None:
+    """Under ``-n 2`` a file's tests share one worker's golden runs and session; split, each worker
+    redid them (a 4B file: 57.3 s with ``-n 2`` against 40.7 s with ``-n 0``)."""
+    result = run_suite("test_artefact.py", "-n", "2", "-v", *_onnx(files["fp32"], files["seed1"]),
+                       "--qwen3vl-grid=1,24,24", "--qwen3vl-grid=1,16,16", subprocess=True)
+    workers: dict[str, set[str]] = {}
+    for line in result.outlines:
+        found = re.match(r"\[(gw\d+)\] .*::test_\w+\[([^\]-]+\.onnx)", line)
+        if found:
+            workers.setdefault(found.group(2), set()).add(found.group(1))
+    assert set(workers) == {files["fp32"].name, files["seed1"].name}, result.outlines
+    assert all(len(ran_on) == 1 for ran_on in workers.values()), workers
+
+
+@pytest.mark.parametrize(("nodeid", "expected"), [
+    ("test_artefact.py::test_parity[a.onnx-onnxruntime-1x24x24]", "a.onnx"),
+    ("test_artefact.py::test_weights[a.onnx]", "a.onnx"),
+    ("test_artefact.py::test_weights[a.onnx-b.onnx]", "a.onnx-b.onnx"),
+    ("test_export.py::test_onnx_parity[onnxruntime-1x24x24]", None),
+    ("test_source.py::test_golden_file", None),
+])
+def test_a_tests_file_is_read_from_its_parameters(nodeid: str, expected: str | None) -> None:
+    from pytest_qwen3vl.plugin.worker import file_of
+
+    assert file_of(nodeid, ["a.onnx", "a.onnx-b.onnx"]) == expected
