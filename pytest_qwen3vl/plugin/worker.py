@@ -50,7 +50,7 @@ def file_scheduler(config: pytest.Config, files: Sequence[Path], log: Any) -> An
 
     ids = file_ids(files)
 
-    class FileScheduling(LoadScopeScheduling):  # type: ignore[misc]
+    class FileScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return file_of(nodeid, ids) or nodeid
 
