@@ -20,6 +20,7 @@ from pytest_qwen3vl.plugin.claims import (
 from pytest_qwen3vl.plugin.exports import FAULTS_OUTPUT, TALLY_KEY, WORKER_OUTPUT
 from pytest_qwen3vl.plugin.settings import (
     CACHE_WORKERINPUT,
+    DEFAULT_CONFIG,
     FLAGS,
     GRID,
     ONNX,
@@ -35,7 +36,7 @@ from pytest_qwen3vl.plugin.settings import (
     settings_of,
 )
 from pytest_qwen3vl.plugin.summary import REPORTER_NAME, ClaimReporter
-from pytest_qwen3vl.plugin.worker import file_scheduler, settle_before_exit
+from pytest_qwen3vl.plugin.worker import settle_before_exit, shared_work_scheduler
 from pytest_qwen3vl.source import files as sources
 from pytest_qwen3vl.store.cache import CacheTally
 
@@ -104,8 +105,9 @@ def pytest_configure_node(node: object) -> None:
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-    """xdist controller: each ``--qwen3vl-onnx`` file's tests on one worker (``plugin/worker.py``)."""
-    return file_scheduler(config, settings_of(config).onnx, log)
+    """xdist controller: tests that share heavy work on one worker (``plugin/worker.py``)."""
+    settings = settings_of(config)
+    return shared_work_scheduler(config, settings.onnx, settings.model.name == DEFAULT_CONFIG, log)
 
 
 @pytest.hookimpl(trylast=True)

@@ -1,13 +1,16 @@
-"""How xdist workers share a run: each ``--qwen3vl-onnx`` file's tests on one worker, and a worker
-that imported the models ends with one pass of the garbage collector.
+"""How xdist workers share a run: tests that share heavy work on one worker, and a worker that
+imported the models ends with one pass of the garbage collector.
 
-A file's tests share its heavy work (golden on every grid, the file's session, its weights read in
-a child): split over two workers, each did it again, and a 4B file took 57.3 s with ``-n 2`` against
-40.7 s with ``-n 0``. Under xdist's default ``load`` distribution the run is scheduled by scope
-instead, one scope per file (every other test its own scope, as under ``load``). A distribution the
-user chose (``loadscope``, ``loadfile``, ``loadgroup``, ``worksteal``) is left as it is. xdist's own
-``xdist_group`` marks cannot do this under pytest 9: xdist 3.8 appends the group to ``item._nodeid``,
-which pytest 9's ``nodeid`` no longer reads, so every test stays its own group.
+A ``--qwen3vl-onnx`` file's tests share its heavy work (golden on every grid, the file's session, its
+weights read in a child): split over two workers, each did it again, and a 4B file took 57.3 s with
+``-n 2`` against 40.7 s with ``-n 0``. The genai claims share a whole model twice over (genai's
+session and transformers' reference): at a real size two workers holding them do not fit. So, with
+files to check or a config other than the tiny preset, xdist's default ``load`` distribution becomes
+scope scheduling: one scope per file, one for the genai claims, every other test its own scope (as
+under ``load``). A distribution the user chose (``loadscope``, ``loadfile``, ``loadgroup``,
+``worksteal``) is left as it is. xdist's own ``xdist_group`` marks cannot do this under pytest 9:
+xdist 3.8 appends the group to ``item._nodeid``, which pytest 9's ``nodeid`` no longer reads, so
+every test stays its own group.
 
 torch and transformers leave about a million objects that the cyclic garbage collector tracks. After
 the last test, pytest's unconfigure collects twice and the interpreter's exit walks them again: a
@@ -18,6 +21,7 @@ is freed as before, what is left lives until the process ends anyway.
 
 from __future__ import annotations
 
+import ast
 import gc
 import re
 from collections.abc import Sequence
@@ -26,10 +30,13 @@ from typing import Any
 
 import pytest
 
+from pytest_qwen3vl.plugin.bundled import conformance_dir
 from pytest_qwen3vl.plugin.claims import file_ids
 
 # Set when the session imports a modeling file (and with it torch and transformers).
 MODELS_IMPORTED = pytest.StashKey[bool]()
+# Claim modules whose tests share a whole model per process (genai's session and transformers' reference).
+WHOLE_MODEL_MODULES = ("test_genai.py",)
 
 
 def file_of(nodeid: str, ids: Sequence[str]) -> str | None:
@@ -42,19 +49,39 @@ def file_of(nodeid: str, ids: Sequence[str]) -> str | None:
     return max(fitting, key=len) if fitting else None
 
 
-def file_scheduler(config: pytest.Config, files: Sequence[Path], log: Any) -> Any:
-    """xdist's scope scheduling with one scope per file, for a ``load`` run with files; else None."""
-    if not files or config.getoption("dist", "no") != "load":
+def whole_model_tests() -> frozenset[str]:
+    """The test functions of ``WHOLE_MODEL_MODULES``, read from their source without importing them:
+    a node id names its module only when the suite lies under the rootdir (the bundled one does not)."""
+    names: set[str] = set()
+    for module in WHOLE_MODEL_MODULES:
+        tree = ast.parse((conformance_dir() / module).read_text(encoding="utf-8"))
+        names.update(n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_"))
+    return frozenset(names)
+
+
+def scope_of(nodeid: str, ids: Sequence[str], whole: frozenset[str]) -> str:
+    """A test's scope: its ``--qwen3vl-onnx`` file, "whole model" for a test of ``whole``, or itself."""
+    file = file_of(nodeid, ids)
+    if file is not None:
+        return f"--qwen3vl-onnx {file}"
+    function = nodeid.rsplit("::", 1)[-1].split("[", 1)[0]
+    return "whole model" if function in whole else nodeid
+
+
+def shared_work_scheduler(config: pytest.Config, files: Sequence[Path], tiny: bool, log: Any) -> Any:
+    """xdist's scope scheduling by ``scope_of``, for a ``load`` run with files or a config other than
+    the tiny preset; else None (xdist's own)."""
+    if (not files and tiny) or config.getoption("dist", "no") != "load":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    ids = file_ids(files)
+    ids, whole = file_ids(files), whole_model_tests()
 
-    class FileScheduling(LoadScopeScheduling):
+    class SharedWorkScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return file_of(nodeid, ids) or nodeid
+            return scope_of(nodeid, ids, whole)
 
-    return FileScheduling(config, log)
+    return SharedWorkScheduling(config, log)
 
 
 def settle_before_exit(config: pytest.Config) -> None:

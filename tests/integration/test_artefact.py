@@ -681,3 +681,11 @@ def test_a_tests_file_is_read_from_its_parameters(nodeid: str, expected: str | N
     from pytest_qwen3vl.plugin.worker import file_of
 
     assert file_of(nodeid, ["a.onnx", "a.onnx-b.onnx"]) == expected
+
+
+def test_the_genai_claims_run_on_one_worker_at_a_real_size(run_suite: RunSuite) -> None:
+    """Each genai claim's fixtures hold a whole model per process; at 2B and up two would not fit.
+    (The 2B preset is "not run" for genai: the scheduling is what is checked, in seconds.)"""
+    result = run_suite("test_genai.py", "-n", "2", "-v", "--qwen3vl-config=2b", subprocess=True)
+    workers = [found.group(1) for line in result.outlines if (found := re.match(r"\[(gw\d+)\] ", line))]
+    assert len(workers) > 1 and len(set(workers)) == 1, result.outlines
