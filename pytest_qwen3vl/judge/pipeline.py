@@ -13,7 +13,6 @@ it. The ONNX files run first, one session at a time, so no session is open while
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import sys
@@ -43,6 +42,8 @@ def measure(request: Request) -> dict[str, Any]:
     """Per grid text: the prompt's text, the language model's tolerance, and per file the number of
     DeepStack outputs and the ``PipelineGap`` fields (None for a file that could not be made).
     ``ConfigError`` for a config that gives no whole model."""
+    import gc
+
     from pytest_qwen3vl.model import pipeline as pl
     from pytest_qwen3vl.model.build import build_golden
     from pytest_qwen3vl.model.configs import resolve_config
@@ -65,9 +66,8 @@ def measure(request: Request) -> dict[str, Any]:
             session = ort_session(path, config=LOW_MEMORY)
             outputs[text][role] = split_outputs(run_outputs(session, *inputs[text].args))
             del session
-    release_freed_memory()
+    gc.collect()
     model = pl.build_full_model(module, spec, build_golden(module, spec, request.seed), request.seed)
-    release_freed_memory()  # the whole model's own vision tower, replaced by golden's
     tolerance = pl.tolerance(model)
     dtype = str(model.lm_head.weight.dtype).removeprefix("torch.")
     if spec.checkpoint is None:
@@ -95,17 +95,6 @@ def measure(request: Request) -> dict[str, Any]:
             "gaps": gaps,
         }
     return measured
-
-
-def release_freed_memory() -> None:
-    """Collect garbage and hand the freed heap back to the system: glibc keeps what the sessions and
-    the replaced tower held (gigabytes at 4B) for the process otherwise, beside the language model."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to hand back this way
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def in_child(request: Request) -> bool:
