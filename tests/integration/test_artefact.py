@@ -132,6 +132,17 @@ def _transpose_weight(source: Path, target: Path) -> None:
     onnx.save_model(model, str(target))
 
 
+def _matmuls_last(source: Path, target: Path) -> None:
+    """The graph out of node order, as Olive's GemmToMatMulAdd leaves it (its MatMul and Add appended at
+    the end): ONNX Runtime sorts a graph itself, so the file runs as before."""
+    model = onnx.load(str(source))
+    nodes = list(model.graph.node)
+    moved = [n for n in nodes if n.op_type == "MatMul"]
+    del model.graph.node[:]
+    model.graph.node.extend([n for n in nodes if n.op_type != "MatMul"] + moved)
+    onnx.save_model(model, str(target))
+
+
 def _external(source: Path, target: Path) -> None:
     onnx.save_model(onnx.load(str(source)), str(target), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=f"{target.name}.data", size_threshold=1024)
@@ -213,6 +224,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "swapped": made.derived("swapped.onnx", deepstack, lambda s, t: _rename(s, t, SWAPPED)),
         "seed1": made.export("seed1.onnx", seed=1),
         "external": made.derived("external.onnx", fp32, _external),
+        "unsorted": made.derived("unsorted.onnx", fp32, _matmuls_last),
         "renamed": made.derived("renamed.onnx", deepstack, lambda s, t: _rename(s, t, RENAMED)),
         "dynamo": (dynamo := made.recipe("dynamo.onnx", "deepstack", "dynamo")),
         "gridfree-ts": made.recipe("gridfree-ts.onnx", "grid-free", "torchscript"),
@@ -394,6 +406,19 @@ def test_drift_is_located_in_either_exporters_graph(run_suite: RunSuite, files: 
                 "(relative L2 0.") in where, where
     assert "not found" not in where, where
     result.assert_outcomes(failed=3)
+
+
+def test_a_graph_out_of_node_order_is_located_as_in_order(run_suite: RunSuite, files: dict[str, Path]) -> None:
+    """A refused grid is located on the graph cut before the failing node; a file whose nodes are out of
+    order (Olive's rewrites append nodes) is sorted first, so the cut keeps what the kept nodes read and
+    the same modules are named as in the sorted file."""
+    result = run_suite("test_artefact.py", "-k", "where", *_onnx(files["fp32"], files["unsorted"]),
+                       "--qwen3vl-grid=1,24,24", "--qwen3vl-grid=1,16,16")
+    where = claim_row(result, "artefact-where")
+    located = re.search(r"builder\.onnx: (1x16x16: [^;]*)", where)
+    assert located and "not located" not in located.group(1), where
+    assert f"unsorted.onnx: {located.group(1)}" in where, where
+    result.assert_outcomes(failed=2)
 
 
 def test_tensors_the_dynamo_exporter_deduplicated_are_found_by_value(files: dict[str, Path], pair: VisionPair) -> None:
