@@ -178,10 +178,11 @@ class Files:
 
         return self._get(name, build)
 
-    def bf16_export(self, name: str, buffers: bool = True) -> Path:
+    def bf16_export(self, name: str, buffers: bool = True, grid_free: bool = False) -> Path:
         """As Olive's recipe does: the model cast to bfloat16 and back before a builder-style export, so
         every weight is the checkpoint's rounded to bfloat16 (a fresh model: the shared pair stays fp32);
-        without ``buffers``, its parameters only (the rotary frequencies stay fp32)."""
+        without ``buffers``, its parameters only (the rotary frequencies stay fp32); ``grid_free``: the
+        grid-free recipe through the dynamo exporter instead, a file that serves every grid."""
         def build(path: Path) -> None:
             import torch
 
@@ -194,7 +195,10 @@ class Files:
                 model.to(torch.bfloat16).to(torch.float32)
             for param in model.parameters():
                 param.data = param.data.to(torch.bfloat16).to(torch.float32)
-            export_vision(model, *make_inputs(TRACE_GRID, spec, 0).args, path, wrapper="pooled")
+            if grid_free:
+                export_recipe(model, "grid-free", path, grid=TRACE_GRID, exporter="dynamo", seed=0)
+            else:
+                export_vision(model, *make_inputs(TRACE_GRID, spec, 0).args, path, wrapper="pooled")
 
         return self._get(name, build)
 
@@ -233,6 +237,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "torchscript-drift": made.derived("torchscript-drift.onnx", deepstack, _perturb_block),
         "bf16": made.bf16_export("bf16-cast.onnx"),
         "bf16-params": made.bf16_export("bf16-params.onnx", buffers=False),
+        "bf16-gridfree": made.bf16_export("bf16-gridfree.onnx", grid_free=True),
         "int4": made.derived("int4.onnx", fp32, _to_int4),
         "pos-bug": made.derived("pos-bug.onnx", fp32, _scale_position_add),
         "transposed": made.derived("transposed.onnx", fp32, _transpose_weight),
@@ -421,6 +426,28 @@ def test_a_graph_out_of_node_order_is_located_as_in_order(run_suite: RunSuite, f
     result.assert_outcomes(failed=2)
 
 
+def test_a_file_that_refuses_two_grids_in_one_call_is_told_so_apart(
+    run_suite: RunSuite, files: dict[str, Path]
+) -> None:
+    """The builder's file (traced at 1x24x24, its batch baked in) runs its one-grid call and refuses two
+    images of different grids in one call, as Olive's file does: that refusal gets its own words. Once
+    it refuses a one-grid call too (1x16x16), the two-grid call is one more refusal with ONNX Runtime's
+    reason. Both grid-free recipes serve the two-grid call."""
+    files_run = _onnx(files["fp32"], files["dynamo"], files["gridfree-ts"])
+    result = run_suite("test_artefact.py", "-k", "grids", *files_run,
+                       "--qwen3vl-grid=1,24,24", "--qwen3vl-grid=1,24,24+1,16,32")
+    grids = claim_row(result, "artefact-grids")
+    assert ("builder.onnx-onnxruntime: onnxruntime:fp32 serves 1 of 2 grids; refuses 1x24x24+1x16x32 (two grids "
+            "in one call); the graph is right on every grid it runs") in grids, grids
+    for name in ("dynamo.onnx", "gridfree-ts.onnx"):
+        assert f"{name}-onnxruntime: onnxruntime:fp32 serves 2 of 2 grids" in grids, grids
+    result = run_suite("test_artefact.py", "-k", "grids", _onnx(files["fp32"])[0],
+                       "--qwen3vl-grid=1,24,24", "--qwen3vl-grid=1,24,24+1,16,32", "--qwen3vl-grid=1,16,16")
+    grids = claim_row(result, "artefact-grids")
+    assert "serves 1 of 3 grids; refuses 1x24x24+1x16x32 (ONNX Runtime: Split node " in grids, grids
+    assert "), 1x16x16 (ONNX Runtime: " in grids and "in one call" not in grids, grids
+
+
 def test_tensors_the_dynamo_exporter_deduplicated_are_found_by_value(files: dict[str, Path], pair: VisionPair) -> None:
     """The dynamo file keeps one of the equal LayerNorm tensors under one name: the others are found
     by value, and a golden tensor that equals none of the file's (here doubled) is not."""
@@ -457,6 +484,8 @@ def test_rounded_and_quantized_weights_are_named_and_their_graph_holds(
         assert f"{name}: golden with the file's own weights, fp32 compute, fp32 tolerance: right on 1 grid" in graph
     assert ("int4.onnx: golden with the file's own weights, MatMulNBits accuracy level 4 judged on a copy at level 0 "
             "(fp32 activations), fp32 tolerance: right on 1 grid") in graph, graph
+    cost = re.search(r"int4\.onnx: [^|]*?accuracy level 4 \(int8 activations\) costs relative L2 (\S+) on", graph)
+    assert cost and float(cost.group(1)) > 1e-4, graph  # run as a downstream session runs it: int8 activations
     assert "int8.onnx: golden with the file's own weights, int8 activations (DynamicQuantizeLinear, MatMulInteger)" \
         in graph, graph
     assert "fp16.onnx: golden with the file's own weights, fp16 compute, fp16 tolerance" in graph, graph
@@ -466,6 +495,19 @@ def test_rounded_and_quantized_weights_are_named_and_their_graph_holds(
     assert claim_status(result, "artefact-grids") == "holds", claim_row(result, "artefact-grids")
     where = claim_row(result, "artefact-where")
     assert "bf16-cast.onnx: 1x24x24: the weights explain the drift; the graph is right with them" in where, where
+
+
+def test_grids_whose_drift_the_weights_explain_are_said_once(run_suite: RunSuite, files: dict[str, Path]) -> None:
+    """A grid-free file of bf16-rounded weights drifts on every grid, and its graph is right on each: the
+    location says so once for all of them, none is left "not located"."""
+    grids = ("1,24,24", "1,16,16", "1,16,40", "2,16,16")
+    result = run_suite("test_artefact.py", "-k", "where or graph", _onnx(files["bf16-gridfree"])[0],
+                       *(f"--qwen3vl-grid={g}" for g in grids))
+    assert claim_status(result, "artefact-graph") == "holds", claim_row(result, "artefact-graph")
+    where = claim_row(result, "artefact-where")
+    assert ("bf16-gridfree.onnx: 1x24x24, 1x16x16, 1x16x40, 2x16x16 (4 grids): the weights explain the drift; "
+            "the graph is right with them (worst relative L2 ") in where, where
+    assert "not located" not in where, where
 
 
 def test_wrong_files_fail_the_row_that_names_their_fault(run_suite: RunSuite, files: dict[str, Path]) -> None:
