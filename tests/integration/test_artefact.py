@@ -238,6 +238,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "bf16": made.bf16_export("bf16-cast.onnx"),
         "bf16-params": made.bf16_export("bf16-params.onnx", buffers=False),
         "bf16-gridfree": made.bf16_export("bf16-gridfree.onnx", grid_free=True),
+        "bf16-int4": made.derived("bf16-int4.onnx", made.bf16_export("bf16-cast.onnx"), _to_int4),
         "int4": made.derived("int4.onnx", fp32, _to_int4),
         "pos-bug": made.derived("pos-bug.onnx", fp32, _scale_position_add),
         "transposed": made.derived("transposed.onnx", fp32, _transpose_weight),
@@ -468,7 +469,7 @@ def test_rounded_and_quantized_weights_are_named_and_their_graph_holds(
 ) -> None:
     """Files made as real tools make them: the weights row says what was done to the weights, the
     graph row judges the file against golden holding them, at the arithmetic the file declares."""
-    names = ("bf16", "bf16-params", "int8", "int4", "fp16")
+    names = ("bf16", "bf16-params", "int8", "int4", "fp16", "bf16-int4")
     result = run_suite("test_artefact.py", *_onnx(*(files[n] for n in names)), "--qwen3vl-grid=1,24,24")
     weights = claim_row(result, "artefact-weights")
     assert claim_status(result, "artefact-weights") == "holds", weights
@@ -477,6 +478,10 @@ def test_rounded_and_quantized_weights_are_named_and_their_graph_holds(
     assert "int4.onnx: position table int4 GatherBlockQuantized (block 32), relative L2 up to 0.0" in weights, weights
     assert "22 matmul weights int4 MatMulNBits (block 32, accuracy level 4)" in weights, weights
     assert "fp16.onnx: every weight is the checkpoint's rounded to float16" in weights, weights
+    # as Olive's int4 file: the model cast to bfloat16 and back, then its matmuls and position table int4
+    assert re.search(r"bf16-int4\.onnx: position table int4 GatherBlockQuantized \(block 32\), [^;]*; 22 matmul "
+                     r"weights int4 MatMulNBits \(block 32, accuracy level 4\), [^;]*; every other weight is the "
+                     r"checkpoint's rounded to bfloat16 \(the model was cast before export", weights), weights
     graph = claim_row(result, "artefact-graph")
     assert claim_status(result, "artefact-graph") == "holds", graph
     # cast whole (its rotary frequencies rounded too, folded into the graph) or its parameters only
