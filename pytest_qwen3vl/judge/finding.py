@@ -16,6 +16,7 @@ from pytest_qwen3vl.judge.tolerance import OutputParity, Tolerance
 from pytest_qwen3vl.model.grids import Grid
 
 SERVED, REFUSED, WRONG = "served", "refused", "wrong"
+_COUNTS = {2: "two", 3: "three"}  # image grids in one call, in words
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,24 @@ class Finding:
                    data["error"], tuple(OutputParity(**o) for o in data["outputs"]), tuple(data["problems"]))
 
 
-def served_line(findings: Sequence[Finding]) -> tuple[bool, str]:
+def mixes_grids(grid: Grid) -> int:
+    """How many different image grids one call of ``grid`` holds (1: one image, or images alike)."""
+    return len(set(grid.images))
+
+
+def served_line(findings: Sequence[Finding], *, graph: bool = False) -> tuple[bool, str]:
     """``serves 7 of 9 grids; wrong on 2x24x12 (pooled_embeds relative L2 0.96); refuses 1x20x20 (ONNX
-    Runtime: ...)`` and whether every grid is served."""
+    Runtime: ...)`` and whether every grid is served. A file that runs every one-grid call but refuses
+    calls holding images of different grids is told so apart (``refuses 1x24x24+1x16x32 (two grids in
+    one call)``): it serves each image alone. ``graph``: the findings are the graph's (the file against
+    golden holding its own weights), so a file wrong nowhere it runs has its graph right there."""
     wrong = [f for f in findings if f.status == WRONG]
     refused = [f for f in findings if f.status == REFUSED]
-    served = len(findings) - len(wrong) - len(refused)
+    single = [f for f in findings if mixes_grids(f.grid) == 1]
+    mixed = ([f for f in refused if mixes_grids(f.grid) > 1]
+             if single and all(f.status != REFUSED for f in single) else [])
+    refused = [f for f in refused if f not in mixed]
+    served = len(findings) - len(wrong) - len(refused) - len(mixed)
     line = f"serves {served} of {len(findings)} grid{'s' if len(findings) != 1 else ''}"
     if wrong:
         line += "; wrong on " + ", ".join(f"{f.grid.id} ({f.reason()})" for f in wrong)
@@ -78,6 +91,12 @@ def served_line(findings: Sequence[Finding]) -> tuple[bool, str]:
         line += f"; refuses every grid ({refused[0].reason()})"  # a file that does not load, said once
     elif refused:
         line += "; refuses " + ", ".join(f"{f.grid.id} ({f.reason()})" for f in refused)
-    if served and not wrong and not refused and findings:
+    if mixed:
+        line += "; refuses " + ", ".join(f"{f.grid.id} ({_COUNTS.get(mixes_grids(f.grid), mixes_grids(f.grid))} "
+                                        "grids in one call)" for f in mixed)
+    if served and not wrong and not refused and not mixed and findings:
         line += f" (worst relative L2 {max(f.worst_rel_l2() for f in findings):.2g})"
-    return bool(findings) and not (wrong or refused), line  # no grid judged proves nothing
+    elif graph and served and not wrong:
+        line += "; the graph is right on every grid it runs"
+    return bool(findings) and not (wrong or refused or mixed), line  # no grid judged proves nothing
+

@@ -58,6 +58,11 @@ class Location:
         if self.first_bad is None and self.failure is None:
             return f"{self.grid.id}: every module matches golden: the outputs are wired otherwise (order or names)"
         if self.first_bad is None:
+            computed = [n for n, v in self.probes if v is not None]
+            stopped = next((n for n, v in self.probes if v is None), None)
+            if computed and stopped is not None:
+                return (f"{self.grid.id}: every module matches through {computed[-1]}; the run stops before "
+                        f"{stopped}'s output ({self.failure})")
             return f"{self.grid.id}: every module matches up to where the run stops ({self.failure})"
         before = [n for n, _ in self.probes[: [n for n, _ in self.probes].index(self.first_bad)]]
         ok = f"right through {before[-1]}, " if before else ""
@@ -131,6 +136,33 @@ def find_probes(model: onnx.ModelProto) -> dict[str, str]:
     return dict(sorted(probes.items(), key=lambda kv: order[kv[1]]))
 
 
+def sort_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (changed in place) with each node after the nodes whose values it reads, subgraphs'
+    outer reads included; a sorted graph keeps its order. ONNX Runtime sorts a graph itself, so files
+    come out of order (Olive's GemmToMatMulAdd appends its MatMul and Add at the end), while probes,
+    taint and cuts here follow node order."""
+    nodes = list(model.graph.node)
+    producer = {value: i for i, node in enumerate(nodes) for value in node.output}
+    reads = [sorted({producer[v] for v in consumed(node) if v in producer} - {i}) for i, node in enumerate(nodes)]
+    placed: set[int] = set()
+    order: list[int] = []
+    for start in range(len(nodes)):
+        stack = [(start, 0)]
+        while stack:  # depth first, earlier producers first: an already sorted graph comes out unchanged
+            i, next_read = stack.pop()
+            if i in placed:
+                continue
+            pending = [r for r in reads[i][next_read:] if r not in placed]
+            if pending:
+                stack += [(i, reads[i].index(pending[0]) + 1), (pending[0], 0)]
+                continue
+            placed.add(i)
+            order.append(i)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[i] for i in order)
+    return model
+
+
 def expose(model: onnx.ModelProto, values: Iterable[str]) -> onnx.ModelProto:
     """``model`` (changed in place) with ``values`` added as graph outputs, element types from shape
     inference. Shape inference copies the model: callers pass one whose weights are external."""
@@ -181,7 +213,7 @@ def probe(path: Path, feeds: Mapping[str, np.ndarray], folder: Path) -> Probed:
     """Run ``path`` with its probes exposed on ``feeds``; ``folder`` takes the probed copy and its weights."""
     import onnx
 
-    model = onnx.load(str(path))
+    model = sort_nodes(onnx.load(str(path)))
     probes = find_probes(model)
     if not probes:
         return Probed()

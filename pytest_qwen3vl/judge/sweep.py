@@ -71,7 +71,7 @@ class FileRuns:
         """The loaded file, or None when the runtime refuses it (``load_error`` says why)."""
         if self._session is None and self._load_error is None:
             try:
-                self._session = self.runtime.load(self.facts.path)
+                self._session = self.runtime.for_ops(self.facts.ops).load(self.facts.path)
             except RuntimeRefused as exc:
                 self._load_error = str(exc)
         return self._session

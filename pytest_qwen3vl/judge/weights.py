@@ -89,12 +89,18 @@ class WeightReport:
                          f"of it: {shown}{', ...' if len(other) > 3 else ''}")
         rounded = {BF16: "bfloat16", FP16: "float16"}
         kept = self.kinds(EQUAL, DROPPED)
+        quantized = len(self.kinds(QUANTIZED))
+        rest = ""  # said after the quantized ones: the model was cast, then some weights quantized
         for kind, word in rounded.items():
             found = self.kinds(kind)
+            cast = (f"rounded to {word} (the model was cast before export; relative L2 up to "
+                    f"{max((v.rel_l2 for v in found), default=0):.2g})")
             if found and len(found) + len(kept) == present:
                 covered = True
-                parts.append(f"every weight is the checkpoint's rounded to {word} (the model was cast before "
-                             f"export; relative L2 up to {max(v.rel_l2 for v in found):.2g})")
+                parts.append(f"every weight is the checkpoint's {cast}")
+            elif found and quantized and len(found) + len(kept) + quantized == present:
+                covered = True
+                rest = f"every other weight is the checkpoint's {cast}"
             elif found:
                 parts.append(f"{len(found)} rounded to {word} (relative L2 up to {max(v.rel_l2 for v in found):.2g})")
         groups: dict[str, list[TensorVerdict]] = {}
@@ -105,6 +111,8 @@ class WeightReport:
             what = ("position table" if tables and len(found) == 1 else
                     f"{len(found)} {'matmul weights' if not tables else 'tensors'}")
             parts.append(f"{what} {encoding}, relative L2 up to {max(v.rel_l2 for v in found):.2g}")
+        if rest:
+            parts.append(rest)
         equal = self.kinds(EQUAL)
         if equal and len(equal) + len(self.kinds(DROPPED)) == present:
             parts.append(f"every weight is the checkpoint's ({len(equal)} equal"

@@ -135,17 +135,19 @@ class FileFacts:
     weights: WeightType
     initializers: tuple[tuple[str, tuple[int, ...]], ...] = ()  # name and dims of each
     external: tuple[str, ...] = ()  # its external data files, relative to its folder, each present and whole
+    ops: tuple[str, ...] = ()  # its operator types, sorted: how a runtime must load it can depend on them
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "interface": self.interface.to_dict(),
                 "weights": [self.weights.name, self.weights.evidence],
                 "initializers": [[name, list(dims)] for name, dims in self.initializers],
-                "external": list(self.external)}
+                "external": list(self.external), "ops": list(self.ops)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FileFacts:
         return cls(Path(data["path"]), Interface.from_dict(data["interface"]), WeightType(*data["weights"]),
-                   tuple((name, tuple(dims)) for name, dims in data["initializers"]), tuple(data["external"]))
+                   tuple((name, tuple(dims)) for name, dims in data["initializers"]), tuple(data["external"]),
+                   tuple(data["ops"]))
 
 
 def _ports(values: Iterable[onnx.ValueInfoProto], skip: set[str]) -> tuple[Port, ...]:
@@ -209,4 +211,6 @@ def read_file(path: Path, mapping: OutputMap | None = None) -> FileFacts:
 
     model = structure(path)
     shapes = tuple((init.name, tuple(int(d) for d in init.dims)) for init in model.graph.initializer)
-    return FileFacts(path, recognise(model, path, mapping), weight_type(model), shapes, external_files(model, path))
+    ops = tuple(sorted({node.op_type for node in model.graph.node}))
+    return FileFacts(path, recognise(model, path, mapping), weight_type(model), shapes, external_files(model, path),
+                     ops)

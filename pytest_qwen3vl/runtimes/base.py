@@ -8,7 +8,7 @@ machine and propagates as it is, so it never reads as a verdict.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +38,11 @@ class Runtime(ABC):
     @property
     def label(self) -> str:
         return f"{self.name}:{self.precision}"
+
+    def for_ops(self, ops: Collection[str]) -> Runtime:
+        """The runtime as it must load a file holding ``ops``: itself, unless a setting of its own would
+        change what such a file computes."""
+        return self
 
     @abstractmethod
     def load(self, path: Path) -> Session:

@@ -132,6 +132,17 @@ def _transpose_weight(source: Path, target: Path) -> None:
     onnx.save_model(model, str(target))
 
 
+def _matmuls_last(source: Path, target: Path) -> None:
+    """The graph out of node order, as Olive's GemmToMatMulAdd leaves it (its MatMul and Add appended at
+    the end): ONNX Runtime sorts a graph itself, so the file runs as before."""
+    model = onnx.load(str(source))
+    nodes = list(model.graph.node)
+    moved = [n for n in nodes if n.op_type == "MatMul"]
+    del model.graph.node[:]
+    model.graph.node.extend([n for n in nodes if n.op_type != "MatMul"] + moved)
+    onnx.save_model(model, str(target))
+
+
 def _external(source: Path, target: Path) -> None:
     onnx.save_model(onnx.load(str(source)), str(target), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=f"{target.name}.data", size_threshold=1024)
@@ -167,10 +178,11 @@ class Files:
 
         return self._get(name, build)
 
-    def bf16_export(self, name: str, buffers: bool = True) -> Path:
+    def bf16_export(self, name: str, buffers: bool = True, grid_free: bool = False) -> Path:
         """As Olive's recipe does: the model cast to bfloat16 and back before a builder-style export, so
         every weight is the checkpoint's rounded to bfloat16 (a fresh model: the shared pair stays fp32);
-        without ``buffers``, its parameters only (the rotary frequencies stay fp32)."""
+        without ``buffers``, its parameters only (the rotary frequencies stay fp32); ``grid_free``: the
+        grid-free recipe through the dynamo exporter instead, a file that serves every grid."""
         def build(path: Path) -> None:
             import torch
 
@@ -183,7 +195,10 @@ class Files:
                 model.to(torch.bfloat16).to(torch.float32)
             for param in model.parameters():
                 param.data = param.data.to(torch.bfloat16).to(torch.float32)
-            export_vision(model, *make_inputs(TRACE_GRID, spec, 0).args, path, wrapper="pooled")
+            if grid_free:
+                export_recipe(model, "grid-free", path, grid=TRACE_GRID, exporter="dynamo", seed=0)
+            else:
+                export_vision(model, *make_inputs(TRACE_GRID, spec, 0).args, path, wrapper="pooled")
 
         return self._get(name, build)
 
@@ -213,6 +228,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "swapped": made.derived("swapped.onnx", deepstack, lambda s, t: _rename(s, t, SWAPPED)),
         "seed1": made.export("seed1.onnx", seed=1),
         "external": made.derived("external.onnx", fp32, _external),
+        "unsorted": made.derived("unsorted.onnx", fp32, _matmuls_last),
         "renamed": made.derived("renamed.onnx", deepstack, lambda s, t: _rename(s, t, RENAMED)),
         "dynamo": (dynamo := made.recipe("dynamo.onnx", "deepstack", "dynamo")),
         "gridfree-ts": made.recipe("gridfree-ts.onnx", "grid-free", "torchscript"),
@@ -221,6 +237,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "torchscript-drift": made.derived("torchscript-drift.onnx", deepstack, _perturb_block),
         "bf16": made.bf16_export("bf16-cast.onnx"),
         "bf16-params": made.bf16_export("bf16-params.onnx", buffers=False),
+        "bf16-gridfree": made.bf16_export("bf16-gridfree.onnx", grid_free=True),
+        "bf16-int4": made.derived("bf16-int4.onnx", made.bf16_export("bf16-cast.onnx"), _to_int4),
         "int4": made.derived("int4.onnx", fp32, _to_int4),
         "pos-bug": made.derived("pos-bug.onnx", fp32, _scale_position_add),
         "transposed": made.derived("transposed.onnx", fp32, _transpose_weight),
@@ -248,9 +266,9 @@ def test_builder_file_serves_its_grid_and_names_the_others(run_suite: RunSuite, 
     # the silently wrong grid is located first, then the refused one
     assert ("builder.onnx: 2x24x12: right through patch_embed, drift starts at pos_add (relative L2 1); "
             "1x16x16: right through patch_embed, drift starts at pos_add") in where, where
-    # other weights are named, not a module
-    assert ("seed1.onnx: 1x24x24: the weights are not the checkpoint's (see artefact-weights); the graph is right "
-            "with them") in where, where
+    # other weights are named, not a module, after the silently wrong grid
+    assert ("seed1.onnx: 2x24x12: right through patch_embed, drift starts at pos_add (relative L2 1.1); 1x24x24: the "
+            "weights are not the checkpoint's (see artefact-weights); the graph is right with them") in where, where
     weights = claim_row(result, "artefact-weights")
     assert "seed1.onnx: 47 of 87 tensors are not the checkpoint's nor a rounding or quantization of it" in weights
     assert "DeepStack not exported" in weights, weights
@@ -396,6 +414,41 @@ def test_drift_is_located_in_either_exporters_graph(run_suite: RunSuite, files: 
     result.assert_outcomes(failed=3)
 
 
+def test_a_graph_out_of_node_order_is_located_as_in_order(run_suite: RunSuite, files: dict[str, Path]) -> None:
+    """A refused grid is located on the graph cut before the failing node; a file whose nodes are out of
+    order (Olive's rewrites append nodes) is sorted first, so the cut keeps what the kept nodes read and
+    the same modules are named as in the sorted file."""
+    result = run_suite("test_artefact.py", "-k", "where", *_onnx(files["fp32"], files["unsorted"]),
+                       "--qwen3vl-grid=1,24,24", "--qwen3vl-grid=1,16,16")
+    where = claim_row(result, "artefact-where")
+    located = re.search(r"builder\.onnx: (1x16x16: [^;]*)", where)
+    assert located and "not located" not in located.group(1), where
+    assert f"unsorted.onnx: {located.group(1)}" in where, where
+    result.assert_outcomes(failed=2)
+
+
+def test_a_file_that_refuses_two_grids_in_one_call_is_told_so_apart(
+    run_suite: RunSuite, files: dict[str, Path]
+) -> None:
+    """The builder's file (traced at 1x24x24, its batch baked in) runs its one-grid call and refuses two
+    images of different grids in one call, as Olive's file does: that refusal gets its own words. Once
+    it refuses a one-grid call too (1x16x16), the two-grid call is one more refusal with ONNX Runtime's
+    reason. Both grid-free recipes serve the two-grid call."""
+    files_run = _onnx(files["fp32"], files["dynamo"], files["gridfree-ts"])
+    result = run_suite("test_artefact.py", "-k", "grids", *files_run,
+                       "--qwen3vl-grid=1,24,24", "--qwen3vl-grid=1,24,24+1,16,32")
+    grids = claim_row(result, "artefact-grids")
+    assert ("builder.onnx-onnxruntime: onnxruntime:fp32 serves 1 of 2 grids; refuses 1x24x24+1x16x32 (two grids "
+            "in one call); the graph is right on every grid it runs") in grids, grids
+    for name in ("dynamo.onnx", "gridfree-ts.onnx"):
+        assert f"{name}-onnxruntime: onnxruntime:fp32 serves 2 of 2 grids" in grids, grids
+    result = run_suite("test_artefact.py", "-k", "grids", _onnx(files["fp32"])[0],
+                       "--qwen3vl-grid=1,24,24", "--qwen3vl-grid=1,24,24+1,16,32", "--qwen3vl-grid=1,16,16")
+    grids = claim_row(result, "artefact-grids")
+    assert "serves 1 of 3 grids; refuses 1x24x24+1x16x32 (ONNX Runtime: Split node " in grids, grids
+    assert "), 1x16x16 (ONNX Runtime: " in grids and "in one call" not in grids, grids
+
+
 def test_tensors_the_dynamo_exporter_deduplicated_are_found_by_value(files: dict[str, Path], pair: VisionPair) -> None:
     """The dynamo file keeps one of the equal LayerNorm tensors under one name: the others are found
     by value, and a golden tensor that equals none of the file's (here doubled) is not."""
@@ -416,7 +469,7 @@ def test_rounded_and_quantized_weights_are_named_and_their_graph_holds(
 ) -> None:
     """Files made as real tools make them: the weights row says what was done to the weights, the
     graph row judges the file against golden holding them, at the arithmetic the file declares."""
-    names = ("bf16", "bf16-params", "int8", "int4", "fp16")
+    names = ("bf16", "bf16-params", "int8", "int4", "fp16", "bf16-int4")
     result = run_suite("test_artefact.py", *_onnx(*(files[n] for n in names)), "--qwen3vl-grid=1,24,24")
     weights = claim_row(result, "artefact-weights")
     assert claim_status(result, "artefact-weights") == "holds", weights
@@ -425,6 +478,10 @@ def test_rounded_and_quantized_weights_are_named_and_their_graph_holds(
     assert "int4.onnx: position table int4 GatherBlockQuantized (block 32), relative L2 up to 0.0" in weights, weights
     assert "22 matmul weights int4 MatMulNBits (block 32, accuracy level 4)" in weights, weights
     assert "fp16.onnx: every weight is the checkpoint's rounded to float16" in weights, weights
+    # as Olive's int4 file: the model cast to bfloat16 and back, then its matmuls and position table int4
+    assert re.search(r"bf16-int4\.onnx: position table int4 GatherBlockQuantized \(block 32\), [^;]*; 22 matmul "
+                     r"weights int4 MatMulNBits \(block 32, accuracy level 4\), [^;]*; every other weight is the "
+                     r"checkpoint's rounded to bfloat16 \(the model was cast before export", weights), weights
     graph = claim_row(result, "artefact-graph")
     assert claim_status(result, "artefact-graph") == "holds", graph
     # cast whole (its rotary frequencies rounded too, folded into the graph) or its parameters only
@@ -432,6 +489,8 @@ def test_rounded_and_quantized_weights_are_named_and_their_graph_holds(
         assert f"{name}: golden with the file's own weights, fp32 compute, fp32 tolerance: right on 1 grid" in graph
     assert ("int4.onnx: golden with the file's own weights, MatMulNBits accuracy level 4 judged on a copy at level 0 "
             "(fp32 activations), fp32 tolerance: right on 1 grid") in graph, graph
+    cost = re.search(r"int4\.onnx: [^|]*?accuracy level 4 \(int8 activations\) costs relative L2 (\S+) on", graph)
+    assert cost and float(cost.group(1)) > 1e-4, graph  # run as a downstream session runs it: int8 activations
     assert "int8.onnx: golden with the file's own weights, int8 activations (DynamicQuantizeLinear, MatMulInteger)" \
         in graph, graph
     assert "fp16.onnx: golden with the file's own weights, fp16 compute, fp16 tolerance" in graph, graph
@@ -441,6 +500,19 @@ def test_rounded_and_quantized_weights_are_named_and_their_graph_holds(
     assert claim_status(result, "artefact-grids") == "holds", claim_row(result, "artefact-grids")
     where = claim_row(result, "artefact-where")
     assert "bf16-cast.onnx: 1x24x24: the weights explain the drift; the graph is right with them" in where, where
+
+
+def test_grids_whose_drift_the_weights_explain_are_said_once(run_suite: RunSuite, files: dict[str, Path]) -> None:
+    """A grid-free file of bf16-rounded weights drifts on every grid, and its graph is right on each: the
+    location says so once for all of them, none is left "not located"."""
+    grids = ("1,24,24", "1,16,16", "1,16,40", "2,16,16")
+    result = run_suite("test_artefact.py", "-k", "where or graph", _onnx(files["bf16-gridfree"])[0],
+                       *(f"--qwen3vl-grid={g}" for g in grids))
+    assert claim_status(result, "artefact-graph") == "holds", claim_row(result, "artefact-graph")
+    where = claim_row(result, "artefact-where")
+    assert ("bf16-gridfree.onnx: 1x24x24, 1x16x16, 1x16x40, 2x16x16 (4 grids): the weights explain the drift; "
+            "the graph is right with them (worst relative L2 ") in where, where
+    assert "not located" not in where, where
 
 
 def test_wrong_files_fail_the_row_that_names_their_fault(run_suite: RunSuite, files: dict[str, Path]) -> None:

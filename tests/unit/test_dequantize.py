@@ -120,3 +120,28 @@ def test_a_square_weight_stored_transposed_is_named_so(tmp_path: Path) -> None:
         assert read.oriented
         found = verdict("proj.weight", read, read.value, weight.astype(np.float64))
         assert (found.kind, found.detail) == (kind, detail), found
+
+
+def test_accuracy_level_4_is_computed_as_a_downstream_session_computes_it(tmp_path: Path, checkpoint) -> None:
+    """ONNX Runtime's MatMulNBits computes with int8 activations at accuracy level 4 only on prepacked
+    weights: under ``LOW_MEMORY`` alone it computes as at level 0, so a file holding it is loaded
+    without that setting, as a downstream session loads it."""
+    from pytest_qwen3vl.onnxfile.dequantize import fp32_activations_copy
+    from pytest_qwen3vl.runtimes.onnxruntime import LOW_MEMORY, OnnxRuntimeCPU
+
+    weight, table = checkpoint
+    level4 = _nbits(_float_model(tmp_path / "float.onnx", weight, table), tmp_path / "level4.onnx",
+                    is_symmetric=True, accuracy_level=4, op_types_to_quantize=("MatMul",))
+    (tmp_path / "copy").mkdir()
+    level0 = fp32_activations_copy(level4, tmp_path / "copy")
+    ops = {node.op_type for node in onnx.load(str(level4)).graph.node}
+    feeds = {"x": np.random.default_rng(1).normal(0, 1, (3, K)).astype(np.float32),
+             "ids": np.array([0, 3, 17, 39, 5], np.int64)}
+    runtime = OnnxRuntimeCPU(config=LOW_MEMORY, threads=1)
+    exact = runtime.load(level0).run(feeds)["y"]
+    unpacked = runtime.load(level4).run(feeds)["y"]
+    downstream = runtime.for_ops(ops).load(level4).run(feeds)["y"]
+    np.testing.assert_allclose(unpacked, exact, rtol=1e-6, atol=1e-6)  # what the check saw before
+    cost = float(np.linalg.norm(downstream - exact) / np.linalg.norm(exact))
+    assert cost > 1e-4, cost
+    assert runtime.for_ops({"MatMul", "Gather"}) is runtime

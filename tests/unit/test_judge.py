@@ -89,6 +89,28 @@ def test_served_line_says_wrong_grids_then_refused_ones() -> None:
         False, "serves 0 of 1 grid; wrong on 2x1x1 (pooled_embeds relative L2 1)")
 
 
+def test_a_file_that_refuses_only_calls_of_different_grids_is_told_so_apart() -> None:
+    """Every one-grid call runs: the call holding two images of different grids is refused for that, in
+    its own words, and a graph judged right where it runs says so. When a one-grid call is refused too,
+    the mixed call is one more refusal with the runtime's reason."""
+    mixed = Grid.parse("1,1,2+1,2,1")
+    alike = Grid.parse("1,1,2+1,1,2")
+    error = "ONNX Runtime: Add node node_add_256: Attempting to broadcast an axis by a dimension other than 1"
+    findings = [_finding(SERVED_GRID), _finding(alike), _finding(mixed, error=error)]
+    assert served_line(findings) == (False, "serves 2 of 3 grids; refuses 1x1x2+1x2x1 (two grids in one call)")
+    assert served_line(findings, graph=True) == (
+        False, "serves 2 of 3 grids; refuses 1x1x2+1x2x1 (two grids in one call); the graph is right on every grid "
+        "it runs")
+    three = Grid.parse("1,1,2+1,2,1+1,1,2+2,1,1")
+    assert served_line([_finding(SERVED_GRID), _finding(three, error=error)])[1] == (
+        "serves 1 of 2 grids; refuses 1x1x2+1x2x1+1x1x2+2x1x1 (three grids in one call)")
+    also = [*findings, _finding(REFUSED_GRID, error="ONNX Runtime: Reshape node r: bad shape")]
+    assert served_line(also, graph=True) == (
+        False, f"serves 2 of 4 grids; refuses 1x1x2+1x2x1 ({error}), 1x2x2 (ONNX Runtime: Reshape node r: bad shape); "
+        "the graph is right on every grid it runs")
+    assert served_line([_finding(mixed, error=error)])[1] == f"serves 0 of 1 grid; refuses 1x1x2+1x2x1 ({error})"
+
+
 def test_a_file_judged_on_no_grid_is_not_served() -> None:
     assert served_line([]) == (False, "serves 0 of 0 grids")
 
