@@ -247,7 +247,8 @@ class SessionExports:
         file, config, seed, library versions, measuring code), so one process per run builds the whole
         model, in a child process at a released size. A file that cannot be made (the modified file's
         own failure) has no gap: the test that needs it says why before it reads one. ``ConfigError``
-        when the config gives no whole model; ``ProbeFailed`` when the child process fails."""
+        when the config gives no whole model; ``NotRunnable`` when it cannot fit this machine;
+        ``ProbeFailed`` when the child process fails."""
         from pytest_qwen3vl.errors import Qwen3VLError
         from pytest_qwen3vl.judge import pipeline as measuring
 
@@ -263,7 +264,7 @@ class SessionExports:
         request = measuring.Request(str(self._sources["golden"]), self._spec.name, self._seed, files)
 
         def measure() -> str:
-            run = measuring.measure_in_child if measuring.in_child(request) else measuring.measure
+            run = measuring.measure_in_child if measuring.plan(request) else measuring.measure
             return json.dumps(run(request))
 
         shas = {text: {role: None if path is None else self.cache.recorded_sha256(Path(path))

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pytest_qwen3vl.errors import ConfigError, ProbeFailed
+from pytest_qwen3vl.errors import ConfigError, NotRunnable, ProbeFailed
 from pytest_qwen3vl.export.builder import export_vision
 from pytest_qwen3vl.judge import pipeline as jp
 from pytest_qwen3vl.model import pipeline as pl
@@ -188,7 +188,15 @@ def test_a_config_without_a_text_model_comes_back_as_a_config_error(measuring: j
 
 @pytest.mark.parametrize(("config", "child"), [("tiny", False), ("2b", True), ("4b", True)])
 def test_a_released_size_is_measured_in_a_child(config: str, child: bool) -> None:
-    assert jp.in_child(jp.Request(str(installed_golden_path()), config, 0, {})) is child
+    assert jp.plan(jp.Request(str(installed_golden_path()), config, 0, {})) is child
+
+
+def test_a_whole_model_beyond_the_machine_is_not_run_with_its_estimate() -> None:
+    request = jp.Request(str(installed_golden_path()), "4b", 0, {})
+    assert jp.plan(request, available=12 * 2**30)  # the 4B's child measured 11.1 GiB
+    with pytest.raises(NotRunnable, match=r"^not run: the whole model \(4\.4 B parameters, language model in "
+                       r"bfloat16\) needs about 11\.6 GiB; this machine has 10\.0 GiB$"):
+        jp.plan(request, available=10 * 2**30)
 
 
 def test_one_process_per_run_builds_the_whole_model(run_suite, tmp_path: Path) -> None:
