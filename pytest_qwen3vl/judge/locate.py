@@ -5,6 +5,9 @@ The probed copy is a second copy of the weights, so the child moves them to a te
 external-data file before it opens its session: the check's own process never holds them. A child
 that fails is our fault: the row says "not located" with its error line, never a verdict.
 
+A NaN or Inf is located on the runtime that produced it instead (``first_nonfinite``): the same probes
+added as outputs by a runtime that can (``Runtime.load_exposing``), checked for values that are not finite.
+
 onnx, onnxruntime and numpy are imported inside the functions.
 """
 
