@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pytest_qwen3vl.model.build import VisionPair
     from pytest_qwen3vl.model.grids import Grid
     from pytest_qwen3vl.plugin.exports import SessionExports
+    from pytest_qwen3vl.runtimes.base import Runtime
 
 # The merger's last line in golden and the reference modified file: the edit several tests make wrong.
 MERGER_LINE = "        x = self.linear_fc2(self.act_fn(self.linear_fc1(x)))\n"
@@ -117,9 +118,10 @@ def session_exports(pair: VisionPair, cache: Path) -> SessionExports:
     return SessionExports(models, sources, resolve_config("tiny", golden.parent), 0, cache / "exports")
 
 
-def sweep_file(path: Path, golden: torch.nn.Module, grids: Sequence[Grid], seed: int = 0) -> list[Finding]:
-    """``judge.sweep.sweep`` of ``path`` on ONNX Runtime's CPU against ``golden`` (the tiny config), one
-    finding per grid: the one answer to which grids a file serves."""
+def sweep_file(path: Path, golden: torch.nn.Module, grids: Sequence[Grid], seed: int = 0,
+               runtime: Runtime | None = None) -> list[Finding]:
+    """``judge.sweep.sweep`` of ``path`` on ``runtime`` (default ONNX Runtime's CPU) against ``golden``
+    (the tiny config), one finding per grid: the one answer to which grids a file serves."""
     from pytest_qwen3vl.judge.golden import GoldenRuns
     from pytest_qwen3vl.judge.sweep import sweep
     from pytest_qwen3vl.model.configs import resolve_config
@@ -127,7 +129,7 @@ def sweep_file(path: Path, golden: torch.nn.Module, grids: Sequence[Grid], seed:
     from pytest_qwen3vl.source.files import installed_golden_path
 
     spec = resolve_config("tiny", installed_golden_path().parent)
-    return sweep(path, OnnxRuntimeCPU(), GoldenRuns(golden, spec, seed), grids)
+    return sweep(path, runtime or OnnxRuntimeCPU(), GoldenRuns(golden, spec, seed), grids)
 
 
 def not_served(findings: Sequence[Finding]) -> list[Finding]:

@@ -209,6 +209,15 @@ class ArtefactCheck:
             matches.append(DeepStackMatch(name, position, matched, best[1]))
         return matches
 
+    def first_nonfinite(self, grid: Grid) -> str:
+        """Where a NaN or Inf first appears on ``grid`` on this check's runtime, or why it could not be
+        located there. The check's own session goes first: the exposing one is a second copy."""
+        from pytest_qwen3vl.judge.locate import first_nonfinite
+
+        feeds = self.runs.feeds(grid)
+        self.runs.release()
+        return first_nonfinite(self.path, self.runtime, feeds)
+
     def locate(self, grid: Grid) -> Location:
         """Where the graph goes wrong on ``grid``: the first module output outside the graph's relative
         L2 against golden holding the file's own weights."""

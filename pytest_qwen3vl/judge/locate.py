@@ -5,6 +5,9 @@ The probed copy is a second copy of the weights, so the child moves them to a te
 external-data file before it opens its session: the check's own process never holds them. A child
 that fails is our fault: the row says "not located" with its error line, never a verdict.
 
+A NaN or Inf is located on the runtime that produced it instead (``first_nonfinite``): the same probes
+added as outputs by a runtime that can (``Runtime.load_exposing``), checked for values that are not finite.
+
 onnx, onnxruntime and numpy are imported inside the functions.
 """
 
@@ -28,6 +31,8 @@ from pytest_qwen3vl.runtimes.onnxruntime import LOW_MEMORY, OnnxRuntimeCPU
 if TYPE_CHECKING:
     import numpy as np
     import onnx
+
+    from pytest_qwen3vl.runtimes.base import Runtime
 
 # Under whatever attribute the builder's wrapper keeps the vision model (``/model/``, ``/vision/``, none).
 _SCOPE = re.compile(r"^/(?:[\w.]+/)*?((?:blocks|deepstack_merger_list)\.\d+|patch_embed|merger)/")
@@ -274,6 +279,38 @@ def locate(path: Path, feeds: Mapping[str, np.ndarray], golden: Mapping[str, np.
         remaining = [n for n, v in rows if v is None]
         first_bad = remaining[0] if remaining and not computed else None
     return Location(grid, first_bad, tuple(rows), found.failure)
+
+
+def first_nonfinite(path: Path, runtime: Runtime, feeds: Mapping[str, np.ndarray]) -> str:
+    """Where a NaN or Inf first appears when ``runtime`` runs ``path`` on ``feeds``: the first module
+    output (graph order) holding one, found on that runtime at its own precision (an overflow in fp16
+    arithmetic exists only there), or why it could not be located there."""
+    import numpy as np
+    import onnx
+
+    where = f"where the NaN/Inf first appears could not be located on {runtime.label}"
+    probes = find_probes(onnx.load(str(path), load_external_data=False))
+    if not probes:
+        return f"{where}: nodes carry no module scopes"
+    try:
+        session = runtime.load_exposing(path, list(probes.values()))
+        values = session.run(feeds) if session is not None else None
+    except RuntimeRefused as exc:
+        return f"{where}: {exc}"
+    if values is None:
+        return f"{where}: it does not expose intermediate outputs"
+    exposed = [(name, value) for name, value in probes.items() if value in values]
+    if not exposed:
+        return f"{where}: it keeps none of the module outputs"
+    clean: list[str] = []
+    for name, value in exposed:
+        bad = int(values[value].size - np.isfinite(values[value]).sum())
+        if bad:
+            before = f"; right through {clean[-1]}" if clean else ""
+            return (f"the first NaN/Inf is in {name}'s output on {runtime.label} ({bad} of {values[value].size} "
+                    f"values{before})")
+        clean.append(name)
+    return f"{where}: every module output it exposes is finite ({', '.join(clean)})"
 
 
 def probe_in_child(path: Path, feeds: Mapping[str, np.ndarray]) -> Probed:

@@ -47,3 +47,9 @@ class Runtime(ABC):
     @abstractmethod
     def load(self, path: Path) -> Session:
         """The file loaded (external data next to it loads with it); ``RuntimeRefused`` when it does not load."""
+
+    def load_exposing(self, path: Path, values: Sequence[str]) -> Session | None:
+        """The file loaded with its intermediate ``values`` (ONNX value names) as extra outputs, run at this
+        runtime's own precision, for locating where a run goes wrong; None where the runtime cannot add
+        outputs to a file it loads."""
+        return None

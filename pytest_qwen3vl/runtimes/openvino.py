@@ -120,11 +120,22 @@ class OpenVINO(Runtime):
         return str(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
 
     def load(self, path: Path) -> Session:
+        return self._load(path, ())
+
+    def load_exposing(self, path: Path, values: Sequence[str]) -> Session:
+        """OpenVINO adds a model output for any tensor by name (``Model.add_outputs``); a value it merged
+        away while reading is not added, and its probe is then not among the session's outputs."""
+        return self._load(path, values)
+
+    def _load(self, path: Path, values: Sequence[str]) -> Session:
         import openvino as ov
 
         core = ov.Core()
         try:
             model = core.read_model(str(path))
+            known = {name for op in model.get_ops() for port in op.outputs() for name in port.get_names()}
+            if wanted := [value for value in values if value in known]:
+                model.add_outputs(wanted)
             compiled = core.compile_model(model, "CPU", self.config)
         except Exception as exc:
             if not is_openvino_error(exc):
@@ -133,4 +144,7 @@ class OpenVINO(Runtime):
         ran = self._compiled_precision(compiled)
         if ran != self.precision:  # the row would name a precision that did not run
             raise RuntimeError(f"openvino compiled {path.name} at {ran}, the CPU at {self.precision}")
-        return _OpenVINOSession(compiled, [output.get_any_name() for output in model.outputs])
+        # an added output answers to the value asked for, whichever other names its tensor carries
+        names = [next((v for v in wanted if v in output.get_names()), output.get_any_name())
+                 for output in model.outputs]
+        return _OpenVINOSession(compiled, names)

@@ -19,7 +19,7 @@ from pytest_qwen3vl.plugin.bundled import snapshots_dir
 from pytest_qwen3vl.plugin.snapshots import versions_label
 from pytest_qwen3vl.store.cache import ArtifactCache
 from tests.conftest import RunSuite
-from tests.helpers import MERGER_LINE, claim_row, modified_copy
+from tests.helpers import MERGER_LINE, claim_row, claim_status, modified_copy
 from tests.variants import VARIANTS, golden_text
 
 EXPORT_MODULES = ("test_export.py", "test_export_snapshots.py")
@@ -198,4 +198,24 @@ def test_onnx_parity_is_judged_per_runtime_at_the_precision_that_ran(run_suite: 
     assert "(fp32 tolerance: rel L2 <= 1e-05" in row, row
     assert ("onnxruntime-optimized:fp16-1x24x24: onnxruntime-optimized:fp16 (optimised as vit): pooled_embeds: "
             "max abs " in row and "(fp16 tolerance: rel L2 <= 0.005" in row), row
+    result.assert_outcomes(passed=2)
+
+
+def test_dynamic_n_is_judged_per_runtime_and_says_what_does_not_load(run_suite: RunSuite) -> None:
+    """On OpenVINO the report's export refuses the other grid in OpenVINO's words, its own grid's export
+    matches at the fp32 row, and the default grid-free file (TorchScript) does not load, named with the op
+    and the exporter that avoids it."""
+    pytest.importorskip("openvino", reason="pip install pytest-qwen3vl[openvino]")
+    result = run_suite("test_export.py", "-k", "symbolic", "--qwen3vl-runtime=onnxruntime",
+                       "--qwen3vl-runtime=openvino:f32")
+    row = claim_row(result, "dynamic-n")
+    assert ("onnxruntime-1x24x24: onnxruntime:fp32: first axes symbolic (num_images, num_merged_patches, "
+            "num_patches); the 1x24x24 export on 1x20x20: fails (ONNX Runtime: Reshape node ") in row, row
+    assert ("openvino:f32-1x24x24: openvino:f32: first axes symbolic (num_images, num_merged_patches, "
+            "num_patches); the 1x24x24 export on 1x20x20: fails (openvino: ") in row, row
+    assert "a 1x20x20 export on 1x20x20 matches PyTorch (fp32 tolerance)" in row, row
+    assert ("grid-free recipe (qwen3vl-export): one file serves 0 of 9 grids; refuses every grid (openvino: does "
+            "not load: Conversion is failed for: SequenceAt-17") in row, row
+    assert "serves 9 of 9 grids (worst relative L2" in row, row  # the same recipe on ONNX Runtime
+    assert claim_status(result, "dynamic-n") == "erratum"
     result.assert_outcomes(passed=2)

@@ -307,3 +307,31 @@ def test_grid_free_claims_are_judged_per_runtime_and_name_what_blocks_openvino(r
     assert "openvino:f32-1x24x24: exports (no data-dependent guard left); one file on openvino:f32 serves 9 of 9" \
         in dynamo, dynamo
     result.assert_outcomes(passed=3, failed=1)
+
+
+def float_sample_point(index: torch.Tensor, size: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """WRONG on purpose at reduced precision: transformers' float32 sample point with its integer part
+    by an int cast (the recipe before integer arithmetic). Right at fp32; in fp16 the point loses its
+    fraction, and the float-int-float cast pair is what ONNX Runtime's optimiser merges away."""
+    source = index.to(torch.float32) * (side - 1) / torch.clamp(size - 1, min=1).to(torch.float32)
+    floor = source.int()
+    return floor.long(), source - floor
+
+
+def test_grid_free_positions_survive_the_optimisers_fp16_rewrite(
+    exports: SessionExports, pair: VisionPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recipe's file serves every sweep grid on the optimiser's fp16 rewrite (its sample points are
+    integer arithmetic); the same recipe with float sample points serves only 1x48x48, whose
+    interpolation is the identity, though both serve every grid at fp32."""
+    from pytest_qwen3vl.runtimes.ort_optimized import OrtOptimized
+
+    fp16 = OrtOptimized(tmp_path / "runtimes", "fp16")
+    served, line = served_line(sweep_file(exports.recipe("modified", "grid-free", DEFAULT_GRID), pair.golden,
+                                          SWEEP, runtime=fp16))
+    assert served and line.startswith("serves 9 of 9 grids (worst relative L2 "), line
+    monkeypatch.setattr(gridfree, "sample_point", float_sample_point)
+    wrong = export_recipe(pair.modified, "grid-free", tmp_path / "float-points.onnx").path
+    assert served_line(sweep_file(wrong, pair.golden, SWEEP))[0], "the float sample points are right at fp32"
+    findings = sweep_file(wrong, pair.golden, SWEEP, runtime=fp16)
+    assert [f.grid.id for f in findings if f.served] == ["1x48x48"], served_line(findings)[1]

@@ -32,6 +32,29 @@ def test_a_file_runs_on_named_inputs_and_gives_the_outputs_asked_for(tmp_path: P
     np.testing.assert_array_equal(every["pooled_embeds"], PIXELS)  # handed-out values are copies
 
 
+def _two_step_file(path: Path) -> Path:
+    """pooled_embeds = (pixel_values * 2) + 1, the product a named intermediate value."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["pixel_values", "two"], ["doubled"], name="double"),
+         helper.make_node("Add", ["doubled", "one"], ["pooled_embeds"], name="add_one")],
+        "two_step", [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("pooled_embeds", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(np.array(2, dtype=np.float32), "two"),
+         numpy_helper.from_array(np.array(1, dtype=np.float32), "one")],
+    )
+    save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_an_intermediate_value_is_exposed_by_name_and_an_unknown_one_is_left_out(tmp_path: Path) -> None:
+    """What locating a NaN/Inf runs: the file with the probes' values as extra outputs, under their names."""
+    session = OpenVINO("f32", threads=1).load_exposing(_two_step_file(tmp_path / "f.onnx"), ["doubled", "absent"])
+    every = session.run({"pixel_values": PIXELS})
+    assert sorted(every) == ["doubled", "pooled_embeds"]
+    np.testing.assert_array_equal(every["doubled"], PIXELS * 2)
+    np.testing.assert_array_equal(every["pooled_embeds"], PIXELS * 2 + 1)
+
+
 @pytest.mark.parametrize("hint", ["f32", "bf16", "f16", None])
 def test_the_label_names_the_precision_the_cpu_compiled_at(hint: str | None) -> None:
     """A hint the CPU cannot honour compiles at another precision, and no hint at OpenVINO's default
