@@ -36,7 +36,6 @@ pytestmark = pytest.mark.qwen3vl_export
 
 REPORTED_GOLDEN_OUTPUTS = 3  # "3 (pooled + 2 deepstack) if traced as-is"
 REPORTED_OUT_HIDDEN = 2560  # "pooled_embeds in R^(num_merged_patches x 2560)"
-DEEPSTACK = ".deepstack_merger_list."
 
 
 def outputs_of(signature: dict[str, Any]) -> list[dict[str, Any]]:
@@ -84,7 +83,7 @@ def pooled_on(qwen3vl_export, choice: RuntimeChoice, runtime: Runtime, path, arg
 
 @pytest.mark.qwen3vl_claim("golden-onnx-outputs")
 def test_golden_traced_as_is_has_pooled_plus_one_output_per_deepstack_layer(
-    qwen3vl_export, qwen3vl_grid, qwen3vl_config, qwen3vl_record
+    qwen3vl_export, qwen3vl_grid, qwen3vl_config, qwen3vl_golden, qwen3vl_record
 ):
     everything = qwen3vl_export.signature(qwen3vl_export("golden", qwen3vl_grid, wrapper="all"))
     pooled = qwen3vl_export.signature(qwen3vl_export("golden", qwen3vl_grid))
@@ -94,11 +93,12 @@ def test_golden_traced_as_is_has_pooled_plus_one_output_per_deepstack_layer(
         f"golden traced as-is has {len(names)} ONNX outputs {names}, expected pooled + {layers} DeepStack"
     )
     extra = initializer_names(everything) - initializer_names(pooled)
-    outside = sorted(name for name in extra if DEEPSTACK not in f".{name}")
-    assert not outside, f"the outputs beyond pooled_embeds bring initializers outside deepstack_merger_list: {outside}"
+    mergers = qwen3vl_golden.family.mergers
+    outside = sorted(name for name in extra if f".{mergers}." not in f".{name}")
+    assert not outside, f"the outputs beyond pooled_embeds bring initializers outside {mergers}: {outside}"
     measured = (
         f"{len(names)} outputs ({', '.join(names)}); {initializer_count(everything) - initializer_count(pooled)} "
-        f"more initializers than the pooled export, {len(extra)} named, all under deepstack_merger_list"
+        f"more initializers than the pooled export, {len(extra)} named, all under {mergers}"
     )
     qwen3vl_record.claim(reported=REPORTED_GOLDEN_OUTPUTS, measured=len(names), detail=measured,
                          said=f"{REPORTED_GOLDEN_OUTPUTS} outputs (pooled + 2 deepstack)")
@@ -121,7 +121,7 @@ def test_modified_exported_with_the_flag_has_one_output(qwen3vl_export, qwen3vl_
 
 
 @pytest.mark.qwen3vl_claim("deepstack-not-traced")
-def test_deepstack_mergers_never_run_under_trace(qwen3vl_export, qwen3vl_grid, qwen3vl_record):
+def test_deepstack_mergers_never_run_under_trace(qwen3vl_export, qwen3vl_grid, qwen3vl_golden, qwen3vl_record):
     with_flag = qwen3vl_export.deepstack_calls("modified", qwen3vl_grid, trace=True, flag=True)
     assert not any(with_flag), (
         f"while tracing with _skip_deepstack_export set, the modified DeepStack mergers ran {with_flag} times"
@@ -132,11 +132,12 @@ def test_deepstack_mergers_never_run_under_trace(qwen3vl_export, qwen3vl_grid, q
         "(torch.jit.is_tracing() must skip them)"
     )
     exported = qwen3vl_export.signature(qwen3vl_export("modified", qwen3vl_grid))
-    leaked = sorted(name for name in initializer_names(exported) if DEEPSTACK in f".{name}")
+    mergers = qwen3vl_golden.family.mergers
+    leaked = sorted(name for name in initializer_names(exported) if f".{mergers}." in f".{name}")
     assert not leaked, f"the pooled export carries DeepStack weights: {leaked[:4]}"
     qwen3vl_record.holds(
         f"merger calls under torch.jit.trace: {with_flag} with the flag, {without_flag} without; "
-        "no deepstack_merger_list initializer in the pooled export"
+        f"no {mergers} initializer in the pooled export"
     )
 
 

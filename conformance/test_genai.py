@@ -107,6 +107,7 @@ def case(qwen3vl_genai, qwen3vl_export, tmp_path_factory) -> Case:
     from pytest_qwen3vl.plugin.genai import write_image
     from pytest_qwen3vl.runtimes.genai import genai_model, generate
 
+    qwen3vl_genai.check_whole_model()
     grid = qwen3vl_genai.grid
     image = write_image(tmp_path_factory.mktemp("genai") / f"{grid.id}.png", *image_side(grid), seed=0)
     folder = genai_folder(qwen3vl_genai)
@@ -225,6 +226,7 @@ def test_other_image_size_fails_loudly(qwen3vl_genai, qwen3vl_export, qwen3vl_go
     from pytest_qwen3vl.runtimes.genai import genai_model, generate
     from pytest_qwen3vl.runtimes.onnxruntime import failed_node, runtime_failure
 
+    qwen3vl_genai.check_whole_model()
     traced, other = qwen3vl_genai.grid, moved(qwen3vl_genai.grid)
     image = write_image(tmp_path / f"{other.id}.png", *image_side(other), seed=2)
     folder, vision = genai_folder(qwen3vl_genai), vision_file(qwen3vl_genai, qwen3vl_export, traced)
@@ -258,6 +260,7 @@ def test_grid_free_file_takes_other_sizes(qwen3vl_genai, qwen3vl_export, qwen3vl
 
     if qwen3vl_genai.user_folder is not None:
         pytest.skip("not run: your genai folder's own vision file is checked by genai-other-grid")
+    qwen3vl_genai.check_whole_model()
     traced, other = qwen3vl_genai.grid, moved(qwen3vl_genai.grid)
     image = write_image(tmp_path / f"{other.id}.png", *image_side(other), seed=2)
     try:

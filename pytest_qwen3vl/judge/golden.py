@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from pytest_qwen3vl.model.configs import ModelSpec
 
 # The module outputs drift is located at, besides ``pos_add`` (the input of the first block).
-_PROBED = re.compile(r"patch_embed|merger|(blocks|deepstack_merger_list)\.\d+")
+_PROBED = re.compile(r"patch_embed|merger|(blocks|deepstack_merger_list|merger_list)\.\d+")
 
 
 class GoldenRuns:

@@ -35,9 +35,9 @@ if TYPE_CHECKING:
     from pytest_qwen3vl.runtimes.base import Runtime
 
 # Under whatever attribute the builder's wrapper keeps the vision model (``/model/``, ``/vision/``, none).
-_SCOPE = re.compile(r"^/(?:[\w.]+/)*?((?:blocks|deepstack_merger_list)\.\d+|patch_embed|merger)/")
+_SCOPE = re.compile(r"^/(?:[\w.]+/)*?((?:blocks|deepstack_merger_list|merger_list)\.\d+|patch_embed|merger)/")
 # A dynamo node's module path (``model.blocks.0``, ``vision.merger``), outermost first in its name_scopes.
-_MODULE = re.compile(r"(?:[\w.]+\.)?((?:blocks|deepstack_merger_list)\.\d+|patch_embed|merger)")
+_MODULE = re.compile(r"(?:[\w.]+\.)?((?:blocks|deepstack_merger_list|merger_list)\.\d+|patch_embed|merger)")
 _NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 _SHAPE_PLUMBING = ("Shape", "Gather", "Unsqueeze", "Concat")
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_qwen3vl.errors import run_module
 from pytest_qwen3vl.onnxfile.weights import state_key
+from pytest_qwen3vl.source.families import MERGER_PREFIXES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -72,13 +73,13 @@ class WeightReport:
     @property
     def explained(self) -> bool:
         """No tensor holds other values, and none but DeepStack's (not exported) is missing."""
-        return not self.kinds(OTHER) and all(v.key.startswith("deepstack_merger_list.") for v in self.kinds(ABSENT))
+        return not self.kinds(OTHER) and all(v.key.startswith(MERGER_PREFIXES) for v in self.kinds(ABSENT))
 
     def text(self) -> str:
         """One line: what the weights are, the unexplained ones first."""
         total = len(self.verdicts)
         absent = self.kinds(ABSENT)
-        deepstack = [v for v in absent if v.key.startswith("deepstack_merger_list.")]
+        deepstack = [v for v in absent if v.key.startswith(MERGER_PREFIXES)]
         present = total - len(deepstack)  # a file without DeepStack outputs holds none of its mergers
         parts = []
         covered = False  # a line said "every weight": the equal ones need no count of their own

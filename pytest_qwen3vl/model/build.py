@@ -1,5 +1,8 @@
 """The golden and modified vision models that share one set of weights, and the export flag.
 
+The vision class and its config are the family's whose class the imported file defines
+(``Qwen3VLVisionModel``, ``Qwen3VLMoeVisionModel``, ``Qwen3OmniMoeVisionEncoder``).
+
 ``build_pair``: golden gets seeded random weights (or a checkpoint's), modified is built without
 initialisation and then takes golden's parameters and persistent buffers (the very same tensor
 objects). Non-persistent buffers (``rotary_pos_emb.inv_freq``, and on 5.x also ``original_inv_freq``)
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_qwen3vl.model.api import no_init_weights
 from pytest_qwen3vl.model.checkpoint import load_vision_weights
 from pytest_qwen3vl.model.configs import ModelSpec
+from pytest_qwen3vl.source.families import QWEN3_VL, Family, family_of_module
 
 if TYPE_CHECKING:
     import torch
@@ -32,25 +36,34 @@ class VisionPair:
     unshared: list[str]
 
 
-def vision_config(spec: ModelSpec) -> Any:
-    """A fresh ``Qwen3VLVisionConfig`` for the spec; each model gets its own copy."""
-    from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig
+def vision_config(spec: ModelSpec, family: Family = QWEN3_VL) -> Any:
+    """A fresh vision config of ``family`` (``Qwen3VLVisionConfig``, ``Qwen3VLMoeVisionConfig``, ...) for
+    the spec; each model gets its own copy. The family's tower takes the same fields."""
+    import importlib
 
-    return Qwen3VLVisionConfig(**copy.deepcopy(spec.vision))
+    config_class = getattr(importlib.import_module(family.config_module), family.vision_config)
+    return config_class(**copy.deepcopy(spec.vision))
+
+
+def vision_class(module: ModuleType) -> tuple[type[torch.nn.Module], Family]:
+    """The vision model class of an imported modeling file, and its family."""
+    family = family_of_module(module)
+    return getattr(module, family.vision_class), family
 
 
 def build_golden(module: ModuleType, spec: ModelSpec, seed: int) -> torch.nn.Module:
     """Golden vision model, eval mode, float32, CPU: a checkpoint's weights, or random ones from ``seed``."""
     import torch
 
+    model_class, family = vision_class(module)
     if spec.checkpoint is not None:
         with no_init_weights():
-            model = module.Qwen3VLVisionModel(vision_config(spec))
+            model = model_class(vision_config(spec, family))
         load_vision_weights(model, spec.checkpoint)
         return model.float().eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = module.Qwen3VLVisionModel._from_config(vision_config(spec), dtype=torch.float32)
+        model = model_class._from_config(vision_config(spec, family), dtype=torch.float32)
     return model.eval()
 
 
@@ -62,8 +75,9 @@ def build_pair(golden_module: ModuleType, modified_module: ModuleType, spec: Mod
 def pair_with(golden: torch.nn.Module, modified_module: ModuleType, spec: ModelSpec) -> VisionPair:
     """The modified file's vision model next to an already built golden one, sharing its weights: the
     golden model exists (and golden's claims run) whether or not the modified file can be built."""
+    model_class, family = vision_class(modified_module)
     with no_init_weights():
-        modified = modified_module.Qwen3VLVisionModel(vision_config(spec))
+        modified = model_class(vision_config(spec, family))
     unshared = share_weights(golden, modified)
     return VisionPair(golden, modified.float().eval(), unshared)
 

@@ -90,6 +90,7 @@ class ModelSpec:
     source: Path | None = field(default=None, compare=False)
     checkpoint: Path | None = None
     top: dict[str, Any] = field(default_factory=dict)  # special token ids, tie_word_embeddings
+    model_type: str = ""  # a whole model's config.json's: which family it is of ("" for presets)
 
     @property
     def merge_size(self) -> int:
@@ -135,8 +136,9 @@ def resolve_config(value: str, base: Path) -> ModelSpec:
     text = data.get("text_config")
     checkpoint = folder if folder is not None and find_weights(folder) else None
     top = {k: data[k] for k in _TOP_LEVEL if k in data} if vision is not data else {}
+    model_type = str(data.get("model_type", "")) if vision is not data else ""
     return ModelSpec(str(folder or path), dict(vision), dict(text) if isinstance(text, dict) else None, path,
-                     checkpoint, top)
+                     checkpoint, top, model_type)
 
 
 def weights_origin(spec: ModelSpec, seed: int) -> str:

@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.errors import ConfigError
+from pytest_qwen3vl.errors import ConfigError, NotRunnable
 from pytest_qwen3vl.model.api import no_init_weights
 from pytest_qwen3vl.model.build import share_weights
 from pytest_qwen3vl.model.checkpoint import load_language_weights
 from pytest_qwen3vl.model.configs import ModelSpec, whole_config
+from pytest_qwen3vl.source.families import family_of_module
 
 if TYPE_CHECKING:
     import torch
@@ -82,6 +83,9 @@ def build_full_model(golden: ModuleType, spec: ModelSpec, vision: torch.nn.Modul
     """
     import torch
 
+    family = family_of_module(golden)
+    if not family.whole_model_built:
+        raise NotRunnable(family.not_built("the pipeline claims run"))
     config = pipeline_config(spec)
     dtype = language_dtype(golden, config)
     with torch.random.fork_rng(devices=[]), no_init_weights() if spec.checkpoint else nullcontext():

@@ -23,7 +23,7 @@ from pytest_qwen3vl.model.checkpoint import checkpoint_fingerprint
 from pytest_qwen3vl.model.grids import DEFAULT_GRID, MAX_PATCHES, MIN_PATCHES, Grid
 from pytest_qwen3vl.plugin.settings import CONFIG, GENAI_FOLDER, flag
 from pytest_qwen3vl.runtimes.genai_folder import CONFIG_FILE, build_session_folder, genai_missing
-from pytest_qwen3vl.source.files import sha256_file
+from pytest_qwen3vl.source.files import file_family, sha256_file
 from pytest_qwen3vl.store.cache import MAKING, ArtifactCache, Fallbacks, code_digest
 from pytest_qwen3vl.versions import EXPORT_LIBRARIES, library_versions
 
@@ -55,6 +55,7 @@ class SessionGenai:
         self.grid = genai_grid(settings.grids[0])
         self.cache = ArtifactCache(settings.cache_dir / "genai", on_event, (fallbacks or Fallbacks()).under("genai"))
         self._golden_digest = sha256_file(golden)
+        self.family = file_family(golden)
         self._reference: torch.nn.Module | None = None
 
     @property
@@ -77,6 +78,12 @@ class SessionGenai:
             if not (folder / "tokenizer.json").is_file() or not (folder / "preprocessor_config.json").is_file():
                 raise NotRunnable(f"not run: {folder} has no tokenizer.json or preprocessor_config.json "
                                   "(qwen3vl-checkpoint writes both)")
+
+    def check_whole_model(self) -> None:
+        """Raise ``NotRunnable`` for the claims that generate with a whole model of another family than
+        Qwen3-VL's (the processor claim needs none): the folder holds Qwen3-VL's dense language model."""
+        if not self.family.whole_model_built:
+            raise NotRunnable(self.family.not_built("the genai generation claims run"))
 
     def _checkpoint_parts(self) -> dict[str, str]:
         """What the checkpoint written from the preset is made from."""

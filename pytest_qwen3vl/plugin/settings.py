@@ -294,6 +294,22 @@ def _truthy(value: object) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on") if value is not None else False
 
 
+def family_mismatch(model: ModelSpec, golden: Path | None, raw_config: object) -> None:
+    """A checkpoint of another family than the modified file's (golden's) is a usage error: its weights
+    do not fit that family's classes, and its verdicts would be about another model."""
+    from pytest_qwen3vl.source.families import FAMILIES
+    from pytest_qwen3vl.source.files import file_family
+
+    if golden is None or model.model_type not in FAMILIES:
+        return
+    family = file_family(golden)
+    if model.model_type != family.name:
+        raise SettingsError(
+            f"{flag(CONFIG)}={raw_config!r}: a {model.model_type} checkpoint, and the file checked is a {family.name} "
+            f"one ({golden.name}): name a {family.name} checkpoint, or a {model.model_type} file with {flag(MODIFIED)}"
+        )
+
+
 def settings_from_pytest(config: pytest.Config) -> Settings:
     """Read every option and ini key once; raise ``SettingsError`` with a one-line message."""
     from pytest_qwen3vl.errors import ConfigError, SourceError
@@ -323,6 +339,7 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
             golden = default_golden(modified)  # the installed file of the modified file's family
         except SourceError:
             golden = None
+    family_mismatch(model, golden, raw_config)
     raw_cache, cache_base = _value(config, CACHE_DIR)
     wanted = (cache_base / str(raw_cache)).resolve() if raw_cache else config.rootpath / ".pytest_cache" / "d" / PREFIX
     cache_dir, cache_fallback, spare = usable_cache(wanted, getattr(config, "workerinput", {}).get(CACHE_WORKERINPUT))

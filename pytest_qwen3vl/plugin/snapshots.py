@@ -69,12 +69,19 @@ def versions_label() -> str:
 
 
 def case_label(item: pytest.Item) -> str:
-    """The test's own parameter ids, then the config, then the grid: ``modified-pooled-tiny-1x24x24``."""
+    """The test's own parameter ids, the family where it is not Qwen3-VL's (its graphs name other modules),
+    then the config, then the grid: ``modified-pooled-tiny-1x24x24``, ``golden-all-qwen3_omni_moe-tiny-1x24x24``."""
+    from pytest_qwen3vl.source.files import file_family
+
     callspec = getattr(item, "callspec", None)
     grid: Grid | None = callspec.params.get("qwen3vl_grid") if callspec else None
     ids = callspec.id.split("-") if callspec else []
     parts = [part for part in ids if grid is None or part != grid.id]
-    parts.append(config_label(settings_of(item.config).model))
+    settings = settings_of(item.config)
+    family = file_family(settings.golden) if settings.golden is not None else None
+    if family is not None and family.name != "qwen3_vl":
+        parts.append(family.name)
+    parts.append(config_label(settings.model))
     if grid is not None:
         parts.append(grid.id)
     return "-".join(parts)

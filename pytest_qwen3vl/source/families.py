@@ -10,6 +10,9 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+
+from pytest_qwen3vl.errors import SourceError
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,9 @@ class Family:
     text_rotary: str  # the text model's rotary embedding (interleaved MRoPE)
     rope_index: str  # ``Class.method`` computing the (3, B, S) position ids
     whole: str  # the class of the whole model, image in and logits out
+    vision_config: str  # the vision class's config class, in the family's configuration module
+    config: str  # the config of the model that holds ``rope_index`` and ``text_rotary``; "" where none is built
+    mergers: str  # the module list of DeepStack mergers, as state-dict keys and ONNX initializers name it
 
     @property
     def relative_path(self) -> Path:
@@ -33,6 +39,22 @@ class Family:
         return f"transformers.models.{self.name}"
 
     @property
+    def config_module(self) -> str:
+        """The module that defines the family's config classes."""
+        return f"{self.package}.configuration_{self.name}"
+
+    @property
+    def whole_model_built(self) -> bool:
+        """Whether the suite builds this family's whole model (the pipeline and genai claims): Qwen3-VL's
+        dense model only."""
+        return self.name == "qwen3_vl"
+
+    def not_built(self, what: str) -> str:
+        """The "not run" reason of a claim that needs a model of this family the suite does not build."""
+        return (f"not run: {what} on Qwen3-VL's dense whole model (qwen3_vl); the suite does not build "
+                f"{self.name}'s ({self.whole})")
+
+    @property
     def deepstack_place(self) -> str:
         """Where the DeepStack ``if`` is, for messages."""
         return f"{self.vision_class}.forward"
@@ -40,17 +62,33 @@ class Family:
 
 QWEN3_VL = Family(
     "qwen3_vl", "Qwen3VLVisionModel", "Qwen3VLTextRotaryEmbedding", "Qwen3VLModel.get_rope_index",
-    "Qwen3VLForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration", "Qwen3VLVisionConfig", "Qwen3VLConfig",
+    "deepstack_merger_list",
 )
 QWEN3_VL_MOE = Family(
     "qwen3_vl_moe", "Qwen3VLMoeVisionModel", "Qwen3VLMoeTextRotaryEmbedding", "Qwen3VLMoeModel.get_rope_index",
-    "Qwen3VLMoeForConditionalGeneration",
+    "Qwen3VLMoeForConditionalGeneration", "Qwen3VLMoeVisionConfig", "Qwen3VLMoeConfig",
+    "deepstack_merger_list",
 )
 QWEN3_OMNI_MOE = Family(
     "qwen3_omni_moe", "Qwen3OmniMoeVisionEncoder", "Qwen3OmniMoeThinkerTextRotaryEmbedding",
     "Qwen3OmniMoePreTrainedModelForConditionalGeneration.get_rope_index", "Qwen3OmniMoeThinkerForConditionalGeneration",
+    # its thinker needs an audio tower too: the text claims are not run; ``deepstack_merger_list`` is a
+    # property returning ``merger_list``, the name its weights carry
+    "Qwen3OmniMoeVisionEncoderConfig", "", "merger_list",
 )
 FAMILIES: dict[str, Family] = {family.name: family for family in (QWEN3_VL, QWEN3_VL_MOE, QWEN3_OMNI_MOE)}
+# Every family's DeepStack merger prefix, for code that reads weights without knowing the family
+MERGER_PREFIXES: tuple[str, ...] = tuple(sorted({f"{family.mergers}." for family in FAMILIES.values()}))
+
+
+def family_of_module(module: ModuleType) -> Family:
+    """The family whose vision class an imported modeling file defines (the import checked it has one)."""
+    defined = (family for family in FAMILIES.values() if isinstance(getattr(module, family.vision_class, None), type))
+    found = next(defined, None)
+    if found is None:
+        raise SourceError(f"{module.__name__} defines none of {', '.join(f.vision_class for f in FAMILIES.values())}")
+    return found
 
 
 def family_of(tree: ast.Module) -> Family | None:

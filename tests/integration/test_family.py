@@ -1,0 +1,111 @@
+"""The family: forks of ``modeling_qwen3_vl_moe.py`` and ``modeling_qwen3_omni_moe.py`` made by applying the
+report's change run the claims that apply to them, on a tiny config of their own classes; a wrong fork of
+them fails those claims; the whole-model claims say why they do not run; a checkpoint of another family
+is a usage error.
+
+Each fork is generated from the installed file of its family, so the tests follow whichever transformers
+is installed (CI runs them under 5.x too).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_qwen3vl.model.configs import TEXT_PRESETS, VISION_PRESETS
+from pytest_qwen3vl.source.families import FAMILIES, QWEN3_OMNI_MOE, QWEN3_VL_MOE, Family
+from pytest_qwen3vl.source.files import GOLDEN_IF_LINE, installed_golden_path, reference_modified_text
+from tests.conftest import RunSuite
+from tests.helpers import claim_row
+
+pytestmark = pytest.mark.qwen3vl_versions
+
+NOT_DYNAMO = ("-k", "not dynamo_exporter")  # dynamo fails the same way for every file: skip its seconds here
+# The claims about the vision tower and its export, each decided on the family's own classes.
+VISION_CLAIMS = ("one-diff", "deepstack-condition", "deepstack-body", "golden-deepstack-always",
+                 "modified-onnx-outputs", "export-pooled-embeds", "onnx-parity", "export-graph-vs-golden",
+                 "runtime-equivalence", "output-contract", "input-contract", "patch-dim", "trace-hazards")
+NO_TRACING_CLAUSE = 'layer_num in self.deepstack_visual_indexes and not getattr(self, "_skip_deepstack_export", False)'
+
+
+def fork(folder: Path, family: Family, make: str = "reference") -> Path:
+    """A fork of the installed ``family`` file: the report's change (``reference``), none (``unapplied``: a
+    comment only), or the change without its tracing clause (``no_tracing_clause``)."""
+    golden = installed_golden_path(family).read_text(encoding="utf-8")
+    if make == "reference":
+        text = reference_modified_text(golden)
+    elif make == "unapplied":
+        text = golden.replace(GOLDEN_IF_LINE, f"            # exported by our builder\n{GOLDEN_IF_LINE}")
+    else:
+        text = golden.replace(GOLDEN_IF_LINE, f"            if {NO_TRACING_CLAUSE}:\n")
+    assert text != golden
+    path = folder / family.relative_path.name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("family", [QWEN3_VL_MOE, QWEN3_OMNI_MOE], ids=lambda family: family.name)
+def test_a_family_fork_holds_the_vision_and_export_claims(run_suite: RunSuite, tmp_path: Path, family: Family) -> None:
+    result = run_suite("test_source.py", "test_deepstack.py", "test_export.py", "test_runtime.py",
+                       "test_contracts.py", "test_mrope.py", "test_pipeline.py", *NOT_DYNAMO,
+                       modified=fork(tmp_path, family))
+    for claim in VISION_CLAIMS:
+        row = claim_row(result, claim)
+        assert " holds " in row, row
+    assert family.deepstack_place in claim_row(result, "one-diff")
+    # Omni's DeepStack weights are named merger_list: the pooled export holds none of them.
+    assert f"no {family.mergers} initializer in the pooled export" in claim_row(result, "deepstack-not-traced")
+    for claim in ("pipeline-deepstack-kept", "pipeline-like-golden"):
+        row = claim_row(result, claim)
+        assert f"not run: the pipeline claims run on Qwen3-VL's dense whole model (qwen3_vl); the suite does not " \
+               f"build {family.name}'s ({family.whole})" in row, row
+    mrope = claim_row(result, "text-mrope")
+    assert (" holds " if family.config else "not run: qwen3_omni_moe's text model sits in a thinker") in mrope, mrope
+    assert "fails" not in "".join(claim_row(result, claim) for claim in VISION_CLAIMS)
+
+
+@pytest.mark.parametrize(("make", "broken"), [
+    ("unapplied", ("one-diff", "deepstack-not-traced")),
+    ("no_tracing_clause", ("deepstack-condition", "deepstack-not-traced")),
+])
+def test_a_wrong_family_fork_fails_them(
+    run_suite: RunSuite, tmp_path: Path, make: str, broken: tuple[str, ...]
+) -> None:
+    result = run_suite("test_source.py", "test_export.py", *NOT_DYNAMO, modified=fork(tmp_path, QWEN3_VL_MOE, make))
+    for claim in broken:
+        row = claim_row(result, claim)
+        assert " fails " in row, row
+    assert " holds " in claim_row(result, "golden-onnx-outputs") or " erratum " in claim_row(result,
+                                                                                              "golden-onnx-outputs")
+
+
+def whole_config(model_type: str) -> dict[str, object]:
+    """A config.json of a whole model of ``model_type`` with the tiny dimensions (no weights: seeded ones)."""
+    return {"model_type": model_type, "vision_config": VISION_PRESETS["tiny"], "text_config": TEXT_PRESETS["tiny"]}
+
+
+@pytest.mark.parametrize("model_type", [name for name in FAMILIES if name != "qwen3_vl"])
+def test_a_checkpoint_of_another_family_is_a_usage_error(pytester: pytest.Pytester, tmp_path: Path,
+                                                         model_type: str) -> None:
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(whole_config(model_type)), encoding="utf-8")
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest_subprocess(f"--qwen3vl-config={folder}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --qwen3vl-config=*: a {model_type} checkpoint, and the file checked is a "
+                                 "qwen3_vl one (modeling_qwen3_vl.py): name a qwen3_vl checkpoint, or a "
+                                 f"{model_type} file with --qwen3vl-modified"])
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_a_checkpoint_of_the_forks_family_is_accepted(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(whole_config(QWEN3_VL_MOE.name)), encoding="utf-8")
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest_subprocess(f"--qwen3vl-config={folder}",
+                                           f"--qwen3vl-modified={fork(tmp_path, QWEN3_VL_MOE)}", "--qwen3vl-suite=off")
+    assert result.ret == pytest.ExitCode.OK, result.stderr.str()
