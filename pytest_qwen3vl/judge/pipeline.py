@@ -113,10 +113,14 @@ def plan(request: Request, available: int | None = None) -> bool:
     from pytest_qwen3vl.errors import NotRunnable
     from pytest_qwen3vl.model import pipeline as pl
     from pytest_qwen3vl.model.configs import resolve_config
+    from pytest_qwen3vl.source.families import family_of_module
     from pytest_qwen3vl.source.files import import_modeling_file
 
-    config = pl.pipeline_config(resolve_config(request.config, Path.cwd()))
     golden = import_modeling_file(Path(request.golden), "golden")
+    family = family_of_module(golden)
+    if not family.whole_model_built:
+        raise NotRunnable(family.not_built("the pipeline claims run"))
+    config = pl.pipeline_config(resolve_config(request.config, Path.cwd()))
     with torch.device("meta"):
         model = golden.Qwen3VLForConditionalGeneration(config)
     total = sum(p.numel() for p in model.parameters())
