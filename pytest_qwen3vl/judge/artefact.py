@@ -31,6 +31,7 @@ from pytest_qwen3vl.runtimes.onnxruntime import LOW_MEMORY, OnnxRuntimeCPU
 
 if TYPE_CHECKING:
     from pytest_qwen3vl.judge.locate import Location
+    from pytest_qwen3vl.judge.pipeline import PipelineCost, WholeModel
     from pytest_qwen3vl.judge.weights import WeightReport
     from pytest_qwen3vl.onnxfile.interface import FileFacts
     from pytest_qwen3vl.runtimes.base import Runtime
@@ -78,6 +79,7 @@ class ArtefactCheck:
         self.runs = FileRuns(facts, self.runtime, golden, self.tolerance)
         self._graph_golden: GoldenRuns | None = None
         self._copies: tempfile.TemporaryDirectory[str] | None = None  # the fp32-activation copy's folder
+        self._costs: dict[Grid, PipelineCost] = {}
 
     @property
     def runtime_text(self) -> str:
@@ -188,6 +190,26 @@ class ArtefactCheck:
         assert pooled is not None
         exact = self.graph_runs.run(grid)[1][pooled.name]
         return measure(self.runs.run(grid)[1][pooled.name], exact, pooled.name, "level 0").rel_l2
+
+    def pipeline_cost(self, grid: Grid, whole: WholeModel) -> PipelineCost:
+        """What the file's outputs on ``grid`` cost the whole model's next token against golden's
+        (``judge/pipeline.py``), measured once per grid; or why it is not measured."""
+        from pytest_qwen3vl.judge.pipeline import PipelineCost
+
+        if grid not in self._costs:
+            finding, values = self.runs.run(grid)
+            gold = self.golden.outputs(grid)
+            pooled = self.interface.pooled
+            deepstack = [v for _, v in deepstack_values(self.interface, values)][: len(gold) - 1]
+            if finding.error is not None:
+                self._costs[grid] = PipelineCost(grid, absent=f"the file does not run on {grid.id}")
+            elif pooled is None or any(tuple(v.shape) != tuple(g.shape)
+                                       for v, g in zip([values[pooled.name], *deepstack], gold, strict=False)):
+                self._costs[grid] = PipelineCost(grid, absent=f"the file's outputs on {grid.id} have other shapes "
+                                                 "than golden's")
+            else:
+                self._costs[grid] = whole.cost(grid, values[pooled.name], deepstack)
+        return self._costs[grid]
 
     def deepstack_matches(self, grid: Grid) -> list[DeepStackMatch]:
         """Each DeepStack output matched by cosine to golden's DeepStack features (and pooled)."""

@@ -33,6 +33,7 @@ from pytest_qwen3vl.model.api import no_init_weights
 from pytest_qwen3vl.model.build import share_weights
 from pytest_qwen3vl.model.checkpoint import load_language_weights
 from pytest_qwen3vl.model.configs import ModelSpec, whole_config
+from pytest_qwen3vl.model.grids import physical_memory
 
 if TYPE_CHECKING:
     import torch
@@ -56,13 +57,37 @@ def pipeline_config(spec: ModelSpec) -> Any:
     return whole_config(spec, text={"num_hidden_layers": max(int(spec.text.get("num_hidden_layers", 0)), depth + 1)})
 
 
+def _counts(golden: ModuleType, config: Any) -> tuple[int, int]:
+    """Parameters of the whole model and of its vision tower, counted on the meta device."""
+    import torch
+
+    with torch.device("meta"):
+        model = golden.Qwen3VLForConditionalGeneration(config)
+    return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.model.visual.parameters())
+
+
 def language_dtype(golden: ModuleType, config: Any) -> torch.dtype:
     """float32, or bfloat16 for a model of 2B parameters or more (counted on the meta device)."""
     import torch
 
-    with torch.device("meta"):
-        count = sum(p.numel() for p in golden.Qwen3VLForConditionalGeneration(config).parameters())
-    return torch.bfloat16 if count >= BF16_FROM_PARAMS else torch.float32
+    return torch.bfloat16 if _counts(golden, config)[0] >= BF16_FROM_PARAMS else torch.float32
+
+
+def check_fits(golden: ModuleType, spec: ModelSpec, available: int | None = None) -> None:
+    """Refuse (``ConfigError``) a language model that would not fit beside the vision tower already
+    built: its tensors as ``build_full_model`` makes them, twice over for a checkpoint's (read whole,
+    then copied in), against this machine's memory as ``Grid.check_memory`` compares a grid's attention."""
+    import torch
+
+    config = pipeline_config(spec)
+    total, vision = _counts(golden, config)
+    dtype = torch.float32 if spec.checkpoint is None else language_dtype(golden, config)
+    need = (1 if spec.checkpoint is None else 2) * (total - vision) * dtype.itemsize
+    have = available if available is not None else physical_memory()
+    if need > have:
+        raise ConfigError(f"{spec.name}: its language model ({(total - vision) / 1e9:.1f} B parameters in "
+                          f"{str(dtype).removeprefix('torch.')}) needs about {need / 2**30:.0f} GiB, this machine "
+                          f"has {have / 2**30:.0f} GiB")
 
 
 def build_full_model(golden: ModuleType, spec: ModelSpec, vision: torch.nn.Module, seed: int) -> torch.nn.Module:

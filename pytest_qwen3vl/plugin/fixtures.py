@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pytest_qwen3vl.judge.artefact import ArtefactCheck
     from pytest_qwen3vl.judge.gate import GateTable
     from pytest_qwen3vl.judge.golden import GoldenRuns
+    from pytest_qwen3vl.judge.pipeline import WholeModel
     from pytest_qwen3vl.model.build import VisionPair
     from pytest_qwen3vl.model.configs import ModelSpec
     from pytest_qwen3vl.model.eager import EagerRuns
@@ -448,6 +449,15 @@ def qwen3vl_artefact_golden(
     from pytest_qwen3vl.judge.golden import GoldenRuns
 
     return GoldenRuns(qwen3vl_golden_vision, qwen3vl_config, qwen3vl_settings.seed)
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_whole_model(qwen3vl_golden_module: ModuleType, qwen3vl_artefact_golden: GoldenRuns) -> WholeModel:
+    """Golden's whole model around ``qwen3vl_artefact_golden``'s tower, for what a file's features cost
+    the next token; built on first use, where a language model is at hand and fits."""
+    from pytest_qwen3vl.judge.pipeline import WholeModel
+
+    return WholeModel(qwen3vl_golden_module, qwen3vl_artefact_golden)
 
 
 @pytest.fixture(scope="session")

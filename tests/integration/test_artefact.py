@@ -465,6 +465,60 @@ def test_wrong_files_fail_the_row_that_names_their_fault(run_suite: RunSuite, fi
     result.assert_outcomes(passed=8, failed=10, skipped=3)
 
 
+def _kl(parity: str, name: str) -> tuple[str, float]:
+    """The top-1 agreement and KL a file's parity row shows in the pipeline."""
+    match = re.search(rf"{re.escape(name)}-onnxruntime-1x24x24: .*?in the pipeline on 1x24x24: "
+                      r"top-1 agreement (\d+%), KL ([-\de.+]+) nats", parity)
+    assert match, parity
+    return match.group(1), float(match.group(2))
+
+
+def test_parity_shows_what_the_weights_cost_the_next_token_without_deciding(
+    run_suite: RunSuite, files: dict[str, Path]
+) -> None:
+    """The checkpoint's weights cost the next token nothing (measured KL ~1e-12: ONNX Runtime's 1e-6 on
+    the features); another seed's weights move it (measured KL 0.88 nats, top-1 0%). The verdicts are
+    the tolerance's, as before: the first holds, the second fails."""
+    result = run_suite("test_artefact.py", "-k", "parity", *_onnx(files["fp32"], files["seed1"], files["deepstack"]),
+                       "--qwen3vl-grid=1,24,24")
+    parity = claim_row(result, "artefact-parity")
+    top1, same = _kl(parity, "builder.onnx")
+    assert top1 == "100%" and same < 1e-9, parity
+    assert "a seeded random language model" in parity and "3 DeepStack features golden's" in parity, parity
+    top1, deep = _kl(parity, "deepstack.onnx")  # its own DeepStack features fed, none of golden's
+    assert top1 == "100%" and deep < 1e-9, parity
+    top1, other = _kl(parity, "seed1.onnx")
+    assert other > 0.1 and other > 1e6 * same, parity
+    result.assert_outcomes(passed=2, failed=1)
+    # on a grid the file refuses, the row says why there is no cost
+    refused = run_suite("test_artefact.py", "-k", "parity", *_onnx(files["fp32"]), "--qwen3vl-grid=1,16,16")
+    assert "in the pipeline: not measured (the file does not run on 1x16x16)" in claim_row(refused, "artefact-parity")
+
+
+def test_the_pipeline_cost_is_absent_where_no_language_model_is_at_hand_or_fits(pair: VisionPair) -> None:
+    """A config with no text model, and a language model larger than the memory at hand: the cost is
+    not measured and says why; nothing is built for it."""
+    import dataclasses
+
+    from pytest_qwen3vl.errors import ConfigError
+    from pytest_qwen3vl.judge.golden import GoldenRuns
+    from pytest_qwen3vl.judge.pipeline import WholeModel
+    from pytest_qwen3vl.model.pipeline import check_fits
+
+    golden_module = import_modeling_file(installed_golden_path(), "golden")
+    spec = resolve_config("tiny", installed_golden_path().parent)
+    vision_only = dataclasses.replace(spec, text=None)
+    whole = WholeModel(golden_module, GoldenRuns(pair.golden, vision_only, 0))
+    pooled = whole.golden.outputs(TRACE_GRID)[0]
+    cost = whole.cost(TRACE_GRID, pooled, [])
+    assert cost.gap is None and cost.text() == (
+        "in the pipeline: not measured (no language model: tiny: no text_config, so the whole model cannot be built)")
+    with pytest.raises(ConfigError, match=r"^tiny: its language model \(0.0 B parameters in float32\) needs about "
+                                          r"0 GiB, this machine has 0 GiB$"):
+        check_fits(golden_module, spec, available=1024)
+    check_fits(golden_module, spec)  # the tiny model fits
+
+
 def test_a_failed_probe_process_is_ours_not_a_location(tmp_path: Path) -> None:
     """The child that probes a file fails (here: no model where it looks): ProbeFailed, and the
     location says "not located" with the child's last error line, naming no module of the file."""
