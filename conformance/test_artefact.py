@@ -203,6 +203,8 @@ def test_where_it_goes_wrong(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record)
     if all(check.run(g).error is not None and "node" not in check.run(g).error for g in bad):
         pytest.fail(f"not located: the file does not run ({check.run(bad[0]).error})", pytrace=False)
     report = check.weight_report
+    if qwen3vl_settings.report is not None:  # the Markdown report draws the first failing grid's drift
+        qwen3vl_record.profile(check.path.name, check.profile(bad[0], checkpoint=True).to_dict())
     findings, located = [], []
     for grid in bad[:MAX_LOCATED]:
         graph = check.graph(grid)

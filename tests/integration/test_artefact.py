@@ -519,6 +519,43 @@ def test_the_pipeline_cost_is_absent_where_no_language_model_is_at_hand_or_fits(
     check_fits(golden_module, spec)  # the tiny model fits
 
 
+def test_the_report_shows_each_failing_files_drift_along_the_tower(
+    run_suite: RunSuite, files: dict[str, Path], tmp_path: Path
+) -> None:
+    """A graph bug with the right weights (position embeddings scaled): both columns jump at pos_add
+    (measured 0.36). Another seed's weights: the graph holds every module with its own weights, and
+    against the checkpoint drift starts at patch_embed (1.3). The right file gets no section. Drawn
+    as a PNG beside the Markdown where matplotlib is installed, else the table says how to get it."""
+    import importlib.util
+
+    report = tmp_path / "out" / "report.md"
+    result = run_suite("test_artefact.py", "-k", "where", *_onnx(files["pos-bug"], files["seed1"], files["fp32"]),
+                       "--qwen3vl-grid=1,24,24", f"--qwen3vl-report={report}")
+    result.assert_outcomes(passed=1, failed=2)
+    text = report.read_text()
+    section = text[text.index("## Where your files drift, module by module"):]
+    assert "builder.onnx" not in section.split("## Claims")[0], section
+
+    def part(name: str) -> str:
+        return re.split(r"\n##", section[section.index(f"### `{name}` on 1x24x24"):][3:])[0]
+
+    bug = part("pos-bug.onnx")
+    assert "With its own weights: drift starts at `pos_add`; against the checkpoint: drift starts at `pos_add`." in bug
+    cells = {line.split("|")[1].strip(): line.split("|")[2:4] for line in bug.splitlines() if line.startswith("| `")}
+    assert not cells["`patch_embed`"][0].strip().startswith("**") and cells["`pos_add`"][0].strip().startswith("**0.3")
+    other = part("seed1.onnx")
+    assert ("With its own weights: every module within 1e-05; against the checkpoint: drift starts at `patch_embed`."
+            in other), other
+    drawn = sorted(p.name for p in report.parent.glob("*.png"))
+    if importlib.util.find_spec("matplotlib") is None:
+        assert drawn == [] and "Install `pytest-qwen3vl[plot]` (matplotlib)" in section, section
+        pytest.skip("the table holds; the image is not tested: matplotlib is not installed (pytest-qwen3vl[plot])")
+    assert drawn == ["report-pos-bug.onnx-1x24x24.png", "report-seed1.onnx-1x24x24.png"], drawn
+    assert "![drift along the tower of pos-bug.onnx](report-pos-bug.onnx-1x24x24.png)" in section, section
+    for name in drawn:
+        assert (report.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_failed_probe_process_is_ours_not_a_location(tmp_path: Path) -> None:
     """The child that probes a file fails (here: no model where it looks): ProbeFailed, and the
     location says "not located" with the child's last error line, naming no module of the file."""
