@@ -18,8 +18,21 @@ _ATTENTION_COPIES = 3
 
 
 def physical_memory() -> int:
-    """This machine's memory in bytes: what every "does it fit" rule compares with."""
+    """This machine's memory in bytes: what a grid's attention is compared with."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def available_memory() -> int:
+    """Memory in bytes that can be had now without swapping (``MemAvailable``; where the kernel does not
+    say, free pages): what an optional model built mid-run is compared with."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 @dataclass(frozen=True)

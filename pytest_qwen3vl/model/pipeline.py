@@ -33,7 +33,7 @@ from pytest_qwen3vl.model.api import no_init_weights
 from pytest_qwen3vl.model.build import share_weights
 from pytest_qwen3vl.model.checkpoint import load_language_weights
 from pytest_qwen3vl.model.configs import ModelSpec, whole_config
-from pytest_qwen3vl.model.grids import physical_memory
+from pytest_qwen3vl.model.grids import available_memory
 
 if TYPE_CHECKING:
     import torch
@@ -74,20 +74,26 @@ def language_dtype(golden: ModuleType, config: Any) -> torch.dtype:
 
 
 def check_fits(golden: ModuleType, spec: ModelSpec, available: int | None = None) -> None:
-    """Refuse (``ConfigError``) a language model that would not fit beside the vision tower already
-    built: its tensors as ``build_full_model`` makes them, twice over for a checkpoint's (read whole,
-    then copied in), against this machine's memory as ``Grid.check_memory`` compares a grid's attention."""
+    """Refuse (``ConfigError``) a whole model built mid-run only to show a figure: a preset's seeded
+    language model from ``BF16_FROM_PARAMS`` on (random weights at that size cost gigabytes and show
+    what the tiny one shows), and a language model that would not fit in the memory available now:
+    its tensors as ``build_full_model`` makes them, twice over for a checkpoint's (read whole, then
+    copied in)."""
     import torch
 
     config = pipeline_config(spec)
     total, vision = _counts(golden, config)
+    language = (total - vision) / 1e9
+    if spec.checkpoint is None and total >= BF16_FROM_PARAMS:
+        raise ConfigError(f"{spec.name}: a seeded language model of {language:.1f} B parameters is not built for it: "
+                          "name a checkpoint folder as the config for its own")
     dtype = torch.float32 if spec.checkpoint is None else language_dtype(golden, config)
     need = (1 if spec.checkpoint is None else 2) * (total - vision) * dtype.itemsize
-    have = available if available is not None else physical_memory()
+    have = available if available is not None else available_memory()
     if need > have:
-        raise ConfigError(f"{spec.name}: its language model ({(total - vision) / 1e9:.1f} B parameters in "
-                          f"{str(dtype).removeprefix('torch.')}) needs about {need / 2**30:.0f} GiB, this machine "
-                          f"has {have / 2**30:.0f} GiB")
+        raise ConfigError(f"{spec.name}: its language model ({language:.1f} B parameters in "
+                          f"{str(dtype).removeprefix('torch.')}) needs about {need / 2**30:.0f} GiB, "
+                          f"{have / 2**30:.0f} GiB are available")
 
 
 def build_full_model(golden: ModuleType, spec: ModelSpec, vision: torch.nn.Module, seed: int) -> torch.nn.Module:

@@ -514,9 +514,13 @@ def test_the_pipeline_cost_is_absent_where_no_language_model_is_at_hand_or_fits(
     assert cost.gap is None and cost.text() == (
         "in the pipeline: not measured (no language model: tiny: no text_config, so the whole model cannot be built)")
     with pytest.raises(ConfigError, match=r"^tiny: its language model \(0.0 B parameters in float32\) needs about "
-                                          r"0 GiB, this machine has 0 GiB$"):
+                                          r"0 GiB, 0 GiB are available$"):
         check_fits(golden_module, spec, available=1024)
     check_fits(golden_module, spec)  # the tiny model fits
+    real = resolve_config("2b", installed_golden_path().parent)  # counted on the meta device: nothing is built
+    with pytest.raises(ConfigError, match=r"^2b: a seeded language model of 1.\d B parameters is not built for it: "
+                                          "name a checkpoint folder as the config for its own$"):
+        check_fits(golden_module, real)
 
 
 def test_the_report_shows_each_failing_files_drift_along_the_tower(
