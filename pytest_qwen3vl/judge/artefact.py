@@ -220,21 +220,30 @@ class ArtefactCheck:
     def pipeline_cost(self, grid: Grid, whole: WholeModel) -> PipelineCost:
         """What the file's outputs on ``grid`` cost the whole model's next token against golden's
         (``judge/pipeline.py``), measured once per grid; or why it is not measured."""
-        from pytest_qwen3vl.judge.pipeline import PipelineCost
+        import json
 
-        if grid not in self._costs:
+        from pytest_qwen3vl.judge.pipeline import PipelineCost
+        from pytest_qwen3vl.store.cache import file_digest
+        from pytest_qwen3vl.versions import library_versions
+
+        def measure() -> PipelineCost:
             finding, values = self.runs.run(grid)
             gold = self.golden.outputs(grid)
             pooled = self.interface.pooled
             deepstack = [v for _, v in deepstack_values(self.interface, values)][: len(gold) - 1]
             if finding.error is not None:
-                self._costs[grid] = PipelineCost(grid, absent=f"the file does not run on {grid.id}")
-            elif pooled is None or any(tuple(v.shape) != tuple(g.shape)
-                                       for v, g in zip([values[pooled.name], *deepstack], gold, strict=False)):
-                self._costs[grid] = PipelineCost(grid, absent=f"the file's outputs on {grid.id} have other shapes "
-                                                 "than golden's")
-            else:
-                self._costs[grid] = whole.cost(grid, values[pooled.name], deepstack)
+                return PipelineCost(grid, absent=f"the file does not run on {grid.id}")
+            if pooled is None or any(tuple(v.shape) != tuple(g.shape)
+                                     for v, g in zip([values[pooled.name], *deepstack], gold, strict=False)):
+                return PipelineCost(grid, absent=f"the file's outputs on {grid.id} have other shapes than golden's")
+            return whole.cost(grid, values[pooled.name], deepstack)
+
+        if grid not in self._costs:
+            files = [self.path, *(self.path.parent / name for name in self.facts.external)]
+            parts = {"file": " ".join(file_digest(f) for f in files), "runtime": self.runtime.label,
+                     "runtimes": json.dumps(library_versions(("openvino",)), sort_keys=True),
+                     "interface": json.dumps(self.interface.to_dict(), sort_keys=True)}
+            self._costs[grid] = whole.kept(parts, grid, measure)
         return self._costs[grid]
 
     def deepstack_matches(self, grid: Grid) -> list[DeepStackMatch]:

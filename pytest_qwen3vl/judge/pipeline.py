@@ -13,8 +13,11 @@ torch is imported inside the functions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +27,7 @@ from pytest_qwen3vl.model.grids import DEFAULT_GRID, Grid
 if TYPE_CHECKING:
     from pytest_qwen3vl.judge.golden import GoldenRuns
     from pytest_qwen3vl.model.pipeline import PipelineGap, PipelineRun
+    from pytest_qwen3vl.store.cache import ArtifactCache
 
 
 def cost_grid(grids: Sequence[Grid]) -> Grid:
@@ -41,6 +45,18 @@ class PipelineCost:
     golden_deepstack: int = 0  # DeepStack features golden's in both runs: the file does not output them
     language: str = ""  # whose language model ran
 
+    def to_dict(self) -> dict[str, Any]:
+        gap = None if self.gap is None else dataclasses.asdict(self.gap)
+        return {"grid": self.grid.text, "gap": gap, "absent": self.absent, "golden_deepstack": self.golden_deepstack,
+                "language": self.language}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PipelineCost:
+        from pytest_qwen3vl.model.pipeline import PipelineGap
+
+        gap = None if data["gap"] is None else PipelineGap(**data["gap"])
+        return cls(Grid.parse(data["grid"]), gap, data["absent"], data["golden_deepstack"], data["language"])
+
     def text(self) -> str:
         if self.gap is None:
             return f"in the pipeline: not measured ({self.absent})"
@@ -57,9 +73,10 @@ class WholeModel:
     """Golden's whole model around the session's golden vision tower (``build_full_model``), made on
     first use only where its language model fits (``check_fits``), and golden's run per grid, kept."""
 
-    def __init__(self, module: ModuleType, golden: GoldenRuns) -> None:
+    def __init__(self, module: ModuleType, golden: GoldenRuns, store: ArtifactCache | None = None) -> None:
         self.module = module
         self.golden = golden
+        self.store = store  # where measured costs are kept across processes and runs (None: not kept)
         self._model: Any = None
         self._absent: str | None = None
         self._runs: dict[Grid, tuple[Any, PipelineRun]] = {}
@@ -78,6 +95,35 @@ class WholeModel:
                 self._absent = str(exc)
                 raise
         return self._model
+
+    def kept(self, parts: Mapping[str, str], grid: Grid, measure: Callable[[], PipelineCost]) -> PipelineCost:
+        """``measure()``, kept in ``store`` under ``parts`` (what the file's outputs on ``grid`` are made
+        of) and what the whole model is made of (the golden file, config, seed, the measuring code), so
+        another worker or a later run reads it instead of building the language model. A cost not
+        measured (no language model, a refused grid) is not kept: it is said again, never remembered."""
+        from pytest_qwen3vl.store.cache import MAKING, Unpublished, code_digest, file_digest
+        from pytest_qwen3vl.versions import library_versions
+
+        if self.store is None:
+            return measure()
+        key = {
+            "kind": "pipeline-cost", **parts, "grid": grid.text, "config": self.golden.spec.key(),
+            "seed": str(self.golden.seed), "golden": file_digest(Path(str(self.module.__file__))),
+            "libraries": json.dumps(library_versions(), sort_keys=True),
+            "code": code_digest(*MAKING, "onnxfile", "runtimes", "judge"),
+        }
+
+        def build(out: Path) -> None:
+            cost = measure()
+            if cost.gap is None:
+                raise Unpublished(cost)
+            out.write_text(json.dumps(cost.to_dict()), encoding="utf-8")
+
+        try:
+            return PipelineCost.from_dict(json.loads(self.store.get_or_create(key, "cost.json", build).read_text()))
+        except Unpublished as absent:
+            cost: PipelineCost = absent.value
+            return cost
 
     def _golden_run(self, grid: Grid) -> tuple[Any, PipelineRun]:
         """The prompt for ``grid`` and the language model fed golden's vision outputs."""

@@ -452,12 +452,19 @@ def qwen3vl_artefact_golden(
 
 
 @pytest.fixture(scope="session")
-def qwen3vl_whole_model(qwen3vl_golden_module: ModuleType, qwen3vl_artefact_golden: GoldenRuns) -> WholeModel:
+def qwen3vl_whole_model(
+    pytestconfig: pytest.Config, qwen3vl_golden_module: ModuleType, qwen3vl_artefact_golden: GoldenRuns,
+    qwen3vl_settings: Settings,
+) -> WholeModel:
     """Golden's whole model around ``qwen3vl_artefact_golden``'s tower, for what a file's features cost
-    the next token; built on first use, where a language model is at hand and fits."""
+    the next token; built on first use, where a language model is at hand and fits. Measured costs are
+    kept under ``<cache dir>/measured``: other workers and later runs read them."""
     from pytest_qwen3vl.judge.pipeline import WholeModel
+    from pytest_qwen3vl.store.cache import ArtifactCache
 
-    return WholeModel(qwen3vl_golden_module, qwen3vl_artefact_golden)
+    store = ArtifactCache(qwen3vl_settings.cache_dir / "measured",
+                          fallbacks=_fallbacks(pytestconfig, qwen3vl_settings).under("measured"))
+    return WholeModel(qwen3vl_golden_module, qwen3vl_artefact_golden, store)
 
 
 @pytest.fixture(scope="session")

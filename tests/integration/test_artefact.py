@@ -473,14 +473,25 @@ def _kl(parity: str, name: str) -> tuple[str, float]:
     return match.group(1), float(match.group(2))
 
 
+def _cost_builds(cache: Path) -> int:
+    log = cache / "measured" / "builds.log"
+    return sum("pipeline-cost" in line for line in log.read_text().splitlines()) if log.is_file() else 0
+
+
 def test_parity_shows_what_the_weights_cost_the_next_token_without_deciding(
-    run_suite: RunSuite, files: dict[str, Path]
+    run_suite: RunSuite, files: dict[str, Path], tmp_path: Path
 ) -> None:
     """The checkpoint's weights cost the next token nothing (measured KL ~1e-12: ONNX Runtime's 1e-6 on
     the features); another seed's weights move it (measured KL 0.88 nats, top-1 0%). The verdicts are
-    the tolerance's, as before: the first holds, the second fails."""
-    result = run_suite("test_artefact.py", "-k", "parity", *_onnx(files["fp32"], files["seed1"], files["deepstack"]),
-                       "--qwen3vl-grid=1,24,24")
+    the tolerance's, as before: the first holds, the second fails. Each cost is measured once, then
+    read from the cache."""
+    cache = tmp_path / "cache"
+    args = ("test_artefact.py", "-k", "parity", *_onnx(files["fp32"], files["seed1"], files["deepstack"]),
+            "--qwen3vl-grid=1,24,24")
+    result = run_suite(*args, cache=cache)
+    assert _cost_builds(cache) == 3
+    again = run_suite(*args, cache=cache)
+    assert _cost_builds(cache) == 3 and claim_row(again, "artefact-parity") == claim_row(result, "artefact-parity")
     parity = claim_row(result, "artefact-parity")
     top1, same = _kl(parity, "builder.onnx")
     assert top1 == "100%" and same < 1e-9, parity
