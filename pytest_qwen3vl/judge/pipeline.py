@@ -21,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.errors import ConfigError
+from pytest_qwen3vl.errors import ConfigError, NotRunnable
 from pytest_qwen3vl.model.grids import DEFAULT_GRID, Grid
 
 if TYPE_CHECKING:
@@ -100,7 +100,8 @@ class WholeModel:
         """``measure()``, kept in ``store`` under ``parts`` (what the file's outputs on ``grid`` are made
         of) and what the whole model is made of (the golden file, config, seed, the measuring code), so
         another worker or a later run reads it instead of building the language model. A cost not
-        measured (no language model, a refused grid) is not kept: it is said again, never remembered."""
+        measured (no language model, a refused grid) is not kept: it is said again, never remembered. A
+        cache that takes nothing (``NotRunnable``) costs only the keeping, never the parity row."""
         from pytest_qwen3vl.store.cache import MAKING, Unpublished, code_digest, file_digest
         from pytest_qwen3vl.versions import library_versions
 
@@ -124,6 +125,8 @@ class WholeModel:
         except Unpublished as absent:
             cost: PipelineCost = absent.value
             return cost
+        except NotRunnable:  # the cache cannot keep it: measured here, and the verdict beside it still stands
+            return measure()
 
     def _golden_run(self, grid: Grid) -> tuple[Any, PipelineRun]:
         """The prompt for ``grid`` and the language model fed golden's vision outputs."""

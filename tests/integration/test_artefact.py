@@ -571,6 +571,21 @@ def test_the_report_shows_each_failing_files_drift_along_the_tower(
         assert (report.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_cache_that_keeps_nothing_costs_the_keeping_not_the_cost(pair: VisionPair, tmp_path: Path) -> None:
+    """The measured cache's folder is a file and there is no spare: the cost is measured all the same
+    (without the guard, CacheUnusable would turn the parity row into "not run")."""
+    from pytest_qwen3vl.judge.golden import GoldenRuns
+    from pytest_qwen3vl.judge.pipeline import WholeModel
+
+    golden_module = import_modeling_file(installed_golden_path(), "golden")
+    spec = resolve_config("tiny", installed_golden_path().parent)
+    (tmp_path / "measured").write_text("not a folder")
+    whole = WholeModel(golden_module, GoldenRuns(pair.golden, spec, 0), ArtifactCache(tmp_path / "measured"))
+    pooled = whole.golden.outputs(TRACE_GRID)[0]
+    cost = whole.kept({"file": "any"}, TRACE_GRID, lambda: whole.cost(TRACE_GRID, pooled, []))
+    assert cost.gap is not None and cost.gap.kl_last == 0 and cost.gap.top1_last == 1, cost.text()
+
+
 def test_a_failed_probe_process_is_ours_not_a_location(tmp_path: Path) -> None:
     """The child that probes a file fails (here: no model where it looks): ProbeFailed, and the
     location says "not located" with the child's last error line, naming no module of the file."""
