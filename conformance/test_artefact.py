@@ -15,6 +15,7 @@ import pytest
 
 from pytest_qwen3vl.errors import ProbeFailed
 from pytest_qwen3vl.judge.finding import WRONG, served_line
+from pytest_qwen3vl.judge.pipeline_cost import cost_grid
 from pytest_qwen3vl.model.inputs import patch_dim
 from pytest_qwen3vl.onnxfile.weights import misfits
 from pytest_qwen3vl.plugin.settings import ONNX_OUTPUTS, flag, ini_key
@@ -70,19 +71,22 @@ def test_interface(qwen3vl_artefact, qwen3vl_config, qwen3vl_artefact_golden, qw
 
 
 @pytest.mark.qwen3vl_claim("artefact-parity")
-def test_parity(qwen3vl_artefact_on_runtime, qwen3vl_grid, qwen3vl_record):
+def test_parity(qwen3vl_artefact_on_runtime, qwen3vl_grid, qwen3vl_settings, qwen3vl_whole_model, qwen3vl_record):
+    """The verdict is the format's tolerance; on one grid the row also says what the file's outputs cost
+    the whole model's next token (shown, never deciding)."""
     check = qwen3vl_artefact_on_runtime
     _recognised(check)
     run = check.run(qwen3vl_grid)
+    cost = ("; " + check.pipeline_cost(qwen3vl_grid, qwen3vl_whole_model).text()
+            if qwen3vl_grid == cost_grid(qwen3vl_settings.grids) else "")
     if run.error is not None:
-        pytest.fail(run.error, pytrace=False)
+        pytest.fail(run.error + cost, pytrace=False)
     measured = "; ".join([*run.problems, *(o.text() for o in run.outputs)])
     if not run.served:
-        runtime = check.runtime_text
         if any(output.nonfinite for output in run.outputs):  # located on the runtime where it happens
             measured += f"; {check.first_nonfinite(qwen3vl_grid)}"
-        pytest.fail(f"{runtime}: outside the {check.tolerance_text}: {measured}", pytrace=False)
-    qwen3vl_record.holds(f"{check.runtime_text}: {measured} ({check.tolerance_text})")
+        pytest.fail(f"{check.runtime_text}: outside the {check.tolerance_text}: {measured}{cost}", pytrace=False)
+    qwen3vl_record.holds(f"{check.runtime_text}: {measured} ({check.tolerance_text}){cost}")
 
 
 @pytest.mark.qwen3vl_claim("artefact-weights")
@@ -201,6 +205,8 @@ def test_where_it_goes_wrong(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record)
     if all(check.run(g).error is not None and "node" not in check.run(g).error for g in bad):
         pytest.fail(f"not located: the file does not run ({check.run(bad[0]).error})", pytrace=False)
     report = check.weight_report
+    if qwen3vl_settings.report is not None:  # the Markdown report draws the first failing grid's drift
+        qwen3vl_record.profile(check.path.name, check.profile(bad[0], checkpoint=True).to_dict())
     # grids whose drift the file's own weights explain: its graph is right there with them, said once
     weighed = [] if report.all_equal else [g for g in bad if check.graph(g).served]
     rest = [g for g in bad if g not in weighed]

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pytest_qwen3vl.judge.finding import Finding
 from pytest_qwen3vl.judge.golden import GoldenRuns
@@ -31,6 +31,7 @@ from pytest_qwen3vl.runtimes.onnxruntime import LOW_MEMORY, OnnxRuntimeCPU
 
 if TYPE_CHECKING:
     from pytest_qwen3vl.judge.locate import Location
+    from pytest_qwen3vl.judge.pipeline_cost import PipelineCost, WholeModel
     from pytest_qwen3vl.judge.weights import WeightReport
     from pytest_qwen3vl.onnxfile.interface import FileFacts
     from pytest_qwen3vl.runtimes.base import Runtime
@@ -48,6 +49,31 @@ class GraphArithmetic:
     path: Path
     tolerance: Tolerance
     text: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Each module's relative L2 along the tower on one grid: against golden holding the file's own
+    weights (the graph) and against the checkpoint's golden (what the user ships; None: not asked),
+    with the limit each is judged at."""
+
+    graph: Location
+    checkpoint: Location | None
+    graph_limit: float
+    checkpoint_limit: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (it travels from an xdist worker in a test report): the grid, the limits, the
+        first module out of each, and per module its two values (a relative L2; a string: not that
+        module's output; None: not computed)."""
+        against = dict(self.checkpoint.probes) if self.checkpoint is not None else {}
+        return {
+            "grid": self.graph.grid.id, "graph_limit": self.graph_limit, "checkpoint_limit": self.checkpoint_limit,
+            "first_graph": self.graph.first_bad,
+            "first_checkpoint": self.checkpoint.first_bad if self.checkpoint is not None else None,
+            "problem": self.graph.problem, "failure": self.graph.failure,
+            "modules": [[name, value, against.get(name)] for name, value in self.graph.probes],
+        }
 
 
 @dataclass(frozen=True)
@@ -78,6 +104,8 @@ class ArtefactCheck:
         self.runs = FileRuns(facts, self.runtime, golden, self.tolerance)
         self._graph_golden: GoldenRuns | None = None
         self._copies: tempfile.TemporaryDirectory[str] | None = None  # the fp32-activation copy's folder
+        self._costs: dict[Grid, PipelineCost] = {}
+        self._profiles: dict[Grid, Profile] = {}
 
     @property
     def runtime_text(self) -> str:
@@ -189,6 +217,35 @@ class ArtefactCheck:
         exact = self.graph_runs.run(grid)[1][pooled.name]
         return measure(self.runs.run(grid)[1][pooled.name], exact, pooled.name, "level 0").rel_l2
 
+    def pipeline_cost(self, grid: Grid, whole: WholeModel) -> PipelineCost:
+        """What the file's outputs on ``grid`` cost the whole model's next token against golden's
+        (``judge/pipeline_cost.py``), measured once per grid; or why it is not measured."""
+        import json
+
+        from pytest_qwen3vl.judge.pipeline_cost import PipelineCost
+        from pytest_qwen3vl.store.cache import file_digest
+        from pytest_qwen3vl.versions import library_versions
+
+        def measure() -> PipelineCost:
+            finding, values = self.runs.run(grid)
+            gold = self.golden.outputs(grid)
+            pooled = self.interface.pooled
+            deepstack = [v for _, v in deepstack_values(self.interface, values)][: len(gold) - 1]
+            if finding.error is not None:
+                return PipelineCost(grid, absent=f"the file does not run on {grid.id}")
+            if pooled is None or any(tuple(v.shape) != tuple(g.shape)
+                                     for v, g in zip([values[pooled.name], *deepstack], gold, strict=False)):
+                return PipelineCost(grid, absent=f"the file's outputs on {grid.id} have other shapes than golden's")
+            return whole.cost(grid, values[pooled.name], deepstack)
+
+        if grid not in self._costs:
+            files = [self.path, *(self.path.parent / name for name in self.facts.external)]
+            parts = {"file": " ".join(file_digest(f) for f in files), "runtime": self.runtime.label,
+                     "runtimes": json.dumps(library_versions(("openvino",)), sort_keys=True),
+                     "interface": json.dumps(self.interface.to_dict(), sort_keys=True)}
+            self._costs[grid] = whole.kept(parts, grid, measure)
+        return self._costs[grid]
+
     def deepstack_matches(self, grid: Grid) -> list[DeepStackMatch]:
         """Each DeepStack output matched by cosine to golden's DeepStack features (and pooled)."""
         from pytest_qwen3vl.metrics import cosine
@@ -221,10 +278,37 @@ class ArtefactCheck:
     def locate(self, grid: Grid) -> Location:
         """Where the graph goes wrong on ``grid``: the first module output outside the graph's relative
         L2 against golden holding the file's own weights."""
-        from pytest_qwen3vl.judge.locate import locate
+        return self.profile(grid).graph
 
+    def profile(self, grid: Grid, checkpoint: bool = False) -> Profile:
+        """Each module's output on ``grid`` against golden holding the file's own weights and, with
+        ``checkpoint``, against the checkpoint's golden too (``judge/locate.py``): one probe of the
+        graph for both where the graph is judged on the file itself; kept per grid."""
+        from pytest_qwen3vl.errors import ProbeFailed
+        from pytest_qwen3vl.judge.locate import Location, compare_probes, probe_in_child
+
+        kept = self._profiles.get(grid)
+        if kept is not None and (kept.checkpoint is not None or not checkpoint):
+            return kept
         golden = self.graph_golden(grid)
         self.runs.release()
         self.graph_runs.release()
-        limit = self.tolerance.rel_l2 if self.weight_report.all_equal else self.arithmetic.tolerance.rel_l2
-        return locate(self.arithmetic.path, self.runs.feeds(grid), golden.probes(grid), grid, limit)
+        feeds = self.runs.feeds(grid)
+        try:
+            found = probe_in_child(self.arithmetic.path, feeds)
+            graph = compare_probes(found, golden.probes(grid), grid, self.graph_limit)
+            against = None
+            if checkpoint:
+                if self.arithmetic.path != self.path:  # the shipped file, not its fp32-activation copy
+                    found = probe_in_child(self.path, feeds)
+                against = compare_probes(found, self.golden.probes(grid), grid, self.tolerance.rel_l2)
+        except ProbeFailed as exc:
+            failed = Location(grid, None, (), None, problem=str(exc))
+            graph, against = failed, failed if checkpoint else None
+        self._profiles[grid] = Profile(graph, against, self.graph_limit, self.tolerance.rel_l2)
+        return self._profiles[grid]
+
+    @property
+    def graph_limit(self) -> float:
+        """The relative L2 a module of the graph may drift from golden holding the file's own weights."""
+        return self.tolerance.rel_l2 if self.weight_report.all_equal else self.arithmetic.tolerance.rel_l2

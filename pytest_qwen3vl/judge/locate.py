@@ -250,12 +250,19 @@ def locate(path: Path, feeds: Mapping[str, np.ndarray], golden: Mapping[str, np.
            rel_l2: float) -> Location:
     """Probe ``path`` at module outputs on ``feeds`` in a child process and name the first module whose
     output leaves ``rel_l2`` against ``golden``'s activations of the same name."""
-    from pytest_qwen3vl.judge.tolerance import measure
-
     try:
         found = probe_in_child(path, feeds)
     except ProbeFailed as exc:
         return Location(grid, None, (), None, problem=str(exc))
+    return compare_probes(found, golden, grid, rel_l2)
+
+
+def compare_probes(found: Probed, golden: Mapping[str, np.ndarray], grid: Grid, rel_l2: float) -> Location:
+    """The probed module outputs against ``golden``'s activations: each one's relative L2, and the first
+    that leaves ``rel_l2``. One probe can be compared with several goldens (the file's own weights,
+    the checkpoint's)."""
+    from pytest_qwen3vl.judge.tolerance import measure
+
     if not found.probes:
         return Location(grid, None, (), None)
     rows: list[tuple[str, float | str | None]] = []

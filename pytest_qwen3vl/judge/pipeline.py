@@ -97,22 +97,14 @@ def measure(request: Request) -> dict[str, Any]:
     return measured
 
 
-# What the whole model's process holds beyond its parameters: the libraries, the activations.
-OVERHEAD_BYTES = 1 << 30
-
-
 def plan(request: Request, available: int | None = None) -> bool:
     """Whether the whole model is made in a child process (``BF16_FROM_PARAMS`` parameters or more).
-    ``NotRunnable`` when it cannot fit this machine's memory (``available``: the physical memory):
-    its parameters in their dtype, golden's vision tower in float32 beside them, the whole model's own
-    tower while it is made, and ``OVERHEAD_BYTES`` (at 4B: 11.6 GiB estimated, 11.1 GiB measured)."""
-    import os
-
-    import torch
-
+    ``NotRunnable`` when the suite does not build the family's whole model, or when it cannot fit this
+    machine's memory (``available``: the physical memory) by ``model.pipeline.whole_model_size``."""
     from pytest_qwen3vl.errors import NotRunnable
     from pytest_qwen3vl.model import pipeline as pl
     from pytest_qwen3vl.model.configs import resolve_config
+    from pytest_qwen3vl.model.grids import physical_memory
     from pytest_qwen3vl.source.families import family_of_module
     from pytest_qwen3vl.source.files import import_modeling_file
 
@@ -120,19 +112,11 @@ def plan(request: Request, available: int | None = None) -> bool:
     family = family_of_module(golden)
     if not family.whole_model_built:
         raise NotRunnable(family.not_built("the pipeline claims run"))
-    config = pl.pipeline_config(resolve_config(request.config, Path.cwd()))
-    with torch.device("meta"):
-        model = golden.Qwen3VLForConditionalGeneration(config)
-    total = sum(p.numel() for p in model.parameters())
-    vision = sum(p.numel() for p in model.model.visual.parameters())
-    width = 2 if total >= pl.BF16_FROM_PARAMS else 4
-    need = width * (total + vision) + 4 * vision + OVERHEAD_BYTES
-    have = available if available is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > have:
-        raise NotRunnable(f"not run: the whole model ({total / 1e9:.1f} B parameters, language model in "
-                          f"{'bfloat16' if width == 2 else 'float32'}) needs about {need / 2**30:.1f} GiB; "
-                          f"this machine has {have / 2**30:.1f} GiB")
-    return bool(total >= pl.BF16_FROM_PARAMS)
+    size = pl.whole_model_size(golden, resolve_config(request.config, Path.cwd()))
+    have = available if available is not None else physical_memory()
+    if size.need > have:
+        raise NotRunnable(f"not run: {size.text()}; this machine has {have / 2**30:.1f} GiB")
+    return size.parameters >= pl.BF16_FROM_PARAMS
 
 
 def measure_in_child(request: Request) -> dict[str, Any]:

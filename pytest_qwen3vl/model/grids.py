@@ -17,6 +17,24 @@ MIN_PATCHES = 65536 // (16 * 16)
 _ATTENTION_COPIES = 3
 
 
+def physical_memory() -> int:
+    """This machine's memory in bytes: what a grid's attention is compared with."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def available_memory() -> int:
+    """Memory in bytes that can be had now without swapping (``MemAvailable``; where the kernel does not
+    say, free pages): what an optional model built mid-run is compared with."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
 @dataclass(frozen=True)
 class Grid:
     """The (T, H, W) patch grids of the images passed in one call of the vision encoder."""
@@ -57,7 +75,7 @@ class Grid:
         work: its largest image's [heads, n, n] float32 tensors, a few at once."""
         largest = max(t * h * w for t, h, w in self.images)
         need = _ATTENTION_COPIES * heads * largest * largest * 4
-        have = available if available is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        have = available if available is not None else physical_memory()
         if need > have:
             raise GridError(f"{self.text}: eager attention on {largest} patches with {heads} heads needs about "
                             f"{need / 2**30:.0f} GiB, this machine has {have / 2**30:.0f} GiB")

@@ -33,6 +33,7 @@ from pytest_qwen3vl.model.api import no_init_weights
 from pytest_qwen3vl.model.build import share_weights
 from pytest_qwen3vl.model.checkpoint import load_language_weights
 from pytest_qwen3vl.model.configs import ModelSpec, whole_config
+from pytest_qwen3vl.model.grids import available_memory
 from pytest_qwen3vl.source.families import family_of_module
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ BF16_FROM_PARAMS = 1.5e9  # the 2B has about 2.1 B parameters: from there on the
 # float32 1.3e-6, bfloat16 1.2e-2 (ORT's 1e-6 differences flip bfloat16 roundings). Feeding no
 # DeepStack, or the features swapped or one layer late, gave 0.35 to 0.8 on the same model.
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2}
+# What a process building the whole model holds beyond its tensors: the libraries, the activations.
+OVERHEAD_BYTES = 3 << 29
 
 
 def pipeline_config(spec: ModelSpec) -> Any:
@@ -57,12 +60,14 @@ def pipeline_config(spec: ModelSpec) -> Any:
     return whole_config(spec, text={"num_hidden_layers": max(int(spec.text.get("num_hidden_layers", 0)), depth + 1)})
 
 
-def parameter_count(golden: ModuleType, config: Any) -> int:
-    """Parameters of golden's whole model for ``config``, counted on the meta device (nothing allocated)."""
+def parameter_counts(golden: ModuleType, config: Any) -> tuple[int, int]:
+    """Parameters of golden's whole model for ``config`` and of its vision tower, counted on the meta
+    device (nothing allocated)."""
     import torch
 
     with torch.device("meta"):
-        return sum(p.numel() for p in golden.Qwen3VLForConditionalGeneration(config).parameters())
+        model = golden.Qwen3VLForConditionalGeneration(config)
+    return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.model.visual.parameters())
 
 
 def language_dtype(golden: ModuleType, config: Any) -> torch.dtype:
@@ -70,7 +75,54 @@ def language_dtype(golden: ModuleType, config: Any) -> torch.dtype:
     checkpoints' dtype, and half the memory (a 4B language model in float32 is 16 GB)."""
     import torch
 
-    return torch.bfloat16 if parameter_count(golden, config) >= BF16_FROM_PARAMS else torch.float32
+    return torch.bfloat16 if parameter_counts(golden, config)[0] >= BF16_FROM_PARAMS else torch.float32
+
+
+@dataclass(frozen=True)
+class WholeModelSize:
+    """What building and running golden's whole model takes: its parameters (the vision tower's among
+    them), the language model's dtype, and the bytes a process needs for it (``whole_model_size``)."""
+
+    parameters: int
+    vision: int
+    dtype: str
+    need: int
+
+    def text(self) -> str:
+        return (f"the whole model ({self.parameters / 1e9:.1f} B parameters, language model in {self.dtype}) "
+                f"needs about {self.need / 2**30:.1f} GiB")
+
+
+def whole_model_size(golden: ModuleType, spec: ModelSpec) -> WholeModelSize:
+    """The whole model's parameters in ``language_dtype`` (its own vision tower among them until golden's
+    replaces it), golden's vision tower in float32 beside them, a checkpoint's language tensors once
+    more while they are read, and ``OVERHEAD_BYTES``: at 4B 11.3 GiB, against 11.1 GiB measured."""
+    import torch
+
+    config = pipeline_config(spec)
+    total, vision = parameter_counts(golden, config)
+    dtype = torch.bfloat16 if total >= BF16_FROM_PARAMS else torch.float32
+    read = (total - vision) * dtype.itemsize if spec.checkpoint is not None else 0
+    need = total * dtype.itemsize + 4 * vision + read + OVERHEAD_BYTES
+    return WholeModelSize(total, vision, str(dtype).removeprefix("torch."), need)
+
+
+def check_fits(golden: ModuleType, spec: ModelSpec, available: int | None = None) -> None:
+    """Refuse (``ConfigError``) a whole model built mid-run only to show a figure: one of a family the
+    suite does not build, a preset's seeded language model from ``BF16_FROM_PARAMS`` on (random weights
+    at that size cost gigabytes and show what the tiny one shows), and one that would not fit in the
+    memory available now (``whole_model_size``)."""
+    family = family_of_module(golden)
+    if not family.whole_model_built:
+        raise ConfigError(family.not_built("the pipeline cost is measured").removeprefix("not run: "))
+    size = whole_model_size(golden, spec)
+    if spec.checkpoint is None and size.parameters >= BF16_FROM_PARAMS:
+        language = (size.parameters - size.vision) / 1e9
+        raise ConfigError(f"{spec.name}: a seeded language model of {language:.1f} B parameters is not built for it: "
+                          "name a checkpoint folder as the config for its own")
+    have = available if available is not None else available_memory()
+    if size.need > have:
+        raise ConfigError(f"{spec.name}: {size.text()}, {have / 2**30:.1f} GiB are available")
 
 
 def build_full_model(golden: ModuleType, spec: ModelSpec, vision: torch.nn.Module, seed: int) -> torch.nn.Module:

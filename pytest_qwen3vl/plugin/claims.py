@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 IDS_PROPERTY = "qwen3vl_claims"
 MEASURED_PROPERTY = "qwen3vl_measured"
+PROFILE_PROPERTY = "qwen3vl_profile"  # a failing file's drift along the tower, for --qwen3vl-report
 
 HOLDS = "holds"
 ERRATUM = "erratum"
@@ -92,6 +93,10 @@ class ClaimRecorder:
         else:
             self._add(claim_id, ERRATUM, shown, said or str(reported))
 
+    def profile(self, file: str, profile: Mapping[str, object]) -> None:
+        """Record a failing file's per-module drift (``Profile.to_dict``) for the Markdown report."""
+        self._item.user_properties.append((PROFILE_PROPERTY, {"file": file, **profile}))
+
     def _add(self, claim_id: str, kind: str, measured: object, reported: object | None) -> None:
         entry = {"claim": claim_id, "kind": kind, "measured": str(measured)}
         if reported is not None:
@@ -115,9 +120,13 @@ class ClaimBoard:
     """Every claim's outcome across all tests of the run, built on the controller from reports."""
 
     outcomes: dict[str, list[tuple[str, str, str, str | None]]] = field(default_factory=dict)
+    profiles: list[dict[str, object]] = field(default_factory=list)
 
     def add_report(self, report: pytest.TestReport) -> None:
         """Take the outcome of one test (its call, or the setup that stopped it)."""
+        for name, value in report.user_properties:
+            if name == PROFILE_PROPERTY and value not in self.profiles:
+                self.profiles.append(cast("dict[str, object]", value))
         props = dict(report.user_properties)
         ids = cast("list[str] | None", props.get(IDS_PROPERTY))
         if not ids:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pytest_qwen3vl.judge.artefact import ArtefactCheck
     from pytest_qwen3vl.judge.gate import GateTable
     from pytest_qwen3vl.judge.golden import GoldenRuns
+    from pytest_qwen3vl.judge.pipeline_cost import WholeModel
     from pytest_qwen3vl.model.build import VisionPair
     from pytest_qwen3vl.model.configs import ModelSpec
     from pytest_qwen3vl.model.eager import EagerRuns
@@ -448,6 +449,22 @@ def qwen3vl_artefact_golden(
     from pytest_qwen3vl.judge.golden import GoldenRuns
 
     return GoldenRuns(qwen3vl_golden_vision, qwen3vl_config, qwen3vl_settings.seed)
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_whole_model(
+    pytestconfig: pytest.Config, qwen3vl_golden_module: ModuleType, qwen3vl_artefact_golden: GoldenRuns,
+    qwen3vl_settings: Settings,
+) -> WholeModel:
+    """Golden's whole model around ``qwen3vl_artefact_golden``'s tower, for what a file's features cost
+    the next token; built on first use, where a language model is at hand and fits. Measured costs are
+    kept under ``<cache dir>/measured``: other workers and later runs read them."""
+    from pytest_qwen3vl.judge.pipeline_cost import WholeModel
+    from pytest_qwen3vl.store.cache import ArtifactCache
+
+    store = ArtifactCache(qwen3vl_settings.cache_dir / "measured",
+                          fallbacks=_fallbacks(pytestconfig, qwen3vl_settings).under("measured"))
+    return WholeModel(qwen3vl_golden_module, qwen3vl_artefact_golden, store)
 
 
 @pytest.fixture(scope="session")

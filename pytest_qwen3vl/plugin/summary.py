@@ -73,5 +73,5 @@ class ClaimReporter:
         if self.settings.report is not None and not hasattr(terminalreporter.config, "workerinput"):
             from pytest_qwen3vl.plugin.markdown import write_report
 
-            path = write_report(self.settings.report, rows, self.settings)
+            path = write_report(self.settings.report, rows, self.settings, self.board.profiles)
             terminalreporter.write_line(f"qwen3vl report written to {path}")

@@ -537,6 +537,127 @@ def test_wrong_files_fail_the_row_that_names_their_fault(run_suite: RunSuite, fi
     result.assert_outcomes(passed=8, failed=10, skipped=3)
 
 
+def _kl(parity: str, name: str) -> tuple[str, float]:
+    """The top-1 agreement and KL a file's parity row shows in the pipeline."""
+    match = re.search(rf"{re.escape(name)}-onnxruntime-1x24x24: .*?in the pipeline on 1x24x24: "
+                      r"top-1 agreement (\d+%), KL ([-\de.+]+) nats", parity)
+    assert match, parity
+    return match.group(1), float(match.group(2))
+
+
+def _cost_builds(cache: Path) -> int:
+    log = cache / "measured" / "builds.log"
+    return sum("pipeline-cost" in line for line in log.read_text().splitlines()) if log.is_file() else 0
+
+
+def test_parity_shows_what_the_weights_cost_the_next_token_without_deciding(
+    run_suite: RunSuite, files: dict[str, Path], tmp_path: Path
+) -> None:
+    """The checkpoint's weights cost the next token nothing (measured KL ~1e-12: ONNX Runtime's 1e-6 on
+    the features); another seed's weights move it (measured KL 0.88 nats, top-1 0%). The verdicts are
+    the tolerance's, as before: the first holds, the second fails. Each cost is measured once, then
+    read from the cache."""
+    cache = tmp_path / "cache"
+    args = ("test_artefact.py", "-k", "parity", *_onnx(files["fp32"], files["seed1"], files["deepstack"]),
+            "--qwen3vl-grid=1,24,24")
+    result = run_suite(*args, cache=cache)
+    assert _cost_builds(cache) == 3
+    again = run_suite(*args, cache=cache)
+    assert _cost_builds(cache) == 3 and claim_row(again, "artefact-parity") == claim_row(result, "artefact-parity")
+    parity = claim_row(result, "artefact-parity")
+    top1, same = _kl(parity, "builder.onnx")
+    assert top1 == "100%" and same < 1e-9, parity
+    assert "a seeded random language model" in parity and "3 DeepStack features golden's" in parity, parity
+    top1, deep = _kl(parity, "deepstack.onnx")  # its own DeepStack features fed, none of golden's
+    assert top1 == "100%" and deep < 1e-9, parity
+    top1, other = _kl(parity, "seed1.onnx")
+    assert other > 0.1 and other > 1e6 * same, parity
+    result.assert_outcomes(passed=2, failed=1)
+    # on a grid the file refuses, the row says why there is no cost
+    refused = run_suite("test_artefact.py", "-k", "parity", *_onnx(files["fp32"]), "--qwen3vl-grid=1,16,16")
+    assert "in the pipeline: not measured (the file does not run on 1x16x16)" in claim_row(refused, "artefact-parity")
+
+
+def test_the_pipeline_cost_is_absent_where_no_language_model_is_at_hand_or_fits(pair: VisionPair) -> None:
+    """A config with no text model, and a language model larger than the memory at hand: the cost is
+    not measured and says why; nothing is built for it."""
+    import dataclasses
+
+    from pytest_qwen3vl.errors import ConfigError
+    from pytest_qwen3vl.judge.golden import GoldenRuns
+    from pytest_qwen3vl.judge.pipeline_cost import WholeModel
+    from pytest_qwen3vl.model.pipeline import check_fits
+
+    golden_module = import_modeling_file(installed_golden_path(), "golden")
+    spec = resolve_config("tiny", installed_golden_path().parent)
+    vision_only = dataclasses.replace(spec, text=None)
+    whole = WholeModel(golden_module, GoldenRuns(pair.golden, vision_only, 0))
+    pooled = whole.golden.outputs(TRACE_GRID)[0]
+    cost = whole.cost(TRACE_GRID, pooled, [])
+    assert cost.gap is None and cost.text() == (
+        "in the pipeline: not measured (no language model: tiny: no text_config, so the whole model cannot be built)")
+    with pytest.raises(ConfigError, match=r"^tiny: the whole model \(0\.0 B parameters, language model in float32\) "
+                                          r"needs about 1\.6 GiB, 0\.0 GiB are available$"):
+        check_fits(golden_module, spec, available=1024)
+    check_fits(golden_module, spec)  # the tiny model fits
+    real = resolve_config("2b", installed_golden_path().parent)  # counted on the meta device: nothing is built
+    with pytest.raises(ConfigError, match=r"^2b: a seeded language model of 1.\d B parameters is not built for it: "
+                                          "name a checkpoint folder as the config for its own$"):
+        check_fits(golden_module, real)
+
+
+def test_the_report_shows_each_failing_files_drift_along_the_tower(
+    run_suite: RunSuite, files: dict[str, Path], tmp_path: Path
+) -> None:
+    """A graph bug with the right weights (position embeddings scaled): both columns jump at pos_add
+    (measured 0.36). Another seed's weights: the graph holds every module with its own weights, and
+    against the checkpoint drift starts at patch_embed (1.3). The right file gets no section. Drawn
+    as a PNG beside the Markdown where matplotlib is installed, else the table says how to get it."""
+    import importlib.util
+
+    report = tmp_path / "out" / "report.md"
+    result = run_suite("test_artefact.py", "-k", "where", *_onnx(files["pos-bug"], files["seed1"], files["fp32"]),
+                       "--qwen3vl-grid=1,24,24", f"--qwen3vl-report={report}")
+    result.assert_outcomes(passed=1, failed=2)
+    text = report.read_text()
+    section = text[text.index("## Where your files drift, module by module"):]
+    assert "builder.onnx" not in section.split("## Claims")[0], section
+
+    def part(name: str) -> str:
+        return re.split(r"\n##", section[section.index(f"### `{name}` on 1x24x24"):][3:])[0]
+
+    bug = part("pos-bug.onnx")
+    assert "With its own weights: drift starts at `pos_add`; against the checkpoint: drift starts at `pos_add`." in bug
+    cells = {line.split("|")[1].strip(): line.split("|")[2:4] for line in bug.splitlines() if line.startswith("| `")}
+    assert not cells["`patch_embed`"][0].strip().startswith("**") and cells["`pos_add`"][0].strip().startswith("**0.3")
+    other = part("seed1.onnx")
+    assert ("With its own weights: every module within 1e-05; against the checkpoint: drift starts at `patch_embed`."
+            in other), other
+    drawn = sorted(p.name for p in report.parent.glob("*.png"))
+    if importlib.util.find_spec("matplotlib") is None:
+        assert drawn == [] and "Install `pytest-qwen3vl[plot]` (matplotlib)" in section, section
+        pytest.skip("the table holds; the image is not tested: matplotlib is not installed (pytest-qwen3vl[plot])")
+    assert drawn == ["report-pos-bug.onnx-1x24x24.png", "report-seed1.onnx-1x24x24.png"], drawn
+    assert "![drift along the tower of pos-bug.onnx](report-pos-bug.onnx-1x24x24.png)" in section, section
+    for name in drawn:
+        assert (report.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_cache_that_keeps_nothing_costs_the_keeping_not_the_cost(pair: VisionPair, tmp_path: Path) -> None:
+    """The measured cache's folder is a file and there is no spare: the cost is measured all the same
+    (without the guard, CacheUnusable would turn the parity row into "not run")."""
+    from pytest_qwen3vl.judge.golden import GoldenRuns
+    from pytest_qwen3vl.judge.pipeline_cost import WholeModel
+
+    golden_module = import_modeling_file(installed_golden_path(), "golden")
+    spec = resolve_config("tiny", installed_golden_path().parent)
+    (tmp_path / "measured").write_text("not a folder")
+    whole = WholeModel(golden_module, GoldenRuns(pair.golden, spec, 0), ArtifactCache(tmp_path / "measured"))
+    pooled = whole.golden.outputs(TRACE_GRID)[0]
+    cost = whole.kept({"file": "any"}, TRACE_GRID, lambda: whole.cost(TRACE_GRID, pooled, []))
+    assert cost.gap is not None and cost.gap.kl_last == 0 and cost.gap.top1_last == 1, cost.text()
+
+
 def test_a_failed_probe_process_is_ours_not_a_location(tmp_path: Path) -> None:
     """The child that probes a file fails (here: no model where it looks): ProbeFailed, and the
     location says "not located" with the child's last error line, naming no module of the file."""
