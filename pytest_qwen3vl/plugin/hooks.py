@@ -36,7 +36,13 @@ from pytest_qwen3vl.plugin.settings import (
     settings_of,
 )
 from pytest_qwen3vl.plugin.summary import REPORTER_NAME, ClaimReporter
-from pytest_qwen3vl.plugin.worker import settle_before_exit, shared_work_scheduler
+from pytest_qwen3vl.plugin.worker import (
+    SCOPED_WORKERINPUT,
+    scoped,
+    settle_before_exit,
+    share_idle_cores,
+    shared_work_scheduler,
+)
 from pytest_qwen3vl.source import files as sources
 from pytest_qwen3vl.store.cache import CacheTally
 
@@ -101,6 +107,15 @@ def pytest_configure_node(node: object) -> None:
     node.workerinput[ONNX_WORKERINPUT] = [facts.to_dict() for facts in settings.onnx_files]  # type: ignore[attr-defined]
     node.workerinput[CACHE_WORKERINPUT] = [  # type: ignore[attr-defined]
         str(settings.cache_dir), settings.cache_fallback, str(settings.spare_cache)]
+    node.workerinput[SCOPED_WORKERINPUT] = scoped(  # type: ignore[attr-defined]
+        node.config, settings.onnx, settings.model.name == DEFAULT_CONFIG)  # type: ignore[attr-defined]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """xdist worker of a run scheduled by scope: the cores of workers that get no work are shared."""
+    workerinput = getattr(session.config, "workerinput", None)
+    if workerinput is not None and workerinput.get(SCOPED_WORKERINPUT):
+        share_idle_cores(session.items, settings_of(session.config).onnx)
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)

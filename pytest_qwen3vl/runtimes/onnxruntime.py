@@ -38,10 +38,15 @@ CPU = "CPUExecutionProvider"
 Provider = str | tuple[str, Mapping[str, str]]
 
 
+# Set by the plugin in an xdist worker where fewer workers than started have work: how many do.
+BUSY_WORKERS = "PYTEST_QWEN3VL_BUSY_WORKERS"
+
+
 def default_threads() -> int:
-    """The usable cores shared out among xdist workers, so parallel sessions don't oversubscribe."""
+    """The usable cores shared out among the xdist workers that have work, so parallel sessions don't
+    oversubscribe and a lone busy worker does not run on a share of an idle machine."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    workers = int(os.environ.get(BUSY_WORKERS) or os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
     return max(1, cores // max(1, workers))
 
 
