@@ -887,3 +887,31 @@ def test_the_genai_claims_run_on_one_worker_at_a_real_size(run_suite: RunSuite) 
     result = run_suite("test_genai.py", "-n", "2", "-v", "--qwen3vl-config=2b", subprocess=True)
     workers = [found.group(1) for line in result.outlines if (found := re.match(r"\[(gw\d+)\] ", line))]
     assert len(workers) > 1 and len(set(workers)) == 1, result.outlines
+
+
+def test_a_lone_busy_worker_takes_the_idle_workers_cores(
+    run_suite: RunSuite, pytester: pytest.Pytester, files: dict[str, Path]
+) -> None:
+    """One file's tests are one scope: of ``-n 2`` one worker works, at every core (-n 0's threads);
+    beside another scope (a test of the user's) each worker keeps its share."""
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("needs two cores to tell a share from all of them")
+    record = pytester.path / "threads.txt"
+    pytester.makepyfile(threads_probe=f"""
+        from pytest_qwen3vl.runtimes.onnxruntime import default_threads
+
+        def pytest_runtest_call(item):
+            with open({str(record)!r}, "a") as out:
+                out.write(f"{{default_threads()}}\\n")
+    """)
+    argv = ("test_artefact.py", "-n", "2", "-p", "threads_probe", "-k", "interface or weights or users_own",
+            *_onnx(files["fp32"]))
+    run_suite(*argv, subprocess=True)
+    assert set(record.read_text().split()) == {str(cores)}
+    record.unlink()
+    pytester.makepyfile(test_user="def test_users_own():\n    pass\n")
+    run_suite(*argv, str(pytester.path / "test_user.py"), subprocess=True)
+    assert set(record.read_text().split()) == {str(cores // 2)}
