@@ -211,8 +211,11 @@ def test_dynamic_n_is_judged_per_runtime_and_says_what_does_not_load(run_suite: 
     row = claim_row(result, "dynamic-n")
     assert ("onnxruntime-1x24x24: onnxruntime:fp32: first axes symbolic (num_images, num_merged_patches, "
             "num_patches); the 1x24x24 export on 1x20x20: fails (ONNX Runtime: Reshape node ") in row, row
-    assert ("openvino:f32-1x24x24: openvino:f32: first axes symbolic (num_images, num_merged_patches, "
-            "num_patches); the 1x24x24 export on 1x20x20: fails (openvino: ") in row, row
+    # OpenVINO 2026.4 refuses the reshape on two threads and returns an empty output on one (an xdist
+    # worker's share of two cores): either way the other grid is not served, in OpenVINO's outcome.
+    other = row.split("openvino:f32-1x24x24: openvino:f32: first axes symbolic (num_images, num_merged_patches, "
+                      "num_patches); the 1x24x24 export on 1x20x20: ", 1)
+    assert len(other) == 2 and other[1].startswith(("fails (openvino: ", "shape (0, 2560), PyTorch (100, 2560)")), row
     assert "a 1x20x20 export on 1x20x20 matches PyTorch (fp32 tolerance)" in row, row
     assert ("grid-free recipe (qwen3vl-export): one file serves 0 of 9 grids; refuses every grid (openvino: does "
             "not load: Conversion is failed for: SequenceAt-17") in row, row
