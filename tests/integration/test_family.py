@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pytest_qwen3vl.model.configs import TEXT_PRESETS, VISION_PRESETS
+from pytest_qwen3vl.model.configs import TEXT_PRESETS, VISION_PRESETS, resolve_config
 from pytest_qwen3vl.source.families import FAMILIES, QWEN3_OMNI_MOE, QWEN3_VL_MOE, Family
 from pytest_qwen3vl.source.files import GOLDEN_IF_LINE, installed_golden_path, reference_modified_text
 from tests.conftest import RunSuite
@@ -78,6 +80,41 @@ def test_a_family_fork_holds_the_vision_and_export_claims(run_suite: RunSuite, t
     mrope = claim_row(result, "text-mrope")
     assert (" holds " if family.config else "not run: qwen3_omni_moe's text model sits in a thinker") in mrope, mrope
     assert "fails" not in "".join(claim_row(result, claim) for claim in VISION_CLAIMS)
+
+
+@pytest.mark.parametrize(
+    "wiring",
+    [lambda ds: ds, lambda ds: [ds[0] * 0, *ds], lambda ds: ds[::-1], lambda ds: None],
+    ids=["golden", "one-layer-late", "reversed", "dropped"],
+)
+def test_the_moe_language_model_adds_deepstack_as_golden_does(
+    request: pytest.FixtureRequest, wiring: Callable[[list[Any]], list[Any] | None]
+) -> None:
+    """``language_run`` on golden's MoE whole model is golden's forward only when every feature is fed at
+    its layer; the measured gap decides the pipeline claims, so it must see a wrong wiring."""
+    import torch
+
+    from pytest_qwen3vl.model import outputs
+    from pytest_qwen3vl.model import pipeline as pl
+    from pytest_qwen3vl.model.build import build_golden
+    from pytest_qwen3vl.model.grids import Grid
+    from pytest_qwen3vl.model.inputs import make_inputs
+    from pytest_qwen3vl.source.files import import_modeling_file
+
+    spec = resolve_config("tiny", Path("."))
+    golden = import_modeling_file(installed_golden_path(QWEN3_VL_MOE), "golden")
+    vision = build_golden(golden, spec, 0)
+    model = pl.build_full_model(golden, spec, vision, 0)
+    assert type(model).__name__ == QWEN3_VL_MOE.whole and model.config.text_config.num_experts == 4
+    inputs = make_inputs(Grid.parse("1,24,24"), spec, 0)
+    ids = pl.make_prompt(pl.image_counts(inputs.grid_thw, spec.merge_size), model.config, 0)
+    with torch.no_grad():
+        found = vision(*inputs.args)
+    gap = pl.pipeline_gap(pl.language_run(model, ids, inputs.grid_thw, outputs.merged(found),
+                                          wiring(outputs.deepstack(found))),
+                          pl.golden_run(model, ids, *inputs.args), ids, model.config.image_token_id)
+    right = request.node.callspec.id == "golden"
+    assert (gap.worst <= pl.tolerance(model)) == right, gap.text()
 
 
 @pytest.mark.parametrize(("make", "broken"), [
