@@ -16,11 +16,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 
+from pytest_qwen3vl.judge.golden import GoldenRuns
+from pytest_qwen3vl.judge.pipeline_cost import WholeModel
+from pytest_qwen3vl.model import outputs
+from pytest_qwen3vl.model import pipeline as pl
+from pytest_qwen3vl.model.build import build_golden
 from pytest_qwen3vl.model.configs import TEXT_PRESETS, VISION_PRESETS, resolve_config
+from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.model.inputs import make_inputs
 from pytest_qwen3vl.source.families import FAMILIES, QWEN3_OMNI_MOE, QWEN3_VL_MOE, Family
-from pytest_qwen3vl.source.files import GOLDEN_IF_LINE, installed_golden_path, reference_modified_text
+from pytest_qwen3vl.source.files import (
+    GOLDEN_IF_LINE,
+    import_modeling_file,
+    installed_golden_path,
+    reference_modified_text,
+)
 from tests.conftest import RunSuite
 from tests.helpers import claim_row
 
@@ -92,15 +106,6 @@ def test_the_moe_language_model_adds_deepstack_as_golden_does(
 ) -> None:
     """``language_run`` on golden's MoE whole model is golden's forward only when every feature is fed at
     its layer; the measured gap decides the pipeline claims, so it must see a wrong wiring."""
-    import torch
-
-    from pytest_qwen3vl.model import outputs
-    from pytest_qwen3vl.model import pipeline as pl
-    from pytest_qwen3vl.model.build import build_golden
-    from pytest_qwen3vl.model.grids import Grid
-    from pytest_qwen3vl.model.inputs import make_inputs
-    from pytest_qwen3vl.source.files import import_modeling_file
-
     spec = resolve_config("tiny", Path("."))
     golden = import_modeling_file(installed_golden_path(QWEN3_VL_MOE), "golden")
     vision = build_golden(golden, spec, 0)
@@ -160,3 +165,18 @@ def test_a_checkpoint_of_the_forks_family_is_accepted(pytester: pytest.Pytester,
     result = pytester.runpytest_subprocess(f"--qwen3vl-config={folder}",
                                            f"--qwen3vl-modified={fork(tmp_path, QWEN3_VL_MOE)}", "--qwen3vl-suite=off")
     assert result.ret == pytest.ExitCode.OK, result.stderr.str()
+
+
+def test_the_pipeline_cost_is_measured_on_the_moe_whole_model() -> None:
+    """artefact-parity's cost runs on golden's MoE whole model: golden's own outputs cost nothing, outputs
+    off by 1% move the next token's logits."""
+    spec = resolve_config("tiny", Path("."))
+    golden = import_modeling_file(installed_golden_path(QWEN3_VL_MOE), "golden")
+    whole = WholeModel(golden, GoldenRuns(build_golden(golden, spec, 0), spec, 0))
+    grid = Grid.parse("1,24,24")
+    pooled, *deepstack = whole.golden.outputs(grid)
+    same = whole.cost(grid, pooled, deepstack)
+    assert same.gap is not None and same.gap.logits == 0.0, same.text()
+    noise = np.random.default_rng(0).standard_normal(pooled.shape).astype(pooled.dtype) * 0.01 * np.abs(pooled).max()
+    moved = whole.cost(grid, pooled + noise, deepstack)
+    assert moved.gap is not None and moved.gap.logits > 1e-3, moved.text()
