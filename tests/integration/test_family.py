@@ -28,6 +28,7 @@ from pytest_qwen3vl.model.build import build_golden
 from pytest_qwen3vl.model.configs import TEXT_PRESETS, VISION_PRESETS, resolve_config
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.model.inputs import make_inputs
+from pytest_qwen3vl.runtimes.genai_folder import genai_missing
 from pytest_qwen3vl.source.families import FAMILIES, QWEN3_OMNI_MOE, QWEN3_VL_MOE, Family
 from pytest_qwen3vl.source.files import (
     GOLDEN_IF_LINE,
@@ -45,6 +46,8 @@ NOT_DYNAMO = ("-k", "not dynamo_exporter")  # dynamo fails the same way for ever
 VISION_CLAIMS = ("one-diff", "deepstack-condition", "deepstack-body", "golden-deepstack-always",
                  "modified-onnx-outputs", "export-pooled-embeds", "onnx-parity", "export-graph-vs-golden",
                  "runtime-equivalence", "output-contract", "input-contract", "patch-dim", "trace-hazards")
+GENAI_GENERATION = ("genai-image-features", "genai-deepstack-off", "genai-like-golden", "genai-other-grid",
+                    "genai-grid-free")
 NO_TRACING_CLAUSE = 'layer_num in self.deepstack_visual_indexes and not getattr(self, "_skip_deepstack_export", False)'
 
 
@@ -74,7 +77,7 @@ def logits_gap(row: str) -> float:
 @pytest.mark.parametrize("family", [QWEN3_VL_MOE, QWEN3_OMNI_MOE], ids=lambda family: family.name)
 def test_a_family_fork_holds_the_vision_and_export_claims(run_suite: RunSuite, tmp_path: Path, family: Family) -> None:
     result = run_suite("test_source.py", "test_deepstack.py", "test_export.py", "test_runtime.py",
-                       "test_contracts.py", "test_mrope.py", "test_pipeline.py", *NOT_DYNAMO,
+                       "test_contracts.py", "test_mrope.py", "test_pipeline.py", "test_genai.py", *NOT_DYNAMO,
                        modified=fork(tmp_path, family))
     for claim in VISION_CLAIMS:
         row = claim_row(result, claim)
@@ -91,6 +94,11 @@ def test_a_family_fork_holds_the_vision_and_export_claims(run_suite: RunSuite, t
             row = claim_row(result, claim)
             assert "not run: the pipeline claims run on the whole models of qwen3_vl and qwen3_vl_moe; the suite " \
                    f"does not build {family.name}'s ({family.whole}): its thinker builds an audio tower" in row, row
+    # genai's builder makes Qwen3-VL's dense language model only
+    reason = genai_missing() or family.not_generated().removeprefix("not run: ")
+    for claim in GENAI_GENERATION:
+        row = claim_row(result, claim)
+        assert f"not run: {reason}" in row, row
     mrope = claim_row(result, "text-mrope")
     assert (" holds " if family.config else "not run: qwen3_omni_moe's text model sits in a thinker") in mrope, mrope
     assert "fails" not in "".join(claim_row(result, claim) for claim in VISION_CLAIMS)
