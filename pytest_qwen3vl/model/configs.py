@@ -12,6 +12,7 @@ from typing import Any
 
 from pytest_qwen3vl.errors import ConfigError
 from pytest_qwen3vl.model.checkpoint import checkpoint_fingerprint, checkpoint_weights, find_weights
+from pytest_qwen3vl.source.families import QWEN3_VL, Family
 
 # Interface dimensions shared by every released Qwen3-VL vision tower.
 _INTERFACE = {
@@ -67,6 +68,13 @@ TEXT_PRESETS: dict[str, dict[str, Any]] = {
     "8b": {
         **_RELEASED_TEXT, "hidden_size": 4096, "num_hidden_layers": 36, "num_attention_heads": 32,
         "num_key_value_heads": 8, "intermediate_size": 12288, "tie_word_embeddings": False,
+    },
+}
+# What a preset's text config adds for a family's language model: Qwen3-VL-MoE's sparse MLP, tiny (4
+# experts of 128, 2 per token, every layer sparse).
+FAMILY_TEXT: dict[str, dict[str, Any]] = {
+    "qwen3_vl_moe": {
+        "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 128, "decoder_sparse_step": 1,
     },
 }
 # The whole model's special tokens in the released vocabulary; a smaller one (the tiny preset's 1024)
@@ -159,16 +167,17 @@ def special_tokens(vocab_size: int) -> dict[str, int]:
     return {name: vocab_size - 5 + i for i, name in enumerate(RELEASED_TOKENS)}
 
 
-def whole_config(spec: ModelSpec, tokens: dict[str, int] | None = None, text: dict[str, Any] | None = None) -> Any:
-    """A ``Qwen3VLConfig`` for the whole model of ``spec``, with ``tokens`` and ``text`` fields on top.
+def whole_config(spec: ModelSpec, tokens: dict[str, int] | None = None, text: dict[str, Any] | None = None,
+                 family: Family = QWEN3_VL) -> Any:
+    """The ``family``'s whole-model config (``Qwen3VLConfig``, ``Qwen3VLMoeConfig``) for ``spec``, with
+    ``tokens`` and ``text`` fields on top.
 
     A checkpoint's text config and top-level fields are taken as they are; a preset's text config
     gets the vision tower's ``out_hidden_size`` as its hidden size (the pooled embeddings replace
     token embeddings, so the two must be equal), and the special tokens its vocabulary can hold.
     """
     import copy
-
-    from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
+    import importlib
 
     from pytest_qwen3vl.model.api import text_fields
 
@@ -183,4 +192,5 @@ def whole_config(spec: ModelSpec, tokens: dict[str, int] | None = None, text: di
     if fields["hidden_size"] != vision["out_hidden_size"]:
         raise ConfigError(f"{spec.name}: text hidden_size {fields['hidden_size']} != vision out_hidden_size "
                           f"{vision['out_hidden_size']}")
-    return Qwen3VLConfig(vision_config=vision, text_config=fields, tie_word_embeddings=tie, **top)
+    config_class = getattr(importlib.import_module(family.config_module), family.config)
+    return config_class(vision_config=vision, text_config=fields, tie_word_embeddings=tie, **top)

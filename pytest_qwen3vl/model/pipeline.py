@@ -1,7 +1,8 @@
 """The whole model end to end: what a language model computes from golden's vision outputs, or
 from what an exported vision file gives a runtime.
 
-``build_full_model`` makes a ``Qwen3VLForConditionalGeneration`` from the GOLDEN module's classes
+``build_full_model`` makes the family's whole model (``Qwen3VLForConditionalGeneration``,
+``Qwen3VLMoeForConditionalGeneration``: ``Family.whole``) from the GOLDEN module's classes
 whose vision tower is the session's golden vision model (the very tensors) and whose language model
 has seeded random weights, or a checkpoint folder's. ``golden_run`` is the full PyTorch forward;
 ``language_run`` is what a runtime does with exported outputs: the image-pad rows of the token
@@ -16,7 +17,8 @@ Two things every run here does on purpose:
 - The text config of a preset is made to fit the vision tower: ``hidden_size`` = the vision
   ``out_hidden_size`` (the tiny presets have 256 and 2560) and more layers than DeepStack features
   (golden adds feature i at layer i only where that layer exists; the tiny preset has 2 layers for
-  3 features, which would leave the last feature unused, in golden too).
+  3 features, which would leave the last feature unused, in golden too); a MoE text model gets the
+  tiny sparse MLP of ``configs.FAMILY_TEXT``.
 
 torch and transformers are imported inside the functions.
 """
@@ -32,9 +34,9 @@ from pytest_qwen3vl.errors import ConfigError, NotRunnable
 from pytest_qwen3vl.model.api import no_init_weights
 from pytest_qwen3vl.model.build import share_weights
 from pytest_qwen3vl.model.checkpoint import load_language_weights
-from pytest_qwen3vl.model.configs import ModelSpec, whole_config
+from pytest_qwen3vl.model.configs import FAMILY_TEXT, ModelSpec, whole_config
 from pytest_qwen3vl.model.grids import available_memory
-from pytest_qwen3vl.source.families import family_of_module
+from pytest_qwen3vl.source.families import Family, family_of_module
 
 if TYPE_CHECKING:
     import torch
@@ -51,13 +53,16 @@ TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2}
 OVERHEAD_BYTES = 3 << 29
 
 
-def pipeline_config(spec: ModelSpec) -> Any:
-    """A ``Qwen3VLConfig`` for the whole model (``configs.whole_config``); a preset's text model gets
-    more layers than DeepStack features, as the module docstring says."""
+def pipeline_config(spec: ModelSpec, family: Family) -> Any:
+    """The ``family``'s config for the whole model (``configs.whole_config``); a preset's text model gets
+    more layers than DeepStack features and the family's ``FAMILY_TEXT`` fields it lacks, as the module
+    docstring says."""
     if spec.checkpoint is not None or spec.text is None:
-        return whole_config(spec)
+        return whole_config(spec, family=family)
     depth = len(spec.vision["deepstack_visual_indexes"])
-    return whole_config(spec, text={"num_hidden_layers": max(int(spec.text.get("num_hidden_layers", 0)), depth + 1)})
+    added = {key: value for key, value in FAMILY_TEXT.get(family.name, {}).items() if key not in spec.text}
+    layers = max(int(spec.text.get("num_hidden_layers", 0)), depth + 1)
+    return whole_config(spec, text={**added, "num_hidden_layers": layers}, family=family)
 
 
 def parameter_counts(golden: ModuleType, config: Any) -> tuple[int, int]:
@@ -66,7 +71,7 @@ def parameter_counts(golden: ModuleType, config: Any) -> tuple[int, int]:
     import torch
 
     with torch.device("meta"):
-        model = golden.Qwen3VLForConditionalGeneration(config)
+        model = getattr(golden, family_of_module(golden).whole)(config)
     return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.model.visual.parameters())
 
 
@@ -99,7 +104,7 @@ def whole_model_size(golden: ModuleType, spec: ModelSpec) -> WholeModelSize:
     more while they are read, and ``OVERHEAD_BYTES``: at 4B 11.3 GiB, against 11.1 GiB measured."""
     import torch
 
-    config = pipeline_config(spec)
+    config = pipeline_config(spec, family_of_module(golden))
     total, vision = parameter_counts(golden, config)
     dtype = torch.bfloat16 if total >= BF16_FROM_PARAMS else torch.float32
     read = (total - vision) * dtype.itemsize if spec.checkpoint is not None else 0
@@ -138,11 +143,11 @@ def build_full_model(golden: ModuleType, spec: ModelSpec, vision: torch.nn.Modul
     family = family_of_module(golden)
     if not family.whole_model_built:
         raise NotRunnable(family.not_built("the pipeline claims run"))
-    config = pipeline_config(spec)
+    config = pipeline_config(spec, family)
     dtype = language_dtype(golden, config)
     with torch.random.fork_rng(devices=[]), no_init_weights() if spec.checkpoint else nullcontext():
         torch.manual_seed(seed)
-        model = golden.Qwen3VLForConditionalGeneration._from_config(config, dtype=dtype)
+        model = getattr(golden, family.whole)._from_config(config, dtype=dtype)
     unshared = share_weights(vision, model.model.visual)
     if unshared:
         raise ConfigError(f"{spec.name}: the vision tower does not fit the whole model: {unshared[:3]}")

@@ -80,10 +80,10 @@ class SessionGenai:
                                   "(qwen3vl-checkpoint writes both)")
 
     def check_whole_model(self) -> None:
-        """Raise ``NotRunnable`` for the claims that generate with a whole model of another family than
-        Qwen3-VL's (the processor claim needs none): the folder holds Qwen3-VL's dense language model."""
-        if not self.family.whole_model_built:
-            raise NotRunnable(self.family.not_built("the genai generation claims run"))
+        """Raise ``NotRunnable`` for the claims that generate with a whole model of a family whose language
+        model genai's builder does not make (the processor claim needs none)."""
+        if not self.family.genai_built:
+            raise NotRunnable(self.family.not_generated())
 
     def _checkpoint_parts(self) -> dict[str, str]:
         """What the checkpoint written from the preset is made from."""

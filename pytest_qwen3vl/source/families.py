@@ -27,6 +27,8 @@ class Family:
     vision_config: str  # the vision class's config class, in the family's configuration module
     config: str  # the config of the model that holds ``rope_index`` and ``text_rotary``; "" where none is built
     mergers: str  # the module list of DeepStack mergers, as state-dict keys and ONNX initializers name it
+    not_built_because: str = ""  # why the suite builds no whole model of this family; "" where it builds one
+    genai_built: bool = False  # whether onnxruntime-genai's builder makes this family's language model
 
     @property
     def relative_path(self) -> Path:
@@ -45,14 +47,22 @@ class Family:
 
     @property
     def whole_model_built(self) -> bool:
-        """Whether the suite builds this family's whole model (the pipeline and genai claims): Qwen3-VL's
-        dense model only."""
-        return self.name == "qwen3_vl"
+        """Whether the suite builds this family's whole model (the pipeline claims and cost): Qwen3-VL's
+        dense and MoE models, from tiny configs with seeded language models or from checkpoints."""
+        return not self.not_built_because
 
     def not_built(self, what: str) -> str:
-        """The "not run" reason of a claim that needs a model of this family the suite does not build."""
-        return (f"not run: {what} on Qwen3-VL's dense whole model (qwen3_vl); the suite does not build "
-                f"{self.name}'s ({self.whole})")
+        """The "not run" reason of a claim that needs a whole model of this family the suite does not build."""
+        built = " and ".join(family.name for family in FAMILIES.values() if family.whole_model_built)
+        return (f"not run: {what} on the whole models of {built}; the suite does not build "
+                f"{self.name}'s ({self.whole}): {self.not_built_because}")
+
+    def not_generated(self) -> str:
+        """The "not run" reason of the genai generation claims on a family whose language model
+        onnxruntime-genai's builder does not make (0.18.0 names ``Qwen3VLForConditionalGeneration`` and
+        no ``Qwen3VLMoe`` or ``Qwen3OmniMoe`` architecture)."""
+        return (f"not run: the genai generation claims run on qwen3_vl's whole model; onnxruntime-genai's builder "
+                f"does not make {self.name}'s language model ({self.whole})")
 
     @property
     def deepstack_place(self) -> str:
@@ -63,7 +73,7 @@ class Family:
 QWEN3_VL = Family(
     "qwen3_vl", "Qwen3VLVisionModel", "Qwen3VLTextRotaryEmbedding", "Qwen3VLModel.get_rope_index",
     "Qwen3VLForConditionalGeneration", "Qwen3VLVisionConfig", "Qwen3VLConfig",
-    "deepstack_merger_list",
+    "deepstack_merger_list", genai_built=True,
 )
 QWEN3_VL_MOE = Family(
     "qwen3_vl_moe", "Qwen3VLMoeVisionModel", "Qwen3VLMoeTextRotaryEmbedding", "Qwen3VLMoeModel.get_rope_index",
@@ -73,9 +83,9 @@ QWEN3_VL_MOE = Family(
 QWEN3_OMNI_MOE = Family(
     "qwen3_omni_moe", "Qwen3OmniMoeVisionEncoder", "Qwen3OmniMoeThinkerTextRotaryEmbedding",
     "Qwen3OmniMoePreTrainedModelForConditionalGeneration.get_rope_index", "Qwen3OmniMoeThinkerForConditionalGeneration",
-    # its thinker needs an audio tower too: the text claims are not run; ``deepstack_merger_list`` is a
-    # property returning ``merger_list``, the name its weights carry
+    # ``deepstack_merger_list`` is a property returning ``merger_list``, the name its weights carry
     "Qwen3OmniMoeVisionEncoderConfig", "", "merger_list",
+    not_built_because="its thinker builds an audio tower beside the vision one",
 )
 FAMILIES: dict[str, Family] = {family.name: family for family in (QWEN3_VL, QWEN3_VL_MOE, QWEN3_OMNI_MOE)}
 # Every family's DeepStack merger prefix, for code that reads weights without knowing the family

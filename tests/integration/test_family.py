@@ -1,7 +1,8 @@
 """The family: forks of ``modeling_qwen3_vl_moe.py`` and ``modeling_qwen3_omni_moe.py`` made by applying the
 report's change run the claims that apply to them, on a tiny config of their own classes; a wrong fork of
-them fails those claims; the whole-model claims say why they do not run; a checkpoint of another family
-is a usage error.
+them fails those claims; the pipeline claims run on the MoE whole model (a tiny sparse language model
+around golden's tower) and say why they do not run on Omni's; a checkpoint of another family is a usage
+error.
 
 Each fork is generated from the installed file of its family, so the tests follow whichever transformers
 is installed (CI runs them under 5.x too).
@@ -10,13 +11,31 @@ is installed (CI runs them under 5.x too).
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import torch
 
-from pytest_qwen3vl.model.configs import TEXT_PRESETS, VISION_PRESETS
+from pytest_qwen3vl.judge.golden import GoldenRuns
+from pytest_qwen3vl.judge.pipeline_cost import WholeModel
+from pytest_qwen3vl.model import outputs
+from pytest_qwen3vl.model import pipeline as pl
+from pytest_qwen3vl.model.build import build_golden
+from pytest_qwen3vl.model.configs import TEXT_PRESETS, VISION_PRESETS, resolve_config
+from pytest_qwen3vl.model.grids import Grid
+from pytest_qwen3vl.model.inputs import make_inputs
+from pytest_qwen3vl.runtimes.genai_folder import genai_missing
 from pytest_qwen3vl.source.families import FAMILIES, QWEN3_OMNI_MOE, QWEN3_VL_MOE, Family
-from pytest_qwen3vl.source.files import GOLDEN_IF_LINE, installed_golden_path, reference_modified_text
+from pytest_qwen3vl.source.files import (
+    GOLDEN_IF_LINE,
+    import_modeling_file,
+    installed_golden_path,
+    reference_modified_text,
+)
 from tests.conftest import RunSuite
 from tests.helpers import claim_row
 
@@ -27,6 +46,8 @@ NOT_DYNAMO = ("-k", "not dynamo_exporter")  # dynamo fails the same way for ever
 VISION_CLAIMS = ("one-diff", "deepstack-condition", "deepstack-body", "golden-deepstack-always",
                  "modified-onnx-outputs", "export-pooled-embeds", "onnx-parity", "export-graph-vs-golden",
                  "runtime-equivalence", "output-contract", "input-contract", "patch-dim", "trace-hazards")
+GENAI_GENERATION = ("genai-image-features", "genai-deepstack-off", "genai-like-golden", "genai-other-grid",
+                    "genai-grid-free")
 NO_TRACING_CLAUSE = 'layer_num in self.deepstack_visual_indexes and not getattr(self, "_skip_deepstack_export", False)'
 
 
@@ -46,10 +67,17 @@ def fork(folder: Path, family: Family, make: str = "reference") -> Path:
     return path
 
 
+def logits_gap(row: str) -> float:
+    """The relative L2 of the logits a pipeline claim's row measured."""
+    found = re.search(r"logits ([0-9.e+-]+);", row)
+    assert found, row
+    return float(found.group(1))
+
+
 @pytest.mark.parametrize("family", [QWEN3_VL_MOE, QWEN3_OMNI_MOE], ids=lambda family: family.name)
 def test_a_family_fork_holds_the_vision_and_export_claims(run_suite: RunSuite, tmp_path: Path, family: Family) -> None:
     result = run_suite("test_source.py", "test_deepstack.py", "test_export.py", "test_runtime.py",
-                       "test_contracts.py", "test_mrope.py", "test_pipeline.py", *NOT_DYNAMO,
+                       "test_contracts.py", "test_mrope.py", "test_pipeline.py", "test_genai.py", *NOT_DYNAMO,
                        modified=fork(tmp_path, family))
     for claim in VISION_CLAIMS:
         row = claim_row(result, claim)
@@ -57,13 +85,49 @@ def test_a_family_fork_holds_the_vision_and_export_claims(run_suite: RunSuite, t
     assert family.deepstack_place in claim_row(result, "one-diff")
     # Omni's DeepStack weights are named merger_list: the pooled export holds none of them.
     assert f"no {family.mergers} initializer in the pooled export" in claim_row(result, "deepstack-not-traced")
-    for claim in ("pipeline-deepstack-kept", "pipeline-like-golden"):
+    if family.whole_model_built:  # golden's MoE model fed the exports: DeepStack kept is golden, pooled only is not
+        kept, like = claim_row(result, "pipeline-deepstack-kept"), claim_row(result, "pipeline-like-golden")
+        assert " holds " in kept and logits_gap(kept) < 1e-4, kept
+        assert " erratum " in like and logits_gap(like) > 0.1, like
+    else:
+        for claim in ("pipeline-deepstack-kept", "pipeline-like-golden"):
+            row = claim_row(result, claim)
+            assert "not run: the pipeline claims run on the whole models of qwen3_vl and qwen3_vl_moe; the suite " \
+                   f"does not build {family.name}'s ({family.whole}): its thinker builds an audio tower" in row, row
+    # genai's builder makes Qwen3-VL's dense language model only
+    reason = genai_missing() or family.not_generated().removeprefix("not run: ")
+    for claim in GENAI_GENERATION:
         row = claim_row(result, claim)
-        assert f"not run: the pipeline claims run on Qwen3-VL's dense whole model (qwen3_vl); the suite does not " \
-               f"build {family.name}'s ({family.whole})" in row, row
+        assert f"not run: {reason}" in row, row
     mrope = claim_row(result, "text-mrope")
     assert (" holds " if family.config else "not run: qwen3_omni_moe's text model sits in a thinker") in mrope, mrope
     assert "fails" not in "".join(claim_row(result, claim) for claim in VISION_CLAIMS)
+
+
+@pytest.mark.parametrize(
+    "wiring",
+    [lambda ds: ds, lambda ds: [ds[0] * 0, *ds], lambda ds: ds[::-1], lambda ds: None],
+    ids=["golden", "one-layer-late", "reversed", "dropped"],
+)
+def test_the_moe_language_model_adds_deepstack_as_golden_does(
+    request: pytest.FixtureRequest, wiring: Callable[[list[Any]], list[Any] | None]
+) -> None:
+    """``language_run`` on golden's MoE whole model is golden's forward only when every feature is fed at
+    its layer; the measured gap decides the pipeline claims, so it must see a wrong wiring."""
+    spec = resolve_config("tiny", Path("."))
+    golden = import_modeling_file(installed_golden_path(QWEN3_VL_MOE), "golden")
+    vision = build_golden(golden, spec, 0)
+    model = pl.build_full_model(golden, spec, vision, 0)
+    assert type(model).__name__ == QWEN3_VL_MOE.whole and model.config.text_config.num_experts == 4
+    inputs = make_inputs(Grid.parse("1,24,24"), spec, 0)
+    ids = pl.make_prompt(pl.image_counts(inputs.grid_thw, spec.merge_size), model.config, 0)
+    with torch.no_grad():
+        found = vision(*inputs.args)
+    gap = pl.pipeline_gap(pl.language_run(model, ids, inputs.grid_thw, outputs.merged(found),
+                                          wiring(outputs.deepstack(found))),
+                          pl.golden_run(model, ids, *inputs.args), ids, model.config.image_token_id)
+    right = request.node.callspec.id == "golden"
+    assert (gap.worst <= pl.tolerance(model)) == right, gap.text()
 
 
 @pytest.mark.parametrize(("make", "broken"), [
@@ -109,3 +173,18 @@ def test_a_checkpoint_of_the_forks_family_is_accepted(pytester: pytest.Pytester,
     result = pytester.runpytest_subprocess(f"--qwen3vl-config={folder}",
                                            f"--qwen3vl-modified={fork(tmp_path, QWEN3_VL_MOE)}", "--qwen3vl-suite=off")
     assert result.ret == pytest.ExitCode.OK, result.stderr.str()
+
+
+def test_the_pipeline_cost_is_measured_on_the_moe_whole_model() -> None:
+    """artefact-parity's cost runs on golden's MoE whole model: golden's own outputs cost nothing, outputs
+    off by 1% move the next token's logits."""
+    spec = resolve_config("tiny", Path("."))
+    golden = import_modeling_file(installed_golden_path(QWEN3_VL_MOE), "golden")
+    whole = WholeModel(golden, GoldenRuns(build_golden(golden, spec, 0), spec, 0))
+    grid = Grid.parse("1,24,24")
+    pooled, *deepstack = whole.golden.outputs(grid)
+    same = whole.cost(grid, pooled, deepstack)
+    assert same.gap is not None and same.gap.logits == 0.0, same.text()
+    noise = np.random.default_rng(0).standard_normal(pooled.shape).astype(pooled.dtype) * 0.01 * np.abs(pooled).max()
+    moved = whole.cost(grid, pooled + noise, deepstack)
+    assert moved.gap is not None and moved.gap.logits > 1e-3, moved.text()

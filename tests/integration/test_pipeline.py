@@ -29,6 +29,7 @@ from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.model.inputs import VisionInputs, make_inputs
 from pytest_qwen3vl.onnxfile.names import split_outputs
 from pytest_qwen3vl.runtimes.onnxruntime import ort_session, run_outputs
+from pytest_qwen3vl.source.families import QWEN3_VL
 from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path
 
 GRID = Grid.parse("1,16,16")
@@ -105,7 +106,7 @@ def test_features_at_the_wrong_layers_or_none_are_caught(case, inputs, deepstack
 
 
 def test_tiny_text_config_is_fitted_to_the_vision_tower() -> None:
-    config = pl.pipeline_config(resolve_config("tiny", Path(".")))
+    config = pl.pipeline_config(resolve_config("tiny", Path(".")), QWEN3_VL)
     assert config.text_config.hidden_size == config.vision_config.out_hidden_size == 2560
     assert config.text_config.num_hidden_layers > len(config.vision_config.deepstack_visual_indexes)
 
@@ -114,7 +115,7 @@ def test_checkpoint_language_model_is_loaded(golden_module: Any, tmp_path: Path)
     tiny = resolve_config("tiny", Path("."))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
-        saved = golden_module.Qwen3VLForConditionalGeneration._from_config(pl.pipeline_config(tiny))
+        saved = golden_module.Qwen3VLForConditionalGeneration._from_config(pl.pipeline_config(tiny, QWEN3_VL))
     saved.save_pretrained(tmp_path)
     spec = resolve_config(str(tmp_path), tmp_path)
     assert spec.checkpoint == tmp_path
@@ -126,7 +127,7 @@ def test_checkpoint_language_model_is_loaded(golden_module: Any, tmp_path: Path)
 
 def test_checkpoint_without_language_model_is_a_config_error(golden_module: Any, tmp_path: Path) -> None:
     tiny = resolve_config("tiny", Path("."))
-    saved = golden_module.Qwen3VLForConditionalGeneration._from_config(pl.pipeline_config(tiny))
+    saved = golden_module.Qwen3VLForConditionalGeneration._from_config(pl.pipeline_config(tiny, QWEN3_VL))
     saved.save_pretrained(tmp_path)
     weights = tmp_path / "model.safetensors"
     save_file({k: v for k, v in load_file(weights).items() if k.startswith("model.visual.")}, weights)
@@ -146,7 +147,7 @@ def test_a_written_checkpoint_keeps_its_own_special_tokens(golden_module: Any, i
     folder = write_checkpoint(tmp_path / "ckpt", "tiny", 0)
     saved = json.loads((folder / "config.json").read_text())
     spec = resolve_config(str(folder), folder)
-    config = pl.pipeline_config(spec)
+    config = pl.pipeline_config(spec, QWEN3_VL)
     assert config.image_token_id == saved["image_token_id"] < config.text_config.vocab_size
     model = pl.build_full_model(golden_module, spec, build_golden(golden_module, spec, 0), seed=0)
     ids = pl.make_prompt(pl.image_counts(inputs.grid_thw, spec.merge_size), model.config, 0)
