@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_qwen3vl.source.goldens import verified_versions
 from pytest_qwen3vl.source.files import installed_golden_path
 from pytest_qwen3vl.versions import transformers_version
 from tests.helpers import modified_copy
@@ -145,7 +146,7 @@ def test_golden_of_another_version_names_the_installed_one(pytester: pytest.Pyte
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([
         f"ERROR: golden file *is no known transformers' modeling_qwen3_vl.py*installed transformers "
-        f"{transformers_version()}; known: *; verified: 4.57.6, 5.23.0)*"
+        f"{transformers_version()}; known: *; verified: {', '.join(verified_versions('qwen3_vl'))})*"
     ])
     assert "Traceback" not in result.stderr.str()
 
