@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qwen3vl.source.goldens import verified_versions
 from pytest_qwen3vl.source.files import installed_golden_path
+from pytest_qwen3vl.source.goldens import verified_versions
 from pytest_qwen3vl.versions import transformers_version
 from tests.helpers import modified_copy
 
