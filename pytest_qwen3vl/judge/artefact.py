@@ -238,6 +238,8 @@ class ArtefactCheck:
                 return PipelineCost(grid, absent=f"the file's outputs on {grid.id} have other shapes than golden's")
             return whole.cost(grid, values[pooled.name], deepstack)
 
+        if grid not in self._costs and (why := whole.refusal()) is not None:  # before hashing a 1.3 GB file
+            self._costs[grid] = PipelineCost(grid, absent=f"no language model: {why}")
         if grid not in self._costs:
             files = [self.path, *(self.path.parent / name for name in self.facts.external)]
             parts = {"file": " ".join(file_digest(f) for f in files), "runtime": self.runtime.label,

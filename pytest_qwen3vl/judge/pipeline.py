@@ -19,9 +19,12 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_qwen3vl.errors import ConfigError, run_module
+
+if TYPE_CHECKING:
+    import torch
 
 DEEPSTACK, POOLED = "deepstack", "pooled"  # golden's export with every DeepStack output; the modified file's
 
@@ -38,10 +41,11 @@ class Request:
     files: dict[str, dict[str, str | None]]
 
 
-def measure(request: Request) -> dict[str, Any]:
+def measure(request: Request, vision: torch.nn.Module | None = None) -> dict[str, Any]:
     """Per grid text: the prompt's text, the language model's tolerance, and per file the number of
     DeepStack outputs and the ``PipelineGap`` fields (None for a file that could not be made).
-    ``ConfigError`` for a config that gives no whole model."""
+    ``vision``: the session's golden vision model, when measured in its process (else built here,
+    from the same config and seed). ``ConfigError`` for a config that gives no whole model."""
     import gc
 
     from pytest_qwen3vl.model import pipeline as pl
@@ -67,7 +71,8 @@ def measure(request: Request) -> dict[str, Any]:
             outputs[text][role] = split_outputs(run_outputs(session, *inputs[text].args))
             del session
     gc.collect()
-    model = pl.build_full_model(module, spec, build_golden(module, spec, request.seed), request.seed)
+    tower = vision if vision is not None else build_golden(module, spec, request.seed)
+    model = pl.build_full_model(module, spec, tower, request.seed)
     tolerance = pl.tolerance(model)
     dtype = str(model.lm_head.weight.dtype).removeprefix("torch.")
     if spec.checkpoint is None:

@@ -81,19 +81,25 @@ class WholeModel:
         self._absent: str | None = None
         self._runs: dict[Grid, tuple[Any, PipelineRun]] = {}
 
-    def model(self) -> Any:
-        """The whole model; raises ``ConfigError`` (kept) when no language model is at hand or fits."""
-        from pytest_qwen3vl.model.pipeline import build_full_model, check_fits
+    def refusal(self) -> str | None:
+        """Why no language model is at hand or fits (``check_fits``, decided once, nothing built), or None."""
+        from pytest_qwen3vl.model.pipeline import check_fits
 
-        if self._absent is not None:
-            raise ConfigError(self._absent)
-        if self._model is None:
+        if self._model is None and self._absent is None:
             try:
                 check_fits(self.module, self.golden.spec)
-                self._model = build_full_model(self.module, self.golden.spec, self.golden.model, self.golden.seed)
             except ConfigError as exc:
                 self._absent = str(exc)
-                raise
+        return self._absent
+
+    def model(self) -> Any:
+        """The whole model; raises ``ConfigError`` (kept) when no language model is at hand or fits."""
+        from pytest_qwen3vl.model.pipeline import build_full_model
+
+        if self.refusal() is not None:
+            raise ConfigError(self._absent)
+        if self._model is None:
+            self._model = build_full_model(self.module, self.golden.spec, self.golden.model, self.golden.seed)
         return self._model
 
     def kept(self, parts: Mapping[str, str], grid: Grid, measure: Callable[[], PipelineCost]) -> PipelineCost:

@@ -264,8 +264,9 @@ class SessionExports:
         request = measuring.Request(str(self._sources["golden"]), self._spec.name, self._seed, files)
 
         def measure() -> str:
-            run = measuring.measure_in_child if measuring.plan(request) else measuring.measure
-            return json.dumps(run(request))
+            if measuring.plan(request):
+                return json.dumps(measuring.measure_in_child(request))
+            return json.dumps(measuring.measure(request, self._models["golden"]))  # the session's tower
 
         shas = {text: {role: None if path is None else self.cache.recorded_sha256(Path(path))
                        for role, path in made.items()} for text, made in files.items()}
