@@ -91,8 +91,11 @@ class ArtefactCheck:
     and locations per grid, computed once each."""
 
     def __init__(self, facts: FileFacts, golden: GoldenRuns, overrides: Mapping[str, float] | None = None,
-                 runtime: Runtime | None = None) -> None:
+                 runtime: Runtime | None = None, reference: ArtefactCheck | None = None) -> None:
         self.facts = facts
+        # The same file's check on ONNX Runtime, the reference runtime, where this one is another runtime's:
+        # the weights and golden holding them are read there once, not once per runtime.
+        self.reference = reference
         self.path = facts.path
         self.interface = facts.interface
         self.weights = facts.weights
@@ -133,6 +136,8 @@ class ArtefactCheck:
         process: the file's weights never sit beside golden's here)."""
         from pytest_qwen3vl.judge.weights import compare_in_child
 
+        if self.reference is not None:
+            return self.reference.weight_report
         return compare_in_child(self.path, self.golden.state())
 
     @cached_property
@@ -165,6 +170,8 @@ class ArtefactCheck:
         from pytest_qwen3vl.judge.weights import cast_buffers
         from pytest_qwen3vl.metrics import parity
 
+        if self.reference is not None:
+            return self.reference.graph_golden(grid)
         if self._graph_golden is not None:
             return self._graph_golden
         report = self.weight_report
@@ -196,15 +203,18 @@ class ArtefactCheck:
         return FileRuns(facts, OnnxRuntimeCPU(config=LOW_MEMORY), self.golden, arithmetic.tolerance)
 
     def graph(self, grid: Grid) -> Finding:
-        """The file's outputs on ``grid`` against golden's function of the file's own weights."""
+        """The file's outputs on ``grid`` against golden's function of the file's own weights: on the
+        reference runtime at the arithmetic the file declares; on another runtime, its run at the
+        tolerance of the precision that ran there."""
         if self.weight_report.all_equal:
             return self.run(grid)
-        finding, values = self.graph_runs.run(grid)
+        runs, tolerance = ((self.runs, self.tolerance) if self.reference is not None
+                           else (self.graph_runs, self.arithmetic.tolerance))
+        finding, values = runs.run(grid)
         if finding.error is not None:
             return finding
         outputs, problems = compare(self.interface, values, self.graph_golden(grid).outputs(grid))
-        return Finding(self.path.name, finding.runtime, grid, self.arithmetic.tolerance, outputs=outputs,
-                       problems=problems)
+        return Finding(self.path.name, finding.runtime, grid, tolerance, outputs=outputs, problems=problems)
 
     def activation_cost(self, grid: Grid) -> float | None:
         """Relative L2 between the file and its fp32-activation copy on ``grid`` (None: no copy)."""

@@ -503,16 +503,19 @@ def qwen3vl_artefact_checks(
     """``checks(file, runtime) -> ArtefactCheck``. Each runtime keeps the check of one file: pytest runs a
     session-parametrized file's tests together, so a process holds one session per runtime."""
     from pytest_qwen3vl.judge.artefact import ArtefactCheck
+    from pytest_qwen3vl.runtimes.registry import DEFAULT_RUNTIME, RuntimeChoice
 
     current: dict[RuntimeChoice, ArtefactCheck] = {}
+    reference_choice = RuntimeChoice(DEFAULT_RUNTIME)
 
     def check(path: Path, choice: RuntimeChoice) -> ArtefactCheck:
         runtime = qwen3vl_runtimes(choice)
         if choice not in current or current[choice].path != path:
             current.pop(choice, None)  # its session goes before the next file's loads
             facts = next(f for f in qwen3vl_settings.onnx_files if f.path == path)
+            reference = None if choice == reference_choice else check(path, reference_choice)
             current[choice] = ArtefactCheck(facts, qwen3vl_artefact_golden, dict(qwen3vl_settings.onnx_tolerance),
-                                            runtime)
+                                            runtime, reference)
         return current[choice]
 
     return check
