@@ -14,7 +14,7 @@ from pytest_qwen3vl.runtimes.onnxruntime import LOW_MEMORY, OnnxRuntimeCPU
 from pytest_qwen3vl.runtimes.openvino import PRECISIONS, OpenVINO
 from pytest_qwen3vl.runtimes.ort_gpu import PROVIDERS as GPU_PROVIDERS
 from pytest_qwen3vl.runtimes.ort_gpu import SETTINGS as GPU_SETTINGS
-from pytest_qwen3vl.runtimes.ort_gpu import OrtGPU, absent
+from pytest_qwen3vl.runtimes.ort_gpu import absent, gpu_runtime
 from pytest_qwen3vl.runtimes.ort_optimized import SETTINGS as OPTIMIZED_SETTINGS
 from pytest_qwen3vl.runtimes.ort_optimized import OrtOptimized
 
@@ -70,7 +70,7 @@ class RuntimeChoice:
         if self.name == "onnxruntime-optimized":
             return OrtOptimized(cache, self.setting or "fp32")
         if self.name in GPU_PROVIDERS:
-            return OrtGPU(self.name, self.setting or "fp32")
+            return gpu_runtime(self.name, self.setting or "fp32", cache)
         return OnnxRuntimeCPU(config=LOW_MEMORY)
 
 
