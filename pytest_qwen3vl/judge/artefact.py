@@ -243,7 +243,7 @@ class ArtefactCheck:
         if grid not in self._costs:
             files = [self.path, *(self.path.parent / name for name in self.facts.external)]
             parts = {"file": " ".join(file_digest(f) for f in files), "runtime": self.runtime.label,
-                     "runtimes": json.dumps(library_versions(("openvino",)), sort_keys=True),
+                     "runtimes": json.dumps(library_versions(("openvino", "onnxruntime-genai")), sort_keys=True),
                      "interface": json.dumps(self.interface.to_dict(), sort_keys=True)}
             self._costs[grid] = whole.kept(parts, grid, measure)
         return self._costs[grid]

@@ -92,7 +92,8 @@ def test_runtimes_are_named_with_their_setting() -> None:
     assert parse_runtime(" onnxruntime ").text == "onnxruntime"
     assert parse_runtime("openvino").text == "openvino" and parse_runtime("openvino").missing() is None
     with pytest.raises(ChoiceError, match=r"^runtime must be one of onnxruntime, onnxruntime-optimized, openvino, "
-                                          r"onnxruntime-cuda, onnxruntime-tensorrt, not 'tensorrt'$"):
+                                          r"onnxruntime-cuda, onnxruntime-tensorrt, onnxruntime-genai, "
+                                          r"not 'tensorrt'$"):
         parse_runtime("tensorrt")
     with pytest.raises(ChoiceError, match=r"^openvino setting must be one of f32, bf16, f16, not 'i8'$"):
         parse_runtime("openvino:i8")
