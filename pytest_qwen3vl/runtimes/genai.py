@@ -174,9 +174,21 @@ class OnnxRuntimeGenai(Runtime):
 
     def __init__(self, folder: Callable[[], Path]) -> None:
         self._folder = folder
+        self._key: str | None = None
 
     def folder(self) -> Path:
         return self._folder()
+
+    def key(self) -> str:
+        """The label and what the folder computes the image features with besides the file: its config and
+        embedding model, by content (never by place: a cache moved elsewhere still serves), hashed once."""
+        if self._key is None:
+            from pytest_qwen3vl.store.cache import file_digest
+
+            folder = self.folder()
+            embedding = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))["model"]["embedding"]["filename"]
+            self._key = json.dumps([self.label, file_digest(folder / CONFIG_FILE), file_digest(folder / embedding)])
+        return self._key
 
     def load(self, path: Path) -> GenaiSession:
         """``NotRunnable`` for a file genai's folder cannot take as it is (another config's widths, no pooled
