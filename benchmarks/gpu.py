@@ -1,8 +1,9 @@
 """The artefact check of one file on each of ONNX Runtime's GPU providers present, at fp32 and fp16.
 
 For a machine with a GPU and ``onnxruntime-gpu``: judges the file against golden on the sweep on
-``onnxruntime-cuda`` (fp32: the CUDA provider has no fp16 switch; an fp16 file is a file of its own,
-judge it as one) and ``onnxruntime-tensorrt`` at fp32 and fp16, and prints grids served, the worst
+``onnxruntime-cuda`` at fp32 and fp16 (the CUDA provider has no fp16 switch: fp16 runs a copy of the file
+converted to fp16, kept in the cache) and ``onnxruntime-tensorrt`` at fp32 and fp16, and prints grids
+served, the worst
 relative L2 of the grids that ran, and seconds (session load and runs; golden's outputs are computed
 first). Without a GPU provider it prints which are absent and exits 0.
 
@@ -19,8 +20,8 @@ from pathlib import Path
 
 from pytest_qwen3vl.runtimes.registry import RuntimeChoice
 
-RUNS = (RuntimeChoice("onnxruntime-cuda"), RuntimeChoice("onnxruntime-tensorrt"),
-        RuntimeChoice("onnxruntime-tensorrt", "fp16"))
+RUNS = (RuntimeChoice("onnxruntime-cuda"), RuntimeChoice("onnxruntime-cuda", "fp16"),
+        RuntimeChoice("onnxruntime-tensorrt"), RuntimeChoice("onnxruntime-tensorrt", "fp16"))
 
 
 def main() -> None:

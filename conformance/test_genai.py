@@ -7,7 +7,9 @@ off (what genai 0.18 implements: it has no DeepStack) and on (what golden comput
 
 The folder and checkpoint come from the session-wide ``qwen3vl_genai`` fixture (made once per run);
 the vision file is the session's modified pooled export at the genai grid, or the folder's own with
-``--qwen3vl-genai-folder``.
+``--qwen3vl-genai-folder``. genai runs behind the runtime interface (``qwen3vl_genai.runtime()``, the
+``onnxruntime-genai`` runtime): ``load`` gives genai's model with the vision file, whose session runs
+genai's processor and generation; a node of the vision file that stops is its ``RuntimeRefused``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_qwen3vl.errors import RecipeUnsupported
+from pytest_qwen3vl.errors import RecipeUnsupported, RuntimeRefused
 from pytest_qwen3vl.model.grids import Grid, other_grid
 from pytest_qwen3vl.model.outputs import merged
 from pytest_qwen3vl.model.references import ProcessorSettings, image_processor
@@ -48,7 +50,7 @@ SIZES = ((384, 384), (300, 500), (500, 300), (200, 200))
 class Case:
     """One image prompt through genai and the references it is compared with."""
 
-    run: Any  # export.genai_run.GenaiRun
+    run: Any  # runtimes.genai.GenaiRun
     prompt: list[int]
     pixels: torch.Tensor
     grid: torch.Tensor
@@ -60,10 +62,15 @@ def image_side(grid: Grid) -> tuple[int, int]:
     return 16 * h, 16 * w
 
 
-def vision_file(qwen3vl_genai, qwen3vl_export, grid: Grid, which: str = "modified") -> Path | None:
+def vision_file(qwen3vl_genai, qwen3vl_export, grid: Grid, which: str = "modified") -> Path:
     """The report's file (modified, pooled, traced at ``grid``; golden's for a claim about golden alone),
-    or None: the user's folder's own."""
-    return None if qwen3vl_genai.user_folder is not None else qwen3vl_export(which, grid)
+    or the user's folder's own, as its config names it."""
+    from pytest_qwen3vl.runtimes.genai_folder import CONFIG_FILE
+
+    folder = qwen3vl_genai.user_folder
+    if folder is None:
+        return qwen3vl_export(which, grid)
+    return folder / json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))["model"]["vision"]["filename"]
 
 
 def hf_inputs(image: Path, checkpoint: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,27 +83,11 @@ def hf_inputs(image: Path, checkpoint: Path) -> tuple[torch.Tensor, torch.Tensor
     return out["pixel_values"], out["image_grid_thw"]
 
 
-def genai_folder(qwen3vl_genai) -> Path:
-    """The session's genai folder; when we cannot make it (genai's builder failed, a checkpoint we
-    cannot use) the row is not run: that is our build, not the file."""
-    from pytest_qwen3vl.errors import ConfigError, GenaiFolderError
-
-    try:
-        return qwen3vl_genai.folder()
-    except (GenaiFolderError, ConfigError) as exc:
-        pytest.skip(f"not run: {exc}")
-
-
-def vision_nodes(folder: Path, vision: Path | None) -> set[str]:
-    """The node names of the vision file genai runs: ``vision``, or the one the folder's config names."""
-    import onnx
-
-    from pytest_qwen3vl.runtimes.genai_folder import CONFIG_FILE
-
-    if vision is None:
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-        vision = folder / config["model"]["vision"]["filename"]
-    return {node.name for node in onnx.load(str(vision), load_external_data=False).graph.node}
+def genai_session(qwen3vl_genai, vision: Path) -> Any:
+    """genai's model on the session's folder with ``vision`` (a ``runtimes.genai.GenaiSession``); when we
+    cannot make the folder (genai's builder failed, a checkpoint we cannot use) the row is not run: that
+    is our build, not the file."""
+    return qwen3vl_genai.runtime().load(vision)
 
 
 @pytest.fixture(scope="module")
@@ -105,14 +96,12 @@ def case(qwen3vl_genai, qwen3vl_export, tmp_path_factory) -> Case:
 
     from pytest_qwen3vl.model.generation import IMAGE_PAD, IMAGE_PROMPT
     from pytest_qwen3vl.plugin.genai import write_image
-    from pytest_qwen3vl.runtimes.genai import genai_model, generate
 
     qwen3vl_genai.check_whole_model()
     grid = qwen3vl_genai.grid
     image = write_image(tmp_path_factory.mktemp("genai") / f"{grid.id}.png", *image_side(grid), seed=0)
-    folder = genai_folder(qwen3vl_genai)
-    model = genai_model(folder, vision_file(qwen3vl_genai, qwen3vl_export, grid))
-    run = generate(model, image, IMAGE_PROMPT, STEPS, qwen3vl_genai.image_token_id())
+    run = genai_session(qwen3vl_genai, vision_file(qwen3vl_genai, qwen3vl_export, grid)).generate(
+        image, IMAGE_PROMPT, STEPS)
     pixels, thw = hf_inputs(image, qwen3vl_genai.checkpoint())
     tokenizer = AutoTokenizer.from_pretrained(str(qwen3vl_genai.checkpoint()))
     pads = int(thw.prod()) // 4
@@ -125,12 +114,11 @@ def case(qwen3vl_genai, qwen3vl_export, tmp_path_factory) -> Case:
 def test_processor_matches_transformers(size, qwen3vl_genai, qwen3vl_export, tmp_path, qwen3vl_record):
     from pytest_qwen3vl.model.generation import IMAGE_PROMPT
     from pytest_qwen3vl.plugin.genai import write_image
-    from pytest_qwen3vl.runtimes.genai import genai_model, preprocess
 
     image = write_image(tmp_path / "image.png", *size, seed=1)
     # The processor runs before any vision file: golden's serves, so the modified file plays no part.
     vision = vision_file(qwen3vl_genai, qwen3vl_export, qwen3vl_genai.grid, "golden")
-    named = preprocess(genai_model(genai_folder(qwen3vl_genai), vision), image, IMAGE_PROMPT)
+    named = genai_session(qwen3vl_genai, vision).preprocess(image, IMAGE_PROMPT)
     pixels, grid = hf_inputs(image, qwen3vl_genai.checkpoint())
     assert named["image_grid_thw"].tolist() == grid.tolist(), (
         f"{size[0]}x{size[1]}: genai's grid {named['image_grid_thw'].tolist()}, transformers' {grid.tolist()}"
@@ -223,22 +211,15 @@ def moved(grid: Grid) -> Grid:
 def test_other_image_size_fails_loudly(qwen3vl_genai, qwen3vl_export, qwen3vl_golden_vision, tmp_path, qwen3vl_record):
     from pytest_qwen3vl.model.generation import IMAGE_PROMPT
     from pytest_qwen3vl.plugin.genai import write_image
-    from pytest_qwen3vl.runtimes.genai import genai_model, generate
-    from pytest_qwen3vl.runtimes.onnxruntime import failed_node, runtime_failure
 
     qwen3vl_genai.check_whole_model()
     traced, other = qwen3vl_genai.grid, moved(qwen3vl_genai.grid)
     image = write_image(tmp_path / f"{other.id}.png", *image_side(other), seed=2)
-    folder, vision = genai_folder(qwen3vl_genai), vision_file(qwen3vl_genai, qwen3vl_export, traced)
-    model = genai_model(folder, vision)
+    session = genai_session(qwen3vl_genai, vision_file(qwen3vl_genai, qwen3vl_export, traced))
     try:
-        run = generate(model, image, IMAGE_PROMPT, 1, qwen3vl_genai.image_token_id())
-    except RuntimeError as exc:  # genai's error: the finding only when a node of the vision file stops
-        node = failed_node(exc)
-        if node is None or node[1] not in vision_nodes(folder, vision):
-            raise
-        qwen3vl_record.holds(f"{traced.id} file on a {other.id} image: the vision file stops at "
-                             f"{runtime_failure(exc)}")
+        run = session.generate(image, IMAGE_PROMPT, 1)
+    except RuntimeRefused as exc:  # a node of the vision file stopped (genai's other errors are ours)
+        qwen3vl_record.holds(f"{traced.id} file on a {other.id} image: {exc}")
         return
     pixels, grid = hf_inputs(image, qwen3vl_genai.checkpoint())
     with torch.no_grad():
@@ -256,7 +237,6 @@ def test_grid_free_file_takes_other_sizes(qwen3vl_genai, qwen3vl_export, qwen3vl
     """The modified file exported with the grid-free recipe at the traced grid, fed the other size's image."""
     from pytest_qwen3vl.model.generation import IMAGE_PROMPT
     from pytest_qwen3vl.plugin.genai import write_image
-    from pytest_qwen3vl.runtimes.genai import genai_model, generate
 
     if qwen3vl_genai.user_folder is not None:
         pytest.skip("not run: your genai folder's own vision file is checked by genai-other-grid")
@@ -267,8 +247,7 @@ def test_grid_free_file_takes_other_sizes(qwen3vl_genai, qwen3vl_export, qwen3vl
         path = qwen3vl_export.recipe("modified", "grid-free", traced)
     except RecipeUnsupported as exc:  # our recipe's gap, not a verdict on the file
         pytest.skip(f"not run: {exc.summary}")
-    model = genai_model(genai_folder(qwen3vl_genai), path)
-    run = generate(model, image, IMAGE_PROMPT, 1, qwen3vl_genai.image_token_id())
+    run = genai_session(qwen3vl_genai, path).generate(image, IMAGE_PROMPT, 1)
     pixels, grid = hf_inputs(image, qwen3vl_genai.checkpoint())
     with torch.no_grad():
         pooled = merged(qwen3vl_golden_vision(pixels, grid_thw=grid)).numpy()

@@ -252,8 +252,8 @@ class ArtefactCheck:
             self._costs[grid] = PipelineCost(grid, absent=f"no language model: {why}")
         if grid not in self._costs:
             files = [self.path, *(self.path.parent / name for name in self.facts.external)]
-            parts = {"file": " ".join(file_digest(f) for f in files), "runtime": self.runtime.label,
-                     "runtimes": json.dumps(library_versions(("openvino",)), sort_keys=True),
+            parts = {"file": " ".join(file_digest(f) for f in files), "runtime": self.runtime.key(),
+                     "runtimes": json.dumps(library_versions(("openvino", "onnxruntime-genai")), sort_keys=True),
                      "interface": json.dumps(self.interface.to_dict(), sort_keys=True)}
             self._costs[grid] = whole.kept(parts, grid, measure)
         return self._costs[grid]

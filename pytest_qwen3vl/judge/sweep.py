@@ -25,11 +25,12 @@ if TYPE_CHECKING:
 
 
 def deepstack_values(interface: Interface, values: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    """The file's DeepStack outputs in their declared order, a stacked output split along axis 0."""
+    """The file's DeepStack outputs in their declared order, a stacked output split along axis 0; those a
+    runtime does not expose (genai gives the image features only) are left out."""
     if interface.stacked is not None and interface.stacked.name in values:
         stacked = values[interface.stacked.name]
         return [(f"{interface.stacked.name}[{i}]", stacked[i]) for i in range(stacked.shape[0])]
-    return [(p.name, values[p.name]) for p in interface.deepstack]
+    return [(p.name, values[p.name]) for p in interface.deepstack if p.name in values]
 
 
 def compare(interface: Interface, values: Mapping[str, Any],

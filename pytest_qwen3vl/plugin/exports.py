@@ -170,8 +170,8 @@ class SessionExports:
             return [Finding.from_dict(data) for data in json.loads(self._measured(
                 path, "onnx-sweep", measure, code=code_digest(*MAKING, "onnxfile", "runtimes", "judge"),
                 golden=self._digest("golden"), config=self._spec.key(), seed=str(self._seed),
-                grids=" ".join(grid.text for grid in grids), runtime=runner.label,
-                runtimes=json.dumps(library_versions(("openvino",)), sort_keys=True),
+                grids=" ".join(grid.text for grid in grids), runtime=runner.key(),
+                runtimes=json.dumps(library_versions(("openvino", "onnxruntime-genai")), sort_keys=True),
             ))]
         except Unpublished as wrong:
             findings: list[Finding] = wrong.value

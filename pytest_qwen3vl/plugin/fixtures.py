@@ -359,16 +359,21 @@ def qwen3vl_genai(pytestconfig: pytest.Config, qwen3vl_settings: Settings, qwen3
     content-addressed cache under ``<cache dir>/genai``; ``.reference()`` is transformers' model.
     """
     from pytest_qwen3vl.errors import NotRunnable
-    from pytest_qwen3vl.plugin.exports import TALLY_KEY
-    from pytest_qwen3vl.plugin.genai import SessionGenai
 
-    genai = SessionGenai(qwen3vl_settings, qwen3vl_golden_path, on_event=pytestconfig.stash[TALLY_KEY].add,
-                         fallbacks=_fallbacks(pytestconfig, qwen3vl_settings))
+    genai = _session_genai(pytestconfig, qwen3vl_settings, qwen3vl_golden_path)
     try:
         genai.check_runnable()
     except NotRunnable as exc:
         pytest.skip(str(exc))
     return genai
+
+
+def _session_genai(config: pytest.Config, settings: Settings, golden: Path) -> SessionGenai:
+    """The session's genai folder and references (nothing is made until asked)."""
+    from pytest_qwen3vl.plugin.exports import TALLY_KEY
+    from pytest_qwen3vl.plugin.genai import SessionGenai
+
+    return SessionGenai(settings, golden, on_event=config.stash[TALLY_KEY].add, fallbacks=_fallbacks(config, settings))
 
 
 GATE_ROLES = ("golden", "modified", "reference")
@@ -479,10 +484,13 @@ ArtefactChecks = Callable[[Path, "RuntimeChoice"], "ArtefactCheck"]
 
 
 @pytest.fixture(scope="session")
-def qwen3vl_runtimes(qwen3vl_settings: Settings) -> Runtimes:
+def qwen3vl_runtimes(pytestconfig: pytest.Config, qwen3vl_settings: Settings, qwen3vl_golden_path: Path) -> Runtimes:
     """``qwen3vl_runtimes(choice) -> Runtime``, built once per process; skips ("not run: pip install ...")
     when the runtime is not installed, or when the installed onnxruntime lacks its GPU provider. Rewrites a
-    runtime makes are kept under ``<cache dir>/runtimes``."""
+    runtime makes are kept under ``<cache dir>/runtimes``; onnxruntime-genai loads files into the session's
+    genai folder (the one the "In the runtime" claims use), made when it first loads one."""
+    from pytest_qwen3vl.runtimes.genai import GENAI_RUNTIME
+
     made: dict[RuntimeChoice, Runtime] = {}
 
     def runtime(choice: RuntimeChoice) -> Runtime:
@@ -490,7 +498,9 @@ def qwen3vl_runtimes(qwen3vl_settings: Settings) -> Runtimes:
         if missing:
             pytest.skip(f"not run: {missing}")
         if choice not in made:
-            made[choice] = choice.make(qwen3vl_settings.cache_dir / "runtimes")
+            genai = (_session_genai(pytestconfig, qwen3vl_settings, qwen3vl_golden_path).runtime_folder
+                     if choice.name == GENAI_RUNTIME else None)
+            made[choice] = choice.make(qwen3vl_settings.cache_dir / "runtimes", genai_folder=genai)
         return made[choice]
 
     return runtime

@@ -18,10 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.errors import NotRunnable
+from pytest_qwen3vl.errors import ConfigError, GenaiFolderError, NotRunnable
 from pytest_qwen3vl.model.checkpoint import checkpoint_fingerprint
 from pytest_qwen3vl.model.grids import DEFAULT_GRID, MAX_PATCHES, MIN_PATCHES, Grid
 from pytest_qwen3vl.plugin.settings import CONFIG, GENAI_FOLDER, flag
+from pytest_qwen3vl.runtimes.genai import OnnxRuntimeGenai
 from pytest_qwen3vl.runtimes.genai_folder import CONFIG_FILE, build_session_folder, genai_missing
 from pytest_qwen3vl.source.files import file_family, sha256_file
 from pytest_qwen3vl.store.cache import MAKING, ArtifactCache, Fallbacks, code_digest
@@ -125,6 +126,19 @@ class SessionGenai:
 
         return self.cache.get_or_create(parts, CONFIG_FILE, build).parent
 
+    def runtime_folder(self) -> Path:
+        """The folder, or ``NotRunnable`` with the reason it cannot be used here (genai not installed, a
+        config it cannot build, genai's builder failing): that is our build, never the file's verdict."""
+        self.check_runnable()
+        try:
+            return self.folder()
+        except (GenaiFolderError, ConfigError) as exc:
+            raise NotRunnable(f"not run: {exc}") from exc
+
+    def runtime(self) -> OnnxRuntimeGenai:
+        """onnxruntime-genai on the folder: ``runtime().load(vision)`` is genai's model with that vision file."""
+        return OnnxRuntimeGenai(self.runtime_folder)
+
     def reference(self) -> Any:
         """transformers' whole model from the checkpoint (the installed transformers' golden file), once."""
         if self._reference is None:
@@ -132,9 +146,6 @@ class SessionGenai:
 
             self._reference = load_full_model(self.checkpoint())
         return self._reference
-
-    def image_token_id(self) -> int:
-        return int(json.loads((self.checkpoint() / "config.json").read_text(encoding="utf-8"))["image_token_id"])
 
 
 def write_image(path: Path, height: int, width: int, seed: int) -> Path:

@@ -75,8 +75,9 @@ OPTIONS: dict[str, str] = {
     RUNTIME: "runtime that --qwen3vl-onnx files (artefact-parity, artefact-grids), the grid-free recipes' files "
     "(grid-free-export, grid-free-dynamo) and the builder's exports (onnx-parity, dynamic-n) are judged on: "
     "onnxruntime, onnxruntime-optimized[:fp32|fp16] (the file as ONNX Runtime's transformer optimiser rewrites it), "
-    "openvino[:f32|bf16|f16] (the CPU device at that inference precision), or onnxruntime-cuda, "
-    "onnxruntime-tensorrt[:fp32|fp16] (with onnxruntime-gpu and a GPU); repeat for several (default onnxruntime)",
+    "openvino[:f32|bf16|f16] (the CPU device at that inference precision), onnxruntime-cuda[:fp32|fp16], "
+    "onnxruntime-tensorrt[:fp32|fp16] (with onnxruntime-gpu and a GPU), or onnxruntime-genai (the file as the "
+    "session's genai folder's vision file); repeat for several (default onnxruntime)",
     SUITE: "collect the installed conformance suite: auto (when a modified file is named and no test paths "
     "are given), only, off (default auto)",
 }

@@ -39,6 +39,11 @@ class Runtime(ABC):
     def label(self) -> str:
         return f"{self.name}:{self.precision}"
 
+    def key(self) -> str:
+        """What a measurement kept in the cache is keyed by for this runtime: its label, and whatever else
+        decides what it computes (genai's folder)."""
+        return self.label
+
     def for_ops(self, ops: Collection[str]) -> Runtime:
         """The runtime as it must load a file holding ``ops``: itself, unless a setting of its own would
         change what such a file computes."""

@@ -29,6 +29,7 @@ from pytest_qwen3vl.errors import ConfigError, GenaiFolderError, child_failure
 from pytest_qwen3vl.model.checkpoint import checkpoint_weights
 from pytest_qwen3vl.model.grids import DEFAULT_GRID, Grid
 from pytest_qwen3vl.model.write_checkpoint import staged_folder
+from pytest_qwen3vl.onnxfile.names import INPUT_NAMES
 
 GENAI_INSTALL = "pip install pytest-qwen3vl[genai]"
 # Modules the folder and the runtime need; onnx_ir is imported by genai's builder without being
@@ -193,7 +194,6 @@ def check_vision(vision: Path, checkpoint: Path) -> tuple[str, ...]:
     (``pixel_values``, ``image_grid_thw``), no recognised pooled output, or pixel columns and output width
     other than the checkpoint's vision config. Returns its external data files, to be copied with it."""
     from pytest_qwen3vl.onnxfile.interface import read_file
-    from pytest_qwen3vl.onnxfile.names import INPUT_NAMES
 
     if not vision.is_file():
         raise ConfigError(f"--vision: no such file: {vision}")
@@ -236,25 +236,27 @@ def vision_output(path: Path) -> str:
     return str(model.graph.output[0].name)
 
 
-def vision_section(filename: str, output: str) -> dict[str, Any]:
-    """genai_config.json's ``vision`` section for a file whose first output is ``output``."""
+def vision_section(filename: str, output: str, inputs: tuple[str, str] = INPUT_NAMES) -> dict[str, Any]:
+    """genai_config.json's ``vision`` section for a file whose image features are ``output`` and whose
+    pixel and grid inputs are ``inputs``."""
     return {
         "filename": filename,
         "config_filename": PROCESSOR_FILE,
         "spatial_merge_size": 2,
         "patch_size": 16,
-        "inputs": {"pixel_values": "pixel_values", "image_grid_thw": "image_grid_thw"},
+        "inputs": dict(zip(INPUT_NAMES, inputs, strict=True)),
         "outputs": {"image_features": output},
     }
 
 
-def vision_overlay(folder: Path, vision: Path) -> str:
-    """A genai config overlay (JSON) that makes the folder use another vision file, wherever it is.
+def vision_overlay(folder: Path, vision: Path, output: str | None = None, inputs: tuple[str, str] = INPUT_NAMES) -> str:
+    """A genai config overlay (JSON) that makes the folder use another vision file, wherever it is, its
+    ``output`` (default: its first) as the image features.
 
     genai appends the file name to the folder's path as text, so the name is made relative.
     """
     relative = os.path.relpath(vision.resolve(), folder.resolve())
-    return json.dumps({"model": {"vision": vision_section(relative, vision_output(vision))}})
+    return json.dumps({"model": {"vision": vision_section(relative, output or vision_output(vision), inputs)}})
 
 
 def processor_config(checkpoint: Path) -> dict[str, Any]:

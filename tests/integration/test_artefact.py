@@ -842,6 +842,7 @@ def test_runtimes_are_usage_errors_when_unknown_and_not_run_when_not_installed(
     assert unknown.ret == pytest.ExitCode.USAGE_ERROR
     unknown.stderr.fnmatch_lines(["ERROR: --qwen3vl-runtime: runtime must be one of onnxruntime, "
                                   "onnxruntime-optimized, openvino, onnxruntime-cuda, onnxruntime-tensorrt, "
+                                  "onnxruntime-genai, "
                                   "not 'tensorrt'"])
     # A plugin of the inner process that makes openvino absent, as on a machine without it.
     pytester.makepyfile(no_openvino="import sys\n\nsys.modules['openvino'] = None\n")

@@ -302,3 +302,66 @@ def test_preprocessing_is_compared_with_the_checkpoints_own_processor(
     result = run_suite("test_genai.py", "-k", "processor_matches", f"--qwen3vl-config={folder}")
     row = claim_row(result, "genai-preprocessing")  # erratum, as on the released budget: 300x500 rounds apart
     assert " fails " not in row and "200x200: grid [1, 12, 12], pixel values within" in row, row
+
+
+def _other_weights(path: Path, grid: Grid) -> Path:
+    """The tiny tower exported at ``grid`` from seed 1's weights: a file the checkpoint's golden disagrees with."""
+    from transformers.models.qwen3_vl import modeling_qwen3_vl
+
+    from pytest_qwen3vl.export.builder import export_vision
+    from pytest_qwen3vl.model.inputs import make_inputs
+
+    spec = checkpoint_spec("tiny")
+    export_vision(build_golden(modeling_qwen3_vl, spec, 1), *make_inputs(grid, spec, 0).args, path)
+    return path
+
+
+def test_the_genai_runtime_serves_disagrees_and_refuses(checkpoint: Path, good_folder: Path, tmp_path: Path) -> None:
+    """onnxruntime-genai judged as any runtime is, on grids fed as named tensors: the folder's own file (golden,
+    traced at 1x24x24) serves its grid and is refused on 1x20x20 and on two images, naming the node that
+    stops; a file of other weights is wrong; a file another config's folder would take is not run; what is
+    kept is keyed by the folder's content."""
+    from transformers.models.qwen3_vl import modeling_qwen3_vl
+
+    from pytest_qwen3vl.errors import NotRunnable
+    from pytest_qwen3vl.judge.finding import REFUSED, WRONG
+    from pytest_qwen3vl.judge.golden import GoldenRuns
+    from pytest_qwen3vl.judge.sweep import sweep
+    from pytest_qwen3vl.runtimes.genai import OnnxRuntimeGenai
+    from tests.helpers import tiny_encoder
+
+    spec, traced = checkpoint_spec("tiny"), Grid.parse("1,24,24")
+    golden = GoldenRuns(build_golden(modeling_qwen3_vl, spec, 0), spec, 0)
+    runtime = OnnxRuntimeGenai(lambda: good_folder)
+    assert runtime.label == "onnxruntime-genai:fp32"
+    right = sweep(good_folder / VISION_FILE, runtime, golden, [traced, Grid.parse("1,20,20"),
+                                                               Grid.parse("1,24,24+1,24,24")])
+    assert right[0].served and right[0].worst_rel_l2() < 1e-5, right[0].reason()
+    for refused in right[1:]:
+        assert refused.status == REFUSED and refused.error is not None, refused.reason()
+        assert refused.error.startswith("onnxruntime-genai: the vision file stops at "), refused.error
+    (wrong,) = sweep(_other_weights(tmp_path / "seed1.onnx", traced), runtime, golden, [traced])
+    assert wrong.status == WRONG and wrong.error is None, wrong.reason()
+    with pytest.raises(NotRunnable, match=r"^not run: other-config.onnx has 4 pixel values per patch, the session's "
+                                          r"genai folder 1536: a file of another config than the folder's$"):
+        runtime.load(tiny_encoder(tmp_path / "other-config.onnx"))
+    # What is kept of a run on genai is keyed by the folder's content: another embedding model, another key.
+    reordered = variant(good_folder, tmp_path / "reversed")
+    (reordered / "embedding.onnx").unlink()
+    image_token = json.loads((checkpoint / "config.json").read_text())["image_token_id"]
+    write_embedding(checkpoint, reordered / "embedding.onnx", image_token, reverse_images=True)
+    assert runtime.key() == OnnxRuntimeGenai(lambda: good_folder).key() != OnnxRuntimeGenai(lambda: reordered).key()
+
+
+def test_onnx_rows_are_judged_on_the_genai_runtime(run_suite: RunSuite, good_folder: Path, tmp_path: Path) -> None:
+    """``--qwen3vl-runtime=onnxruntime-genai`` runs each --qwen3vl-onnx file in the session's genai folder:
+    the golden export holds, the export of other weights fails, and the rows name the runtime."""
+    other = _other_weights(tmp_path / "seed1.onnx", Grid.parse("1,24,24"))
+    result = run_suite("test_artefact.py", "-k", "parity or grids", f"--qwen3vl-onnx={good_folder / VISION_FILE}",
+                       f"--qwen3vl-onnx={other}", "--qwen3vl-grid=1,24,24", "--qwen3vl-runtime=onnxruntime-genai")
+    result.assert_outcomes(passed=2, failed=2)
+    parity = claim_row(result, "artefact-parity")
+    assert "vision.onnx-onnxruntime-genai-1x24x24: onnxruntime-genai:fp32: pooled_embeds: " in parity, parity
+    assert "seed1.onnx-onnxruntime-genai-1x24x24: onnxruntime-genai:fp32: outside the fp32 tolerance" in parity, parity
+    grids = claim_row(result, "artefact-grids")
+    assert "vision.onnx-onnxruntime-genai: onnxruntime-genai:fp32 serves 1 of 1 grid " in grids, grids

@@ -92,15 +92,17 @@ def test_runtimes_are_named_with_their_setting() -> None:
     assert parse_runtime(" onnxruntime ").text == "onnxruntime"
     assert parse_runtime("openvino").text == "openvino" and parse_runtime("openvino").missing() is None
     with pytest.raises(ChoiceError, match=r"^runtime must be one of onnxruntime, onnxruntime-optimized, openvino, "
-                                          r"onnxruntime-cuda, onnxruntime-tensorrt, not 'tensorrt'$"):
+                                          r"onnxruntime-cuda, onnxruntime-tensorrt, onnxruntime-genai, "
+                                          r"not 'tensorrt'$"):
         parse_runtime("tensorrt")
     with pytest.raises(ChoiceError, match=r"^openvino setting must be one of f32, bf16, f16, not 'i8'$"):
         parse_runtime("openvino:i8")
     with pytest.raises(ChoiceError, match=r"^runtime onnxruntime takes no setting, not 'fp16'$"):
         parse_runtime("onnxruntime:fp16")
     assert parse_runtime("onnxruntime-tensorrt:FP16") == RuntimeChoice("onnxruntime-tensorrt", "fp16")
-    with pytest.raises(ChoiceError, match=r"^onnxruntime-cuda setting must be one of fp32, not 'fp16'$"):
-        parse_runtime("onnxruntime-cuda:fp16")
+    assert parse_runtime("onnxruntime-cuda:FP16") == RuntimeChoice("onnxruntime-cuda", "fp16")
+    with pytest.raises(ChoiceError, match=r"^onnxruntime-cuda setting must be one of fp32, fp16, not 'bf16'$"):
+        parse_runtime("onnxruntime-cuda:bf16")
 
 
 def test_the_provider_list_is_what_the_session_runs_on(tmp_path: Path) -> None:
@@ -154,3 +156,42 @@ def test_the_optimisers_rewrite_is_made_once_per_file_and_kept(tmp_path: Path) -
     again, model_type = OrtOptimized(tmp_path / "cache", "fp16").rewrite(path)
     assert model_type == "vit" and again.is_file()
     assert len(ArtifactCache(tmp_path / "cache").builds()) == 1
+
+
+def test_cuda_fp16_runs_a_converted_copy_kept_in_the_cache(tmp_path: Path) -> None:
+    """``onnxruntime-cuda:fp16`` is the CUDA provider list on the file converted to fp16 (the optimiser
+    runtime's conversion, without its fusions). Its path runs here on the CPU provider list: the copy holds
+    float16 weights, keeps float32 inputs and outputs, is made once, and computes with its rounded weights; with its
+    own provider list on this machine, the session ONNX Runtime moves to the CPU is not run."""
+    import onnx
+
+    from pytest_qwen3vl.runtimes.ort_gpu import CUDA, OrtCudaFp16
+    from pytest_qwen3vl.store.cache import ArtifactCache
+
+    weight = numpy_helper.from_array(np.full(4, 1 / 3, dtype=np.float32), "third")
+    path = tiny_encoder(tmp_path / "f.onnx", initializers=[weight])
+    model = onnx.load(str(path))  # pooled = pixels * 1/3: an fp32 weight the conversion must round
+    model.graph.node.append(helper.make_node("Mul", ["pixel_values", "third"], ["scaled"]))
+    model.graph.node[0].input[0] = "scaled"
+    onnx.save_model(model, str(path))
+    runtime = RuntimeChoice("onnxruntime-cuda", "fp16").make(tmp_path / "cache")
+    assert isinstance(runtime, OrtCudaFp16)
+    assert (runtime.label, runtime.arithmetic) == ("onnxruntime-cuda:fp16", "fp16")
+    assert runtime.providers == ((CUDA, {"use_tf32": "0"}), "CPUExecutionProvider")
+    on_cpu = OrtCudaFp16(tmp_path / "cache", providers=["CPUExecutionProvider"])
+    session = on_cpu.load(path)
+    assert session.note == "converted to fp16"
+    pooled = session.run({"pixel_values": PIXELS, "image_grid_thw": GRID})["pooled_embeds"]
+    assert pooled.dtype == np.float32
+    # the weight rounded to fp16 (the CPU provider computes a float16 Mul in float32: it has no kernel)
+    np.testing.assert_allclose(pooled, PIXELS * np.float32(np.float16(1 / 3)), rtol=1e-6)
+    assert not np.array_equal(pooled, PIXELS * np.float32(1 / 3)), "the copy computes at fp32: not converted"
+    copy, kind = on_cpu.rewrite(path)
+    assert kind == "none" and len(ArtifactCache(tmp_path / "cache").builds()) == 1
+    third = next(t for t in onnx.load(str(copy)).graph.initializer if t.name == "third")
+    assert third.data_type == onnx.TensorProto.FLOAT16
+    if CUDA not in onnxruntime.get_available_providers():
+        with pytest.warns(UserWarning, match="not in available provider names"), \
+                pytest.raises(NotRunnable, match=r"^not run: ONNX Runtime loads optimized.onnx on "
+                                                 r"CPUExecutionProvider, not on CUDAExecutionProvider"):
+            runtime.load(path)
