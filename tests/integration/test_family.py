@@ -1,8 +1,8 @@
 """The family: forks of ``modeling_qwen3_vl_moe.py`` and ``modeling_qwen3_omni_moe.py`` made by applying the
 report's change run the claims that apply to them, on a tiny config of their own classes; a wrong fork of
 them fails those claims; the pipeline claims run on the MoE whole model (a tiny sparse language model
-around golden's tower) and say why they do not run on Omni's; a checkpoint of another family is a usage
-error.
+around golden's tower) and say why they do not run on Omni's; the family's shipped export snapshots hold
+for the reference fork and catch a wrong one; a checkpoint of another family is a usage error.
 
 Each fork is generated from the installed file of its family, so the tests follow whichever transformers
 is installed (CI runs them under 5.x too).
@@ -28,6 +28,8 @@ from pytest_qwen3vl.model.build import build_golden
 from pytest_qwen3vl.model.configs import TEXT_PRESETS, VISION_PRESETS, resolve_config
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.model.inputs import make_inputs
+from pytest_qwen3vl.plugin.bundled import snapshots_dir
+from pytest_qwen3vl.plugin.snapshots import versions_label
 from pytest_qwen3vl.runtimes.genai_folder import genai_missing
 from pytest_qwen3vl.source.families import FAMILIES, QWEN3_OMNI_MOE, QWEN3_VL_MOE, Family
 from pytest_qwen3vl.source.files import (
@@ -48,15 +50,19 @@ VISION_CLAIMS = ("one-diff", "deepstack-condition", "deepstack-body", "golden-de
                  "runtime-equivalence", "output-contract", "input-contract", "patch-dim", "trace-hazards")
 GENAI_GENERATION = ("genai-image-features", "genai-deepstack-off", "genai-like-golden", "genai-other-grid",
                     "genai-grid-free")
+VISION_MLP_LINE = "return self.linear_fc2(self.act_fn(self.linear_fc1(hidden_state)))"
 NO_TRACING_CLAUSE = 'layer_num in self.deepstack_visual_indexes and not getattr(self, "_skip_deepstack_export", False)'
 
 
 def fork(folder: Path, family: Family, make: str = "reference") -> Path:
-    """A fork of the installed ``family`` file: the report's change (``reference``), none (``unapplied``: a
-    comment only), or the change without its tracing clause (``no_tracing_clause``)."""
+    """A fork of the installed ``family`` file: the report's change (``reference``), that change with the vision
+    MLP's activation dropped (``no_activation``), none (``unapplied``: a comment only), or the change without
+    its tracing clause (``no_tracing_clause``)."""
     golden = installed_golden_path(family).read_text(encoding="utf-8")
     if make == "reference":
         text = reference_modified_text(golden)
+    elif make == "no_activation":
+        text = reference_modified_text(golden).replace(VISION_MLP_LINE, VISION_MLP_LINE.replace("self.act_fn(", "("))
     elif make == "unapplied":
         text = golden.replace(GOLDEN_IF_LINE, f"            # exported by our builder\n{GOLDEN_IF_LINE}")
     else:
@@ -143,6 +149,24 @@ def test_a_wrong_family_fork_fails_them(
         assert " fails " in row, row
     assert " holds " in claim_row(result, "golden-onnx-outputs") or " erratum " in claim_row(result,
                                                                                               "golden-onnx-outputs")
+
+
+@pytest.mark.parametrize("family", [QWEN3_VL_MOE, QWEN3_OMNI_MOE], ids=lambda family: family.name)
+def test_the_family_snapshots_hold_and_catch_a_wrong_fork(run_suite: RunSuite, tmp_path: Path, family: Family) -> None:
+    """The contract and lowering snapshots shipped for the family (its name in the case: Omni's graph names its
+    mergers otherwise) match the reference fork's exports, and a fork whose vision MLP lost its activation
+    fails the pooled lowering. Lowering is compared where this torch, onnx and transformers have a folder."""
+    if not (snapshots_dir() / "test_export_snapshots" / versions_label()).is_dir():
+        pytest.skip(f"no lowering snapshots for {versions_label()}")
+    for name in ("right", "wrong"):
+        (tmp_path / name).mkdir()
+    right = run_suite("test_export_snapshots.py", modified=fork(tmp_path / "right", family))
+    right.assert_outcomes(passed=4)
+    wrong = run_suite("test_export_snapshots.py", modified=fork(tmp_path / "wrong", family, "no_activation"))
+    wrong.assert_outcomes(passed=3, failed=1)
+    wrong.stdout.fnmatch_lines([f"E * the exported graph changed: test_lowering[[]modified-pooled-{family.name}-tiny-"
+                                "1x24x24[]].json differs: *"])
+    assert " fails " in claim_row(wrong, "export-graph-vs-golden")
 
 
 def whole_config(model_type: str) -> dict[str, object]:
