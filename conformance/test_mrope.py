@@ -1,8 +1,8 @@
 """Claim text-mrope: position ids (3, B, S) and interleaved MRoPE, on golden and modified (the report: shared).
 
-``get_rope_index`` runs on a real ``Qwen3VLModel`` (the family's: ``Qwen3VLMoeModel``) of the file under
-test, built on the meta device:
-the method reads only the config, so no text weights need to exist. The prompts mix text and image
+``get_rope_index`` runs on the real model that holds it in the whole model of the file under test
+(``Qwen3VLModel``, ``Qwen3VLMoeModel``, Qwen3-Omni's thinker: ``model.pipeline.parts``), built on the meta
+device: the method reads only the config, so no text weights need to exist. The prompts mix text and image
 tokens, two in a batch, the shorter one left-padded. Positions and cos/sin are re-derived
 independently (``pytest_qwen3vl.model.references``) and compared.
 """
@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from pytest_qwen3vl.model.api import rope_index, text_rope
+from pytest_qwen3vl.model.pipeline import parts
 from pytest_qwen3vl.model.references import chunked_axes, mrope_axes, mrope_cos_sin, text_positions
 
 # Per prompt: (text tokens before, between and after the images, image grids).
@@ -29,19 +30,19 @@ which_model = pytest.mark.parametrize("which", ["golden", "modified"])
 
 
 def _config(spec, family) -> Any:
-    """The family's config (``Qwen3VLConfig``, ``Qwen3VLMoeConfig``) from the spec's text and vision dicts
-    (text: released head_dim and mrope_section)."""
+    """The family's config (``Qwen3VLConfig``, ``Qwen3VLMoeConfig``, ``Qwen3OmniMoeThinkerConfig``) from the
+    spec's text and vision dicts (text: released head_dim and mrope_section) and the released special tokens
+    (the thinker's config has no default for the vision ones)."""
     import importlib
 
     from pytest_qwen3vl.model.api import text_fields
+    from pytest_qwen3vl.model.configs import RELEASED_TOKENS
 
     if spec.text is None:
         pytest.skip(f"config {spec.name} has no text config")
-    if not family.config:
-        pytest.skip(f"not run: {family.name}'s text model sits in a thinker with an audio tower, which the suite "
-                    "does not build")
     config_class = getattr(importlib.import_module(family.config_module), family.config)
-    return config_class(text_config=text_fields(copy.deepcopy(spec.text)), vision_config=copy.deepcopy(spec.vision))
+    return config_class(text_config=text_fields(copy.deepcopy(spec.text)), vision_config=copy.deepcopy(spec.vision),
+                        **RELEASED_TOKENS)
 
 
 def _prompt(config: Any, text_runs: tuple[int, ...], grids: tuple[tuple[int, int, int], ...]) -> list[int]:
@@ -89,7 +90,7 @@ def test_rope_index_gives_3_b_s_positions(
     deltas_of = {}
     for name, source in (("golden", qwen3vl_golden_module), (which, module)):
         with torch.device("meta"):
-            model = getattr(source, family.rope_index.split(".")[0])(config)
+            model = parts(getattr(source, family.whole)(config)).holder
         position_ids, deltas_of[name] = rope_index(model, ids, grids, mask, config.image_token_id)
     deltas = deltas_of[which]
     assert tuple(position_ids.shape) == (3, *ids.shape), (

@@ -104,19 +104,15 @@ def measure(request: Request, vision: torch.nn.Module | None = None) -> dict[str
 
 def plan(request: Request, available: int | None = None) -> bool:
     """Whether the whole model is made in a child process (``BF16_FROM_PARAMS`` parameters or more).
-    ``NotRunnable`` when the suite does not build the family's whole model, or when it cannot fit this
-    machine's memory (``available``: the physical memory) by ``model.pipeline.whole_model_size``."""
+    ``NotRunnable`` when the whole model cannot fit this machine's memory (``available``: the physical
+    memory) by ``model.pipeline.whole_model_size``."""
     from pytest_qwen3vl.errors import NotRunnable
     from pytest_qwen3vl.model import pipeline as pl
     from pytest_qwen3vl.model.configs import resolve_config
     from pytest_qwen3vl.model.grids import physical_memory
-    from pytest_qwen3vl.source.families import family_of_module
     from pytest_qwen3vl.source.files import import_modeling_file
 
     golden = import_modeling_file(Path(request.golden), "golden")
-    family = family_of_module(golden)
-    if not family.whole_model_built:
-        raise NotRunnable(family.not_built("the pipeline claims run"))
     size = pl.whole_model_size(golden, resolve_config(request.config, Path.cwd()))
     have = available if available is not None else physical_memory()
     if size.need > have:

@@ -81,3 +81,12 @@ def token_types(function: Any, input_ids: torch.Tensor, image_token_id: int) -> 
     if "mm_token_type_ids" not in inspect.signature(function).parameters:
         return {}
     return {"mm_token_type_ids": (input_ids == image_token_id).int()}
+
+
+def deepstack_mask(language: Any, mask: torch.Tensor, hidden_size: int) -> torch.Tensor:
+    """The image-row mask (B, S) in the form ``language``'s ``_deepstack_process`` reads it: as it is, or
+    expanded to (B, S, hidden_size) where that method takes ``visual_pos_masks[..., 0]`` (4.57.6's Qwen3-Omni
+    thinker text model, whose forward passes the mask it scattered the image rows with; 5.x passes (B, S))."""
+    if "visual_pos_masks[..., 0]" not in inspect.getsource(type(language)._deepstack_process):
+        return mask
+    return mask[..., None].expand(*mask.shape, hidden_size)

@@ -70,12 +70,19 @@ TEXT_PRESETS: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 8, "intermediate_size": 12288, "tie_word_embeddings": False,
     },
 }
-# What a preset's text config adds for a family's language model: Qwen3-VL-MoE's sparse MLP, tiny (4
-# experts of 128, 2 per token, every layer sparse).
-FAMILY_TEXT: dict[str, dict[str, Any]] = {
-    "qwen3_vl_moe": {
-        "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 128, "decoder_sparse_step": 1,
-    },
+# What a preset's text config adds for a family's language model: the sparse MLP of Qwen3-VL-MoE and of
+# Qwen3-Omni's thinker, tiny (4 experts of 128, 2 per token, every layer sparse).
+_TINY_EXPERTS = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 128, "decoder_sparse_step": 1}
+FAMILY_TEXT: dict[str, dict[str, Any]] = {"qwen3_vl_moe": _TINY_EXPERTS, "qwen3_omni_moe": _TINY_EXPERTS}
+# What a family's whole model builds beside the vision tower and the language model: Qwen3-Omni's thinker
+# builds an audio tower, which no claim feeds (a prompt without audio tokens never runs it), so a tiny one:
+# 1 layer of width 64, 16 convolution channels, the released 128 mel bins; its ``output_dim`` is the text
+# hidden size (``whole_config``).
+FAMILY_TOWERS: dict[str, dict[str, dict[str, Any]]] = {
+    "qwen3_omni_moe": {"audio_config": {
+        "num_mel_bins": 128, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 128,
+        "d_model": 64, "downsample_hidden_size": 16,
+    }},
 }
 # The whole model's special tokens in the released vocabulary; a smaller one (the tiny preset's 1024)
 # gets the same four at its top instead (``special_tokens``).
@@ -169,8 +176,9 @@ def special_tokens(vocab_size: int) -> dict[str, int]:
 
 def whole_config(spec: ModelSpec, tokens: dict[str, int] | None = None, text: dict[str, Any] | None = None,
                  family: Family = QWEN3_VL) -> Any:
-    """The ``family``'s whole-model config (``Qwen3VLConfig``, ``Qwen3VLMoeConfig``) for ``spec``, with
-    ``tokens`` and ``text`` fields on top.
+    """The ``family``'s whole-model config (``Qwen3VLConfig``, ``Qwen3VLMoeConfig``,
+    ``Qwen3OmniMoeThinkerConfig`` with ``FAMILY_TOWERS``' audio tower) for ``spec``, with ``tokens`` and
+    ``text`` fields on top.
 
     A checkpoint's text config and top-level fields are taken as they are; a preset's text config
     gets the vision tower's ``out_hidden_size`` as its hidden size (the pooled embeddings replace
@@ -192,5 +200,7 @@ def whole_config(spec: ModelSpec, tokens: dict[str, int] | None = None, text: di
     if fields["hidden_size"] != vision["out_hidden_size"]:
         raise ConfigError(f"{spec.name}: text hidden_size {fields['hidden_size']} != vision out_hidden_size "
                           f"{vision['out_hidden_size']}")
+    towers = {name: {**tower, "output_dim": fields["hidden_size"]}
+              for name, tower in copy.deepcopy(FAMILY_TOWERS.get(family.name, {})).items()}
     config_class = getattr(importlib.import_module(family.config_module), family.config)
-    return config_class(vision_config=vision, text_config=fields, tie_word_embeddings=tie, **top)
+    return config_class(vision_config=vision, text_config=fields, tie_word_embeddings=tie, **towers, **top)

@@ -2,9 +2,10 @@
 from what an exported vision file gives a runtime.
 
 ``build_full_model`` makes the family's whole model (``Qwen3VLForConditionalGeneration``,
-``Qwen3VLMoeForConditionalGeneration``: ``Family.whole``) from the GOLDEN module's classes
-whose vision tower is the session's golden vision model (the very tensors) and whose language model
-has seeded random weights, or a checkpoint folder's. ``golden_run`` is the full PyTorch forward;
+``Qwen3VLMoeForConditionalGeneration``, Qwen3-Omni's ``Qwen3OmniMoeThinkerForConditionalGeneration``:
+``Family.whole``) from the GOLDEN module's classes whose vision tower is the session's golden vision model
+(the very tensors) and whose language model has seeded random weights, or a checkpoint folder's; the
+thinker's audio tower is tiny and never runs (``configs.FAMILY_TOWERS``). ``golden_run`` is the full PyTorch forward;
 ``language_run`` is what a runtime does with exported outputs: the image-pad rows of the token
 embeddings replaced by ``pooled_embeds``, and the DeepStack features (if it has them) added to the
 image rows after the first language-model layers, as golden adds them.
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.errors import ConfigError, NotRunnable
+from pytest_qwen3vl.errors import ConfigError
 from pytest_qwen3vl.model.api import no_init_weights
 from pytest_qwen3vl.model.build import share_weights
 from pytest_qwen3vl.model.checkpoint import load_language_weights
@@ -72,7 +73,7 @@ def parameter_counts(golden: ModuleType, config: Any) -> tuple[int, int]:
 
     with torch.device("meta"):
         model = getattr(golden, family_of_module(golden).whole)(config)
-    return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.model.visual.parameters())
+    return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in parts(model).holder.visual.parameters())
 
 
 def language_dtype(golden: ModuleType, config: Any) -> torch.dtype:
@@ -113,13 +114,9 @@ def whole_model_size(golden: ModuleType, spec: ModelSpec) -> WholeModelSize:
 
 
 def check_fits(golden: ModuleType, spec: ModelSpec, available: int | None = None) -> None:
-    """Refuse (``ConfigError``) a whole model built mid-run only to show a figure: one of a family the
-    suite does not build, a preset's seeded language model from ``BF16_FROM_PARAMS`` on (random weights
-    at that size cost gigabytes and show what the tiny one shows), and one that would not fit in the
-    memory available now (``whole_model_size``)."""
-    family = family_of_module(golden)
-    if not family.whole_model_built:
-        raise ConfigError(family.not_built("the pipeline cost is measured").removeprefix("not run: "))
+    """Refuse (``ConfigError``) a whole model built mid-run only to show a figure: a preset's seeded
+    language model from ``BF16_FROM_PARAMS`` on (random weights at that size cost gigabytes and show what
+    the tiny one shows), and one that would not fit in the memory available now (``whole_model_size``)."""
     size = whole_model_size(golden, spec)
     if spec.checkpoint is None and size.parameters >= BF16_FROM_PARAMS:
         language = (size.parameters - size.vision) / 1e9
@@ -141,20 +138,38 @@ def build_full_model(golden: ModuleType, spec: ModelSpec, vision: torch.nn.Modul
     import torch
 
     family = family_of_module(golden)
-    if not family.whole_model_built:
-        raise NotRunnable(family.not_built("the pipeline claims run"))
     config = pipeline_config(spec, family)
     dtype = language_dtype(golden, config)
     with torch.random.fork_rng(devices=[]), no_init_weights() if spec.checkpoint else nullcontext():
         torch.manual_seed(seed)
         model = getattr(golden, family.whole)._from_config(config, dtype=dtype)
-    unshared = share_weights(vision, model.model.visual)
+    holder = parts(model).holder
+    unshared = share_weights(vision, holder.visual)
     if unshared:
         raise ConfigError(f"{spec.name}: the vision tower does not fit the whole model: {unshared[:3]}")
-    model.model.visual = vision  # its non-persistent buffers too, computed in float32
+    holder.visual = vision  # its non-persistent buffers too, computed in float32
     if spec.checkpoint is not None:
         load_language_weights(model, spec.checkpoint)
     return model.eval()
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Where a whole model keeps what the runs here use. ``holder`` has the vision tower (``visual``),
+    ``get_rope_index``, the token embeddings and a forward that takes the image; ``language`` is the text
+    model that adds the DeepStack features. Qwen3-VL's and MoE's ``model.model`` is the holder, with the
+    text model as its ``language_model``; Omni's thinker is its own holder, with the text model as ``model``."""
+
+    holder: Any
+    language: Any
+
+
+def parts(model: Any) -> Parts:
+    """The ``Parts`` of golden's whole model, read from the attributes it has."""
+    inner = model.model
+    if hasattr(inner, "language_model"):
+        return Parts(inner, inner.language_model)
+    return Parts(model, inner)
 
 
 def image_counts(grid_thw: torch.Tensor, merge: int) -> list[int]:
@@ -186,19 +201,26 @@ class PipelineRun:
 
 
 def golden_run(model: Any, ids: torch.Tensor, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> PipelineRun:
-    """The full PyTorch forward of golden's whole model on the prompt and the image(s)."""
+    """The full PyTorch forward of golden's whole model on the prompt and the image(s); the final hidden
+    states are the text model's output, as the holder's forward computes them (Omni's thinker returns
+    only logits)."""
     import torch
 
     from pytest_qwen3vl.model.api import token_types
 
-    with torch.no_grad():
-        out = model.model(
-            input_ids=ids, pixel_values=pixel_values, image_grid_thw=grid_thw,
-            attention_mask=torch.ones_like(ids), use_cache=False,
-            **token_types(model.model.forward, ids, model.config.image_token_id),
-        )
-        hidden = out.last_hidden_state
-        return PipelineRun(hidden.float(), model.lm_head(hidden).float())
+    found = parts(model)
+    hidden: list[torch.Tensor] = []
+    hook = found.language.register_forward_hook(lambda module, args, output: hidden.append(output[0]))
+    try:
+        with torch.no_grad():
+            found.holder(
+                input_ids=ids, pixel_values=pixel_values, image_grid_thw=grid_thw,
+                attention_mask=torch.ones_like(ids), use_cache=False,
+                **token_types(found.holder.forward, ids, model.config.image_token_id),
+            )
+            return PipelineRun(hidden[0].float(), model.lm_head(hidden[0]).float())
+    finally:
+        hook.remove()
 
 
 def language_run(
@@ -208,20 +230,21 @@ def language_run(
     ``deepstack[i]`` added at layer i (None: no DeepStack, as a pooled-only runtime does)."""
     import torch
 
-    from pytest_qwen3vl.model.api import rope_index
+    from pytest_qwen3vl.model.api import deepstack_mask, rope_index
 
-    inner = model.model
+    found = parts(model)
     with torch.no_grad():
-        embeds = inner.get_input_embeddings()(ids)
+        embeds = found.holder.get_input_embeddings()(ids)
         mask = ids == model.config.image_token_id
         rows = torch.as_tensor(pooled).to(embeds.dtype)
         embeds = embeds.masked_scatter(mask[..., None].expand_as(embeds), rows)
         attention = torch.ones_like(ids)
-        position_ids, _ = rope_index(inner, ids, grid_thw, attention, model.config.image_token_id)
+        position_ids, _ = rope_index(found.holder, ids, grid_thw, attention, model.config.image_token_id)
         features = None if deepstack is None else [torch.as_tensor(d).to(embeds.dtype) for d in deepstack]
-        out = inner.language_model(
+        out = found.language(
             inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention,
-            visual_pos_masks=mask, deepstack_visual_embeds=features, use_cache=False,
+            visual_pos_masks=deepstack_mask(found.language, mask, embeds.shape[-1]), deepstack_visual_embeds=features,
+            use_cache=False,
         )
         hidden = out.last_hidden_state
         return PipelineRun(hidden.float(), model.lm_head(hidden).float())

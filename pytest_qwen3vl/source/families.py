@@ -25,9 +25,8 @@ class Family:
     rope_index: str  # ``Class.method`` computing the (3, B, S) position ids
     whole: str  # the class of the whole model, image in and logits out
     vision_config: str  # the vision class's config class, in the family's configuration module
-    config: str  # the config of the model that holds ``rope_index`` and ``text_rotary``; "" where none is built
+    config: str  # the config of ``whole``, which holds ``rope_index`` and ``text_rotary`` (Omni's: the thinker's)
     mergers: str  # the module list of DeepStack mergers, as state-dict keys and ONNX initializers name it
-    not_built_because: str = ""  # why the suite builds no whole model of this family; "" where it builds one
     genai_built: bool = False  # whether onnxruntime-genai's builder makes this family's language model
 
     @property
@@ -44,18 +43,6 @@ class Family:
     def config_module(self) -> str:
         """The module that defines the family's config classes."""
         return f"{self.package}.configuration_{self.name}"
-
-    @property
-    def whole_model_built(self) -> bool:
-        """Whether the suite builds this family's whole model (the pipeline claims and cost): Qwen3-VL's
-        dense and MoE models, from tiny configs with seeded language models or from checkpoints."""
-        return not self.not_built_because
-
-    def not_built(self, what: str) -> str:
-        """The "not run" reason of a claim that needs a whole model of this family the suite does not build."""
-        built = " and ".join(family.name for family in FAMILIES.values() if family.whole_model_built)
-        return (f"not run: {what} on the whole models of {built}; the suite does not build "
-                f"{self.name}'s ({self.whole}): {self.not_built_because}")
 
     def not_generated(self) -> str:
         """The "not run" reason of the genai generation claims on a family whose language model
@@ -84,8 +71,7 @@ QWEN3_OMNI_MOE = Family(
     "qwen3_omni_moe", "Qwen3OmniMoeVisionEncoder", "Qwen3OmniMoeThinkerTextRotaryEmbedding",
     "Qwen3OmniMoePreTrainedModelForConditionalGeneration.get_rope_index", "Qwen3OmniMoeThinkerForConditionalGeneration",
     # ``deepstack_merger_list`` is a property returning ``merger_list``, the name its weights carry
-    "Qwen3OmniMoeVisionEncoderConfig", "", "merger_list",
-    not_built_because="its thinker builds an audio tower beside the vision one",
+    "Qwen3OmniMoeVisionEncoderConfig", "Qwen3OmniMoeThinkerConfig", "merger_list",
 )
 FAMILIES: dict[str, Family] = {family.name: family for family in (QWEN3_VL, QWEN3_VL_MOE, QWEN3_OMNI_MOE)}
 # Every family's DeepStack merger prefix, for code that reads weights without knowing the family

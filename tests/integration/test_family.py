@@ -1,7 +1,8 @@
 """The family: forks of ``modeling_qwen3_vl_moe.py`` and ``modeling_qwen3_omni_moe.py`` made by applying the
 report's change run the claims that apply to them, on a tiny config of their own classes; a wrong fork of
-them fails those claims; the pipeline claims run on the MoE whole model (a tiny sparse language model
-around golden's tower) and say why they do not run on Omni's; a checkpoint of another family is a usage
+them fails those claims; the pipeline claims run on the MoE whole model and on Omni's thinker (a tiny sparse
+language model around golden's tower; the thinker's audio tower tiny and idle); the family's shipped export
+snapshots hold for the reference fork and catch a wrong one; a checkpoint of another family is a usage
 error.
 
 Each fork is generated from the installed file of its family, so the tests follow whichever transformers
@@ -28,6 +29,8 @@ from pytest_qwen3vl.model.build import build_golden
 from pytest_qwen3vl.model.configs import TEXT_PRESETS, VISION_PRESETS, resolve_config
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.model.inputs import make_inputs
+from pytest_qwen3vl.plugin.bundled import snapshots_dir
+from pytest_qwen3vl.plugin.snapshots import versions_label
 from pytest_qwen3vl.runtimes.genai_folder import genai_missing
 from pytest_qwen3vl.source.families import FAMILIES, QWEN3_OMNI_MOE, QWEN3_VL_MOE, Family
 from pytest_qwen3vl.source.files import (
@@ -48,15 +51,19 @@ VISION_CLAIMS = ("one-diff", "deepstack-condition", "deepstack-body", "golden-de
                  "runtime-equivalence", "output-contract", "input-contract", "patch-dim", "trace-hazards")
 GENAI_GENERATION = ("genai-image-features", "genai-deepstack-off", "genai-like-golden", "genai-other-grid",
                     "genai-grid-free")
+VISION_MLP_LINE = "return self.linear_fc2(self.act_fn(self.linear_fc1(hidden_state)))"
 NO_TRACING_CLAUSE = 'layer_num in self.deepstack_visual_indexes and not getattr(self, "_skip_deepstack_export", False)'
 
 
 def fork(folder: Path, family: Family, make: str = "reference") -> Path:
-    """A fork of the installed ``family`` file: the report's change (``reference``), none (``unapplied``: a
-    comment only), or the change without its tracing clause (``no_tracing_clause``)."""
+    """A fork of the installed ``family`` file: the report's change (``reference``), that change with the vision
+    MLP's activation dropped (``no_activation``), none (``unapplied``: a comment only), or the change without
+    its tracing clause (``no_tracing_clause``)."""
     golden = installed_golden_path(family).read_text(encoding="utf-8")
     if make == "reference":
         text = reference_modified_text(golden)
+    elif make == "no_activation":
+        text = reference_modified_text(golden).replace(VISION_MLP_LINE, VISION_MLP_LINE.replace("self.act_fn(", "("))
     elif make == "unapplied":
         text = golden.replace(GOLDEN_IF_LINE, f"            # exported by our builder\n{GOLDEN_IF_LINE}")
     else:
@@ -85,22 +92,17 @@ def test_a_family_fork_holds_the_vision_and_export_claims(run_suite: RunSuite, t
     assert family.deepstack_place in claim_row(result, "one-diff")
     # Omni's DeepStack weights are named merger_list: the pooled export holds none of them.
     assert f"no {family.mergers} initializer in the pooled export" in claim_row(result, "deepstack-not-traced")
-    if family.whole_model_built:  # golden's MoE model fed the exports: DeepStack kept is golden, pooled only is not
-        kept, like = claim_row(result, "pipeline-deepstack-kept"), claim_row(result, "pipeline-like-golden")
-        assert " holds " in kept and logits_gap(kept) < 1e-4, kept
-        assert " erratum " in like and logits_gap(like) > 0.1, like
-    else:
-        for claim in ("pipeline-deepstack-kept", "pipeline-like-golden"):
-            row = claim_row(result, claim)
-            assert "not run: the pipeline claims run on the whole models of qwen3_vl and qwen3_vl_moe; the suite " \
-                   f"does not build {family.name}'s ({family.whole}): its thinker builds an audio tower" in row, row
+    # golden's whole model fed the exports: DeepStack kept is golden, pooled only is not
+    kept, like = claim_row(result, "pipeline-deepstack-kept"), claim_row(result, "pipeline-like-golden")
+    assert " holds " in kept and logits_gap(kept) < 1e-4, kept
+    assert " erratum " in like and logits_gap(like) > 0.1, like
     # genai's builder makes Qwen3-VL's dense language model only
     reason = genai_missing() or family.not_generated().removeprefix("not run: ")
     for claim in GENAI_GENERATION:
         row = claim_row(result, claim)
         assert f"not run: {reason}" in row, row
     mrope = claim_row(result, "text-mrope")
-    assert (" holds " if family.config else "not run: qwen3_omni_moe's text model sits in a thinker") in mrope, mrope
+    assert " holds " in mrope, mrope
     assert "fails" not in "".join(claim_row(result, claim) for claim in VISION_CLAIMS)
 
 
@@ -109,16 +111,18 @@ def test_a_family_fork_holds_the_vision_and_export_claims(run_suite: RunSuite, t
     [lambda ds: ds, lambda ds: [ds[0] * 0, *ds], lambda ds: ds[::-1], lambda ds: None],
     ids=["golden", "one-layer-late", "reversed", "dropped"],
 )
-def test_the_moe_language_model_adds_deepstack_as_golden_does(
-    request: pytest.FixtureRequest, wiring: Callable[[list[Any]], list[Any] | None]
+@pytest.mark.parametrize("family", [QWEN3_VL_MOE, QWEN3_OMNI_MOE], ids=lambda family: family.name)
+def test_the_family_language_model_adds_deepstack_as_golden_does(
+    request: pytest.FixtureRequest, family: Family, wiring: Callable[[list[Any]], list[Any] | None]
 ) -> None:
-    """``language_run`` on golden's MoE whole model is golden's forward only when every feature is fed at
-    its layer; the measured gap decides the pipeline claims, so it must see a wrong wiring."""
+    """``language_run`` on golden's whole model of the family (MoE's, Omni's thinker) is golden's forward only
+    when every feature is fed at its layer; the measured gap decides the pipeline claims, so it must see a
+    wrong wiring."""
     spec = resolve_config("tiny", Path("."))
-    golden = import_modeling_file(installed_golden_path(QWEN3_VL_MOE), "golden")
+    golden = import_modeling_file(installed_golden_path(family), "golden")
     vision = build_golden(golden, spec, 0)
     model = pl.build_full_model(golden, spec, vision, 0)
-    assert type(model).__name__ == QWEN3_VL_MOE.whole and model.config.text_config.num_experts == 4
+    assert type(model).__name__ == family.whole and model.config.text_config.num_experts == 4
     inputs = make_inputs(Grid.parse("1,24,24"), spec, 0)
     ids = pl.make_prompt(pl.image_counts(inputs.grid_thw, spec.merge_size), model.config, 0)
     with torch.no_grad():
@@ -126,7 +130,7 @@ def test_the_moe_language_model_adds_deepstack_as_golden_does(
     gap = pl.pipeline_gap(pl.language_run(model, ids, inputs.grid_thw, outputs.merged(found),
                                           wiring(outputs.deepstack(found))),
                           pl.golden_run(model, ids, *inputs.args), ids, model.config.image_token_id)
-    right = request.node.callspec.id == "golden"
+    right = "golden" in request.node.callspec.id.split("-")
     assert (gap.worst <= pl.tolerance(model)) == right, gap.text()
 
 
@@ -143,6 +147,24 @@ def test_a_wrong_family_fork_fails_them(
         assert " fails " in row, row
     assert " holds " in claim_row(result, "golden-onnx-outputs") or " erratum " in claim_row(result,
                                                                                               "golden-onnx-outputs")
+
+
+@pytest.mark.parametrize("family", [QWEN3_VL_MOE, QWEN3_OMNI_MOE], ids=lambda family: family.name)
+def test_the_family_snapshots_hold_and_catch_a_wrong_fork(run_suite: RunSuite, tmp_path: Path, family: Family) -> None:
+    """The contract and lowering snapshots shipped for the family (its name in the case: Omni's graph names its
+    mergers otherwise) match the reference fork's exports, and a fork whose vision MLP lost its activation
+    fails the pooled lowering. Lowering is compared where this torch, onnx and transformers have a folder."""
+    if not (snapshots_dir() / "test_export_snapshots" / versions_label()).is_dir():
+        pytest.skip(f"no lowering snapshots for {versions_label()}")
+    for name in ("right", "wrong"):
+        (tmp_path / name).mkdir()
+    right = run_suite("test_export_snapshots.py", modified=fork(tmp_path / "right", family))
+    right.assert_outcomes(passed=4)
+    wrong = run_suite("test_export_snapshots.py", modified=fork(tmp_path / "wrong", family, "no_activation"))
+    wrong.assert_outcomes(passed=3, failed=1)
+    wrong.stdout.fnmatch_lines([f"E * the exported graph changed: test_lowering[[]modified-pooled-{family.name}-tiny-"
+                                "1x24x24[]].json differs: *"])
+    assert " fails " in claim_row(wrong, "export-graph-vs-golden")
 
 
 def whole_config(model_type: str) -> dict[str, object]:
@@ -175,11 +197,12 @@ def test_a_checkpoint_of_the_forks_family_is_accepted(pytester: pytest.Pytester,
     assert result.ret == pytest.ExitCode.OK, result.stderr.str()
 
 
-def test_the_pipeline_cost_is_measured_on_the_moe_whole_model() -> None:
-    """artefact-parity's cost runs on golden's MoE whole model: golden's own outputs cost nothing, outputs
-    off by 1% move the next token's logits."""
+@pytest.mark.parametrize("family", [QWEN3_VL_MOE, QWEN3_OMNI_MOE], ids=lambda family: family.name)
+def test_the_pipeline_cost_is_measured_on_the_family_whole_model(family: Family) -> None:
+    """artefact-parity's cost runs on golden's whole model of the family: golden's own outputs cost nothing,
+    outputs off by 1% move the next token's logits."""
     spec = resolve_config("tiny", Path("."))
-    golden = import_modeling_file(installed_golden_path(QWEN3_VL_MOE), "golden")
+    golden = import_modeling_file(installed_golden_path(family), "golden")
     whole = WholeModel(golden, GoldenRuns(build_golden(golden, spec, 0), spec, 0))
     grid = Grid.parse("1,24,24")
     pooled, *deepstack = whole.golden.outputs(grid)
