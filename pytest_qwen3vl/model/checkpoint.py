@@ -24,8 +24,12 @@ from pytest_qwen3vl.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-# Where released checkpoints keep the vision tower, newest layout first.
-VISION_PREFIXES = ("model.visual.", "visual.")
+# Qwen3-Omni's checkpoints keep the thinker (vision tower, language model, audio tower) under this
+# prefix: released ones as ``thinker.visual.`` and ``thinker.model.``, ones saved by transformers 5.x
+# maybe as it names them inside (``thinker.model.visual.``, ``thinker.model.language_model.``).
+THINKER = "thinker."
+# Where released checkpoints keep the vision tower, newest layout first, Qwen3-Omni's last.
+VISION_PREFIXES = ("model.visual.", "visual.", f"{THINKER}visual.", f"{THINKER}model.visual.")
 # The language model and its head, as ``Qwen3VLForConditionalGeneration`` names them.
 LANGUAGE_PREFIXES = ("model.language_model.", "lm_head.")
 # The formats read, in transformers' order of preference: (format, index file, files without an index).
@@ -224,13 +228,23 @@ def load_vision_weights(model: torch.nn.Module, folder: Path) -> None:
         )
 
 
-def load_language_weights(model: torch.nn.Module, folder: Path) -> None:
-    """Load the language model and ``lm_head`` of a local checkpoint into a whole
-    ``Qwen3VLForConditionalGeneration``, strictly over those tensors (a tied head may be absent)."""
-    expected = {k for k in model.state_dict() if k.startswith(LANGUAGE_PREFIXES)}
-    state = read_tensors(checkpoint_weights(folder), LANGUAGE_PREFIXES)
+def load_language_weights(model: torch.nn.Module, folder: Path, language: str = "model.language_model.") -> None:
+    """Load the language model and ``lm_head`` of a local checkpoint into a whole model, strictly over
+    those tensors (a tied head may be absent). ``language`` is where the whole model keeps its text
+    model (Qwen3-Omni's thinker under transformers 4.57.6: ``model.``); a Qwen3-Omni checkpoint's are
+    read under ``thinker.``."""
+    weights = checkpoint_weights(folder)
+    if weights.holding((THINKER,)):
+        inside = f"{THINKER}model.language_model."
+        text = inside if weights.holding((inside,)) else f"{THINKER}model."
+        layout = {text: language, f"{THINKER}lm_head.": "lm_head."}
+    else:
+        layout = {"model.language_model.": language, "lm_head.": "lm_head."}
+    expected = {k for k in model.state_dict() if k.startswith((language, "lm_head."))}
+    state = {own + name.removeprefix(saved): tensor
+             for saved, own in layout.items() for name, tensor in read_tensors(weights, (saved,)).items()}
     if not state:
-        raise ConfigError(f"{folder}: no language-model tensors (names starting with {' or '.join(LANGUAGE_PREFIXES)})")
+        raise ConfigError(f"{folder}: no language-model tensors (names starting with {' or '.join(layout)})")
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     missing = sorted(expected - set(state) - ({"lm_head.weight"} if tied else set()))
     unexpected = sorted(set(state) - expected)

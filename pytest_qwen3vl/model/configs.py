@@ -143,14 +143,17 @@ def resolve_config(value: str, base: Path) -> ModelSpec:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} holds no JSON object")
-    vision = data.get("vision_config", data)
+    # Qwen3-Omni's config.json keeps the vision-language model (its thinker) under thinker_config.
+    thinker = data.get("thinker_config")
+    whole = thinker if isinstance(thinker, dict) else data
+    vision = whole.get("vision_config", data)
     if not isinstance(vision, dict) or (missing := [k for k in _REQUIRED_VISION_KEYS if k not in vision]):
         raise ConfigError(
             f"{path} is no Qwen3-VL config: vision config lacks {', '.join(missing or ['keys'])}"
         )
-    text = data.get("text_config")
+    text = whole.get("text_config")
     checkpoint = folder if folder is not None and find_weights(folder) else None
-    top = {k: data[k] for k in _TOP_LEVEL if k in data} if vision is not data else {}
+    top = {k: whole[k] for k in _TOP_LEVEL if k in whole} if vision is not data else {}
     model_type = str(data.get("model_type", "")) if vision is not data else ""
     return ModelSpec(str(folder or path), dict(vision), dict(text) if isinstance(text, dict) else None, path,
                      checkpoint, top, model_type)

@@ -149,7 +149,8 @@ def build_full_model(golden: ModuleType, spec: ModelSpec, vision: torch.nn.Modul
         raise ConfigError(f"{spec.name}: the vision tower does not fit the whole model: {unshared[:3]}")
     holder.visual = vision  # its non-persistent buffers too, computed in float32
     if spec.checkpoint is not None:
-        load_language_weights(model, spec.checkpoint)
+        language = next(name for name, module in model.named_modules() if module is parts(model).language)
+        load_language_weights(model, spec.checkpoint, f"{language}.")
     return model.eval()
 
 

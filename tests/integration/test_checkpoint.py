@@ -220,7 +220,8 @@ DAMAGE = {
                          "{d}/pytorch_model.bin.index.json: puts * in pytorch_model-00002-of-0000?.bin, which does "
                          "not hold it"),
     "no-vision": ("bin", only_the_language_model,
-                  "{d}: no vision tensors (names starting with model.visual. or visual.) in pytorch_model.bin"),
+                  "{d}: no vision tensors (names starting with model.visual. or visual. or thinker.visual. or "
+                  "thinker.model.visual.) in pytorch_model.bin"),
     "both-prefixes": ("safetensors", both_prefixes, "{d}: vision tensors under both model.visual. and visual.*"),
     "legacy-bin": ("bin", legacy_bin, "{d}/pytorch_model.bin: not a zip file as torch.save writes*"),
     "unread-format": ("bin", another_format, "{d}: model.pt is not a weights file read here*"),

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from pytest_qwen3vl.errors import ConfigError
 from pytest_qwen3vl.judge.golden import GoldenRuns
 from pytest_qwen3vl.judge.pipeline_cost import WholeModel
 from pytest_qwen3vl.model import outputs
@@ -211,3 +212,60 @@ def test_the_pipeline_cost_is_measured_on_the_family_whole_model(family: Family)
     noise = np.random.default_rng(0).standard_normal(pooled.shape).astype(pooled.dtype) * 0.01 * np.abs(pooled).max()
     moved = whole.cost(grid, pooled + noise, deepstack)
     assert moved.gap is not None and moved.gap.logits > 1e-3, moved.text()
+
+
+def released_name(name: str) -> str:
+    """A thinker tensor's name as released Qwen3-Omni checkpoints spell it (transformers 5.x nests the towers
+    and the text model under the thinker's ``model``)."""
+    for inside, released in (("model.language_model.", "model."), ("model.visual.", "visual."),
+                             ("model.audio_tower.", "audio_tower.")):
+        if name.startswith(inside):
+            return f"thinker.{released}{name.removeprefix(inside)}"
+    return f"thinker.{name}"
+
+
+def omni_checkpoint(folder: Path, seed: int) -> Path:
+    """A Qwen3-Omni checkpoint folder laid out as the released ones are: config.json with the thinker's
+    config under ``thinker_config``, and the thinker's tensors under ``thinker.`` in model.safetensors
+    (the tiny family config with weights seeded from ``seed``; no talker)."""
+    from safetensors.torch import save_file
+
+    spec = resolve_config("tiny", Path("."))
+    golden = import_modeling_file(installed_golden_path(QWEN3_OMNI_MOE), "golden")
+    thinker = pl.build_full_model(golden, spec, build_golden(golden, spec, seed), seed)
+    folder.mkdir(parents=True)
+    tensors = {released_name(name): tensor.detach().clone().contiguous() for name, tensor in thinker.state_dict().items()}
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = {"model_type": QWEN3_OMNI_MOE.name, "architectures": ["Qwen3OmniMoeForConditionalGeneration"],
+              "thinker_config": thinker.config.to_dict()}
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+def test_a_qwen3_omni_checkpoint_folder_is_read_as_released(run_suite: RunSuite, tmp_path: Path) -> None:
+    """Its thinker's vision tower and language model are the checkpoint's (not seeded ones): golden holds the
+    saved tensors, the claims run on them, and a folder without the thinker's vision tensors is refused."""
+    folder = omni_checkpoint(tmp_path / "omni", seed=5)
+    spec = resolve_config(str(folder), Path("."))
+    assert spec.model_type == QWEN3_OMNI_MOE.name and spec.checkpoint == folder and spec.text is not None
+    golden = import_modeling_file(installed_golden_path(QWEN3_OMNI_MOE), "golden")
+    vision = build_golden(golden, spec, 0)  # seed 0: every tensor must come from the folder's seed 5
+    tiny = resolve_config("tiny", Path("."))
+    saved = pl.build_full_model(golden, tiny, build_golden(golden, tiny, 5), 5)
+    assert torch.equal(vision.blocks[0].attn.qkv.weight, pl.parts(saved).holder.visual.blocks[0].attn.qkv.weight)
+    whole = pl.build_full_model(golden, spec, vision, 0)
+    assert torch.equal(whole.lm_head.weight.float(), saved.lm_head.weight.float())
+    result = run_suite("test_runtime.py", "test_pipeline.py", f"--qwen3vl-config={folder}",
+                       modified=fork(tmp_path, QWEN3_OMNI_MOE))
+    result.stdout.fnmatch_lines(["qwen3vl config: *omni; weights: the checkpoint's model.safetensors; *"])
+    assert " holds " in claim_row(result, "runtime-equivalence")
+    assert " holds " in claim_row(result, "pipeline-deepstack-kept")
+    assert " erratum " in claim_row(result, "pipeline-like-golden")
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    save_file({k: v for k, v in tensors.items() if not k.startswith("thinker.visual.")},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match=re.escape("no vision tensors (names starting with model.visual. or visual. "
+                                                    "or thinker.visual. or thinker.model.visual.)")):
+        build_golden(golden, resolve_config(str(folder), Path(".")), 0)
