@@ -234,7 +234,7 @@ def omni_checkpoint(folder: Path, seed: int) -> Path:
     golden = import_modeling_file(installed_golden_path(QWEN3_OMNI_MOE), "golden")
     thinker = pl.build_full_model(golden, spec, build_golden(golden, spec, seed), seed)
     folder.mkdir(parents=True)
-    tensors = {released_name(name): tensor.detach().clone().contiguous() for name, tensor in thinker.state_dict().items()}
+    tensors = {released_name(name): value.detach().clone().contiguous() for name, value in thinker.state_dict().items()}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     config = {"model_type": QWEN3_OMNI_MOE.name, "architectures": ["Qwen3OmniMoeForConditionalGeneration"],
               "thinker_config": thinker.config.to_dict()}
