@@ -112,7 +112,7 @@ def test_graph(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record):
     _recognised(check)
     _weight_report(check)
     grids = qwen3vl_settings.grids
-    findings = [check.graph(g) for g in grids]
+    findings = check.graphs(grids)
     ran = [f for f in findings if f.error is None]
     if not ran:
         pytest.fail(f"no grid runs, so the graph cannot be judged: {findings[0].error}", pytrace=False)
@@ -141,7 +141,7 @@ def test_grids_served(qwen3vl_artefact_on_runtime, qwen3vl_settings, qwen3vl_rec
     if check.runs.session() is None:  # one line for the file, not the same refusal once per grid
         pytest.fail(str(check.runs.load_error), pytrace=False)
     _weight_report(check)
-    findings = [check.graph(g) for g in qwen3vl_settings.grids]
+    findings = check.graphs(qwen3vl_settings.grids)
     served, line = served_line(findings, graph=True)
     if not served:
         pytest.fail(f"{check.runtime_text} {line}", pytrace=False)
@@ -206,10 +206,10 @@ def test_where_it_goes_wrong(qwen3vl_artefact, qwen3vl_settings, qwen3vl_record)
     if qwen3vl_settings.report is not None:  # the Markdown report draws the first failing grid's drift
         qwen3vl_record.profile(check.path.name, check.profile(bad[0], checkpoint=True).to_dict())
     # grids whose drift the file's own weights explain: its graph is right there with them, said once
-    weighed = [] if report.all_equal else [g for g in bad if check.graph(g).served]
+    weighed = [] if report.all_equal else [g for g, f in zip(bad, check.graphs(bad), strict=True) if f.served]
     rest = [g for g in bad if g not in weighed]
     tried = rest[:MAX_LOCATED]
-    located = [check.locate(grid) for grid in tried]
+    located = check.locate_all(tried)
     if located and all(loc.problem is not None for loc in located) and not weighed:
         pytest.skip(f"not run: {located[0].problem}")  # our probe failed: nothing said of the file here
     wrong = [loc.text() for grid, loc in zip(tried, located, strict=True) if check.run(grid).status == WRONG]

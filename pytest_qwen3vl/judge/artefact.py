@@ -16,7 +16,8 @@ whose every weight equals the checkpoint's is decided by its parity runs, with n
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
+from collections import ChainMap
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -107,6 +108,7 @@ class ArtefactCheck:
         self.runs = FileRuns(facts, self.runtime, golden, self.tolerance)
         self._graph_golden: GoldenRuns | None = None
         self._copies: tempfile.TemporaryDirectory[str] | None = None  # the fp32-activation copy's folder
+        self._values: tempfile.TemporaryDirectory[str] | None = None  # the file's weights that differ, as .npy
         self._costs: dict[Grid, PipelineCost] = {}
         self._profiles: dict[Grid, Profile] = {}
 
@@ -133,12 +135,14 @@ class ArtefactCheck:
     @cached_property
     def weight_report(self) -> WeightReport:
         """The file's weights against the checkpoint's, tensor by tensor (read once, in a child
-        process: the file's weights never sit beside golden's here)."""
+        process: the file's weights never sit beside golden's here; the values that differ stay on
+        disk, in this check's folder, until golden is run with them)."""
         from pytest_qwen3vl.judge.weights import compare_in_child
 
         if self.reference is not None:
             return self.reference.weight_report
-        return compare_in_child(self.path, self.golden.state())
+        self._values = tempfile.TemporaryDirectory(prefix="qwen3vl-weights-")
+        return compare_in_child(self.path, self.golden.state(), Path(self._values.name))
 
     @cached_property
     def arithmetic(self) -> GraphArithmetic:
@@ -179,7 +183,7 @@ class ArtefactCheck:
             self._graph_golden = self.golden
             return self.golden
         model, spec, seed = self.golden.model, self.golden.spec, self.golden.seed
-        plain = GoldenRuns(model, spec, seed, report.values)
+        plain = GoldenRuns(model, spec, seed, report.values, report.saved)
         buffers = cast_buffers(report, model)
         if not buffers or self.interface.pooled is None:
             self._graph_golden = plain
@@ -187,7 +191,8 @@ class ArtefactCheck:
         finding, values = self.graph_runs.run(grid)
         if finding.error is not None:
             return plain  # nothing to decide on here: the next grid decides
-        cast = GoldenRuns(model, spec, seed, {**report.values, **buffers})
+        # read only (ChainMap's typing asks for maps it could write): the values stay on disk until swapped in
+        cast = GoldenRuns(model, spec, seed, ChainMap(buffers, report.values), report.saved)  # type: ignore[arg-type]
         got = values[self.interface.pooled.name]
         closer = parity(got, cast.outputs(grid)[0]).rel_l2 < parity(got, plain.outputs(grid)[0]).rel_l2
         self._graph_golden = cast if closer else plain
@@ -195,7 +200,10 @@ class ArtefactCheck:
 
     @cached_property
     def graph_runs(self) -> FileRuns:
-        """The runs the graph is judged on: the parity runs, or the fp32-activation copy's."""
+        """The runs the graph is judged on: the parity runs (always, on a runtime other than the
+        reference: what runs there is what is judged), or the fp32-activation copy's."""
+        if self.reference is not None:
+            return self.runs
         arithmetic = self.arithmetic
         if arithmetic.path == self.path:
             return self.runs
@@ -208,13 +216,21 @@ class ArtefactCheck:
         tolerance of the precision that ran there."""
         if self.weight_report.all_equal:
             return self.run(grid)
-        runs, tolerance = ((self.runs, self.tolerance) if self.reference is not None
-                           else (self.graph_runs, self.arithmetic.tolerance))
-        finding, values = runs.run(grid)
+        tolerance = self.tolerance if self.reference is not None else self.arithmetic.tolerance
+        finding, values = self.graph_runs.run(grid)
         if finding.error is not None:
             return finding
         outputs, problems = compare(self.interface, values, self.graph_golden(grid).outputs(grid))
         return Finding(self.path.name, finding.runtime, grid, tolerance, outputs=outputs, problems=problems)
+
+    def graphs(self, grids: Sequence[Grid]) -> list[Finding]:
+        """``graph`` on each of ``grids``, golden holding the file's weights once for all of them (at
+        4B each swap moves 1.6 GB each way): the file runs first, then golden's forwards."""
+        if not self.weight_report.all_equal:
+            ran = [g for g in grids if self.graph_runs.run(g)[0].error is None]
+            for golden in {id(gold): gold for gold in (self.graph_golden(g) for g in ran)}.values():
+                golden.outputs_on(g for g in ran if self.graph_golden(g) is golden)
+        return [self.graph(g) for g in grids]
 
     def activation_cost(self, grid: Grid) -> float | None:
         """Relative L2 between the file and its fp32-activation copy on ``grid`` (None: no copy)."""
@@ -292,33 +308,54 @@ class ArtefactCheck:
         L2 against golden holding the file's own weights."""
         return self.profile(grid).graph
 
+    def locate_all(self, grids: Sequence[Grid]) -> list[Location]:
+        """``locate`` on each of ``grids``, probed in one child process."""
+        return [p.graph for p in self.profiles(grids)]
+
     def profile(self, grid: Grid, checkpoint: bool = False) -> Profile:
         """Each module's output on ``grid`` against golden holding the file's own weights and, with
-        ``checkpoint``, against the checkpoint's golden too (``judge/locate.py``): one probe of the
-        graph for both where the graph is judged on the file itself; kept per grid."""
+        ``checkpoint``, against the checkpoint's golden too (``judge/locate.py``); see ``profiles``."""
+        return self.profiles([grid], checkpoint)[0]
+
+    def profiles(self, grids: Sequence[Grid], checkpoint: bool = False) -> list[Profile]:
+        """``profile`` of each of ``grids``, kept per grid: the grids not yet probed go to one child
+        process (at 4B each child loads the 1.3 GB file), one probe of the graph for both goldens where
+        the graph is judged on the file itself, and golden holds the file's weights once for them."""
         from pytest_qwen3vl.errors import ProbeFailed
         from pytest_qwen3vl.judge.locate import Location, compare_probes, probe_in_child
 
-        kept = self._profiles.get(grid)
-        if kept is not None and (kept.checkpoint is not None or not checkpoint):
-            return kept
-        golden = self.graph_golden(grid)
-        self.runs.release()
-        self.graph_runs.release()
-        feeds = self.runs.feeds(grid)
-        try:
-            found = probe_in_child(self.arithmetic.path, feeds)
-            graph = compare_probes(found, golden.probes(grid), grid, self.graph_limit)
-            against = None
-            if checkpoint:
-                if self.arithmetic.path != self.path:  # the shipped file, not its fp32-activation copy
-                    found = probe_in_child(self.path, feeds)
-                against = compare_probes(found, self.golden.probes(grid), grid, self.tolerance.rel_l2)
-        except ProbeFailed as exc:
-            failed = Location(grid, None, (), None, problem=str(exc))
-            graph, against = failed, failed if checkpoint else None
-        self._profiles[grid] = Profile(graph, against, self.graph_limit, self.tolerance.rel_l2)
-        return self._profiles[grid]
+        def done(grid: Grid) -> bool:
+            kept = self._profiles.get(grid)
+            return kept is not None and (kept.checkpoint is not None or not checkpoint)
+
+        missing = list(dict.fromkeys(g for g in grids if not done(g)))
+        if missing:
+            goldens = [self.graph_golden(g) for g in missing]
+            self.runs.release()
+            self.graph_runs.release()
+            feeds = [self.runs.feeds(g) for g in missing]
+            try:
+                found = probe_in_child(self.arithmetic.path, feeds)
+                graph: dict[Grid, Location] = {}
+                for golden in {id(gold): gold for gold in goldens}.values():
+                    with golden.held():
+                        for grid, gold, probed in zip(missing, goldens, found, strict=True):
+                            if gold is golden:
+                                graph[grid] = compare_probes(probed, golden.probes(grid), grid, self.graph_limit)
+                against: list[Location | None] = [None] * len(missing)
+                if checkpoint:
+                    if self.arithmetic.path != self.path:  # the shipped file, not its fp32-activation copy
+                        found = probe_in_child(self.path, feeds)
+                    against = [compare_probes(probed, self.golden.probes(grid), grid, self.tolerance.rel_l2)
+                               for grid, probed in zip(missing, found, strict=True)]
+                for grid, other in zip(missing, against, strict=True):
+                    self._profiles[grid] = Profile(graph[grid], other, self.graph_limit, self.tolerance.rel_l2)
+            except ProbeFailed as exc:
+                for grid in missing:
+                    failed = Location(grid, None, (), None, problem=str(exc))
+                    self._profiles[grid] = Profile(failed, failed if checkpoint else None, self.graph_limit,
+                                                   self.tolerance.rel_l2)
+        return [self._profiles[g] for g in grids]
 
     @property
     def graph_limit(self) -> float:

@@ -18,12 +18,12 @@ import json
 import re
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_qwen3vl.errors import ProbeFailed, RuntimeRefused, run_module
+from pytest_qwen3vl.errors import RuntimeRefused, run_module
 from pytest_qwen3vl.model.grids import Grid
 from pytest_qwen3vl.onnxfile.structure import consumed
 from pytest_qwen3vl.runtimes.onnxruntime import LOW_MEMORY, OnnxRuntimeCPU
@@ -214,14 +214,15 @@ def cut_to(model: onnx.ModelProto, outputs: Iterable[str]) -> onnx.ModelProto:
                                   functions=list(model.functions))
 
 
-def probe(path: Path, feeds: Mapping[str, np.ndarray], folder: Path) -> Probed:
-    """Run ``path`` with its probes exposed on ``feeds``; ``folder`` takes the probed copy and its weights."""
+def probe(path: Path, feeds: Sequence[Mapping[str, np.ndarray]], folder: Path) -> list[Probed]:
+    """Run ``path`` with its probes exposed on each of ``feeds`` (one grid each; the copy is made and
+    loaded once for all of them); ``folder`` takes the probed copy and its weights."""
     import onnx
 
     model = sort_nodes(onnx.load(str(path)))
     probes = find_probes(model)
     if not probes:
-        return Probed()
+        return [Probed() for _ in feeds]
     probed = folder / "probed.onnx"
     onnx.save_model(model, str(probed), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="probed.onnx.data", size_threshold=1024)
@@ -231,30 +232,25 @@ def probe(path: Path, feeds: Mapping[str, np.ndarray], folder: Path) -> Probed:
     wanted = list(probes.values())
     by_value = {v: p for p, v in probes.items()}
     runtime = OnnxRuntimeCPU(config=LOW_MEMORY)
-    try:
-        got = runtime.load(probed).run(feeds, wanted)
-        return Probed(list(probes), {by_value[v]: got[v] for v in wanted})
-    except RuntimeRefused as exc:
-        failure, node = str(exc), exc.node
-    kept = upstream(light, probes, node[1]) if node else []
-    if not kept:
-        return Probed(list(probes), {}, failure)
-    wanted = [probes[p] for p in kept]
-    cut_path = folder / "cut.onnx"  # beside probed.onnx.data, which its initializers name
-    onnx.save_model(cut_to(light, wanted), str(cut_path))
-    got = runtime.load(cut_path).run(feeds, wanted)
-    return Probed(list(probes), {by_value[v]: got[v] for v in wanted}, failure)
-
-
-def locate(path: Path, feeds: Mapping[str, np.ndarray], golden: Mapping[str, np.ndarray], grid: Grid,
-           rel_l2: float) -> Location:
-    """Probe ``path`` at module outputs on ``feeds`` in a child process and name the first module whose
-    output leaves ``rel_l2`` against ``golden``'s activations of the same name."""
-    try:
-        found = probe_in_child(path, feeds)
-    except ProbeFailed as exc:
-        return Location(grid, None, (), None, problem=str(exc))
-    return compare_probes(found, golden, grid, rel_l2)
+    session = runtime.load(probed)
+    found = []
+    for index, feed in enumerate(feeds):
+        try:
+            got = session.run(feed, wanted)
+            found.append(Probed(list(probes), {by_value[v]: got[v] for v in wanted}))
+            continue
+        except RuntimeRefused as exc:
+            failure, node = str(exc), exc.node
+        kept = upstream(light, probes, node[1]) if node else []
+        if not kept:
+            found.append(Probed(list(probes), {}, failure))
+            continue
+        cut_wanted = [probes[p] for p in kept]
+        cut_path = folder / f"cut-{index}.onnx"  # beside probed.onnx.data, which its initializers name
+        onnx.save_model(cut_to(light, cut_wanted), str(cut_path))
+        got = runtime.load(cut_path).run(feed, cut_wanted)
+        found.append(Probed(list(probes), {by_value[v]: got[v] for v in cut_wanted}, failure))
+    return found
 
 
 def compare_probes(found: Probed, golden: Mapping[str, np.ndarray], grid: Grid, rel_l2: float) -> Location:
@@ -320,32 +316,40 @@ def first_nonfinite(path: Path, runtime: Runtime, feeds: Mapping[str, np.ndarray
     return f"{where}: every module output it exposes is finite ({', '.join(clean)})"
 
 
-def probe_in_child(path: Path, feeds: Mapping[str, np.ndarray]) -> Probed:
-    """``probe`` in a child process; raises ``ProbeFailed`` when the child does not finish (our fault)."""
+def probe_in_child(path: Path, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[Probed]:
+    """``probe`` in a child process, one ``Probed`` per grid's ``feeds``; raises ``ProbeFailed`` when the
+    child does not finish (our fault)."""
     import numpy as np
 
     with tempfile.TemporaryDirectory(prefix="qwen3vl-probe-") as tmp:
         folder = Path(tmp)
-        np.savez(folder / "feeds.npz", **dict(feeds))  # type: ignore[arg-type]
+        for index, feed in enumerate(feeds):
+            np.savez(folder / f"feeds-{index}.npz", **dict(feed))  # type: ignore[arg-type]
         result = folder / "probed.json"
-        run_module(__name__, str(path), str(folder), what="the probe process", result=result)
-        meta = json.loads(result.read_text())
-        with np.load(folder / "values.npz") as stored:
-            values = {name: stored[name] for name in stored.files}
-    return Probed(meta["probes"], values, meta["failure"])
+        run_module(__name__, str(path), str(folder), str(len(feeds)), what="the probe process", result=result)
+        found = []
+        for index, meta in enumerate(json.loads(result.read_text())):
+            with np.load(folder / f"values-{index}.npz") as stored:
+                values = {name: stored[name] for name in stored.files}
+            found.append(Probed(meta["probes"], values, meta["failure"]))
+    return found
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The child. ``python -m pytest_qwen3vl.judge.locate FILE FOLDER`` reads FOLDER/feeds.npz and
-    writes FOLDER/values.npz and FOLDER/probed.json."""
+    """The child. ``python -m pytest_qwen3vl.judge.locate FILE FOLDER COUNT`` reads FOLDER/feeds-<i>.npz
+    and writes FOLDER/values-<i>.npz for each of COUNT grids, and FOLDER/probed.json."""
     import numpy as np
 
-    path, folder = (Path(a) for a in (argv or sys.argv[1:]))
-    with np.load(folder / "feeds.npz") as stored:
-        feeds: dict[str, Any] = {name: stored[name] for name in stored.files}
-    found = probe(path, feeds, folder)
-    np.savez(folder / "values.npz", **found.values)  # type: ignore[arg-type]
-    (folder / "probed.json").write_text(json.dumps({"probes": found.probes, "failure": found.failure}))
+    path, folder, count = (argv or sys.argv[1:])
+    feeds: list[dict[str, Any]] = []
+    for index in range(int(count)):
+        with np.load(Path(folder) / f"feeds-{index}.npz") as stored:
+            feeds.append({name: stored[name] for name in stored.files})
+    found = probe(Path(path), feeds, Path(folder))
+    for index, probed in enumerate(found):
+        np.savez(Path(folder) / f"values-{index}.npz", **probed.values)  # type: ignore[arg-type]
+    (Path(folder) / "probed.json").write_text(json.dumps([{"probes": p.probes, "failure": p.failure}
+                                                          for p in found]))
 
 
 if __name__ == "__main__":

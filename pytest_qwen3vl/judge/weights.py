@@ -6,16 +6,16 @@ Each golden tensor is found by name (``state_key``), else by value among the fil
 shape (the dynamo exporter keeps one of several equal LayerNorm tensors under one name; a quantizer
 renames what it quantizes), and an all-zero one with no match counts as dropped (optimizers drop
 the Add of a zero bias). The file's weights are read in a child process (``compare_in_child``), so
-they never sit beside the golden model in the check's own process. numpy and torch are imported
-inside the functions.
+they never sit beside the golden model in the check's own process; tensors cross between the two as
+one ``.npy`` file each (``Stored``), read one at a time, so neither side holds a second copy of them
+all. numpy and torch are imported inside the functions.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,10 @@ SAME_REL_L2 = 1e-6
 # A quantized tensor is the checkpoint's when at most this share of its elements lie more than one
 # quantization step from the checkpoint's (round to nearest is within half a step, clipping one).
 OFF_STEP_SHARE = 0.01
+# How far rounding a float32 tensor to each format moves it at most: half a unit in the last place
+# relative to each element (bfloat16 keeps 8 significant bits, float16 11), plus, absolutely, half the
+# spacing of the format's subnormals per element (what flushes to zero).
+_ROUNDING = {BF16: (2.0**-8, 2.0**-134), FP16: (2.0**-11, 2.0**-25)}
 # By-value search compares this many elements of each candidate first, then the best one whole.
 _SAMPLE = 4096
 _SUFFIXES = ("_quantized", "_Q4", "_Q8", "_Q2", "_transposed", "_Transposed")
@@ -54,13 +58,55 @@ class TensorVerdict:
     detail: str = ""  # for OTHER: "the checkpoint's transposed", ...
 
 
+class Stored(Mapping[str, "np.ndarray"]):
+    """Tensors kept one per ``.npy`` file and read only when asked for: a process that goes through
+    them holds one at a time (golden's in the weights child, the file's values in the check)."""
+
+    def __init__(self, files: Mapping[str, Path]) -> None:
+        self._files = dict(files)
+
+    @classmethod
+    def write(cls, folder: Path, tensors: Mapping[str, Any]) -> Stored:
+        """``tensors`` saved into ``folder`` (created) one by one."""
+        import numpy as np
+
+        folder.mkdir(parents=True, exist_ok=True)
+        files = {}
+        for index, (key, tensor) in enumerate(tensors.items()):
+            files[key] = folder / f"{index}.npy"
+            np.save(files[key], np.asarray(tensor))
+        return cls(files)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        import numpy as np
+
+        array: np.ndarray = np.load(self._files[key])
+        return array
+
+    def __contains__(self, key: object) -> bool:  # Mapping's would read the tensor
+        return key in self._files
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def files(self) -> dict[str, str]:
+        """Key -> file name, for the process that reads them (JSON)."""
+        return {key: str(path) for key, path in self._files.items()}
+
+
 @dataclass
 class WeightReport:
     """Every golden tensor's verdict, and the file's values that differ from golden's, by golden name
     in PyTorch's layout (what golden is run with to judge the graph; the equal ones it holds)."""
 
     verdicts: list[TensorVerdict] = field(default_factory=list)
-    values: dict[str, np.ndarray] = field(default_factory=dict)
+    values: Mapping[str, np.ndarray] = field(default_factory=dict)
+    # golden's own tensors under the keys of ``values``, where they are on disk already (what golden
+    # is restored from after holding the file's values; empty: golden saves its own)
+    saved: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def kinds(self, *kinds: str) -> list[TensorVerdict]:
         return [v for v in self.verdicts if v.kind in kinds]
@@ -145,6 +191,17 @@ def _rounded(ref: np.ndarray, kind: str) -> np.ndarray:
     return rounded
 
 
+def _may_be_rounded(kind: str, rel: float, size: int, norm: float) -> bool:
+    """Whether a value at relative L2 ``rel`` from a tensor of ``size`` elements and L2 ``norm`` can be
+    that tensor rounded to ``kind``: one farther than twice what rounding moves a tensor cannot (so
+    another checkpoint's tensor costs no rounding passes: at 4B they were most of the weights process's
+    time)."""
+    import math
+
+    unit, subnormal = _ROUNDING[kind]
+    return rel <= 2 * (unit + math.sqrt(size) * subnormal / norm) + SAME_REL_L2
+
+
 def verdict(key: str, weight: FileWeight, value: np.ndarray, ref: np.ndarray) -> TensorVerdict:
     """What ``value`` (``weight``'s value in ``ref``'s layout) is of the checkpoint's ``ref``."""
     import numpy as np
@@ -161,8 +218,9 @@ def verdict(key: str, weight: FileWeight, value: np.ndarray, ref: np.ndarray) ->
     elif rel <= SAME_REL_L2:
         return found(EQUAL)
     else:
+        norm = float(np.linalg.norm(ref)) or 1.0
         for kind in (BF16, FP16):
-            if _rel_l2(value, _rounded(ref, kind)) <= SAME_REL_L2:
+            if _may_be_rounded(kind, rel, ref.size, norm) and _rel_l2(value, _rounded(ref, kind)) <= SAME_REL_L2:
                 return found(kind)
     square = ref.ndim == 2 and ref.shape[0] == ref.shape[1]
     return found(OTHER, "the checkpoint's transposed" if square and _rel_l2(value, ref.T) < min(rel, 0.05) else "")
@@ -200,6 +258,7 @@ def compare_weights(path: Path, state: Mapping[str, Any]) -> WeightReport:
         for shape in shapes:
             by_shape.setdefault(shape, []).append(weight)
     report = WeightReport()
+    values: dict[str, np.ndarray] = {}
     for key, tensor in state.items():
         ref = np.asarray(tensor, dtype=np.float64)
         chosen: tuple[FileWeight, np.ndarray] | None = None
@@ -218,7 +277,8 @@ def compare_weights(path: Path, state: Mapping[str, Any]) -> WeightReport:
             found = TensorVerdict(key, ABSENT if ref.any() else DROPPED)
         report.verdicts.append(found)
         if found.kind not in (EQUAL, DROPPED, ABSENT):  # golden holds the equal ones already
-            report.values[key] = chosen[1]
+            values[key] = chosen[1]
+    report.values = values
     return report
 
 
@@ -232,7 +292,8 @@ def _nearest(ref: np.ndarray, candidates: Sequence[FileWeight]) -> tuple[FileWei
     flat = ref.reshape(-1)
     stride = max(1, flat.size // _SAMPLE)
     sample = flat[::stride]
-    best = min(options, key=lambda o: _rel_l2(np.asarray(o[1]).reshape(-1)[::stride], sample))
+    # ``flat`` takes the sample in the order ``reshape(-1)`` gives, without copying a transposed layout whole
+    best = min(options, key=lambda o: _rel_l2(np.asarray(o[1]).flat[::stride], sample))
     return best
 
 
@@ -250,38 +311,39 @@ def cast_buffers(report: WeightReport, model: torch.nn.Module) -> dict[str, np.n
             for name, buffer in model.named_buffers() if buffer.is_floating_point()}
 
 
-def compare_in_child(path: Path, state: Mapping[str, np.ndarray]) -> WeightReport:
-    """``compare_weights`` in a child process: golden's tensors go to it as ``.npy`` files it maps,
-    the verdicts and the values that differ from golden's come back. ``ProbeFailed`` when the child
-    does not finish (our fault, never a verdict)."""
-    import numpy as np
-
-    with tempfile.TemporaryDirectory(prefix="qwen3vl-weights-") as tmp:
-        folder = Path(tmp)
-        keys = list(state)
-        for index, key in enumerate(keys):
-            np.save(folder / f"{index}.npy", np.asarray(state[key]))
-        (folder / "keys.json").write_text(json.dumps(keys))
-        result = folder / "verdicts.json"
+def compare_in_child(path: Path, state: Mapping[str, np.ndarray], folder: Path) -> WeightReport:
+    """``compare_weights`` in a child process: golden's tensors go to it as ``.npy`` files it reads one
+    at a time, the verdicts come back, and the values that differ from golden's stay in ``folder`` as
+    ``.npy`` files the report reads when asked, beside golden's own under the same keys (``saved``;
+    the others are removed). The caller keeps ``folder`` while it uses them. ``ProbeFailed`` when the
+    child does not finish (our fault, never a verdict)."""
+    golden = Stored.write(folder / "golden", state)
+    (folder / "golden.json").write_text(json.dumps(golden.files()))
+    result = folder / "verdicts.json"
+    values: dict[str, str] = {}
+    try:
         run_module(__name__, str(path), str(folder), what="the weights process", result=result)
         report = WeightReport([TensorVerdict(**v) for v in json.loads(result.read_text())])
-        with np.load(folder / "values.npz") as stored:
-            report.values = {keys[int(name)]: stored[name] for name in stored.files}
+        values = json.loads((folder / "values.json").read_text())
+    finally:
+        for key, name in golden.files().items():
+            if key not in values:
+                Path(name).unlink()
+    report.values = Stored({key: Path(name) for key, name in values.items()})
+    report.saved = Stored({key: Path(name) for key, name in golden.files().items() if key in values})
     return report
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The child: ``python -m pytest_qwen3vl.judge.weights FILE FOLDER`` reads FOLDER's golden
-    tensors and writes FOLDER/verdicts.json and FOLDER/values.npz."""
-    import numpy as np
-
+    """The child: ``python -m pytest_qwen3vl.judge.weights FILE FOLDER`` reads the golden tensors
+    FOLDER/golden.json names and writes FOLDER/verdicts.json, and the differing values into
+    FOLDER/values (named in FOLDER/values.json)."""
     path, folder = (Path(a) for a in (argv or sys.argv[1:]))
-    keys = json.loads((folder / "keys.json").read_text())
-    state = {key: np.load(folder / f"{index}.npy", mmap_mode="r") for index, key in enumerate(keys)}
+    state = Stored({key: Path(name) for key, name in json.loads((folder / "golden.json").read_text()).items()})
     report = compare_weights(path, state)
-    index = {key: i for i, key in enumerate(keys)}
+    values = Stored.write(folder / "values", report.values)
+    (folder / "values.json").write_text(json.dumps(values.files()))
     (folder / "verdicts.json").write_text(json.dumps([asdict(v) for v in report.verdicts]))
-    np.savez(folder / "values.npz", **{str(index[k]): v for k, v in report.values.items()})  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

@@ -164,19 +164,16 @@ def read_weights(path: Path) -> list[FileWeight]:
     """Every float or quantized weight of the file (external data included), as the graph uses it."""
     import numpy as np
     import onnx
-    from onnx import numpy_helper
 
+    from pytest_qwen3vl.onnxfile.initializers import Initializers
     from pytest_qwen3vl.onnxfile.structure import consumed
 
-    model = onnx.load(str(path), load_external_data=False)
+    reader = Initializers(path)  # one tensor at a time: the arrays are the one copy of the weights held
+    model = reader.model
     read = set().union(*(consumed(node) for node in model.graph.node))
     # an initializer no node reads is not a weight of the graph (a rewrite may leave the original)
     types = {i.name: i.data_type for i in model.graph.initializer if i.name in read}
-    arrays: dict[str, np.ndarray] = {}
-    for init in model.graph.initializer:  # one tensor at a time: the arrays are the one copy kept
-        if init.name in read:
-            arrays[init.name] = numpy_helper.to_array(init, str(path.parent))
-        init.Clear()
+    arrays = {name: reader.array(name) for name in types}
     used: set[str] = set()
     found: list[FileWeight] = []
     for node in model.graph.node:
@@ -202,7 +199,8 @@ def read_weights(path: Path) -> list[FileWeight]:
             used.update((name, f"{base}_scale", f"{base}_zero_point"))
     for name, array in arrays.items():
         if name not in used and array.ndim and (array.dtype.kind == "f" or types[name] == onnx.TensorProto.BFLOAT16):
-            found.append(FileWeight(name, array.astype(np.float32), _ENCODINGS.get(types[name], "float")))
+            found.append(FileWeight(name, array.astype(np.float32, copy=False), _ENCODINGS.get(types[name], "float")))
+    del arrays  # a weight transposed below then leaves no copy in its stored layout behind
     consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for node in model.graph.node:
         for index, value in enumerate(node.input):

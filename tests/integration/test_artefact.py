@@ -658,6 +658,43 @@ def test_a_cache_that_keeps_nothing_costs_the_keeping_not_the_cost(pair: VisionP
     assert cost.gap is not None and cost.gap.kl_last == 0 and cost.gap.top1_last == 1, cost.text()
 
 
+def test_golden_holds_a_files_weights_in_place_and_gives_its_own_back(pair: VisionPair, tmp_path: Path) -> None:
+    """Golden run with a file's weights overwrites its own tensors in place (their storage never moves:
+    no second copy), answers as a model built with those weights does, and holds its own again
+    after, bit for bit; while it holds them, golden's own forward is refused, never silently wrong."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from pytest_qwen3vl.judge.golden import GoldenRuns
+    from pytest_qwen3vl.judge.weights import Stored
+
+    spec = resolve_config("tiny", installed_golden_path().parent)
+    own = {k: v.detach().clone() for k, v in pair.golden.state_dict().items()}
+    changed = {"blocks.0.attn.qkv.weight": own["blocks.0.attn.qkv.weight"].numpy() * 2,
+               "pos_embed.weight": own["pos_embed.weight"].numpy() + 0.5}
+    values = Stored.write(tmp_path / "values", changed)
+    other = copy.deepcopy(pair.golden)
+    other.load_state_dict({**own, **{k: torch.from_numpy(v) for k, v in changed.items()}})
+    expected = GoldenRuns(other, spec, 0).outputs(TRACE_GRID)
+    checkpoint = GoldenRuns(pair.golden, spec, 0)
+    storage = pair.golden.blocks[0].attn.qkv.weight.data_ptr()
+    # golden's own saved by itself, or already on disk (as the weights process was sent them)
+    for saved in (None, Stored.write(tmp_path / "own", {k: own[k].numpy() for k in changed})):
+        held = GoldenRuns(pair.golden, spec, 0, values, saved)
+        with held.held():
+            assert pair.golden.blocks[0].attn.qkv.weight.data_ptr() == storage
+            assert torch.equal(pair.golden.pos_embed.weight, torch.from_numpy(changed["pos_embed.weight"]))
+            got = held.outputs(TRACE_GRID)
+            with pytest.raises(RuntimeError, match="holds another file's weights"):
+                checkpoint.outputs(TRACE_GRID)
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert all(torch.equal(v, own[k]) for k, v in pair.golden.state_dict().items())
+    assert not np.array_equal(checkpoint.outputs(TRACE_GRID)[0], got[0])  # the swap changed the answer
+
+
 def test_a_failed_probe_process_is_ours_not_a_location(tmp_path: Path) -> None:
     """The child that probes a file fails (here: no model where it looks): ProbeFailed, and the
     location says "not located" with the child's last error line, naming no module of the file."""
@@ -667,7 +704,7 @@ def test_a_failed_probe_process_is_ours_not_a_location(tmp_path: Path) -> None:
     from pytest_qwen3vl.judge.locate import Location, probe_in_child
 
     with pytest.raises(ProbeFailed, match=r"^the probe process failed: .*Error"):
-        probe_in_child(tmp_path / "gone.onnx", {"pixel_values": np.zeros((4, 1536), np.float32)})
+        probe_in_child(tmp_path / "gone.onnx", [{"pixel_values": np.zeros((4, 1536), np.float32)}])
     text = Location(TRACE_GRID, None, (), None, problem="the probe process failed: MemoryError").text()
     assert text == "1x24x24: not located (the probe process failed: MemoryError)"
 

@@ -145,3 +145,60 @@ def test_accuracy_level_4_is_computed_as_a_downstream_session_computes_it(tmp_pa
     cost = float(np.linalg.norm(downstream - exact) / np.linalg.norm(exact))
     assert cost > 1e-4, cost
     assert runtime.for_ops({"MatMul", "Gather"}) is runtime
+
+
+def test_initializers_are_read_one_at_a_time_as_onnx_reads_them(tmp_path: Path, checkpoint) -> None:
+    """The graph without its weights' data, and each initializer read on its own, inline or external,
+    equal what onnx reads from the whole file; bytes that are no ONNX model are refused."""
+    from pytest_qwen3vl.onnxfile.initializers import Initializers
+
+    inline = _float_model(tmp_path / "inline.onnx", *checkpoint)
+    external = tmp_path / "external.onnx"
+    onnx.save_model(onnx.load(str(inline)), str(external), save_as_external_data=True, location="external.data",
+                    size_threshold=0)
+    for path in (inline, external):
+        reader = Initializers(path)
+        whole = onnx.load(str(path))
+        assert reader.model.graph.node == whole.graph.node
+        assert [(i.name, i.data_type, list(i.dims)) for i in reader.model.graph.initializer] == \
+            [(i.name, i.data_type, list(i.dims)) for i in whole.graph.initializer]
+        assert not any(i.raw_data for i in reader.model.graph.initializer)
+        assert [list(i.external_data) for i in reader.model.graph.initializer] == \
+            [list(i.external_data) for i in onnx.load(str(path), load_external_data=False).graph.initializer]
+        for init in whole.graph.initializer:
+            np.testing.assert_array_equal(reader.array(init.name), numpy_helper.to_array(init))
+    (tmp_path / "cut.onnx").write_bytes(inline.read_bytes()[:-100])
+    (tmp_path / "text.onnx").write_bytes(b"\xff\xff\xff\xff\xff\xff\xff")
+    for bad in ("cut.onnx", "text.onnx"):
+        with pytest.raises(ValueError):
+            Initializers(tmp_path / bad)
+
+
+def _worst_for_bf16(rng: np.random.Generator) -> np.ndarray:
+    """Values just short of halfway between two bfloat16 numbers: rounding moves each by almost 2^-8."""
+    return (2.0 ** rng.integers(-8, 0, (64, 48)) * (1 + 0.999 * 2**-8) * rng.choice([-1, 1], (64, 48)))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda rng: rng.normal(0, 0.05, (64, 48)), lambda rng: rng.normal(0, 1e-6, (64, 48)), _worst_for_bf16],
+    ids=["weights", "fp16-subnormals", "bf16-worst-rounding"],
+)
+def test_rounded_tensors_are_told_from_other_values_at_any_scale(make) -> None:
+    """The checkpoint rounded to bfloat16 or float16 is named so: at a weight's scale, where float16
+    keeps only a few bits (its subnormals), and where rounding moves every value the most; the same
+    tensor with that error doubled, or another seed's values, is other. (Tensors far from the
+    checkpoint skip the rounding passes: the bound that allows it must never skip a rounded one.)"""
+    import torch
+
+    from pytest_qwen3vl.judge.weights import BF16, FP16
+    from pytest_qwen3vl.onnxfile.dequantize import FileWeight
+
+    rng = np.random.default_rng(1)
+    ref = make(rng).astype(np.float32)
+    bf16 = torch.from_numpy(ref).to(torch.bfloat16).float().numpy()
+    fp16 = ref.astype(np.float16).astype(np.float32)
+    other = make(rng).astype(np.float32)
+    for value, kind in ((bf16, BF16), (fp16, FP16), (bf16 + (bf16 - ref), OTHER), (other, OTHER)):
+        found = verdict("w", FileWeight("w", value, "float32"), value, ref.astype(np.float64))
+        assert found.kind == kind, (kind, found)
