@@ -17,6 +17,10 @@ VERIFIED: dict[str, tuple[str, ...]] = {
     # 5.25.0: its vision definitions differ from 5.23.0's only where the claims do not reach
     # (tools/vision_across_versions.py, docs/versions.md)
     "qwen3_vl": ("4.57.6", "5.23.0", "5.25.0"),
+    # the whole suite on the reference change applied to each family's file: the same errata as
+    # qwen3_vl's under each version (docs/versions.md)
+    "qwen3_vl_moe": ("4.57.6", "5.23.0", "5.25.0"),
+    "qwen3_omni_moe": ("4.57.6", "5.23.0", "5.25.0"),
 }
 
 
