@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from pytest_qwen3vl.errors import ConfigError, Qwen3VLError, SourceError
 from pytest_qwen3vl.source.diff import Change, DiffReport, check_one_diff
-from pytest_qwen3vl.source.files import GoldenFile, check_golden, default_golden, installed_golden_path
+from pytest_qwen3vl.source.files import GoldenFile, check_golden, default_golden
 from pytest_qwen3vl.source.fingerprints import fork_mismatch
 
 if TYPE_CHECKING:
@@ -247,9 +247,8 @@ def export_main(argv: Sequence[str] | None = None) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     """Resolve the inputs (all checked before torch is imported), build the model, export it."""
-    from pytest_qwen3vl.model.configs import resolve_config, weights_origin
+    from pytest_qwen3vl.model.configs import other_family, resolve_config, weights_origin
     from pytest_qwen3vl.model.grids import Grid
-    from pytest_qwen3vl.source.files import check_golden
 
     try:
         spec = resolve_config(args.config, Path.cwd())
@@ -266,8 +265,10 @@ def _export(args: argparse.Namespace) -> int:
         raise SourceError(f"-o: {args.output} is a folder; name the .onnx file to write")
     if not os.access(args.output.parent, os.W_OK):
         raise SourceError(f"-o: folder {args.output.parent} is not writable")
-    golden = installed_golden_path()
+    golden = default_golden(args.modified)  # the installed file of the modified file's family
     check_golden(golden)
+    if why := other_family(spec, golden, f"--config={args.config!r}", "--modified"):
+        raise ConfigError(why)
 
     _progress = _progress_of("qwen3vl-export")
     started = time.perf_counter()

@@ -196,6 +196,42 @@ def overflowing_checkpoint(out: Path) -> Path:
     return out
 
 
+def released_name(name: str) -> str:
+    """A Qwen3-Omni thinker tensor's name as released checkpoints spell it (transformers 5.x nests the
+    towers and the text model under the thinker's ``model``)."""
+    for inside, released in (("model.language_model.", "model."), ("model.visual.", "visual."),
+                             ("model.audio_tower.", "audio_tower.")):
+        if name.startswith(inside):
+            return f"thinker.{released}{name.removeprefix(inside)}"
+    return f"thinker.{name}"
+
+
+def omni_checkpoint(folder: Path, seed: int) -> Path:
+    """A Qwen3-Omni checkpoint folder laid out as the released ones are: config.json with the thinker's
+    config under ``thinker_config``, and the thinker's tensors under ``thinker.`` in model.safetensors
+    (the tiny family config with weights seeded from ``seed``; no talker)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from pytest_qwen3vl.model.build import build_golden
+    from pytest_qwen3vl.model.configs import resolve_config
+    from pytest_qwen3vl.model.pipeline import build_full_model
+    from pytest_qwen3vl.source.families import QWEN3_OMNI_MOE
+    from pytest_qwen3vl.source.files import import_modeling_file, installed_golden_path
+
+    spec = resolve_config("tiny", Path("."))
+    golden = import_modeling_file(installed_golden_path(QWEN3_OMNI_MOE), "golden")
+    thinker = build_full_model(golden, spec, build_golden(golden, spec, seed), seed)
+    folder.mkdir(parents=True)
+    tensors = {released_name(name): value.detach().clone().contiguous() for name, value in thinker.state_dict().items()}
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = {"model_type": QWEN3_OMNI_MOE.name, "architectures": ["Qwen3OmniMoeForConditionalGeneration"],
+              "thinker_config": thinker.config.to_dict()}
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
 # -- damage to a cache entry --------------------------------------------------------------------------
 
 def truncate(path: Path) -> None:

@@ -159,6 +159,22 @@ def resolve_config(value: str, base: Path) -> ModelSpec:
                      checkpoint, top, model_type)
 
 
+def other_family(spec: ModelSpec, golden: Path, config_flag: str, modified_flag: str) -> str | None:
+    """Why a checkpoint cannot be checked against ``golden``'s family: one of another family (its weights do
+    not fit that family's classes, and its verdicts would be about another model); None when it can. The
+    flags are the caller's names for the two options."""
+    from pytest_qwen3vl.source.families import FAMILIES
+    from pytest_qwen3vl.source.files import file_family
+
+    if spec.model_type not in FAMILIES:
+        return None
+    family = file_family(golden)
+    if spec.model_type == family.name:
+        return None
+    return (f"{config_flag}: a {spec.model_type} checkpoint, and the file checked is a {family.name} one "
+            f"({golden.name}): name a {family.name} checkpoint, or a {spec.model_type} file with {modified_flag}")
+
+
 def weights_origin(spec: ModelSpec, seed: int) -> str:
     """Where golden's weights come from, said where a user reads it (the header, qwen3vl-export's
     progress): a folder without weights gets seeded ones, and that must not pass unnoticed."""

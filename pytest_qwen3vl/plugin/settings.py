@@ -296,19 +296,12 @@ def _truthy(value: object) -> bool:
 
 
 def family_mismatch(model: ModelSpec, golden: Path | None, raw_config: object) -> None:
-    """A checkpoint of another family than the modified file's (golden's) is a usage error: its weights
-    do not fit that family's classes, and its verdicts would be about another model."""
-    from pytest_qwen3vl.source.families import FAMILIES
-    from pytest_qwen3vl.source.files import file_family
+    """A checkpoint of another family than the modified file's (golden's) is a usage error."""
+    from pytest_qwen3vl.model.configs import other_family
 
-    if golden is None or model.model_type not in FAMILIES:
-        return
-    family = file_family(golden)
-    if model.model_type != family.name:
-        raise SettingsError(
-            f"{flag(CONFIG)}={raw_config!r}: a {model.model_type} checkpoint, and the file checked is a {family.name} "
-            f"one ({golden.name}): name a {family.name} checkpoint, or a {model.model_type} file with {flag(MODIFIED)}"
-        )
+    why = other_family(model, golden, f"{flag(CONFIG)}={raw_config!r}", flag(MODIFIED)) if golden else None
+    if why:
+        raise SettingsError(why)
 
 
 def settings_from_pytest(config: pytest.Config) -> Settings:

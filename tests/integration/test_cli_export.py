@@ -92,3 +92,25 @@ def test_bad_input_is_one_line_with_exit_2(
     assert len(problems) == 1, lines
     assert fnmatch.fnmatch(problems[0], expected.format(tmp=tmp_path)), problems[0]
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_family_fork_exports_from_its_own_checkpoint_and_a_checkpoint_of_another_family_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With a Qwen3-Omni fork, the model is built from Omni's classes and the Omni checkpoint's weights (it
+    was built from Qwen3-VL's: "vision tensors do not fit the config"); without the fork, golden is
+    Qwen3-VL's and the Omni checkpoint is refused in one line."""
+    from pytest_qwen3vl.source.families import QWEN3_OMNI_MOE
+    from tests.helpers import omni_checkpoint
+
+    folder = omni_checkpoint(tmp_path / "omni", seed=3)
+    fork = write_reference_modified(installed_golden_path(QWEN3_OMNI_MOE), tmp_path)
+    out = tmp_path / "omni.onnx"
+    assert run("--config", str(folder), "--modified", str(fork), "--recipe", "grid-free", "-o", str(out)) == 0
+    assert "weights: the checkpoint's model.safetensors" in capsys.readouterr().err
+    assert any(i.name.endswith("merger.mlp.0.weight") for i in onnx.load(str(out)).graph.initializer)  # Omni's names
+    assert run("--config", str(folder), "--recipe", "grid-free", "-o", str(tmp_path / "vl.onnx")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"qwen3vl-export: --config='{folder}': a qwen3_omni_moe checkpoint, and the file checked is a "
+                   "qwen3_vl one (modeling_qwen3_vl.py): name a qwen3_vl checkpoint, or a qwen3_omni_moe file with "
+                   "--modified"], err

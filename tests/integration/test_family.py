@@ -41,7 +41,7 @@ from pytest_qwen3vl.source.files import (
     reference_modified_text,
 )
 from tests.conftest import RunSuite
-from tests.helpers import claim_row
+from tests.helpers import claim_row, omni_checkpoint
 
 pytestmark = pytest.mark.qwen3vl_versions
 
@@ -212,34 +212,6 @@ def test_the_pipeline_cost_is_measured_on_the_family_whole_model(family: Family)
     noise = np.random.default_rng(0).standard_normal(pooled.shape).astype(pooled.dtype) * 0.01 * np.abs(pooled).max()
     moved = whole.cost(grid, pooled + noise, deepstack)
     assert moved.gap is not None and moved.gap.logits > 1e-3, moved.text()
-
-
-def released_name(name: str) -> str:
-    """A thinker tensor's name as released Qwen3-Omni checkpoints spell it (transformers 5.x nests the towers
-    and the text model under the thinker's ``model``)."""
-    for inside, released in (("model.language_model.", "model."), ("model.visual.", "visual."),
-                             ("model.audio_tower.", "audio_tower.")):
-        if name.startswith(inside):
-            return f"thinker.{released}{name.removeprefix(inside)}"
-    return f"thinker.{name}"
-
-
-def omni_checkpoint(folder: Path, seed: int) -> Path:
-    """A Qwen3-Omni checkpoint folder laid out as the released ones are: config.json with the thinker's
-    config under ``thinker_config``, and the thinker's tensors under ``thinker.`` in model.safetensors
-    (the tiny family config with weights seeded from ``seed``; no talker)."""
-    from safetensors.torch import save_file
-
-    spec = resolve_config("tiny", Path("."))
-    golden = import_modeling_file(installed_golden_path(QWEN3_OMNI_MOE), "golden")
-    thinker = pl.build_full_model(golden, spec, build_golden(golden, spec, seed), seed)
-    folder.mkdir(parents=True)
-    tensors = {released_name(name): value.detach().clone().contiguous() for name, value in thinker.state_dict().items()}
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    config = {"model_type": QWEN3_OMNI_MOE.name, "architectures": ["Qwen3OmniMoeForConditionalGeneration"],
-              "thinker_config": thinker.config.to_dict()}
-    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    return folder
 
 
 def test_a_qwen3_omni_checkpoint_folder_is_read_as_released(run_suite: RunSuite, tmp_path: Path) -> None:
