@@ -7,6 +7,8 @@ import importlib.metadata
 ABSENT = "absent"
 # The libraries an export depends on: a change of any of them keys a new export.
 EXPORT_LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript")
+# The optional runtimes a file's measurement may have run on: their versions key what is kept of it.
+RUNTIME_LIBRARIES = ("openvino", "onnxruntime-genai")
 
 
 def installed_version(name: str) -> str | None:

@@ -107,6 +107,7 @@ class ArtefactCheck:
         self.overridden = bool(overrides)
         self.runs = FileRuns(facts, self.runtime, golden, self.tolerance)
         self._graph_golden: GoldenRuns | None = None
+        self._plain: GoldenRuns | None = None  # golden holding the file's weights, its buffers as they are
         self._copies: tempfile.TemporaryDirectory[str] | None = None  # the fp32-activation copy's folder
         self._values: tempfile.TemporaryDirectory[str] | None = None  # the file's weights that differ, as .npy
         self._costs: dict[Grid, PipelineCost] = {}
@@ -183,7 +184,9 @@ class ArtefactCheck:
             self._graph_golden = self.golden
             return self.golden
         model, spec, seed = self.golden.model, self.golden.spec, self.golden.seed
-        plain = GoldenRuns(model, spec, seed, report.values, report.saved)
+        if self._plain is None:  # one object until decided: grids it serves share its swaps
+            self._plain = GoldenRuns(model, spec, seed, report.values, report.saved)
+        plain = self._plain
         buffers = cast_buffers(report, model)
         if not buffers or self.interface.pooled is None:
             self._graph_golden = plain
@@ -226,10 +229,12 @@ class ArtefactCheck:
     def graphs(self, grids: Sequence[Grid]) -> list[Finding]:
         """``graph`` on each of ``grids``, golden holding the file's weights once for all of them (at
         4B each swap moves 1.6 GB each way): the file runs first, then golden's forwards."""
-        if not self.weight_report.all_equal:
-            ran = [g for g in grids if self.graph_runs.run(g)[0].error is None]
-            for golden in {id(gold): gold for gold in (self.graph_golden(g) for g in ran)}.values():
-                golden.outputs_on(g for g in ran if self.graph_golden(g) is golden)
+        ran = [] if self.weight_report.all_equal else [g for g in grids if self.graph_runs.run(g)[0].error is None]
+        if ran:
+            golden = self.graph_golden(ran[0])  # decided on a grid the file runs: the same for every one
+            with golden.held():
+                for grid in ran:
+                    golden.outputs(grid)
         return [self.graph(g) for g in grids]
 
     def activation_cost(self, grid: Grid) -> float | None:
@@ -250,7 +255,7 @@ class ArtefactCheck:
 
         from pytest_qwen3vl.judge.pipeline_cost import PipelineCost
         from pytest_qwen3vl.store.cache import file_digest
-        from pytest_qwen3vl.versions import library_versions
+        from pytest_qwen3vl.versions import RUNTIME_LIBRARIES, library_versions
 
         def measure() -> PipelineCost:
             finding, values = self.runs.run(grid)
@@ -269,7 +274,7 @@ class ArtefactCheck:
         if grid not in self._costs:
             files = [self.path, *(self.path.parent / name for name in self.facts.external)]
             parts = {"file": " ".join(file_digest(f) for f in files), "runtime": self.runtime.key(),
-                     "runtimes": json.dumps(library_versions(("openvino", "onnxruntime-genai")), sort_keys=True),
+                     "runtimes": json.dumps(library_versions(RUNTIME_LIBRARIES), sort_keys=True),
                      "interface": json.dumps(self.interface.to_dict(), sort_keys=True)}
             self._costs[grid] = whole.kept(parts, grid, measure)
         return self._costs[grid]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import tempfile
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,15 +65,6 @@ class GoldenRuns:
                 outputs = self.model(torch.from_numpy(pixels), torch.from_numpy(thw))
             self._outputs[grid] = (merged(outputs).numpy(), *(d.numpy() for d in deepstack(outputs)))
         return self._outputs[grid]
-
-    def outputs_on(self, grids: Iterable[Grid]) -> list[tuple[np.ndarray, ...]]:
-        """``outputs`` on each of ``grids``, the weights swapped in once for those not computed yet."""
-        grids = list(grids)
-        if any(grid not in self._outputs for grid in grids):
-            with self.held():
-                for grid in grids:
-                    self.outputs(grid)
-        return [self.outputs(grid) for grid in grids]
 
     def probes(self, grid: Grid) -> dict[str, np.ndarray]:
         """Module outputs by probe name (``patch_embed``, ``pos_add``, ``blocks.i``, ...), via hooks."""

@@ -108,7 +108,7 @@ class WholeModel:
         another worker or a later run reads it instead of building the language model. A cost not
         measured (no language model, a refused grid) is not kept: it is said again, never remembered. A
         cache that takes nothing (``NotRunnable``) costs only the keeping, never the parity row."""
-        from pytest_qwen3vl.store.cache import MAKING, Unpublished, code_digest, file_digest
+        from pytest_qwen3vl.store.cache import MEASURING, Unpublished, code_digest, file_digest
         from pytest_qwen3vl.versions import library_versions
 
         if self.store is None:
@@ -117,7 +117,7 @@ class WholeModel:
             "kind": "pipeline-cost", **parts, "grid": grid.text, "config": self.golden.spec.key(),
             "seed": str(self.golden.seed), "golden": file_digest(Path(str(self.module.__file__))),
             "libraries": json.dumps(library_versions(), sort_keys=True),
-            "code": code_digest(*MAKING, "onnxfile", "runtimes", "judge"),
+            "code": code_digest(*MEASURING),
         }
 
         def build(out: Path) -> None:

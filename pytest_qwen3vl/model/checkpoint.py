@@ -228,7 +228,7 @@ def load_vision_weights(model: torch.nn.Module, folder: Path) -> None:
         )
 
 
-def load_language_weights(model: torch.nn.Module, folder: Path, language: str = "model.language_model.") -> None:
+def load_language_weights(model: torch.nn.Module, folder: Path, language: str) -> None:
     """Load the language model and ``lm_head`` of a local checkpoint into a whole model, strictly over
     those tensors (a tied head may be absent). ``language`` is where the whole model keeps its text
     model (Qwen3-Omni's thinker under transformers 4.57.6: ``model.``); a Qwen3-Omni checkpoint's are

@@ -149,8 +149,7 @@ def build_full_model(golden: ModuleType, spec: ModelSpec, vision: torch.nn.Modul
         raise ConfigError(f"{spec.name}: the vision tower does not fit the whole model: {unshared[:3]}")
     holder.visual = vision  # its non-persistent buffers too, computed in float32
     if spec.checkpoint is not None:
-        language = next(name for name, module in model.named_modules() if module is parts(model).language)
-        load_language_weights(model, spec.checkpoint, f"{language}.")
+        load_language_weights(model, spec.checkpoint, parts(model).prefix)
     return model.eval()
 
 
@@ -163,14 +162,15 @@ class Parts:
 
     holder: Any
     language: Any
+    prefix: str  # the text model's name in the whole model's state dict, with its dot
 
 
 def parts(model: Any) -> Parts:
     """The ``Parts`` of golden's whole model, read from the attributes it has."""
     inner = model.model
     if hasattr(inner, "language_model"):
-        return Parts(inner, inner.language_model)
-    return Parts(model, inner)
+        return Parts(inner, inner.language_model, "model.language_model.")
+    return Parts(model, inner, "model.")
 
 
 def image_counts(grid_thw: torch.Tensor, merge: int) -> list[int]:

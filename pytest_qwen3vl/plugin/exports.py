@@ -30,8 +30,8 @@ from pytest_qwen3vl.export.recipes import LAYOUTS, RECIPE_NAMES, RECIPES, export
 from pytest_qwen3vl.model.grids import SWEEP, Grid
 from pytest_qwen3vl.model.inputs import make_inputs
 from pytest_qwen3vl.source.files import sha256_file
-from pytest_qwen3vl.store.cache import MAKING, ArtifactCache, CacheTally, Fallbacks, Unpublished, code_digest
-from pytest_qwen3vl.versions import library_versions
+from pytest_qwen3vl.store.cache import MAKING, MEASURING, ArtifactCache, CacheTally, Fallbacks, Unpublished, code_digest
+from pytest_qwen3vl.versions import RUNTIME_LIBRARIES, library_versions
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -168,10 +168,10 @@ class SessionExports:
 
         try:
             return [Finding.from_dict(data) for data in json.loads(self._measured(
-                path, "onnx-sweep", measure, code=code_digest(*MAKING, "onnxfile", "runtimes", "judge"),
+                path, "onnx-sweep", measure, code=code_digest(*MEASURING),
                 golden=self._digest("golden"), config=self._spec.key(), seed=str(self._seed),
                 grids=" ".join(grid.text for grid in grids), runtime=runner.key(),
-                runtimes=json.dumps(library_versions(("openvino", "onnxruntime-genai")), sort_keys=True),
+                runtimes=json.dumps(library_versions(RUNTIME_LIBRARIES), sort_keys=True),
             ))]
         except Unpublished as wrong:
             findings: list[Finding] = wrong.value

@@ -368,12 +368,19 @@ def qwen3vl_genai(pytestconfig: pytest.Config, qwen3vl_settings: Settings, qwen3
     return genai
 
 
+_GENAI_KEY = pytest.StashKey["SessionGenai"]()
+
+
 def _session_genai(config: pytest.Config, settings: Settings, golden: Path) -> SessionGenai:
-    """The session's genai folder and references (nothing is made until asked)."""
+    """The session's genai folder and references, one per process for the genai claims and the genai
+    runtime alike (nothing is made until asked)."""
     from pytest_qwen3vl.plugin.exports import TALLY_KEY
     from pytest_qwen3vl.plugin.genai import SessionGenai
 
-    return SessionGenai(settings, golden, on_event=config.stash[TALLY_KEY].add, fallbacks=_fallbacks(config, settings))
+    if _GENAI_KEY not in config.stash:
+        config.stash[_GENAI_KEY] = SessionGenai(settings, golden, on_event=config.stash[TALLY_KEY].add,
+                                                fallbacks=_fallbacks(config, settings))
+    return config.stash[_GENAI_KEY]
 
 
 GATE_ROLES = ("golden", "modified", "reference")

@@ -58,6 +58,7 @@ class SessionGenai:
         self._golden_digest = sha256_file(golden)
         self.family = file_family(golden)
         self._reference: torch.nn.Module | None = None
+        self._folder: Path | None = None
 
     @property
     def user_folder(self) -> Path | None:
@@ -113,6 +114,8 @@ class SessionGenai:
         cache copied or restored elsewhere still serves the folder."""
         if self.user_folder is not None:
             return self.user_folder
+        if self._folder is not None:  # made or verified once per process
+            return self._folder
         checkpoint = self.checkpoint()
         made = json.dumps(self._checkpoint_parts(), sort_keys=True) if self.spec.checkpoint is None else None
         parts = {
@@ -124,7 +127,8 @@ class SessionGenai:
         def build(path: Path) -> None:
             build_session_folder(checkpoint, path.parent)
 
-        return self.cache.get_or_create(parts, CONFIG_FILE, build).parent
+        self._folder = self.cache.get_or_create(parts, CONFIG_FILE, build).parent
+        return self._folder
 
     def runtime_folder(self) -> Path:
         """The folder, or ``NotRunnable`` with the reason it cannot be used here (genai not installed, a

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_qwen3vl.errors import NotRunnable, RuntimeRefused
 from pytest_qwen3vl.runtimes.base import Runtime, Session
-from pytest_qwen3vl.runtimes.genai_folder import CONFIG_FILE, PROCESSOR_FILE, vision_overlay
+from pytest_qwen3vl.runtimes.genai_folder import CONFIG_FILE, PROCESSOR_FILE, misfit, vision_overlay
 
 if TYPE_CHECKING:
     import numpy as np
@@ -195,28 +195,27 @@ class OnnxRuntimeGenai(Runtime):
         output or grid input recognised by name): not a verdict on the file."""
         import onnxruntime_genai as og
 
-        from pytest_qwen3vl.onnxfile.interface import read_file
+        from pytest_qwen3vl.onnxfile.interface import recognise
         from pytest_qwen3vl.onnxfile.structure import structure
 
         folder = self.folder().resolve()
         facts = FolderFacts.of(folder)
-        interface = read_file(path).interface
+        graph = structure(path)  # read once: the interface and the node names a refusal may name
+        interface = recognise(graph, path)
         own = path.resolve() == (folder / facts.vision_file).resolve()
         pooled = facts.vision_output if own else interface.pooled.name if interface.pooled else None
         if pooled is None or interface.grid is None:
             missing = "a pooled output" if pooled is None else "a grid input"
             raise NotRunnable(f"not run: {GENAI_RUNTIME} feeds the pixels and the grid and reads the image features; "
                               f"{path.name} has no {missing} recognised by name ({interface.describe()})")
-        for port, axis, expected, what in ((interface.pixels, 1, facts.columns, "pixel values per patch"),
-                                           (interface.pooled, -1, facts.hidden, "features per row")):
-            found = port.dims[axis] if port is not None and port.dims and len(port.dims) == 2 else None
-            if isinstance(found, int) and expected is not None and found != expected:
-                raise NotRunnable(f"not run: {path.name} has {found} {what}, the session's genai folder {expected}: "
-                                  f"a file of another config than the folder's")
+        if wrong := misfit(interface, facts.columns, facts.hidden):
+            _, found, what, expected = wrong
+            raise NotRunnable(f"not run: {path.name} has {found} {what}, the session's genai folder {expected}: "
+                              f"a file of another config than the folder's")
         config = og.Config(str(folder))
         if not own:
             config.overlay(vision_overlay(folder, path, pooled, (interface.pixels.name, interface.grid.name)))
-        nodes = frozenset(node.name for node in structure(path).graph.node)
+        nodes = frozenset(node.name for node in graph.graph.node)
         try:
             model = og.Model(config)
         except RuntimeError as exc:

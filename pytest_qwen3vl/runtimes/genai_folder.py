@@ -23,13 +23,16 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_qwen3vl.errors import ConfigError, GenaiFolderError, child_failure
 from pytest_qwen3vl.model.checkpoint import checkpoint_weights
 from pytest_qwen3vl.model.grids import DEFAULT_GRID, Grid
 from pytest_qwen3vl.model.write_checkpoint import staged_folder
 from pytest_qwen3vl.onnxfile.names import INPUT_NAMES
+
+if TYPE_CHECKING:
+    from pytest_qwen3vl.onnxfile.interface import Interface
 
 GENAI_INSTALL = "pip install pytest-qwen3vl[genai]"
 # Modules the folder and the runtime need; onnx_ir is imported by genai's builder without being
@@ -209,13 +212,24 @@ def check_vision(vision: Path, checkpoint: Path) -> tuple[str, ...]:
     columns = (int(vision_config.get("in_channels", 3)) * int(vision_config.get("temporal_patch_size", 2))
                * int(vision_config.get("patch_size", 16)) ** 2)
     width = vision_config.get("out_hidden_size")
+    if wrong := misfit(interface, columns, int(width) if width is not None else None):
+        port, found, what, expected = wrong
+        raise ConfigError(f"--vision: {vision}: {port} has {found} {what}; {checkpoint / 'config.json'} "
+                          f"says {expected}: not this checkpoint's vision encoder")
+    return facts.external
+
+
+def misfit(interface: Interface, columns: int | None, width: int | None) -> tuple[str, int, str, int] | None:
+    """The first of a vision file's pixel values per patch and embedding width that is fixed and differs
+    from ``columns`` or ``width`` (None: not known): its port, the size found, what it is, the size wanted."""
     for port, axis, expected, what in ((interface.pixels, 1, columns, "pixel values per patch"),
                                        (interface.pooled, -1, width, "embedding width (out_hidden_size)")):
-        found = port.dims[axis] if port.dims and len(port.dims) == 2 else None
-        if isinstance(found, int) and expected is not None and found != int(expected):
-            raise ConfigError(f"--vision: {vision}: {port.name} has {found} {what}; {checkpoint / 'config.json'} "
-                              f"says {expected}: not this checkpoint's vision encoder")
-    return facts.external
+        if port is None or not port.dims or len(port.dims) != 2:
+            continue
+        found = port.dims[axis]
+        if isinstance(found, int) and expected is not None and found != expected:
+            return port.name, found, what, expected
+    return None
 
 
 def copy_vision(vision: Path, external: tuple[str, ...], out: Path) -> str:
@@ -249,14 +263,14 @@ def vision_section(filename: str, output: str, inputs: tuple[str, str] = INPUT_N
     }
 
 
-def vision_overlay(folder: Path, vision: Path, output: str | None = None, inputs: tuple[str, str] = INPUT_NAMES) -> str:
+def vision_overlay(folder: Path, vision: Path, output: str, inputs: tuple[str, str]) -> str:
     """A genai config overlay (JSON) that makes the folder use another vision file, wherever it is, its
-    ``output`` (default: its first) as the image features.
+    ``output`` as the image features and ``inputs`` as the pixels and the grid.
 
     genai appends the file name to the folder's path as text, so the name is made relative.
     """
     relative = os.path.relpath(vision.resolve(), folder.resolve())
-    return json.dumps({"model": {"vision": vision_section(relative, output or vision_output(vision), inputs)}})
+    return json.dumps({"model": {"vision": vision_section(relative, output, inputs)}})
 
 
 def processor_config(checkpoint: Path) -> dict[str, Any]:

@@ -97,6 +97,8 @@ def cache_key(key_parts: Mapping[str, str], filename: str) -> str:
 # What changes a made file (an export, a reference file): the making code and everything below it.
 # Judging, running and plugin code is not in it, so an edit there never discards a cached export.
 MAKING = ("errors.py", "versions.py", "source", "model", "onnxfile.names", "export")
+# What changes a measurement of a file (a sweep, a pipeline cost): the making code, reading, running, judging.
+MEASURING = (*MAKING, "onnxfile", "runtimes", "judge")
 
 
 @functools.cache

@@ -133,7 +133,7 @@ def test_golden_gets_the_folders_weights_in_every_format(case: str, folders, mod
 @pytest.mark.parametrize("case", ["safetensors-sharded", "bin-sharded"])
 def test_language_model_is_read_from_every_format(case: str, folders, model) -> None:
     other = whole_model(4)
-    load_language_weights(other, folders[case])
+    load_language_weights(other, folders[case], LANGUAGE_PREFIXES[0])
     expected = {k: v for k, v in model.state_dict().items() if k.startswith(LANGUAGE_PREFIXES)}
     loaded = other.state_dict()
     assert expected and all(torch.equal(loaded[k], v) for k, v in expected.items())
